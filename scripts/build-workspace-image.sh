@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Builds the default workspace image `convoy-workspace:bookworm` without a
+# container registry: debootstrap a minimal Debian bookworm from the mirror
+# this machine's apt already uses, then `docker import` the tree.
+#
+# Usage: scripts/build-workspace-image.sh [IMAGE[:TAG]]
+#   MIRROR=http://...   overrides the mirror read from /etc/apt
+#   FORCE=1             rebuilds even if the image exists
+set -euo pipefail
+
+image=${1:-convoy-workspace:bookworm}
+packages=bash,tmux,procps,coreutils,git,python3,ca-certificates,tini
+
+if [ -z "${FORCE:-}" ] && docker image inspect "$image" >/dev/null 2>&1; then
+  echo "image $image already exists (FORCE=1 to rebuild)"
+  exit 0
+fi
+
+# The mirror: the first Debian URI in the machine's apt sources (deb822
+# `URIs:` stanzas whose suite is bookworm, or one-line `deb URL bookworm`).
+find_mirror() {
+  local f
+  for f in /etc/apt/sources.list.d/*.sources; do
+    [ -f "$f" ] || continue
+    awk '
+      /^URIs:/ { uri = $2 }
+      /^Suites:/ { for (i = 2; i <= NF; i++) if ($i == "bookworm") ok = 1 }
+      /^$/ { if (ok && uri != "") { print uri; exit } uri = ""; ok = 0 }
+      END { if (ok && uri != "") print uri }
+    ' "$f" | head -n 1
+  done
+  for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+    [ -f "$f" ] || continue
+    awk '$1 == "deb" && $3 == "bookworm" { print $2; exit }' "$f"
+  done
+}
+mirror=${MIRROR:-$(find_mirror | head -n 1)}
+if [ -z "$mirror" ]; then
+  echo "error: no bookworm mirror found in /etc/apt/sources.list*; set MIRROR=http://..." >&2
+  exit 1
+fi
+
+if ! command -v debootstrap >/dev/null; then
+  echo "error: debootstrap is not installed (apt-get install debootstrap)" >&2
+  exit 1
+fi
+
+root=$(mktemp -d /tmp/convoy-rootfs.XXXXXX)
+trap 'rm -rf "$root"' EXIT
+
+echo "debootstrap bookworm from $mirror into $root"
+debootstrap --variant=minbase --include="$packages" bookworm "$root" "$mirror"
+# Keep the image small: package lists and caches are not needed at run time.
+rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
+mkdir -p "$root/workspace"
+
+tar -C "$root" -c . | docker import \
+  -c 'CMD ["/bin/bash"]' \
+  -c 'WORKDIR /workspace' \
+  -c 'ENV LANG=C.UTF-8' \
+  - "$image"
+echo "built $image"

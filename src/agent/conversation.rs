@@ -1,0 +1,103 @@
+//! A conversation as a pure state machine: the messages so far, the step
+//! count, and what the next reply means. No I/O here, so every rule (turn
+//! limits, tool-call answering, final answers) is unit-tested.
+
+use serde_json::{json, Value};
+
+use super::tools::{parse_call, ToolCall};
+use crate::llm::Usage;
+
+#[derive(Debug, Clone)]
+pub struct Conversation {
+    /// Exactly what was sent and received, in OpenAI chat format.
+    pub messages: Vec<Value>,
+    /// Model replies so far.
+    pub steps: u32,
+    pub usage: Usage,
+}
+
+/// What a model reply asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Next {
+    /// Run these tool calls in order, answering each under its id.
+    Calls(Vec<ToolCall>),
+    /// The reply had no tool calls: its text is the final answer.
+    Final(String),
+}
+
+impl Conversation {
+    pub fn new(system: Option<&str>, user: &str) -> Conversation {
+        let mut messages = Vec::with_capacity(8);
+        if let Some(s) = system {
+            messages.push(json!({ "role": "system", "content": s }));
+        }
+        messages.push(json!({ "role": "user", "content": user }));
+        Conversation {
+            messages,
+            steps: 0,
+            usage: Usage::default(),
+        }
+    }
+
+    /// Records a model reply (as received) and says what it asks for.
+    pub fn on_reply(&mut self, message: Value, usage: &Usage) -> Next {
+        self.steps += 1;
+        self.usage.add(usage);
+        let calls: Vec<ToolCall> = message
+            .get("tool_calls")
+            .and_then(Value::as_array)
+            .map(|calls| calls.iter().enumerate().map(|(i, c)| parse_call(i, c)).collect())
+            .unwrap_or_default();
+        let text = message
+            .get("content")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        self.messages.push(message);
+        if calls.is_empty() {
+            Next::Final(text)
+        } else {
+            Next::Calls(calls)
+        }
+    }
+
+    /// Answers one tool call.
+    pub fn on_observation(&mut self, call_id: &str, content: String) {
+        self.messages.push(json!({
+            "role": "tool",
+            "tool_call_id": call_id,
+            "content": content,
+        }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::Action;
+
+    #[test]
+    fn text_without_tool_calls_is_final() {
+        let mut c = Conversation::new(Some("sys"), "hi");
+        let next = c.on_reply(json!({"role": "assistant", "content": "done"}), &Usage::default());
+        assert_eq!(next, Next::Final("done".into()));
+        assert_eq!(c.messages.len(), 3);
+        assert_eq!(c.steps, 1);
+    }
+
+    #[test]
+    fn several_calls_keep_their_ids_and_order() {
+        let mut c = Conversation::new(None, "hi");
+        let reply = json!({"role": "assistant", "content": "let me look", "tool_calls": [
+            {"id": "x1", "type": "function", "function": {"name": "bash", "arguments": "{\"command\":\"ls\"}"}},
+            {"id": "x2", "type": "function", "function": {"name": "finish", "arguments": "{\"message\":\"m\"}"}}
+        ]});
+        let Next::Calls(calls) = c.on_reply(reply, &Usage::default()) else {
+            panic!("expected calls")
+        };
+        assert_eq!(calls[0].id, "x1");
+        assert_eq!(calls[1].action, Action::Finish { message: "m".into() });
+        c.on_observation("x1", "out".into());
+        assert_eq!(c.messages[2]["tool_call_id"], "x1");
+    }
+}

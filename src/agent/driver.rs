@@ -1,0 +1,71 @@
+//! The I/O loop around a `Conversation`: ask the model, run its tool calls
+//! in the session, repeat until a final answer, an error or the step limit.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use thiserror::Error;
+
+use super::conversation::{Conversation, Next};
+use super::tools::{observation, Action};
+use crate::llm::{Llm, LlmError};
+use crate::tasks::Task;
+use crate::workspace::{Session, WorkspaceError};
+
+#[derive(Debug, Clone, Copy)]
+pub struct DriveLimits {
+    pub max_steps: u32,
+    pub command_timeout: Duration,
+    pub max_observation_chars: usize,
+}
+
+#[derive(Debug, Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Llm(#[from] LlmError),
+    #[error(transparent)]
+    Workspace(#[from] WorkspaceError),
+    #[error("reached the step limit ({0} model turns) without a final answer")]
+    MaxSteps(u32),
+}
+
+/// Runs the conversation to its end; the final answer on success. The
+/// conversation keeps every message even when this returns an error or is
+/// cancelled, so partial trajectories are never lost.
+pub async fn drive(
+    conv: &mut Conversation,
+    task: &Task,
+    llm: &Llm,
+    session: &Session,
+    tools: &Value,
+    limits: DriveLimits,
+    mut on_step: impl FnMut(u32),
+) -> Result<String, AgentError> {
+    // Output beyond this is cut by the helper already; the model sees at
+    // most `max_observation_chars` after `observation` trims it.
+    let max_bytes = (limits.max_observation_chars as u64).saturating_mul(4).max(4096);
+    loop {
+        if conv.steps >= limits.max_steps {
+            return Err(AgentError::MaxSteps(limits.max_steps));
+        }
+        let reply = llm.complete(task, &conv.messages, tools).await?;
+        let next = conv.on_reply(reply.message, &reply.usage);
+        on_step(conv.steps);
+        let calls = match next {
+            Next::Final(text) => return Ok(text),
+            Next::Calls(calls) => calls,
+        };
+        for call in calls {
+            match call.action {
+                Action::Finish { message } => return Ok(message),
+                Action::Invalid { error } => conv.on_observation(&call.id, error),
+                Action::Bash { command, timeout } => {
+                    let timeout = timeout.unwrap_or(limits.command_timeout);
+                    let out = session.run(&command, timeout, max_bytes).await?;
+                    let text = observation(&out, timeout, limits.max_observation_chars);
+                    conv.on_observation(&call.id, text);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! Wiring: turns a parsed command line into a run and maps every outcome to
+//! an exit code. The only place that knows about all modules at once.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use tokio::sync::mpsc;
+
+use crate::agent::{tool_schemas, DriveLimits};
+use crate::cli::{Cli, Command, RunArgs};
+use crate::events::Event;
+use crate::exit::{Exit, Failure};
+use crate::journal::{Journal, JournalError};
+use crate::llm::Llm;
+use crate::manifest::{self, Job, OnLeak};
+use crate::report::{Progress, Summary, Tally};
+use crate::scheduler::{self, Control, RunCtx};
+use crate::tasks;
+use crate::workspace::Workspace;
+
+/// Runs the command and returns the exit code; errors are printed here.
+pub fn main(cli: Cli) -> Exit {
+    init_tracing(&cli.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return Exit::Infrastructure;
+        }
+    };
+    let result = match cli.command {
+        Command::Run(args) => runtime.block_on(run(args)),
+        Command::Validate { manifest } => validate(&manifest),
+        Command::Shim { root } => runtime
+            .block_on(crate::workspace::channel::serve(root))
+            .map(|()| Exit::Ok)
+            .map_err(Failure::infra),
+    };
+    // Do not wait for stray blocking work (e.g. a stdin reader) at exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
+        Ok(exit) => exit,
+        Err(f) => {
+            eprintln!("error: {f}");
+            f.exit
+        }
+    }
+}
+
+fn init_tracing(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// Loads the manifest and builds the whole plan; nothing runs.
+fn load_plan(path: &std::path::Path) -> Result<(Job, Vec<tasks::Task>), Failure> {
+    let job = manifest::load(path).map_err(Failure::invalid)?;
+    let plan = tasks::plan(&job).map_err(Failure::invalid)?;
+    Ok((job, plan))
+}
+
+fn validate(path: &std::path::Path) -> Result<Exit, Failure> {
+    let (job, plan) = load_plan(path)?;
+    Llm::new(&job.manifest.llm).map_err(Failure::invalid)?;
+    println!(
+        "{}: valid; {} tasks (first `{}`, last `{}`), workspace {:?}",
+        path.display(),
+        plan.len(),
+        plan.first().map_or("", |t| &t.id),
+        plan.last().map_or("", |t| &t.id),
+        job.manifest.workspace.kind
+    );
+    Ok(Exit::Ok)
+}
+
+async fn run(args: RunArgs) -> Result<Exit, Failure> {
+    let (mut job, mut plan) = load_plan(&args.manifest)?;
+    if let Some(w) = args.workers {
+        if w == 0 {
+            return Err(Failure::invalid(anyhow::anyhow!("--workers must be at least 1")));
+        }
+        job.manifest.run.workers = w as u32;
+    }
+    if let Some(limit) = args.limit {
+        plan.truncate(limit);
+    }
+    let llm = Llm::new(&job.manifest.llm).map_err(Failure::invalid)?;
+    let out = match (&args.out, &job.manifest.run.out) {
+        (Some(o), _) => o.clone(),
+        (None, Some(o)) => job.resolve(o),
+        (None, None) => PathBuf::from("runs").join(&job.manifest.name),
+    };
+    let tools = tool_schemas();
+    let journal = Journal::create(&out, &job, tools.clone()).map_err(|e| match e {
+        JournalError::Exists(_) => Failure::invalid(e),
+        other => Failure::infra(other),
+    })?;
+
+    let ctl = Arc::new(Control::default());
+    spawn_signal_handler(ctl.clone(), job.manifest.run.grace);
+
+    let workspace = Workspace::boot(&job).await.map_err(Failure::infra)?;
+    let m = &job.manifest;
+    let ctx = Arc::new(RunCtx {
+        llm,
+        workspace,
+        tools,
+        limits: DriveLimits {
+            max_steps: m.agent.max_steps,
+            command_timeout: m.agent.command_timeout,
+            max_observation_chars: m.agent.max_observation_chars as usize,
+        },
+        task_timeout: m.run.task_timeout,
+        max_attempts: m.run.max_attempts,
+        workers: m.run.workers as usize,
+    });
+    tracing::info!(
+        "running {} tasks of `{}` with {} workers into {}",
+        plan.len(),
+        m.name,
+        ctx.workers,
+        out.display()
+    );
+
+    // From here on every path reaches the workspace shutdown below.
+    let total = plan.len() as u64;
+    let started_at = SystemTime::now();
+    let clock = Instant::now();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let progress = Arc::new(Mutex::new(Progress::new(total, m.monitor.interval)));
+    let recorder = spawn_recorder(journal, rx, tally.clone(), progress.clone(), ctl.clone());
+    let ticker = {
+        let (tally, progress) = (tally.clone(), progress.clone());
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_millis(500));
+            loop {
+                every.tick().await;
+                let t = tally.lock().expect("tally lock").clone();
+                progress.lock().expect("progress lock").update(&t);
+            }
+        })
+    };
+
+    scheduler::run(plan, ctx.clone(), ctl.clone(), tx).await;
+    let (journal, recorded) = recorder.await.expect("the recorder thread does not panic");
+    ticker.abort();
+    let tally = tally.lock().expect("tally lock").clone();
+    progress.lock().expect("progress lock").finish(&tally);
+
+    let ctx = Arc::into_inner(ctx).expect("every conversation has ended");
+    let shutdown = ctx.workspace.shutdown().await;
+    let leak = !shutdown.stray_sessions.is_empty();
+
+    let stopped_because = ctl.fatal_reason().or_else(|| {
+        ctl.interrupted()
+            .then(|| "interrupted by a signal".to_string())
+    });
+    let exit = if ctl.interrupted() {
+        Exit::Interrupted
+    } else if ctl.fatal_reason().is_some() || recorded.is_err() {
+        Exit::Infrastructure
+    } else if leak && m.monitor.on_leak == OnLeak::Fail {
+        Exit::Leak
+    } else if tally.not_ok() > 0 {
+        Exit::TasksFailed
+    } else {
+        Exit::Ok
+    };
+    let duration = clock.elapsed().as_secs_f64();
+    let summary = Summary {
+        name: m.name.clone(),
+        total_tasks: total,
+        done: tally.done,
+        counts: tally
+            .by_status
+            .iter()
+            .map(|(s, n)| (s.as_str().to_string(), *n))
+            .collect(),
+        not_run: total - tally.done,
+        usage: tally.usage,
+        steps: tally.steps,
+        started_at: humantime::format_rfc3339_millis(started_at).to_string(),
+        finished_at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+        duration_s: duration,
+        conversations_per_s: tally.done as f64 / duration.max(1e-9),
+        workers: ctx.workers,
+        leaks: crate::report::summary_leaks(shutdown),
+        stopped_because,
+        exit_code: exit.as_u8(),
+    };
+    let written = journal.write_summary(&summary);
+    print!("{}", summary.render());
+    println!("run directory: {}", journal.dir().display());
+    if let Err(e) = recorded {
+        return Err(Failure::infra(e));
+    }
+    written.map_err(Failure::infra)?;
+    Ok(exit)
+}
+
+/// The recorder: makes each batch of results durable, then counts it.
+fn spawn_recorder(
+    mut journal: Journal,
+    mut rx: mpsc::UnboundedReceiver<Event>,
+    tally: Arc<Mutex<Tally>>,
+    progress: Arc<Mutex<Progress>>,
+    ctl: Arc<Control>,
+) -> tokio::task::JoinHandle<(Journal, Result<(), JournalError>)> {
+    tokio::task::spawn_blocking(move || {
+        let mut result = Ok(());
+        while let Some(first) = rx.blocking_recv() {
+            let mut batch = vec![first];
+            while let Ok(ev) = rx.try_recv() {
+                batch.push(ev);
+            }
+            if result.is_ok() {
+                result = batch
+                    .iter()
+                    .filter_map(|ev| match ev {
+                        Event::TaskFinished(f) => Some(f),
+                        _ => None,
+                    })
+                    .try_for_each(|f| journal.append(f))
+                    .and_then(|()| journal.sync());
+                if let Err(e) = &result {
+                    // Results can no longer be kept: stop taking work.
+                    ctl.fatal(format!("the journal failed: {e}"));
+                }
+            }
+            let mut t = tally.lock().expect("tally lock");
+            for ev in &batch {
+                t.on(ev);
+            }
+            let snapshot = t.clone();
+            drop(t);
+            progress.lock().expect("progress lock").update(&snapshot);
+        }
+        (journal, result)
+    })
+}
+
+/// First SIGINT/SIGTERM: stop dispatching, give in-flight conversations
+/// `grace`, then cancel them. A second signal cancels at once.
+fn spawn_signal_handler(ctl: Arc<Control>, grace: std::time::Duration) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        tracing::warn!("cannot install signal handlers; Ctrl-C will kill convoy without cleanup");
+        return;
+    };
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        ctl.interrupt();
+        ctl.drain();
+        eprintln!(
+            "interrupted: no new tasks start; in-flight conversations get {} to finish (signal again to stop them now)",
+            humantime::format_duration(grace)
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(grace) => {}
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        eprintln!("cancelling in-flight conversations");
+        ctl.cancel();
+    });
+}

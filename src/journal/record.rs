@@ -1,0 +1,47 @@
+//! One line of `results.jsonl`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::llm::Usage;
+
+/// How a task ended. Only `ok` counts as success.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Ok,
+    Failed,
+    Timeout,
+    MaxSteps,
+    ContextLimit,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Failed => "failed",
+            Status::Timeout => "timeout",
+            Status::MaxSteps => "max_steps",
+            Status::ContextLimit => "context_limit",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskRecord {
+    pub id: String,
+    pub status: Status,
+    /// The final answer (`finish` message or the last text reply).
+    #[serde(rename = "final")]
+    pub final_answer: Option<String>,
+    /// Model turns in the recorded attempt.
+    pub steps: u32,
+    pub usage: Usage,
+    /// Which attempt this is (1-based).
+    pub attempt: u32,
+    /// RFC 3339, UTC.
+    pub started_at: String,
+    pub finished_at: String,
+    pub duration_s: f64,
+    pub error: Option<String>,
+}

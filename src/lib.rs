@@ -1,0 +1,45 @@
+//! convoy: a command-line orchestrator for agentic data synthesis.
+//!
+//! # Theory of operation
+//!
+//! A job manifest (`manifest`) names a task source, prompt templates, an LLM
+//! endpoint, a workspace and limits. `convoy run` first builds the whole plan
+//! (`tasks`): every row is read and every prompt rendered before anything
+//! starts, so bad input fails in a second with the file and line.
+//!
+//! The run then boots ONE workspace (`workspace`): a private tmux server,
+//! either on this host (`local`) or inside one Docker container (`docker`).
+//! Requests reach tmux through the workspace helper, `convoy shim`, which is
+//! this same binary speaking a small line protocol over one stdio stream
+//! (`workspace::channel`). Every conversation gets its own tmux session; a
+//! command is run by the session's shell, its output goes to a file, and its
+//! completion is announced by a record the shell writes to a FIFO: an event,
+//! never a screen poll.
+//!
+//! The `scheduler` runs one conversation per task under a semaphore of
+//! `run.workers` permits. A conversation (`agent`) is a pure state machine of
+//! chat messages driven by a thin loop that asks the `llm` for a reply and
+//! runs its tool calls in the session. Each session has exactly one owner:
+//! the conversation closes it; if the conversation is dropped (deadline,
+//! panic, cancellation) the session's guard hands it to the reaper.
+//!
+//! Everything the scheduler does is reported as an `events::Event` on one
+//! channel. The recorder (`journal`) makes each result durable before the
+//! task counts as done; progress and the final summary (`report`) read the
+//! same events.
+//!
+//! `app` wires these together and maps every error to an exit code
+//! (`exit::Exit`).
+
+pub mod agent;
+pub mod app;
+pub mod cli;
+pub mod events;
+pub mod exit;
+pub mod journal;
+pub mod llm;
+pub mod manifest;
+pub mod report;
+pub mod scheduler;
+pub mod tasks;
+pub mod workspace;

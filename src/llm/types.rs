@@ -1,0 +1,73 @@
+//! What a model call returns, and how it fails.
+
+use serde::Serialize;
+use serde_json::Value;
+use thiserror::Error;
+
+/// Token usage, summed over a conversation's requests.
+#[derive(Debug, Clone, Copy, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+    /// Requests that were retried (429, 5xx, timeouts, connection errors).
+    pub retries: u64,
+}
+
+impl Usage {
+    pub fn add(&mut self, other: &Usage) {
+        self.prompt_tokens += other.prompt_tokens;
+        self.completion_tokens += other.completion_tokens;
+        self.total_tokens += other.total_tokens;
+        self.retries += other.retries;
+    }
+
+    /// Reads an OpenAI `usage` object; missing fields count as 0.
+    pub fn from_json(v: Option<&Value>) -> Usage {
+        let get = |k: &str| v.and_then(|u| u.get(k)).and_then(Value::as_u64).unwrap_or(0);
+        let (prompt, completion) = (get("prompt_tokens"), get("completion_tokens"));
+        Usage {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            total_tokens: v
+                .and_then(|u| u.get("total_tokens"))
+                .and_then(Value::as_u64)
+                .unwrap_or(prompt + completion),
+            retries: 0,
+        }
+    }
+}
+
+/// One model reply: the assistant message exactly as received.
+#[derive(Debug, Clone)]
+pub struct ChatReply {
+    pub message: Value,
+    pub finish_reason: Option<String>,
+    pub usage: Usage,
+}
+
+#[derive(Debug, Error)]
+pub enum LlmError {
+    /// The endpoint rejected our credentials: no task can succeed, so the
+    /// job stops (exit 4).
+    #[error("the LLM endpoint rejected the credentials (HTTP {status}): {message}")]
+    Auth { status: u16, message: String },
+    /// The conversation no longer fits the model's context.
+    #[error("context limit: {0}")]
+    ContextLimit(String),
+    #[error("the LLM endpoint refused the request (HTTP {status}): {message}")]
+    Rejected { status: u16, message: String },
+    #[error("the LLM request failed after {attempts} attempts: {last}")]
+    Exhausted { attempts: u32, last: String },
+    #[error("the LLM reply is malformed: {0}")]
+    Malformed(String),
+    #[error("LLM configuration: {0}")]
+    Config(String),
+}
+
+impl LlmError {
+    /// Errors after which no other task can succeed either.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, LlmError::Auth { .. })
+    }
+}

@@ -1,0 +1,325 @@
+//! Loading a manifest: read, parse (serde, unknown keys rejected), then
+//! validate the values serde cannot judge. Every error names the file, the
+//! line and the key.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+use super::schema::{Manifest, Provider, WorkspaceKind};
+
+/// A loaded, validated manifest and where it came from.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// The manifest path as given.
+    pub path: PathBuf,
+    /// The directory relative paths in the manifest are resolved against.
+    pub dir: PathBuf,
+    /// The manifest text, for the snapshot in the run directory.
+    pub text: String,
+    pub manifest: Manifest,
+}
+
+impl Job {
+    /// A manifest-relative path made usable from the current directory.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.dir.join(path)
+        }
+    }
+}
+
+/// One problem in a manifest, located as precisely as we can.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub line: Option<usize>,
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.line, &self.key) {
+            (Some(line), Some(key)) => write!(f, "line {line}, key `{key}`: {}", self.message),
+            (Some(line), None) => write!(f, "line {line}: {}", self.message),
+            (None, Some(key)) => write!(f, "key `{key}`: {}", self.message),
+            (None, None) => write!(f, "{}", self.message),
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum ManifestError {
+    #[error("failed to read manifest `{path}`: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid manifest `{path}`: {}", list(.problems))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<Problem>,
+    },
+}
+
+fn list(problems: &[Problem]) -> String {
+    if problems.len() == 1 {
+        return problems[0].to_string();
+    }
+    let mut out = String::new();
+    for p in problems {
+        out.push_str("\n  ");
+        out.push_str(&p.to_string());
+    }
+    out
+}
+
+/// Reads, parses and validates the manifest at `path`.
+pub fn load(path: &Path) -> Result<Job, ManifestError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let invalid = |problems| ManifestError::Invalid {
+        path: path.to_path_buf(),
+        problems,
+    };
+    let manifest = parse(&text).map_err(|p| invalid(vec![p]))?;
+    let problems = validate(&manifest, &text);
+    if !problems.is_empty() {
+        return Err(invalid(problems));
+    }
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    Ok(Job {
+        path: path.to_path_buf(),
+        dir,
+        text,
+        manifest,
+    })
+}
+
+fn parse(text: &str) -> Result<Manifest, Problem> {
+    let de = toml::Deserializer::new(text);
+    serde_path_to_error::deserialize(de).map_err(|err| {
+        let key = err.path().to_string();
+        let inner = err.into_inner();
+        Problem {
+            line: inner.span().map(|s| line_of(text, s.start)),
+            key: (key != "." && !key.is_empty()).then_some(key),
+            message: inner.message().trim().to_string(),
+        }
+    })
+}
+
+/// 1-based line of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// Line where `key` (dotted path) is written, if it is written at all.
+fn line_of_key(text: &str, key: &str) -> Option<usize> {
+    let doc: toml_edit::ImDocument<&str> = toml_edit::ImDocument::parse(text).ok()?;
+    let mut item: &toml_edit::Item = doc.as_item();
+    let mut span = None;
+    for part in key.split('.') {
+        let table = item.as_table_like()?;
+        let (k, next) = table.get_key_value(part)?;
+        span = k.span().or_else(|| next.span());
+        item = next;
+    }
+    span.map(|s| line_of(text, s.start))
+}
+
+fn validate(m: &Manifest, text: &str) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let mut check = |ok: bool, key: &str, message: &str| {
+        if !ok {
+            problems.push(Problem {
+                line: line_of_key(text, key),
+                key: Some(key.to_string()),
+                message: message.to_string(),
+            });
+        }
+    };
+
+    check(
+        !m.name.is_empty()
+            && m.name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')),
+        "name",
+        "must be non-empty and use only letters, digits, '-', '_' and '.'",
+    );
+    check(m.tasks.repeat >= 1, "tasks.repeat", "must be at least 1");
+    let ext = m.tasks.source.extension().and_then(|e| e.to_str());
+    check(
+        matches!(ext, Some("jsonl") | Some("csv")),
+        "tasks.source",
+        "must be a .jsonl or .csv file",
+    );
+    for (key, template) in [
+        ("prompt.user", Some(&m.prompt.user)),
+        ("prompt.system", m.prompt.system.as_ref()),
+        ("tasks.id", m.tasks.id.as_ref()),
+    ] {
+        if let Some(t) = template {
+            let env = crate::tasks::template_env();
+            if let Err(e) = env.template_from_str(t) {
+                check(false, key, &format!("invalid template: {e}"));
+            }
+        }
+    }
+
+    if m.llm.provider == Provider::Openai {
+        let url_ok = m
+            .llm
+            .base_url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("http://") || u.starts_with("https://"));
+        check(
+            url_ok,
+            "llm.base_url",
+            "an http:// or https:// URL is required for provider \"openai\"",
+        );
+        check(
+            m.llm.model.as_deref().is_some_and(|s| !s.is_empty()),
+            "llm.model",
+            "is required for provider \"openai\"",
+        );
+    }
+    check(!m.llm.timeout.is_zero(), "llm.timeout", "must be more than 0s");
+    check(
+        !m.llm.connect_timeout.is_zero(),
+        "llm.connect_timeout",
+        "must be more than 0s",
+    );
+    check(m.llm.max_in_flight >= 1, "llm.max_in_flight", "must be at least 1");
+    if let Some(t) = m.llm.temperature {
+        check((0.0..=2.0).contains(&t), "llm.temperature", "must be between 0 and 2");
+    }
+
+    check(m.agent.max_steps >= 1, "agent.max_steps", "must be at least 1");
+    check(
+        !m.agent.command_timeout.is_zero(),
+        "agent.command_timeout",
+        "must be more than 0s",
+    );
+    check(
+        m.agent.max_observation_chars >= 200,
+        "agent.max_observation_chars",
+        "must be at least 200",
+    );
+
+    check(m.run.workers >= 1, "run.workers", "must be at least 1");
+    check(m.run.max_attempts >= 1, "run.max_attempts", "must be at least 1");
+    check(
+        !m.run.task_timeout.is_zero(),
+        "run.task_timeout",
+        "must be more than 0s",
+    );
+    check(!m.monitor.interval.is_zero(), "monitor.interval", "must be more than 0s");
+
+    let ws = &m.workspace;
+    check(
+        ws.kind == WorkspaceKind::Docker || ws.mounts.is_empty(),
+        "workspace.mounts",
+        "mounts need workspace.kind = \"docker\"",
+    );
+    check(
+        ws.mounts.iter().all(|mt| mt.container.starts_with('/')),
+        "workspace.mounts",
+        "every `container` path must be absolute",
+    );
+    check(ws.nofile >= 64, "workspace.nofile", "must be at least 64");
+    check(
+        ws.env.keys().all(|k| {
+            !k.is_empty()
+                && !k.starts_with(|c: char| c.is_ascii_digit())
+                && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        }),
+        "workspace.env",
+        "variable names must be letters, digits and '_', not starting with a digit",
+    );
+    check(
+        ws.kind == WorkspaceKind::Docker
+            || ws.workdir.as_deref().is_none_or(|w| !w.is_empty()),
+        "workspace.workdir",
+        "must not be empty",
+    );
+    problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+name = "t"
+[tasks]
+source = "t.jsonl"
+[prompt]
+user = "hi {{ x }}"
+[llm]
+provider = "script"
+"#;
+
+    fn problems(extra: &str) -> Vec<Problem> {
+        let text = format!("{BASE}{extra}");
+        match parse(&text) {
+            Err(p) => vec![p],
+            Ok(m) => validate(&m, &text),
+        }
+    }
+
+    #[test]
+    fn minimal_manifest_is_valid_with_defaults() {
+        let m = parse(BASE).unwrap();
+        assert!(validate(&m, BASE).is_empty());
+        assert_eq!(m.run.workers, 128);
+        assert_eq!(m.agent.max_steps, 30);
+        assert_eq!(m.llm.timeout.as_secs(), 600);
+    }
+
+    #[test]
+    fn unknown_key_names_table_and_line() {
+        let p = problems("[run]\nwrkers = 3\n");
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].key.as_deref(), Some("run"));
+        assert!(p[0].message.contains("unknown field `wrkers`"), "{}", p[0].message);
+        assert_eq!(p[0].line, Some(11));
+    }
+
+    #[test]
+    fn zero_workers_names_key_and_line() {
+        let p = problems("[run]\nworkers = 0\n");
+        assert_eq!(p[0].key.as_deref(), Some("run.workers"));
+        assert_eq!(p[0].line, Some(11));
+    }
+
+    #[test]
+    fn negative_steps_and_bad_duration_are_rejected() {
+        let p = problems("[agent]\nmax_steps = -1\n");
+        assert_eq!(p[0].key.as_deref(), Some("agent.max_steps"));
+        let p = problems("[run]\ntask_timeout = \"ten minutes\"\n");
+        assert_eq!(p[0].key.as_deref(), Some("run.task_timeout"));
+        assert_eq!(p[0].line, Some(11));
+    }
+
+    #[test]
+    fn openai_needs_url_and_model() {
+        let text = BASE.replace("provider = \"script\"", "provider = \"openai\"");
+        let m = parse(&text).unwrap();
+        let keys: Vec<_> = validate(&m, &text)
+            .into_iter()
+            .filter_map(|p| p.key)
+            .collect();
+        assert_eq!(keys, ["llm.base_url", "llm.model"]);
+    }
+}

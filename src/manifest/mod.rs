@@ -1,0 +1,12 @@
+//! The job manifest: TOML schema, defaults, loading and validation.
+//!
+//! Every key is documented on its struct field and has its default in one
+//! place (the `Default` impls in `schema`). Unknown keys, wrong types, bad
+//! durations and impossible values are errors that name the file, the line
+//! and the key.
+
+mod load;
+mod schema;
+
+pub use load::{load, Job, ManifestError, Problem};
+pub use schema::*;

@@ -1,0 +1,306 @@
+//! The manifest schema. Each struct is one TOML table; `Default` holds every
+//! default value, so the reference in README.md and the code agree.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// A whole job manifest, as parsed. Paths are still relative to the manifest
+/// file; `Job` (in `load`) resolves them.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Job name: labels, default run directory, summary.
+    pub name: String,
+    pub tasks: TasksSpec,
+    pub prompt: PromptSpec,
+    pub llm: LlmSpec,
+    #[serde(default)]
+    pub agent: AgentSpec,
+    #[serde(default)]
+    pub workspace: WorkspaceSpec,
+    #[serde(default)]
+    pub run: RunSpec,
+    #[serde(default)]
+    pub monitor: MonitorSpec,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TasksSpec {
+    /// Task rows: `.jsonl` (one JSON object per line) or `.csv` (header row
+    /// names the variables), relative to the manifest.
+    pub source: PathBuf,
+    /// Template for each task's id, rendered with the row's variables.
+    /// Default: the row's line number in the source.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Run every row this many times; ids get a `#k` suffix (k = 1..=N).
+    #[serde(default = "one")]
+    pub repeat: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromptSpec {
+    /// System message template (optional).
+    #[serde(default)]
+    pub system: Option<String>,
+    /// First user message template. Variables come from the task row; an
+    /// undefined variable is an error, never "".
+    pub user: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    /// An OpenAI-compatible Chat Completions endpoint.
+    #[default]
+    Openai,
+    /// No network: plays each task row's `commands` (a list of shell
+    /// commands), then its `answer`. For smoke jobs and CI.
+    Script,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlmSpec {
+    #[serde(default)]
+    pub provider: Provider,
+    /// Endpoint root, e.g. `http://127.0.0.1:8000/v1`; convoy posts to
+    /// `{base_url}/chat/completions`. Required for `openai`.
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// Model name sent with every request. Required for `openai`.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Name of the environment variable holding the API key. The key itself
+    /// never goes in a manifest and is never written anywhere.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// Per-request timeout (whole request, including a slow generation).
+    #[serde(default = "LlmSpec::default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    #[serde(default = "LlmSpec::default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Retries of one request on 429, 408, 5xx, connection errors, timeouts.
+    #[serde(default = "LlmSpec::default_max_retries")]
+    pub max_retries: u32,
+    /// Most requests in flight to the endpoint at once, for the whole job.
+    #[serde(default = "LlmSpec::default_max_in_flight")]
+    pub max_in_flight: u32,
+    #[serde(default)]
+    pub temperature: Option<f64>,
+    #[serde(default)]
+    pub max_tokens: Option<u32>,
+}
+
+impl LlmSpec {
+    fn default_timeout() -> Duration {
+        Duration::from_secs(600)
+    }
+    fn default_connect_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    fn default_max_retries() -> u32 {
+        8
+    }
+    fn default_max_in_flight() -> u32 {
+        256
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSpec {
+    /// Most model turns per conversation; reaching it ends the task with
+    /// status `max_steps`.
+    #[serde(default = "AgentSpec::default_max_steps")]
+    pub max_steps: u32,
+    /// Default time limit of one shell command (the `bash` tool may ask for
+    /// another).
+    #[serde(default = "AgentSpec::default_command_timeout", with = "humantime_serde")]
+    pub command_timeout: Duration,
+    /// Longer observations keep their head and tail and say how much was cut.
+    #[serde(default = "AgentSpec::default_max_observation_chars")]
+    pub max_observation_chars: u32,
+}
+
+impl AgentSpec {
+    fn default_max_steps() -> u32 {
+        30
+    }
+    fn default_command_timeout() -> Duration {
+        Duration::from_secs(120)
+    }
+    fn default_max_observation_chars() -> u32 {
+        30_000
+    }
+}
+
+impl Default for AgentSpec {
+    fn default() -> Self {
+        AgentSpec {
+            max_steps: Self::default_max_steps(),
+            command_timeout: Self::default_command_timeout(),
+            max_observation_chars: Self::default_max_observation_chars(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkspaceKind {
+    /// One shared Docker container.
+    #[default]
+    Docker,
+    /// A private tmux server on this host.
+    Local,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mount {
+    /// Host path, relative to the manifest.
+    pub host: PathBuf,
+    /// Absolute path inside the container.
+    pub container: String,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkspaceSpec {
+    #[serde(default)]
+    pub kind: WorkspaceKind,
+    /// Docker image (must exist locally).
+    #[serde(default = "WorkspaceSpec::default_image")]
+    pub image: String,
+    /// Directory every session starts in. For `local`, relative to the
+    /// manifest; default: a fresh temporary directory of the run.
+    #[serde(default)]
+    pub workdir: Option<String>,
+    /// Bind mounts (docker only).
+    #[serde(default)]
+    pub mounts: Vec<Mount>,
+    /// Open-files limit of the container (docker only).
+    #[serde(default = "WorkspaceSpec::default_nofile")]
+    pub nofile: u64,
+    /// Environment variables of every session.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Keep the container after the job (docker only), for inspection.
+    #[serde(default)]
+    pub keep: bool,
+}
+
+impl WorkspaceSpec {
+    fn default_image() -> String {
+        "convoy-workspace:bookworm".to_string()
+    }
+    fn default_nofile() -> u64 {
+        65_536
+    }
+}
+
+impl Default for WorkspaceSpec {
+    fn default() -> Self {
+        WorkspaceSpec {
+            kind: WorkspaceKind::default(),
+            image: Self::default_image(),
+            workdir: None,
+            mounts: Vec::new(),
+            nofile: Self::default_nofile(),
+            env: BTreeMap::new(),
+            keep: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunSpec {
+    /// Conversations in flight at once.
+    #[serde(default = "RunSpec::default_workers")]
+    pub workers: u32,
+    /// Deadline of one conversation attempt.
+    #[serde(default = "RunSpec::default_task_timeout", with = "humantime_serde")]
+    pub task_timeout: Duration,
+    /// Attempts per task; a task is tried again only when it failed with an
+    /// error (not on `max_steps` or `timeout`).
+    #[serde(default = "RunSpec::default_max_attempts")]
+    pub max_attempts: u32,
+    /// Run directory, relative to the manifest. Default: `runs/{name}`.
+    #[serde(default)]
+    pub out: Option<PathBuf>,
+    /// After the first Ctrl-C, in-flight conversations get this long to
+    /// finish before they are cancelled.
+    #[serde(default = "RunSpec::default_grace", with = "humantime_serde")]
+    pub grace: Duration,
+}
+
+impl RunSpec {
+    fn default_workers() -> u32 {
+        128
+    }
+    fn default_task_timeout() -> Duration {
+        Duration::from_secs(30 * 60)
+    }
+    fn default_max_attempts() -> u32 {
+        2
+    }
+    fn default_grace() -> Duration {
+        Duration::from_secs(30)
+    }
+}
+
+impl Default for RunSpec {
+    fn default() -> Self {
+        RunSpec {
+            workers: Self::default_workers(),
+            task_timeout: Self::default_task_timeout(),
+            max_attempts: Self::default_max_attempts(),
+            out: None,
+            grace: Self::default_grace(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnLeak {
+    #[default]
+    Warn,
+    Fail,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MonitorSpec {
+    #[serde(default = "MonitorSpec::default_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    #[serde(default)]
+    pub on_leak: OnLeak,
+}
+
+impl MonitorSpec {
+    fn default_interval() -> Duration {
+        Duration::from_secs(5)
+    }
+}
+
+impl Default for MonitorSpec {
+    fn default() -> Self {
+        MonitorSpec {
+            interval: Self::default_interval(),
+            on_leak: OnLeak::default(),
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! What a person sees: live progress (a bar on a TTY, plain lines for cron
+//! and CI) and the final summary. Both read the scheduler's events.
+
+mod progress;
+mod summary;
+
+pub use progress::Progress;
+pub use summary::{LeakVerdict, Summary, Tally};
+
+/// The leak verdict of a finished workspace.
+pub fn summary_leaks(shutdown: crate::workspace::ShutdownReport) -> LeakVerdict {
+    LeakVerdict::from_shutdown(shutdown)
+}

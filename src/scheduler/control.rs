@@ -1,0 +1,54 @@
+//! How a run is stopped. Two levels, in order: `drain` stops dispatching new
+//! tasks (in-flight conversations go on), `cancel` stops in-flight ones too.
+//! A fatal error (credentials rejected) drains and remembers why.
+
+use std::sync::Mutex;
+
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Default)]
+pub struct Control {
+    pub drain: CancellationToken,
+    pub cancel: CancellationToken,
+    fatal: Mutex<Option<String>>,
+    interrupted: std::sync::atomic::AtomicBool,
+}
+
+impl Control {
+    /// Stop dispatching; in-flight conversations finish.
+    pub fn drain(&self) {
+        self.drain.cancel();
+    }
+
+    /// Stop everything now (implies drain).
+    pub fn cancel(&self) {
+        self.drain.cancel();
+        self.cancel.cancel();
+    }
+
+    /// A signal asked the run to stop.
+    pub fn interrupt(&self) {
+        self.interrupted
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn interrupted(&self) -> bool {
+        self.interrupted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// No other task can succeed (e.g. the API key was rejected): stop
+    /// dispatching and keep the first reason.
+    pub fn fatal(&self, reason: String) {
+        let mut f = self.fatal.lock().expect("fatal lock");
+        if f.is_none() {
+            tracing::error!("stopping the job: {reason}");
+            *f = Some(reason);
+        }
+        drop(f);
+        self.drain();
+    }
+
+    pub fn fatal_reason(&self) -> Option<String> {
+        self.fatal.lock().expect("fatal lock").clone()
+    }
+}

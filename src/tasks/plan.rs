@@ -1,0 +1,200 @@
+//! The plan: every row turned into a task with an id and rendered prompts,
+//! before anything runs. A bad row fails the whole job up front, with
+//! `file:line`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use minijinja::{Environment, UndefinedBehavior};
+use serde_json::{Map, Value};
+use thiserror::Error;
+
+use super::source::read_rows;
+use crate::manifest::{Job, Provider};
+
+/// One unit of work: a conversation to run.
+#[derive(Debug, Clone)]
+pub struct Task {
+    /// Position in the plan (0-based); also orders the output.
+    pub index: usize,
+    pub id: String,
+    /// Line of the row in the task source.
+    pub line: usize,
+    pub vars: Map<String, Value>,
+    pub system: Option<String>,
+    pub user: String,
+}
+
+#[derive(Debug, Error)]
+pub enum TaskError {
+    #[error("failed to read task source `{path}`: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}:{line}: {message}", path.display())]
+    Row {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("task source `{}` has no rows", path.display())]
+    Empty { path: PathBuf },
+}
+
+impl TaskError {
+    pub fn row(path: &Path, line: usize, message: impl Into<String>) -> Self {
+        TaskError::Row {
+            path: path.to_path_buf(),
+            line,
+            message: message.into(),
+        }
+    }
+}
+
+/// The template environment every prompt and id is rendered with: an
+/// undefined variable is an error, never "".
+pub fn template_env() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_keep_trailing_newline(true);
+    env
+}
+
+/// Reads every row of the job's source and renders every prompt.
+pub fn plan(job: &Job) -> Result<Vec<Task>, TaskError> {
+    let m = &job.manifest;
+    let path = job.resolve(&m.tasks.source);
+    let rows = read_rows(&path)?;
+    if rows.is_empty() {
+        return Err(TaskError::Empty { path });
+    }
+
+    let mut env = template_env();
+    // The templates were compiled once during manifest validation, so adding
+    // them here cannot fail for syntax; keep the error anyway.
+    let add = |env: &mut Environment<'static>, name: &'static str, src: &str| {
+        env.add_template_owned(name, src.to_string())
+            .map_err(|e| TaskError::row(&path, 0, format!("{name} template: {e}")))
+    };
+    add(&mut env, "user", &m.prompt.user)?;
+    if let Some(s) = &m.prompt.system {
+        add(&mut env, "system", s)?;
+    }
+    if let Some(s) = &m.tasks.id {
+        add(&mut env, "id", s)?;
+    }
+    let render = |name: &str, key: &str, row: &super::Row| -> Result<String, TaskError> {
+        let tpl = env.get_template(name).expect("template added above");
+        tpl.render(&row.vars)
+            .map_err(|e| TaskError::row(&path, row.line, format!("{key}: {}", describe(&e))))
+    };
+
+    let repeat = m.tasks.repeat as usize;
+    let mut tasks = Vec::with_capacity(rows.len() * repeat);
+    let mut first_line: HashMap<String, usize> = HashMap::with_capacity(rows.len());
+    for row in &rows {
+        if m.llm.provider == Provider::Script {
+            crate::llm::script::check_row(&row.vars)
+                .map_err(|msg| TaskError::row(&path, row.line, msg))?;
+        }
+        let base_id = match &m.tasks.id {
+            Some(_) => render("id", "tasks.id", row)?.trim().to_string(),
+            None => row.line.to_string(),
+        };
+        if base_id.is_empty() {
+            return Err(TaskError::row(&path, row.line, "tasks.id rendered an empty id"));
+        }
+        if let Some(first) = first_line.insert(base_id.clone(), row.line) {
+            return Err(TaskError::row(
+                &path,
+                row.line,
+                format!("duplicate task id `{base_id}` (first at line {first})"),
+            ));
+        }
+        let user = render("user", "prompt.user", row)?;
+        let system = match &m.prompt.system {
+            Some(_) => Some(render("system", "prompt.system", row)?),
+            None => None,
+        };
+        for k in 1..=repeat {
+            let id = if repeat == 1 {
+                base_id.clone()
+            } else {
+                format!("{base_id}#{k}")
+            };
+            tasks.push(Task {
+                index: tasks.len(),
+                id,
+                line: row.line,
+                vars: row.vars.clone(),
+                system: system.clone(),
+                user: user.clone(),
+            });
+        }
+    }
+    Ok(tasks)
+}
+
+/// minijinja's error with its detail ("undefined value" alone does not say
+/// which variable).
+fn describe(e: &minijinja::Error) -> String {
+    let mut s = e.to_string();
+    if let Some(detail) = e.detail() {
+        if !s.contains(detail) {
+            s = format!("{s}: {detail}");
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::load;
+
+    fn job(dir: &Path, extra: &str, rows: &str) -> Job {
+        std::fs::write(dir.join("t.jsonl"), rows).unwrap();
+        let text = format!(
+            "name = \"t\"\n[tasks]\nsource = \"t.jsonl\"\n{extra}\n[prompt]\nuser = \"read {{{{ path }}}}\"\n[llm]\nprovider = \"openai\"\nbase_url = \"http://127.0.0.1:1/v1\"\nmodel = \"m\"\n"
+        );
+        let p = dir.join("job.toml");
+        std::fs::write(&p, text).unwrap();
+        load(&p).unwrap()
+    }
+
+    #[test]
+    fn ids_repeat_and_render() {
+        let d = tempfile::tempdir().unwrap();
+        let j = job(d.path(), "id = \"{{ path }}\"\nrepeat = 2", "{\"path\":\"a\"}\n{\"path\":\"b\"}\n");
+        let t = plan(&j).unwrap();
+        let ids: Vec<_> = t.iter().map(|t| t.id.as_str()).collect();
+        assert_eq!(ids, ["a#1", "a#2", "b#1", "b#2"]);
+        assert_eq!(t[2].user, "read b");
+    }
+
+    #[test]
+    fn default_id_is_line_number() {
+        let d = tempfile::tempdir().unwrap();
+        let j = job(d.path(), "", "{\"path\":\"a\"}\n\n{\"path\":\"b\"}\n");
+        let ids: Vec<_> = plan(&j).unwrap().into_iter().map(|t| t.id).collect();
+        assert_eq!(ids, ["1", "3"]);
+    }
+
+    #[test]
+    fn undefined_variable_names_row_and_variable() {
+        let d = tempfile::tempdir().unwrap();
+        let j = job(d.path(), "", "{\"path\":\"a\"}\n{\"path\":\"b\"}\n{\"path\":\"c\"}\n{\"file\":\"d\"}\n");
+        let err = plan(&j).unwrap_err().to_string();
+        assert!(err.contains("t.jsonl:4: prompt.user"), "{err}");
+        assert!(err.contains("undefined"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_ids_name_both_lines() {
+        let d = tempfile::tempdir().unwrap();
+        let j = job(d.path(), "id = \"{{ path }}\"", "{\"path\":\"a\"}\n{\"path\":\"b\"}\n{\"path\":\"a\"}\n");
+        let err = plan(&j).unwrap_err().to_string();
+        assert!(err.contains("t.jsonl:3: duplicate task id `a` (first at line 1)"), "{err}");
+    }
+}

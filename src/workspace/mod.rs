@@ -1,0 +1,12 @@
+//! Workspaces: where conversations' shell commands run. One workspace per
+//! job, one tmux session per conversation, every request through the
+//! workspace helper (`channel`).
+
+pub mod channel;
+mod local;
+mod session;
+mod workspace;
+
+pub use channel::protocol::RunOutput;
+pub use session::Session;
+pub use workspace::{ShutdownReport, Workspace, WorkspaceError};

@@ -1,0 +1,64 @@
+//! A conversation's tmux session. Its guard has one job: the session is
+//! closed on every path. `close()` is the normal way; if a `Session` is
+//! dropped unclosed (deadline, panic, cancellation), the drop hands its name
+//! to the workspace's reaper, which closes it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::channel::protocol::{Op, Reply, RunOutput};
+use super::workspace::{Inner, WorkspaceError};
+
+pub struct Session {
+    name: String,
+    inner: Arc<Inner>,
+    closed: bool,
+}
+
+impl Session {
+    pub(super) fn new(name: String, inner: Arc<Inner>) -> Session {
+        Session {
+            name,
+            inner,
+            closed: false,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs a command in this session's shell.
+    pub async fn run(
+        &self,
+        command: &str,
+        timeout: Duration,
+        max_output_bytes: u64,
+    ) -> Result<RunOutput, WorkspaceError> {
+        let op = Op::Run {
+            session: self.name.clone(),
+            command: command.to_string(),
+            timeout_ms: timeout.as_millis().min(u64::MAX as u128) as u64,
+            max_output_bytes,
+        };
+        match self.inner.call(op).await? {
+            Reply::Ran(out) => Ok(out),
+            other => Err(WorkspaceError::unexpected(other)),
+        }
+    }
+
+    /// Closes the session and kills every process it started.
+    pub async fn close(mut self) -> Result<(), WorkspaceError> {
+        self.inner.close_session(&self.name).await?;
+        self.closed = true;
+        Ok(())
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if !self.closed {
+            self.inner.reap(std::mem::take(&mut self.name));
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! The workspace of one job: boot, open sessions, reap, shut down. The
+//! session logic is the same for every backend, since all of it goes
+//! through the helper; backends differ only in where the helper runs.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use thiserror::Error;
+use tokio::sync::{mpsc, oneshot};
+
+use super::channel::protocol::{Op, Reply};
+use super::channel::{ChannelError, ShimClient};
+use super::local::LocalBackend;
+use super::session::Session;
+use crate::manifest::{Job, WorkspaceKind};
+
+#[derive(Debug, Error)]
+pub enum WorkspaceError {
+    #[error("workspace did not boot: {0}")]
+    Boot(String),
+    #[error(transparent)]
+    Channel(#[from] ChannelError),
+    #[error("workspace helper: {0}")]
+    Helper(String),
+    #[error("workspace kind `{0}` is not available in this build")]
+    Unsupported(String),
+}
+
+impl WorkspaceError {
+    pub(super) fn unexpected(reply: Reply) -> Self {
+        match reply {
+            Reply::Error { message } => WorkspaceError::Helper(message),
+            other => WorkspaceError::Helper(format!("unexpected reply {other:?}")),
+        }
+    }
+}
+
+enum ReapMsg {
+    Close(String),
+    Flush(oneshot::Sender<()>),
+}
+
+/// State shared by the workspace and its sessions.
+pub(super) struct Inner {
+    client: ShimClient,
+    counter: AtomicU64,
+    workdir: Option<String>,
+    env: Vec<(String, String)>,
+    reap_tx: mpsc::UnboundedSender<ReapMsg>,
+    /// Sessions a conversation owns right now.
+    open: Mutex<HashSet<String>>,
+    /// Sessions closed by the reaper rather than by their conversation.
+    reaped: AtomicUsize,
+}
+
+impl Inner {
+    pub(super) async fn call(&self, op: Op) -> Result<Reply, WorkspaceError> {
+        Ok(self.client.call(op).await?)
+    }
+
+    pub(super) async fn close_session(&self, name: &str) -> Result<(), WorkspaceError> {
+        let reply = self.call(Op::Close {
+            session: name.to_string(),
+        });
+        let result = match reply.await? {
+            Reply::Done => Ok(()),
+            other => Err(WorkspaceError::unexpected(other)),
+        };
+        self.open.lock().expect("open lock").remove(name);
+        result
+    }
+
+    pub(super) fn reap(&self, name: String) {
+        // The receiver lives as long as the workspace; if it is gone the
+        // helper is gone too and its shutdown took the session with it.
+        let _ = self.reap_tx.send(ReapMsg::Close(name));
+    }
+}
+
+enum Backend {
+    Local(LocalBackend),
+}
+
+/// What shutdown found: sessions no conversation owned any more.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct ShutdownReport {
+    /// Sessions closed by the reaper (their conversation was dropped).
+    pub reaped: usize,
+    /// Sessions still alive at the end that nobody had closed: leaks.
+    pub stray_sessions: Vec<String>,
+}
+
+/// One job's workspace.
+pub struct Workspace {
+    inner: Arc<Inner>,
+    backend: Backend,
+    reaper: tokio::task::JoinHandle<()>,
+}
+
+impl Workspace {
+    /// Boots the workspace the manifest asks for.
+    pub async fn boot(job: &Job) -> Result<Workspace, WorkspaceError> {
+        let spec = &job.manifest.workspace;
+        let (backend, client, default_workdir) = match spec.kind {
+            WorkspaceKind::Local => {
+                let (b, c, w) = LocalBackend::start().await?;
+                (Backend::Local(b), c, w)
+            }
+            WorkspaceKind::Docker => return Err(WorkspaceError::Unsupported("docker".into())),
+        };
+        let workdir = match &spec.workdir {
+            Some(w) => {
+                let p = job.resolve(&PathBuf::from(w));
+                p.canonicalize().map_err(|e| {
+                    WorkspaceError::Boot(format!("workspace.workdir `{}`: {e}", p.display()))
+                })?
+            }
+            None => default_workdir,
+        };
+        let (reap_tx, reap_rx) = mpsc::unbounded_channel();
+        let inner = Arc::new(Inner {
+            client,
+            counter: AtomicU64::new(0),
+            workdir: Some(workdir.display().to_string()),
+            env: spec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            reap_tx,
+            open: Mutex::default(),
+            reaped: AtomicUsize::new(0),
+        });
+        let reaper = tokio::spawn(reap(Arc::downgrade(&inner), reap_rx));
+        Ok(Workspace {
+            inner,
+            backend,
+            reaper,
+        })
+    }
+
+    /// Opens a fresh session for one conversation.
+    pub async fn open_session(&self) -> Result<Session, WorkspaceError> {
+        let n = self.inner.counter.fetch_add(1, Ordering::Relaxed);
+        let name = format!("c{n}");
+        let reply = self
+            .inner
+            .call(Op::Open {
+                session: name.clone(),
+                workdir: self.inner.workdir.clone(),
+                env: self.inner.env.clone(),
+            })
+            .await?;
+        match reply {
+            Reply::Done => {
+                self.inner.open.lock().expect("open lock").insert(name.clone());
+                Ok(Session::new(name, self.inner.clone()))
+            }
+            other => Err(WorkspaceError::unexpected(other)),
+        }
+    }
+
+    /// Names of the tmux sessions alive in the workspace.
+    pub async fn list_sessions(&self) -> Result<Vec<String>, WorkspaceError> {
+        match self.inner.call(Op::List).await? {
+            Reply::Sessions { names } => Ok(names),
+            other => Err(WorkspaceError::unexpected(other)),
+        }
+    }
+
+    /// Sessions that conversations own right now.
+    pub fn open_sessions(&self) -> usize {
+        self.inner.open.lock().expect("open lock").len()
+    }
+
+    /// Closes what the reaper still holds, sweeps sessions nobody owns,
+    /// stops the helper and releases the backend.
+    pub async fn shutdown(self) -> ShutdownReport {
+        let mut report = ShutdownReport::default();
+        let (tx, rx) = oneshot::channel();
+        if self.inner.reap_tx.send(ReapMsg::Flush(tx)).is_ok() {
+            let _ = rx.await;
+        }
+        report.reaped = self.inner.reaped.load(Ordering::Relaxed);
+        if let Ok(names) = self.list_sessions().await {
+            for name in names {
+                tracing::warn!("leak: tmux session `{name}` was still alive at the end of the job; closing it");
+                let _ = self.inner.close_session(&name).await;
+                report.stray_sessions.push(name);
+            }
+        }
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(30), self.inner.call(Op::Shutdown)).await;
+        self.reaper.abort();
+        let Workspace { inner, backend, .. } = self;
+        // Dropping the last handle to the client closes the helper's stdin.
+        drop(inner);
+        match backend {
+            Backend::Local(b) => b.stop().await,
+        }
+        report
+    }
+}
+
+async fn reap(inner: std::sync::Weak<Inner>, mut rx: mpsc::UnboundedReceiver<ReapMsg>) {
+    while let Some(msg) = rx.recv().await {
+        match msg {
+            ReapMsg::Close(name) => {
+                let Some(inner) = inner.upgrade() else { return };
+                match inner.close_session(&name).await {
+                    Ok(()) => {
+                        inner.reaped.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!("reaper closed session `{name}`");
+                    }
+                    Err(e) => tracing::warn!("reaper could not close session `{name}`: {e}"),
+                }
+            }
+            ReapMsg::Flush(done) => {
+                let _ = done.send(());
+            }
+        }
+    }
+}
