@@ -22,7 +22,10 @@ use crate::workspace::Workspace;
 /// Runs the command and returns the exit code; errors are printed here.
 pub fn main(cli: Cli) -> Exit {
     init_tracing(&cli.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -84,7 +87,9 @@ async fn run(args: RunArgs) -> Result<Exit, Failure> {
     let (mut job, mut plan) = load_plan(&args.manifest)?;
     if let Some(w) = args.workers {
         if w == 0 {
-            return Err(Failure::invalid(anyhow::anyhow!("--workers must be at least 1")));
+            return Err(Failure::invalid(anyhow::anyhow!(
+                "--workers must be at least 1"
+            )));
         }
         job.manifest.run.workers = w as u32;
     }
@@ -251,7 +256,10 @@ fn spawn_recorder(
 /// `grace`, then cancel them. A second signal cancels at once.
 fn spawn_signal_handler(ctl: Arc<Control>, grace: std::time::Duration) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
         tracing::warn!("cannot install signal handlers; Ctrl-C will kill convoy without cleanup");
         return;
     };

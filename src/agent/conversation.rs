@@ -46,7 +46,13 @@ impl Conversation {
         let calls: Vec<ToolCall> = message
             .get("tool_calls")
             .and_then(Value::as_array)
-            .map(|calls| calls.iter().enumerate().map(|(i, c)| parse_call(i, c)).collect())
+            .map(|calls| {
+                calls
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| parse_call(i, c))
+                    .collect()
+            })
             .unwrap_or_default();
         let text = message
             .get("content")
@@ -79,7 +85,10 @@ mod tests {
     #[test]
     fn text_without_tool_calls_is_final() {
         let mut c = Conversation::new(Some("sys"), "hi");
-        let next = c.on_reply(json!({"role": "assistant", "content": "done"}), &Usage::default());
+        let next = c.on_reply(
+            json!({"role": "assistant", "content": "done"}),
+            &Usage::default(),
+        );
         assert_eq!(next, Next::Final("done".into()));
         assert_eq!(c.messages.len(), 3);
         assert_eq!(c.steps, 1);
@@ -96,7 +105,12 @@ mod tests {
             panic!("expected calls")
         };
         assert_eq!(calls[0].id, "x1");
-        assert_eq!(calls[1].action, Action::Finish { message: "m".into() });
+        assert_eq!(
+            calls[1].action,
+            Action::Finish {
+                message: "m".into()
+            }
+        );
         c.on_observation("x1", "out".into());
         assert_eq!(c.messages[2]["tool_call_id"], "x1");
     }

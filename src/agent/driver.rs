@@ -43,7 +43,9 @@ pub async fn drive(
 ) -> Result<String, AgentError> {
     // Output beyond this is cut by the helper already; the model sees at
     // most `max_observation_chars` after `observation` trims it.
-    let max_bytes = (limits.max_observation_chars as u64).saturating_mul(4).max(4096);
+    let max_bytes = (limits.max_observation_chars as u64)
+        .saturating_mul(4)
+        .max(4096);
     loop {
         if conv.steps >= limits.max_steps {
             return Err(AgentError::MaxSteps(limits.max_steps));

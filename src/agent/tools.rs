@@ -86,11 +86,19 @@ fn parse_action(call: &Value) -> Action {
         Some(Value::String(s)) if s.trim().is_empty() => json!({}),
         Some(Value::String(s)) => match serde_json::from_str::<Value>(s) {
             Ok(v) => v,
-            Err(e) => return invalid(format!("error: the arguments of `{name}` are not valid JSON ({e}); send a JSON object")),
+            Err(e) => {
+                return invalid(format!(
+                    "error: the arguments of `{name}` are not valid JSON ({e}); send a JSON object"
+                ))
+            }
         },
         Some(v @ Value::Object(_)) => v.clone(),
         None | Some(Value::Null) => json!({}),
-        Some(_) => return invalid(format!("error: the arguments of `{name}` must be a JSON object")),
+        Some(_) => {
+            return invalid(format!(
+                "error: the arguments of `{name}` must be a JSON object"
+            ))
+        }
     };
     let string_arg = |key: &str| args.get(key).and_then(Value::as_str).map(str::to_string);
     match name {
@@ -108,7 +116,9 @@ fn parse_action(call: &Value) -> Action {
         "finish" => Action::Finish {
             message: string_arg("message").unwrap_or_default(),
         },
-        other => invalid(format!("error: there is no tool `{other}`; the tools are `bash` and `finish`")),
+        other => invalid(format!(
+            "error: there is no tool `{other}`; the tools are `bash` and `finish`"
+        )),
     }
 }
 
@@ -132,7 +142,10 @@ pub fn observation(out: &RunOutput, timeout: Duration, max_chars: usize) -> Stri
         } else {
             "interrupted with C-c"
         };
-        note(format!("[command timed out after {}; {how}]", humantime::format_duration(timeout)));
+        note(format!(
+            "[command timed out after {}; {how}]",
+            humantime::format_duration(timeout)
+        ));
     } else if out.exit_code != 0 {
         note(format!("[exit code: {}]", out.exit_code));
     }
@@ -154,8 +167,15 @@ pub fn truncate(s: &str, max: usize) -> String {
     let tail = keep - head;
     let cut = total - head - tail;
     let head_end = s.char_indices().nth(head).map_or(s.len(), |(i, _)| i);
-    let tail_start = s.char_indices().nth(total - tail).map_or(s.len(), |(i, _)| i);
-    format!("{}\n[... {cut} characters cut ...]\n{}", &s[..head_end], &s[tail_start..])
+    let tail_start = s
+        .char_indices()
+        .nth(total - tail)
+        .map_or(s.len(), |(i, _)| i);
+    format!(
+        "{}\n[... {cut} characters cut ...]\n{}",
+        &s[..head_end],
+        &s[tail_start..]
+    )
 }
 
 #[cfg(test)]
@@ -186,7 +206,9 @@ mod tests {
 
     #[test]
     fn truncate_keeps_head_and_tail_and_counts() {
-        let s: String = (0..1000).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+        let s: String = (0..1000)
+            .map(|i| char::from(b'a' + (i % 26) as u8))
+            .collect();
         let t = truncate(&s, 300);
         assert!(t.chars().count() <= 300);
         assert!(t.starts_with("abc"));
@@ -201,12 +223,18 @@ mod tests {
             output: "a\tb\n☃ no newline".into(),
             ..Default::default()
         };
-        assert_eq!(observation(&out, Duration::from_secs(1), 1000), "a\tb\n☃ no newline");
+        assert_eq!(
+            observation(&out, Duration::from_secs(1), 1000),
+            "a\tb\n☃ no newline"
+        );
         let out = RunOutput {
             output: "x".into(),
             exit_code: 3,
             ..Default::default()
         };
-        assert_eq!(observation(&out, Duration::from_secs(1), 1000), "x\n[exit code: 3]");
+        assert_eq!(
+            observation(&out, Duration::from_secs(1), 1000),
+            "x\n[exit code: 3]"
+        );
     }
 }

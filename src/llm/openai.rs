@@ -137,19 +137,23 @@ impl OpenAiClient {
         }
         let resp = match req.send().await {
             Ok(r) => r,
-            Err(e) => return Attempt::Retry {
-                reason: transport_reason(&e),
-                after: None,
-            },
+            Err(e) => {
+                return Attempt::Retry {
+                    reason: transport_reason(&e),
+                    after: None,
+                }
+            }
         };
         let status = resp.status();
         let after = retry_after(resp.headers());
         let text = match resp.text().await {
             Ok(t) => t,
-            Err(e) => return Attempt::Retry {
-                reason: transport_reason(&e),
-                after: None,
-            },
+            Err(e) => {
+                return Attempt::Retry {
+                    reason: transport_reason(&e),
+                    after: None,
+                }
+            }
         };
         if status.is_success() {
             return match parse_reply(&text) {
@@ -216,7 +220,10 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         return (secs >= 0.0 && secs.is_finite()).then(|| Duration::from_secs_f64(secs));
     }
     let when = httpdate::parse_http_date(v).ok()?;
-    Some(when.duration_since(std::time::SystemTime::now()).unwrap_or_default())
+    Some(
+        when.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    )
 }
 
 fn error_message(body: &str) -> String {
@@ -234,14 +241,20 @@ fn error_message(body: &str) -> String {
 
 fn is_context_limit(message: &str) -> bool {
     let m = message.to_ascii_lowercase();
-    ["context length", "context_length", "maximum context", "context window", "too many tokens"]
-        .iter()
-        .any(|p| m.contains(p))
+    [
+        "context length",
+        "context_length",
+        "maximum context",
+        "context window",
+        "too many tokens",
+    ]
+    .iter()
+    .any(|p| m.contains(p))
 }
 
 fn parse_reply(text: &str) -> Result<ChatReply, LlmError> {
-    let v: Value = serde_json::from_str(text)
-        .map_err(|e| LlmError::Malformed(format!("not JSON ({e})")))?;
+    let v: Value =
+        serde_json::from_str(text).map_err(|e| LlmError::Malformed(format!("not JSON ({e})")))?;
     let choice = v
         .get("choices")
         .and_then(Value::as_array)
@@ -274,7 +287,10 @@ mod tests {
         let later = std::time::SystemTime::now() + Duration::from_secs(30);
         h.insert(RETRY_AFTER, httpdate::fmt_http_date(later).parse().unwrap());
         let d = retry_after(&h).unwrap();
-        assert!(d > Duration::from_secs(25) && d <= Duration::from_secs(30), "{d:?}");
+        assert!(
+            d > Duration::from_secs(25) && d <= Duration::from_secs(30),
+            "{d:?}"
+        );
     }
 
     #[test]
@@ -287,7 +303,9 @@ mod tests {
 
     #[test]
     fn context_limit_is_recognised() {
-        assert!(is_context_limit("This model's maximum context length is 8192 tokens"));
+        assert!(is_context_limit(
+            "This model's maximum context length is 8192 tokens"
+        ));
         assert!(!is_context_limit("invalid tool schema"));
     }
 }

@@ -38,7 +38,10 @@ pub fn reply(vars: &Map<String, Value>, messages: &[Value]) -> ChatReply {
     let (name, args) = match commands.get(step) {
         Some(cmd) => ("bash", json!({ "command": cmd })),
         None => {
-            let answer = vars.get("answer").and_then(Value::as_str).unwrap_or_default();
+            let answer = vars
+                .get("answer")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
             ("finish", json!({ "message": answer }))
         }
     };
@@ -69,7 +72,12 @@ mod tests {
         let mut names = Vec::new();
         for _ in 0..3 {
             let r = reply(vars, &msgs);
-            names.push(r.message["tool_calls"][0]["function"]["name"].as_str().unwrap().to_string());
+            names.push(
+                r.message["tool_calls"][0]["function"]["name"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            );
             msgs.push(r.message);
         }
         assert_eq!(names, ["bash", "bash", "finish"]);

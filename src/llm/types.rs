@@ -24,7 +24,11 @@ impl Usage {
 
     /// Reads an OpenAI `usage` object; missing fields count as 0.
     pub fn from_json(v: Option<&Value>) -> Usage {
-        let get = |k: &str| v.and_then(|u| u.get(k)).and_then(Value::as_u64).unwrap_or(0);
+        let get = |k: &str| {
+            v.and_then(|u| u.get(k))
+                .and_then(Value::as_u64)
+                .unwrap_or(0)
+        };
         let (prompt, completion) = (get("prompt_tokens"), get("completion_tokens"));
         Usage {
             prompt_tokens: prompt,

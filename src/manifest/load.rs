@@ -194,18 +194,34 @@ fn validate(m: &Manifest, text: &str) -> Vec<Problem> {
             "is required for provider \"openai\"",
         );
     }
-    check(!m.llm.timeout.is_zero(), "llm.timeout", "must be more than 0s");
+    check(
+        !m.llm.timeout.is_zero(),
+        "llm.timeout",
+        "must be more than 0s",
+    );
     check(
         !m.llm.connect_timeout.is_zero(),
         "llm.connect_timeout",
         "must be more than 0s",
     );
-    check(m.llm.max_in_flight >= 1, "llm.max_in_flight", "must be at least 1");
+    check(
+        m.llm.max_in_flight >= 1,
+        "llm.max_in_flight",
+        "must be at least 1",
+    );
     if let Some(t) = m.llm.temperature {
-        check((0.0..=2.0).contains(&t), "llm.temperature", "must be between 0 and 2");
+        check(
+            (0.0..=2.0).contains(&t),
+            "llm.temperature",
+            "must be between 0 and 2",
+        );
     }
 
-    check(m.agent.max_steps >= 1, "agent.max_steps", "must be at least 1");
+    check(
+        m.agent.max_steps >= 1,
+        "agent.max_steps",
+        "must be at least 1",
+    );
     check(
         !m.agent.command_timeout.is_zero(),
         "agent.command_timeout",
@@ -218,13 +234,21 @@ fn validate(m: &Manifest, text: &str) -> Vec<Problem> {
     );
 
     check(m.run.workers >= 1, "run.workers", "must be at least 1");
-    check(m.run.max_attempts >= 1, "run.max_attempts", "must be at least 1");
+    check(
+        m.run.max_attempts >= 1,
+        "run.max_attempts",
+        "must be at least 1",
+    );
     check(
         !m.run.task_timeout.is_zero(),
         "run.task_timeout",
         "must be more than 0s",
     );
-    check(!m.monitor.interval.is_zero(), "monitor.interval", "must be more than 0s");
+    check(
+        !m.monitor.interval.is_zero(),
+        "monitor.interval",
+        "must be more than 0s",
+    );
 
     let ws = &m.workspace;
     check(
@@ -248,8 +272,7 @@ fn validate(m: &Manifest, text: &str) -> Vec<Problem> {
         "variable names must be letters, digits and '_', not starting with a digit",
     );
     check(
-        ws.kind == WorkspaceKind::Docker
-            || ws.workdir.as_deref().is_none_or(|w| !w.is_empty()),
+        ws.kind == WorkspaceKind::Docker || ws.workdir.as_deref().is_none_or(|w| !w.is_empty()),
         "workspace.workdir",
         "must not be empty",
     );
@@ -291,16 +314,20 @@ provider = "script"
     fn unknown_key_names_table_and_line() {
         let p = problems("[run]\nwrkers = 3\n");
         assert_eq!(p.len(), 1);
-        assert_eq!(p[0].key.as_deref(), Some("run"));
-        assert!(p[0].message.contains("unknown field `wrkers`"), "{}", p[0].message);
-        assert_eq!(p[0].line, Some(11));
+        assert_eq!(p[0].key.as_deref(), Some("run.wrkers"));
+        assert!(
+            p[0].message.contains("unknown field `wrkers`"),
+            "{}",
+            p[0].message
+        );
+        assert_eq!(p[0].line, Some(10));
     }
 
     #[test]
     fn zero_workers_names_key_and_line() {
         let p = problems("[run]\nworkers = 0\n");
         assert_eq!(p[0].key.as_deref(), Some("run.workers"));
-        assert_eq!(p[0].line, Some(11));
+        assert_eq!(p[0].line, Some(10));
     }
 
     #[test]
@@ -309,7 +336,7 @@ provider = "script"
         assert_eq!(p[0].key.as_deref(), Some("agent.max_steps"));
         let p = problems("[run]\ntask_timeout = \"ten minutes\"\n");
         assert_eq!(p[0].key.as_deref(), Some("run.task_timeout"));
-        assert_eq!(p[0].line, Some(11));
+        assert_eq!(p[0].line, Some(10));
     }
 
     #[test]

@@ -125,7 +125,10 @@ pub struct AgentSpec {
     pub max_steps: u32,
     /// Default time limit of one shell command (the `bash` tool may ask for
     /// another).
-    #[serde(default = "AgentSpec::default_command_timeout", with = "humantime_serde")]
+    #[serde(
+        default = "AgentSpec::default_command_timeout",
+        with = "humantime_serde"
+    )]
     pub command_timeout: Duration,
     /// Longer observations keep their head and tail and say how much was cut.
     #[serde(default = "AgentSpec::default_max_observation_chars")]

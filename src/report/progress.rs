@@ -44,7 +44,12 @@ impl Progress {
 
     /// Shows the current counts; plain mode prints at most every `every`.
     pub fn update(&mut self, t: &Tally) {
-        let counts = format!("ok {} failed {} in-flight {}", t.ok(), t.not_ok(), t.in_flight);
+        let counts = format!(
+            "ok {} failed {} in-flight {}",
+            t.ok(),
+            t.not_ok(),
+            t.in_flight
+        );
         match &self.bar {
             Some(bar) => {
                 bar.set_position(t.done);
@@ -78,7 +83,12 @@ impl Progress {
         match self.bar.take() {
             Some(bar) => bar.finish_and_clear(),
             None => {
-                let counts = format!("ok {} failed {} in-flight {}", t.ok(), t.not_ok(), t.in_flight);
+                let counts = format!(
+                    "ok {} failed {} in-flight {}",
+                    t.ok(),
+                    t.not_ok(),
+                    t.in_flight
+                );
                 self.print_line(t, &counts);
             }
         }

@@ -96,7 +96,11 @@ impl LeakVerdict {
 impl Summary {
     /// The lines printed at the end of a run.
     pub fn render(&self) -> String {
-        let counts: Vec<String> = self.counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        let counts: Vec<String> = self
+            .counts
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
         let mut s = format!(
             "{}: {}/{} tasks done ({}) in {:.1}s, {:.1} conversations/s\n",
             self.name,
@@ -115,7 +119,10 @@ impl Summary {
             self.usage.prompt_tokens, self.usage.completion_tokens, self.steps, self.usage.retries
         ));
         if self.not_run > 0 {
-            s.push_str(&format!("not run: {} tasks (run again to do them)\n", self.not_run));
+            s.push_str(&format!(
+                "not run: {} tasks (run again to do them)\n",
+                self.not_run
+            ));
         }
         s.push_str(&format!("leaks: {}", self.leaks.verdict));
         if !self.leaks.shutdown.stray_sessions.is_empty() {

@@ -49,7 +49,13 @@ pub async fn run(
         if ctl.drain.is_cancelled() {
             break;
         }
-        set.spawn(run_task(task, ctx.clone(), ctl.clone(), events.clone(), permit));
+        set.spawn(run_task(
+            task,
+            ctx.clone(),
+            ctl.clone(),
+            events.clone(),
+            permit,
+        ));
         while let Some(done) = set.try_join_next() {
             log_join_error(done);
         }
@@ -82,7 +88,8 @@ async fn run_task(
         let clock = Instant::now();
         let mut conv = Conversation::new(task.system.as_deref(), &task.user);
         let result = {
-            let attempt_fut = AssertUnwindSafe(run_attempt(&task, &ctx, &mut conv, &events)).catch_unwind();
+            let attempt_fut =
+                AssertUnwindSafe(run_attempt(&task, &ctx, &mut conv, &events)).catch_unwind();
             tokio::select! {
                 r = attempt_fut => r,
                 _ = ctl.cancel.cancelled() => {
@@ -105,7 +112,10 @@ async fn run_task(
             Err(panic) => (
                 Status::Failed,
                 None,
-                Some(format!("the conversation panicked: {}", panic_message(&panic))),
+                Some(format!(
+                    "the conversation panicked: {}",
+                    panic_message(&panic)
+                )),
                 false,
             ),
         };
@@ -178,7 +188,9 @@ async fn run_attempt(
     };
     let driven = tokio::time::timeout(
         ctx.task_timeout,
-        drive(conv, task, &ctx.llm, &session, &ctx.tools, ctx.limits, on_step),
+        drive(
+            conv, task, &ctx.llm, &session, &ctx.tools, ctx.limits, on_step,
+        ),
     )
     .await;
     if let Err(e) = session.close().await {

@@ -103,7 +103,11 @@ pub fn plan(job: &Job) -> Result<Vec<Task>, TaskError> {
             None => row.line.to_string(),
         };
         if base_id.is_empty() {
-            return Err(TaskError::row(&path, row.line, "tasks.id rendered an empty id"));
+            return Err(TaskError::row(
+                &path,
+                row.line,
+                "tasks.id rendered an empty id",
+            ));
         }
         if let Some(first) = first_line.insert(base_id.clone(), row.line) {
             return Err(TaskError::row(
@@ -166,7 +170,11 @@ mod tests {
     #[test]
     fn ids_repeat_and_render() {
         let d = tempfile::tempdir().unwrap();
-        let j = job(d.path(), "id = \"{{ path }}\"\nrepeat = 2", "{\"path\":\"a\"}\n{\"path\":\"b\"}\n");
+        let j = job(
+            d.path(),
+            "id = \"{{ path }}\"\nrepeat = 2",
+            "{\"path\":\"a\"}\n{\"path\":\"b\"}\n",
+        );
         let t = plan(&j).unwrap();
         let ids: Vec<_> = t.iter().map(|t| t.id.as_str()).collect();
         assert_eq!(ids, ["a#1", "a#2", "b#1", "b#2"]);
@@ -184,7 +192,11 @@ mod tests {
     #[test]
     fn undefined_variable_names_row_and_variable() {
         let d = tempfile::tempdir().unwrap();
-        let j = job(d.path(), "", "{\"path\":\"a\"}\n{\"path\":\"b\"}\n{\"path\":\"c\"}\n{\"file\":\"d\"}\n");
+        let j = job(
+            d.path(),
+            "",
+            "{\"path\":\"a\"}\n{\"path\":\"b\"}\n{\"path\":\"c\"}\n{\"file\":\"d\"}\n",
+        );
         let err = plan(&j).unwrap_err().to_string();
         assert!(err.contains("t.jsonl:4: prompt.user"), "{err}");
         assert!(err.contains("undefined"), "{err}");
@@ -193,8 +205,15 @@ mod tests {
     #[test]
     fn duplicate_ids_name_both_lines() {
         let d = tempfile::tempdir().unwrap();
-        let j = job(d.path(), "id = \"{{ path }}\"", "{\"path\":\"a\"}\n{\"path\":\"b\"}\n{\"path\":\"a\"}\n");
+        let j = job(
+            d.path(),
+            "id = \"{{ path }}\"",
+            "{\"path\":\"a\"}\n{\"path\":\"b\"}\n{\"path\":\"a\"}\n",
+        );
         let err = plan(&j).unwrap_err().to_string();
-        assert!(err.contains("t.jsonl:3: duplicate task id `a` (first at line 1)"), "{err}");
+        assert!(
+            err.contains("t.jsonl:3: duplicate task id `a` (first at line 1)"),
+            "{err}"
+        );
     }
 }

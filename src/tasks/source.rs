@@ -32,14 +32,18 @@ fn read_jsonl(path: &Path, reader: impl BufRead) -> Result<Vec<Row>, TaskError> 
     let mut rows = Vec::new();
     for (i, line) in reader.lines().enumerate() {
         let line_no = i + 1;
-        let text = line.map_err(|e| TaskError::row(path, line_no, format!("unreadable line: {e}")))?;
+        let text =
+            line.map_err(|e| TaskError::row(path, line_no, format!("unreadable line: {e}")))?;
         if text.trim().is_empty() {
             continue;
         }
         let value: Value = serde_json::from_str(&text)
             .map_err(|e| TaskError::row(path, line_no, format!("invalid JSON: {e}")))?;
         match value {
-            Value::Object(vars) => rows.push(Row { line: line_no, vars }),
+            Value::Object(vars) => rows.push(Row {
+                line: line_no,
+                vars,
+            }),
             other => {
                 return Err(TaskError::row(
                     path,
@@ -106,9 +110,14 @@ mod tests {
     #[test]
     fn jsonl_bad_row_names_file_and_line() {
         let err = read_jsonl(Path::new("t.jsonl"), "{}\n{}\n{}\n{oops\n".as_bytes()).unwrap_err();
-        assert!(err.to_string().starts_with("t.jsonl:4: invalid JSON"), "{err}");
+        assert!(
+            err.to_string().starts_with("t.jsonl:4: invalid JSON"),
+            "{err}"
+        );
         let err = read_jsonl(Path::new("t.jsonl"), "[1]\n".as_bytes()).unwrap_err();
-        assert!(err.to_string().contains("t.jsonl:1: a task row must be a JSON object"));
+        assert!(err
+            .to_string()
+            .contains("t.jsonl:1: a task row must be a JSON object"));
     }
 
     #[test]
@@ -117,7 +126,10 @@ mod tests {
         let p = dir.path().join("t.csv");
         std::fs::write(&p, "path,n\na,1\nb\n").unwrap();
         let err = read_rows(&p).unwrap_err().to_string();
-        assert!(err.ends_with("t.csv:3: row has 1 fields, the header has 2"), "{err}");
+        assert!(
+            err.ends_with("t.csv:3: row has 1 fields, the header has 2"),
+            "{err}"
+        );
         std::fs::write(&p, "path,n\na,1\n\"b,c\",2\n").unwrap();
         let rows = read_rows(&p).unwrap();
         assert_eq!(rows[1].vars["path"], "b,c");

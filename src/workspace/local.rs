@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::io::AsyncBufReadExt;
 
 use super::channel::ShimClient;
-use super::workspace::WorkspaceError;
+use super::shared::WorkspaceError;
 
 /// The helper process and the directory it owns. The helper removes that
 /// directory itself when its stdin closes, so even if convoy is killed the
@@ -22,14 +22,16 @@ impl LocalBackend {
     /// Starts the helper; returns it with its connected client and the
     /// default working directory for sessions.
     pub async fn start() -> Result<(LocalBackend, ShimClient, PathBuf), WorkspaceError> {
-        let boot = |what: &str, e: &dyn std::fmt::Display| WorkspaceError::Boot(format!("{what}: {e}"));
+        let boot =
+            |what: &str, e: &dyn std::fmt::Display| WorkspaceError::Boot(format!("{what}: {e}"));
         let root = tempfile::Builder::new()
             .prefix("convoy-")
             .tempdir()
             .map_err(|e| boot("cannot create a temporary directory", &e))?
             .keep();
         let workdir = root.join("work");
-        std::fs::create_dir_all(&workdir).map_err(|e| boot("cannot create the work directory", &e))?;
+        std::fs::create_dir_all(&workdir)
+            .map_err(|e| boot("cannot create the work directory", &e))?;
         let exe = std::env::current_exe().map_err(|e| boot("cannot find the convoy binary", &e))?;
         let mut child = tokio::process::Command::new(exe)
             .arg("shim")

@@ -5,8 +5,8 @@
 pub mod channel;
 mod local;
 mod session;
-mod workspace;
+mod shared;
 
 pub use channel::protocol::RunOutput;
 pub use session::Session;
-pub use workspace::{ShutdownReport, Workspace, WorkspaceError};
+pub use shared::{ShutdownReport, Workspace, WorkspaceError};

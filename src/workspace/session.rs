@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::channel::protocol::{Op, Reply, RunOutput};
-use super::workspace::{Inner, WorkspaceError};
+use super::shared::{Inner, WorkspaceError};
 
 pub struct Session {
     name: String,

@@ -47,7 +47,9 @@ impl ShimClient {
             .await
             .map_err(|e| ChannelError::Handshake(e.to_string()))?;
         if first.is_empty() {
-            return Err(ChannelError::Handshake("it exited before saying hello".into()));
+            return Err(ChannelError::Handshake(
+                "it exited before saying hello".into(),
+            ));
         }
         let hello: Hello = serde_json::from_str(first.trim()).map_err(|e| {
             ChannelError::Handshake(format!("unexpected first line {first:?}: {e}"))

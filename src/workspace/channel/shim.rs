@@ -17,10 +17,10 @@
 //! prompt comes back, and the shell's EXIT trap writes the record if the
 //! command ends the shell.
 //!
-//! Every process a session starts carries `CONVOY_SESSION=NAME` and
-//! `CONVOY_FIFO=...` in its environment; closing the session kills the tmux
-//! session, then every process with that marker (so `nohup` and `setsid`
-//! children go too).
+//! Every process a session starts carries `CONVOY_SESSION_DIR=ROOT/s/NAME`
+//! and `CONVOY_FIFO=ROOT/done.fifo` in its environment (unique to this
+//! helper); closing the session kills the tmux session, then every process
+//! with that marker (so `nohup` and `setsid` children go too).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -210,7 +210,12 @@ impl Shim {
                 timeout_ms,
                 max_output_bytes,
             } => self
-                .run(&session, &command, Duration::from_millis(timeout_ms), max_output_bytes)
+                .run(
+                    &session,
+                    &command,
+                    Duration::from_millis(timeout_ms),
+                    max_output_bytes,
+                )
                 .await
                 .map(Reply::Ran),
             Op::Close { session } => self.close(&session).await.map(|()| Reply::Done),
@@ -220,8 +225,15 @@ impl Shim {
         result.unwrap_or_else(|message| Reply::Error { message })
     }
 
+    /// The environment entry every process of `session` carries. It names
+    /// this helper's root, so two convoy runs on one host never match each
+    /// other's sessions.
     fn marker(&self, session: &str) -> String {
-        format!("CONVOY_SESSION={session}")
+        format!("CONVOY_SESSION_DIR={}", self.session_dir(session).display())
+    }
+
+    fn session_dir(&self, session: &str) -> PathBuf {
+        self.root.join("s").join(session)
     }
 
     fn run_marker(&self) -> String {
@@ -246,7 +258,7 @@ impl Shim {
                 return Err(format!("workdir `{w}` is not a directory"));
             }
         }
-        let dir = self.root.join("s").join(&name);
+        let dir = self.session_dir(&name);
         {
             let mut sessions = self.sessions.lock().expect("sessions lock");
             if sessions.contains_key(&name) {
@@ -263,7 +275,8 @@ impl Shim {
                 })),
             );
         }
-        std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let state = self.state(&name)?;
         let state = state.lock().await;
         let result = self.spawn_shell(&name, &state).await;
@@ -293,7 +306,12 @@ impl Shim {
             ("CONVOY_SESSION_DIR", state.dir.display().to_string()),
             ("CONVOY_FIFO", self.fifo.display().to_string()),
         ];
-        for (k, v) in state.env.iter().cloned().chain(fixed.map(|(k, v)| (k.to_string(), v))) {
+        for (k, v) in state
+            .env
+            .iter()
+            .cloned()
+            .chain(fixed.map(|(k, v)| (k.to_string(), v)))
+        {
             args.extend(["-e".into(), format!("{k}={v}")]);
         }
         args.push(format!(
@@ -352,14 +370,18 @@ impl Shim {
         );
         let target = format!("={name}:");
         let mut sent = self.send_line(&target, &line).await;
-        if sent.as_ref().is_err_and(|e| tmux::is_missing(e)) {
+        if let Some(e) = sent.as_ref().err().filter(|e| tmux::is_missing(e)) {
             // The shell is gone (killed from outside): start a new one.
+            eprintln!("session `{name}`: its shell is gone ({e}); starting a new one");
             self.spawn_shell(name, &st).await?;
             out.shell_restarted = true;
             sent = self.send_line(&target, &line).await;
         }
         if let Err(e) = sent {
-            self.waiters.lock().expect("waiters lock").remove(&(name.to_string(), k));
+            self.waiters
+                .lock()
+                .expect("waiters lock")
+                .remove(&(name.to_string(), k));
             return Err(format!("cannot type into session `{name}`: {e}"));
         }
 
@@ -379,8 +401,14 @@ impl Shim {
             None if out.timed_out => {
                 // Neither C-c nor killing the foreground group brought the
                 // prompt back: replace the shell.
-                self.waiters.lock().expect("waiters lock").remove(&(name.to_string(), k));
-                let _ = self.tmux.call(&["kill-session", "-t", &format!("={name}")]).await;
+                self.waiters
+                    .lock()
+                    .expect("waiters lock")
+                    .remove(&(name.to_string(), k));
+                let _ = self
+                    .tmux
+                    .call(&["kill-session", "-t", &format!("={name}")])
+                    .await;
                 let marker = self.marker(name);
                 tokio::task::spawn_blocking(move || tmux::kill_marked(&marker))
                     .await
@@ -401,7 +429,18 @@ impl Shim {
 
     async fn send_line(&self, target: &str, line: &str) -> Result<(), String> {
         self.tmux
-            .call(&["send-keys", "-t", target, "-l", line, ";", "send-keys", "-t", target, "Enter"])
+            .call(&[
+                "send-keys",
+                "-t",
+                target,
+                "-l",
+                line,
+                ";",
+                "send-keys",
+                "-t",
+                target,
+                "Enter",
+            ])
             .await
             .map(drop)
     }
@@ -414,7 +453,12 @@ impl Shim {
         rx: &mut oneshot::Receiver<Completion>,
         out: &mut RunOutput,
     ) -> Option<Completion> {
-        if self.tmux.call(&["send-keys", "-t", target, "C-c"]).await.is_ok() {
+        if self
+            .tmux
+            .call(&["send-keys", "-t", target, "C-c"])
+            .await
+            .is_ok()
+        {
             if let Ok(done) = tokio::time::timeout(INTERRUPT_GRACE, &mut *rx).await {
                 return done.ok();
             }
@@ -429,14 +473,20 @@ impl Shim {
             tmux::kill_group(group);
             out.killed = true;
         }
-        tokio::time::timeout(INTERRUPT_GRACE, &mut *rx).await.ok()?.ok()
+        tokio::time::timeout(INTERRUPT_GRACE, &mut *rx)
+            .await
+            .ok()?
+            .ok()
     }
 
     async fn close(&self, name: &str) -> Result<(), String> {
         let state = self.state(name)?;
         // Wake a command still waiting on this session before taking its lock.
         self.forget(name);
-        let killed = self.tmux.call(&["kill-session", "-t", &format!("={name}")]).await;
+        let killed = self
+            .tmux
+            .call(&["kill-session", "-t", &format!("={name}")])
+            .await;
         let marker = self.marker(name);
         tokio::task::spawn_blocking(move || tmux::kill_marked(&marker))
             .await
@@ -450,7 +500,11 @@ impl Shim {
     }
 
     async fn list(&self) -> Result<Vec<String>, String> {
-        match self.tmux.call(&["list-sessions", "-F", "#{session_name}"]).await {
+        match self
+            .tmux
+            .call(&["list-sessions", "-F", "#{session_name}"])
+            .await
+        {
             Ok(out) => Ok(out.lines().map(str::to_string).collect()),
             Err(e) if tmux::is_missing(&e) => Ok(Vec::new()),
             Err(e) => Err(e),
@@ -474,7 +528,8 @@ async fn read_completions(receiver: tokio::net::unix::pipe::Receiver, waiters: W
     let mut lines = BufReader::new(receiver).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         let mut parts = line.split(' ');
-        let (Some(name), Some(seq), Some(status)) = (parts.next(), parts.next(), parts.next()) else {
+        let (Some(name), Some(seq), Some(status)) = (parts.next(), parts.next(), parts.next())
+        else {
             continue;
         };
         let (Ok(seq), Ok(status)) = (seq.parse::<u64>(), status.parse::<i32>()) else {

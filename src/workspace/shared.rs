@@ -1,4 +1,4 @@
-//! The workspace of one job: boot, open sessions, reap, shut down. The
+//! The workspace of one job (shared by all its conversations): boot, open sessions, reap, shut down. The
 //! session logic is the same for every backend, since all of it goes
 //! through the helper; backends differ only in where the helper runs.
 
@@ -124,7 +124,11 @@ impl Workspace {
             client,
             counter: AtomicU64::new(0),
             workdir: Some(workdir.display().to_string()),
-            env: spec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            env: spec
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
             reap_tx,
             open: Mutex::default(),
             reaped: AtomicUsize::new(0),
@@ -151,7 +155,11 @@ impl Workspace {
             .await?;
         match reply {
             Reply::Done => {
-                self.inner.open.lock().expect("open lock").insert(name.clone());
+                self.inner
+                    .open
+                    .lock()
+                    .expect("open lock")
+                    .insert(name.clone());
                 Ok(Session::new(name, self.inner.clone()))
             }
             other => Err(WorkspaceError::unexpected(other)),
@@ -182,12 +190,18 @@ impl Workspace {
         report.reaped = self.inner.reaped.load(Ordering::Relaxed);
         if let Ok(names) = self.list_sessions().await {
             for name in names {
-                tracing::warn!("leak: tmux session `{name}` was still alive at the end of the job; closing it");
+                tracing::warn!(
+                    "leak: tmux session `{name}` was still alive at the end of the job; closing it"
+                );
                 let _ = self.inner.close_session(&name).await;
                 report.stray_sessions.push(name);
             }
         }
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(30), self.inner.call(Op::Shutdown)).await;
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            self.inner.call(Op::Shutdown),
+        )
+        .await;
         self.reaper.abort();
         let Workspace { inner, backend, .. } = self;
         // Dropping the last handle to the client closes the helper's stdin.

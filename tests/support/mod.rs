@@ -1,0 +1,141 @@
+//! Helpers for integration tests: a job directory, running the real
+//! `convoy` binary, reading its run directory.
+
+#![allow(dead_code)]
+
+pub mod fake_llm;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use serde_json::Value;
+
+pub fn convoy_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_convoy")
+}
+
+/// A job in its own temporary directory, with its own TMPDIR so the test
+/// can see exactly what the run left behind.
+pub struct TestJob {
+    pub dir: tempfile::TempDir,
+}
+
+impl TestJob {
+    pub fn new() -> TestJob {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
+        std::fs::create_dir_all(dir.path().join("work")).unwrap();
+        TestJob { dir }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn write(&self, rel: &str, text: &str) -> PathBuf {
+        let p = self.path(rel);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    /// Writes `tasks.jsonl` from JSON rows.
+    pub fn tasks(&self, rows: &[Value]) {
+        let text: String = rows.iter().map(|r| format!("{r}\n")).collect();
+        self.write("tasks.jsonl", &text);
+    }
+
+    /// Writes `job.toml`: the given body after a local-workspace preamble.
+    pub fn manifest(&self, body: &str) -> PathBuf {
+        self.write(
+            "job.toml",
+            &format!(
+                "name = \"test\"\n[tasks]\nsource = \"tasks.jsonl\"\nid = \"{{{{ id }}}}\"\n{body}"
+            ),
+        )
+    }
+
+    pub fn tmp_entries(&self) -> Vec<String> {
+        std::fs::read_dir(self.path("tmp"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+
+    /// Runs `convoy ARGS` in the job directory.
+    pub async fn convoy(&self, args: &[&str], envs: &[(&str, &str)]) -> Output {
+        let mut cmd = tokio::process::Command::new(convoy_bin());
+        cmd.args(args)
+            .current_dir(self.dir.path())
+            .env("TMPDIR", self.path("tmp"))
+            .env("RUST_LOG", "warn")
+            .kill_on_drop(true);
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        cmd.output().await.unwrap()
+    }
+
+    pub async fn run(&self, envs: &[(&str, &str)]) -> Output {
+        self.convoy(&["run", "job.toml", "--out", "out"], envs)
+            .await
+    }
+
+    pub fn results(&self) -> Vec<Value> {
+        read_jsonl(&self.path("out/results.jsonl"))
+    }
+
+    pub fn trajectories(&self) -> Vec<Value> {
+        read_jsonl(&self.path("out/trajectories.jsonl"))
+    }
+
+    /// The trajectory of task `id`.
+    pub fn trajectory(&self, id: &str) -> Value {
+        self.trajectories()
+            .into_iter()
+            .find(|t| t["id"] == id)
+            .unwrap_or_else(|| panic!("no trajectory for {id}"))
+    }
+}
+
+pub fn read_jsonl(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The `content` of every tool message of a trajectory, in order.
+pub fn observations(traj: &Value) -> Vec<String> {
+    traj["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "tool")
+        .map(|m| m["content"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Processes whose command line contains `needle` (other than ourselves).
+pub fn processes_with(needle: &str) -> Vec<String> {
+    let me = std::process::id().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|s| s.chars().all(|c| c.is_ascii_digit()))
+        })
+        .filter(|e| e.file_name().to_str() != Some(me.as_str()))
+        .filter_map(|e| {
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            cmd.contains(needle).then_some(cmd)
+        })
+        .collect()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
