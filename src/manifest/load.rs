@@ -195,16 +195,6 @@ fn validate(m: &Manifest, text: &str) -> Vec<Problem> {
         );
     }
     check(
-        !m.llm.timeout.is_zero(),
-        "llm.timeout",
-        "must be more than 0s",
-    );
-    check(
-        !m.llm.connect_timeout.is_zero(),
-        "llm.connect_timeout",
-        "must be more than 0s",
-    );
-    check(
         m.llm.max_in_flight >= 1,
         "llm.max_in_flight",
         "must be at least 1",
@@ -223,11 +213,6 @@ fn validate(m: &Manifest, text: &str) -> Vec<Problem> {
         "must be at least 1",
     );
     check(
-        !m.agent.command_timeout.is_zero(),
-        "agent.command_timeout",
-        "must be more than 0s",
-    );
-    check(
         m.agent.max_observation_chars >= 200,
         "agent.max_observation_chars",
         "must be at least 200",
@@ -239,16 +224,16 @@ fn validate(m: &Manifest, text: &str) -> Vec<Problem> {
         "run.max_attempts",
         "must be at least 1",
     );
-    check(
-        !m.run.task_timeout.is_zero(),
-        "run.task_timeout",
-        "must be more than 0s",
-    );
-    check(
-        !m.monitor.interval.is_zero(),
-        "monitor.interval",
-        "must be more than 0s",
-    );
+
+    for (key, d) in [
+        ("llm.timeout", m.llm.timeout),
+        ("llm.connect_timeout", m.llm.connect_timeout),
+        ("agent.command_timeout", m.agent.command_timeout),
+        ("run.task_timeout", m.run.task_timeout),
+        ("monitor.interval", m.monitor.interval),
+    ] {
+        check(!d.is_zero(), key, "must be more than 0s");
+    }
 
     let ws = &m.workspace;
     check(

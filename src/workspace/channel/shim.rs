@@ -405,14 +405,7 @@ impl Shim {
                     .lock()
                     .expect("waiters lock")
                     .remove(&(name.to_string(), k));
-                let _ = self
-                    .tmux
-                    .call(&["kill-session", "-t", &format!("={name}")])
-                    .await;
-                let marker = self.marker(name);
-                tokio::task::spawn_blocking(move || tmux::kill_marked(&marker))
-                    .await
-                    .ok();
+                let _ = self.kill_tree(name).await;
                 st.dead = true;
                 out.exit_code = -1;
                 out.shell_exited = true;
@@ -483,6 +476,14 @@ impl Shim {
         let state = self.state(name)?;
         // Wake a command still waiting on this session before taking its lock.
         self.forget(name);
+        let killed = self.kill_tree(name).await;
+        let st = state.lock().await;
+        let _ = std::fs::remove_dir_all(&st.dir);
+        killed
+    }
+
+    /// Kills the tmux session, then every process that carries its marker.
+    async fn kill_tree(&self, name: &str) -> Result<(), String> {
         let killed = self
             .tmux
             .call(&["kill-session", "-t", &format!("={name}")])
@@ -491,8 +492,6 @@ impl Shim {
         tokio::task::spawn_blocking(move || tmux::kill_marked(&marker))
             .await
             .map_err(|e| format!("process sweep failed: {e}"))?;
-        let st = state.lock().await;
-        let _ = std::fs::remove_dir_all(&st.dir);
         match killed {
             Err(e) if !tmux::is_missing(&e) => Err(format!("kill-session `{name}`: {e}")),
             _ => Ok(()),
