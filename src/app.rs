@@ -17,7 +17,7 @@ use crate::manifest::{self, Job, OnLeak};
 use crate::report::{Progress, Summary, Tally};
 use crate::scheduler::{self, Control, RunCtx};
 use crate::tasks;
-use crate::workspace::Workspace;
+use crate::workspace::{Workspace, WorkspaceError};
 
 /// Runs the command and returns the exit code; errors are printed here.
 pub fn main(cli: Cli) -> Exit {
@@ -72,6 +72,16 @@ fn load_plan(path: &std::path::Path) -> Result<(Job, Vec<tasks::Task>), Failure>
 fn validate(path: &std::path::Path) -> Result<Exit, Failure> {
     let (job, plan) = load_plan(path)?;
     Llm::new(&job.manifest.llm).map_err(Failure::invalid)?;
+    let ws = &job.manifest.workspace;
+    if ws.kind == crate::manifest::WorkspaceKind::Docker {
+        let runtime = tokio::runtime::Runtime::new().map_err(Failure::infra)?;
+        runtime
+            .block_on(async {
+                let docker = crate::workspace::docker::connect().await?;
+                crate::workspace::docker::check_image(&docker, &ws.image).await
+            })
+            .map_err(workspace_failure)?;
+    }
     println!(
         "{}: valid; {} tasks (first `{}`, last `{}`), workspace {:?}",
         path.display(),
@@ -111,7 +121,10 @@ async fn run(args: RunArgs) -> Result<Exit, Failure> {
     let ctl = Arc::new(Control::default());
     spawn_signal_handler(ctl.clone(), job.manifest.run.grace);
 
-    let workspace = Workspace::boot(&job).await.map_err(Failure::infra)?;
+    let run_label = std::path::absolute(&out).unwrap_or_else(|_| out.clone());
+    let workspace = Workspace::boot(&job, &run_label.display().to_string())
+        .await
+        .map_err(workspace_failure)?;
     let m = &job.manifest;
     let ctx = Arc::new(RunCtx {
         llm,
@@ -209,6 +222,15 @@ async fn run(args: RunArgs) -> Result<Exit, Failure> {
     }
     written.map_err(Failure::infra)?;
     Ok(exit)
+}
+
+/// A missing image is the user's input to fix (exit 2); anything else about
+/// the workspace is infrastructure (exit 4).
+fn workspace_failure(e: WorkspaceError) -> Failure {
+    match e {
+        WorkspaceError::MissingImage(_) => Failure::invalid(e),
+        other => Failure::infra(other),
+    }
 }
 
 /// The recorder: makes each batch of results durable, then counts it.

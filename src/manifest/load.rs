@@ -247,6 +247,19 @@ fn validate(m: &Manifest, text: &str) -> Vec<Problem> {
         "every `container` path must be absolute",
     );
     check(ws.nofile >= 64, "workspace.nofile", "must be at least 64");
+    if let Some(Err(e)) = ws.memory_bytes() {
+        check(false, "workspace.memory", &e);
+    }
+    check(
+        ws.cpus.is_none_or(|c| c > 0.0 && c.is_finite()),
+        "workspace.cpus",
+        "must be more than 0",
+    );
+    check(
+        ws.pids_limit.is_none_or(|p| p >= 16),
+        "workspace.pids_limit",
+        "must be at least 16",
+    );
     check(
         ws.env.keys().all(|k| {
             !k.is_empty()

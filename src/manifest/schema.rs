@@ -202,6 +202,21 @@ pub struct WorkspaceSpec {
     /// Keep the container after the job (docker only), for inspection.
     #[serde(default)]
     pub keep: bool,
+    /// Memory limit of the container, e.g. "4g", "512m" (docker only).
+    #[serde(default)]
+    pub memory: Option<String>,
+    /// CPUs the container may use, e.g. 1.5 (docker only).
+    #[serde(default)]
+    pub cpus: Option<f64>,
+    /// Most processes in the container (docker only).
+    #[serde(default)]
+    pub pids_limit: Option<i64>,
+    /// Docker network mode: "bridge", "host", "none", or a network name.
+    #[serde(default)]
+    pub network: Option<String>,
+    /// User the container's processes run as, e.g. "1000:1000".
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
 impl WorkspaceSpec {
@@ -210,6 +225,24 @@ impl WorkspaceSpec {
     }
     fn default_nofile() -> u64 {
         65_536
+    }
+
+    /// `memory` in bytes ("512m", "4g", "1024k" or plain bytes).
+    pub fn memory_bytes(&self) -> Option<Result<i64, String>> {
+        let text = self.memory.as_deref()?.trim().to_ascii_lowercase();
+        let (num, mult) = match text.chars().last() {
+            Some('k') => (&text[..text.len() - 1], 1i64 << 10),
+            Some('m') => (&text[..text.len() - 1], 1 << 20),
+            Some('g') => (&text[..text.len() - 1], 1 << 30),
+            _ => (&text[..], 1),
+        };
+        Some(
+            num.parse::<f64>()
+                .ok()
+                .filter(|n| *n > 0.0 && n.is_finite())
+                .map(|n| (n * mult as f64) as i64)
+                .ok_or_else(|| format!("`{text}` is not a size like \"512m\" or \"4g\"")),
+        )
     }
 }
 
@@ -223,6 +256,11 @@ impl Default for WorkspaceSpec {
             nofile: Self::default_nofile(),
             env: BTreeMap::new(),
             keep: false,
+            memory: None,
+            cpus: None,
+            pids_limit: None,
+            network: None,
+            user: None,
         }
     }
 }

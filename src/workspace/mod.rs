@@ -3,6 +3,7 @@
 //! workspace helper (`channel`).
 
 pub mod channel;
+pub mod docker;
 mod local;
 mod session;
 mod shared;

@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::channel::protocol::{Op, Reply};
 use super::channel::{ChannelError, ShimClient};
+use super::docker::DockerBackend;
 use super::local::LocalBackend;
 use super::session::Session;
 use crate::manifest::{Job, WorkspaceKind};
@@ -24,8 +25,8 @@ pub enum WorkspaceError {
     Channel(#[from] ChannelError),
     #[error("workspace helper: {0}")]
     Helper(String),
-    #[error("workspace kind `{0}` is not available in this build")]
-    Unsupported(String),
+    #[error("workspace image `{0}` does not exist locally (convoy never pulls); build it with `scripts/build-workspace-image.sh {0}`")]
+    MissingImage(String),
 }
 
 impl WorkspaceError {
@@ -81,6 +82,7 @@ impl Inner {
 
 enum Backend {
     Local(LocalBackend),
+    Docker(DockerBackend),
 }
 
 /// What shutdown found: sessions no conversation owned any more.
@@ -101,16 +103,21 @@ pub struct Workspace {
 
 impl Workspace {
     /// Boots the workspace the manifest asks for.
-    pub async fn boot(job: &Job) -> Result<Workspace, WorkspaceError> {
+    pub async fn boot(job: &Job, run_label: &str) -> Result<Workspace, WorkspaceError> {
         let spec = &job.manifest.workspace;
         let (backend, client, default_workdir) = match spec.kind {
             WorkspaceKind::Local => {
                 let (b, c, w) = LocalBackend::start().await?;
                 (Backend::Local(b), c, w)
             }
-            WorkspaceKind::Docker => return Err(WorkspaceError::Unsupported("docker".into())),
+            WorkspaceKind::Docker => {
+                let (b, c, w) = DockerBackend::start(job, run_label).await?;
+                (Backend::Docker(b), c, PathBuf::from(w))
+            }
         };
         let workdir = match &spec.workdir {
+            // Inside the container the path is the container's.
+            _ if spec.kind == WorkspaceKind::Docker => default_workdir,
             Some(w) => {
                 let p = job.resolve(&PathBuf::from(w));
                 p.canonicalize().map_err(|e| {
@@ -208,6 +215,7 @@ impl Workspace {
         drop(inner);
         match backend {
             Backend::Local(b) => b.stop().await,
+            Backend::Docker(b) => b.stop().await,
         }
         report
     }
