@@ -35,8 +35,8 @@ pub fn main(cli: Cli) -> Exit {
     let result = match cli.command {
         Command::Run(args) => runtime.block_on(run(args)),
         Command::Validate { manifest } => validate(&manifest),
-        Command::Shim { root } => runtime
-            .block_on(crate::workspace::channel::serve(root))
+        Command::Shim { root, keep_on_eof } => runtime
+            .block_on(crate::workspace::channel::serve(root, keep_on_eof))
             .map(|()| Exit::Ok)
             .map_err(Failure::infra),
     };

@@ -52,6 +52,12 @@ pub enum Command {
         /// and output files. Created if missing.
         #[arg(long)]
         root: PathBuf,
+        /// When stdin closes, just exit: leave the tmux server and its
+        /// sessions for the next helper to adopt. (Default: kill everything,
+        /// since a closed stdin means convoy is gone.) The Docker workspace
+        /// uses this, as the container's removal cleans up.
+        #[arg(long)]
+        keep_on_eof: bool,
     },
 }
 

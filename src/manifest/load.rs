@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-use super::schema::{Manifest, Provider, WorkspaceKind};
+use super::schema::{ChannelKind, Manifest, Provider, WorkspaceKind};
 
 /// A loaded, validated manifest and where it came from.
 #[derive(Debug, Clone)]
@@ -245,6 +245,11 @@ fn validate(m: &Manifest, text: &str) -> Vec<Problem> {
         ws.mounts.iter().all(|mt| mt.container.starts_with('/')),
         "workspace.mounts",
         "every `container` path must be absolute",
+    );
+    check(
+        ws.kind == WorkspaceKind::Docker || ws.channel == ChannelKind::Helper,
+        "workspace.channel",
+        "\"exec\" needs workspace.kind = \"docker\"",
     );
     check(ws.nofile >= 64, "workspace.nofile", "must be at least 64");
     if let Some(Err(e)) = ws.memory_bytes() {

@@ -167,6 +167,18 @@ pub enum WorkspaceKind {
     Local,
 }
 
+/// How requests reach tmux in a Docker workspace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelKind {
+    /// The workspace helper in one long-lived exec (fast).
+    #[default]
+    Helper,
+    /// One `docker exec` per request: for images the helper cannot run in,
+    /// and as the benchmark's baseline.
+    Exec,
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Mount {
@@ -202,6 +214,9 @@ pub struct WorkspaceSpec {
     /// Keep the container after the job (docker only), for inspection.
     #[serde(default)]
     pub keep: bool,
+    /// How requests reach tmux (docker only): "helper" or "exec".
+    #[serde(default)]
+    pub channel: ChannelKind,
     /// Memory limit of the container, e.g. "4g", "512m" (docker only).
     #[serde(default)]
     pub memory: Option<String>,
@@ -256,6 +271,7 @@ impl Default for WorkspaceSpec {
             nofile: Self::default_nofile(),
             env: BTreeMap::new(),
             keep: false,
+            channel: ChannelKind::default(),
             memory: None,
             cpus: None,
             pids_limit: None,

@@ -17,7 +17,7 @@ use crate::events::{Event, Finished};
 use crate::journal::{Status, TaskRecord};
 use crate::llm::{Llm, LlmError};
 use crate::tasks::Task;
-use crate::workspace::Workspace;
+use crate::workspace::{Workspace, WorkspaceError};
 
 /// Everything a conversation needs, shared by all of them.
 pub struct RunCtx {
@@ -102,10 +102,12 @@ async fn run_task(
             Ok(Ok(text)) => (Status::Ok, Some(text), None, false),
             Ok(Err(e)) => {
                 let (status, retry) = classify(&e);
-                if let Attempt::Agent(AgentError::Llm(l)) = &e {
-                    if l.is_fatal() {
-                        ctl.fatal(l.to_string());
+                match &e {
+                    Attempt::Agent(AgentError::Llm(l)) if l.is_fatal() => ctl.fatal(l.to_string()),
+                    Attempt::Agent(AgentError::Workspace(w @ WorkspaceError::Lost(_))) => {
+                        ctl.fatal(w.to_string())
                     }
+                    _ => {}
                 }
                 (status, None, Some(e.to_string()), retry)
             }
@@ -165,6 +167,7 @@ fn classify(e: &Attempt) -> (Status, bool) {
         Attempt::Agent(AgentError::Llm(LlmError::ContextLimit(_))) => (Status::ContextLimit, false),
         Attempt::Agent(AgentError::Llm(l)) if l.is_fatal() => (Status::Failed, false),
         Attempt::Agent(AgentError::Llm(LlmError::Rejected { .. })) => (Status::Failed, false),
+        Attempt::Agent(AgentError::Workspace(WorkspaceError::Lost(_))) => (Status::Failed, false),
         Attempt::Agent(_) => (Status::Failed, true),
     }
 }

@@ -10,7 +10,7 @@
 //! daemon cannot grant it. It is removed at the end of the job, on failure
 //! and on Ctrl-C, unless `workspace.keep = true`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use bollard::container::LogOutput;
 use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
@@ -22,27 +22,31 @@ use bollard::Docker;
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 
-use super::channel::ShimClient;
+use super::channel::{ExecClient, Link, ShimClient, CONF, EXEC_ROOT, RC};
 use super::shared::WorkspaceError;
-use crate::manifest::Job;
+use crate::manifest::{ChannelKind, Job};
 
 /// Where the helper binary and its root live inside the container.
-const HELPER_DIR: &str = "/opt/convoy";
 const HELPER_BIN: &str = "/opt/convoy/convoy";
 const HELPER_ROOT: &str = "/tmp/convoy-shim";
 
-/// The container and the helper's exec. Dropping it without `stop` still
-/// removes the container (in the background).
+/// The container and how requests reach it. Dropping it without `stop`
+/// still removes the container (in the background).
 pub struct DockerBackend {
     docker: Docker,
     container: Option<String>,
-    keep: bool,
+    job: Job,
+    run_label: String,
+    /// The open-files limit the daemon granted (after clamping).
+    nofile: u64,
+    /// The helper runs in this image (else: one exec per request).
+    helper_ok: bool,
 }
 
 impl Drop for DockerBackend {
     fn drop(&mut self) {
         if let Some(id) = self.container.take() {
-            if !self.keep {
+            if !self.job.manifest.workspace.keep {
                 let docker = self.docker.clone();
                 if let Ok(rt) = tokio::runtime::Handle::try_current() {
                     rt.spawn(async move { remove(&docker, &id).await });
@@ -71,83 +75,149 @@ fn boot(msg: impl std::fmt::Display) -> WorkspaceError {
 }
 
 impl DockerBackend {
-    /// Boots the container and the helper; returns the backend, the
-    /// connected client and the sessions' working directory.
+    /// Boots the container and its channel; returns the backend, the link
+    /// and the sessions' working directory.
     pub async fn start(
         job: &Job,
         run_label: &str,
-    ) -> Result<(DockerBackend, ShimClient, String), WorkspaceError> {
+    ) -> Result<(DockerBackend, Link, String), WorkspaceError> {
         let spec = &job.manifest.workspace;
         let docker = connect().await?;
         check_image(&docker, &spec.image).await?;
-
         let mut backend = DockerBackend {
-            docker: docker.clone(),
+            docker,
             container: None,
-            keep: spec.keep,
+            job: job.clone(),
+            run_label: run_label.to_string(),
+            nofile: spec.nofile,
+            helper_ok: spec.channel == ChannelKind::Helper,
         };
-        let mut nofile = spec.nofile;
-        let id = match backend.create_and_start(job, run_label, nofile).await {
+        backend.boot_container().await?;
+        let link = backend.connect_link().await?;
+        let workdir = spec.workdir.clone().unwrap_or_else(|| "/workspace".into());
+        Ok((backend, link, workdir))
+    }
+
+    /// After the link broke: a new helper if the container still runs, a
+    /// new container (and helper) if it died. Sessions of a dead container
+    /// are gone; their conversations fail and are tried again.
+    pub async fn recover(&mut self) -> Result<Link, WorkspaceError> {
+        let id = self.container.clone().unwrap_or_default();
+        let state = self
+            .docker
+            .inspect_container(
+                &id,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+            .ok()
+            .and_then(|c| c.state);
+        let running = state.as_ref().and_then(|s| s.running).unwrap_or(false);
+        if !running {
+            let (code, oom) = state
+                .map(|s| (s.exit_code.unwrap_or(-1), s.oom_killed.unwrap_or(false)))
+                .unwrap_or((-1, false));
+            tracing::warn!(
+                "workspace container {} died (exit code {code}{}); booting a new one, in-flight tasks will be tried again",
+                short(&id),
+                if oom { ", killed for lack of memory" } else { "" }
+            );
+            if let Some(id) = self.container.take() {
+                remove(&self.docker, &id).await;
+            }
+            self.boot_container().await?;
+        } else {
+            tracing::warn!(
+                "restarting the workspace helper in container {}",
+                short(&id)
+            );
+        }
+        self.connect_link().await
+    }
+
+    /// Creates and starts the container (clamping nofile if the daemon
+    /// refuses it), checks tmux, and copies the helper in.
+    async fn boot_container(&mut self) -> Result<(), WorkspaceError> {
+        let image = self.job.manifest.workspace.image.clone();
+        let id = match self.create_and_start(self.nofile).await {
             Ok(id) => id,
             Err(e) if is_rlimit_denied(&e) => {
-                let max = daemon_nofile_limit(&docker, &spec.image).await.ok_or_else(|| {
+                let asked = self.nofile;
+                let max = daemon_nofile_limit(&self.docker, &image).await.ok_or_else(|| {
                     boot(format!(
-                        "the Docker daemon refused workspace.nofile = {nofile} and its own limit could not be read: {e}"
+                        "the Docker daemon refused workspace.nofile = {asked} and its own limit could not be read: {e}"
                     ))
                 })?;
                 tracing::warn!(
-                    "workspace.nofile = {nofile} is more than the Docker daemon allows ({max}); using {max}"
+                    "workspace.nofile = {asked} is more than the Docker daemon allows ({max}); using {max}"
                 );
-                nofile = max;
-                backend.create_and_start(job, run_label, nofile).await?
+                self.nofile = max;
+                self.create_and_start(max).await?
             }
             Err(e) => return Err(e),
         };
         tracing::info!(
-            "workspace container {} booted from {} (nofile {nofile})",
+            "workspace container {} booted from {image} (nofile {})",
             short(&id),
-            spec.image
+            self.nofile
         );
 
-        let tmux = exec_output(&docker, &id, &["tmux", "-V"]).await;
+        let tmux = exec_output(&self.docker, &id, &["tmux", "-V"]).await;
         if !tmux.as_ref().is_ok_and(|(code, _)| *code == 0) {
             return Err(boot(format!(
-                "image `{}` has no tmux ({}); build one with scripts/build-workspace-image.sh",
-                spec.image,
+                "image `{image}` has no tmux ({}); build one with scripts/build-workspace-image.sh",
                 tmux.map(|(_, out)| out)
                     .unwrap_or_else(|e| e.to_string())
                     .trim()
             )));
         }
-
-        let helper = helper_binary()?;
-        upload_helper(&docker, &id, &helper).await?;
-        match exec_output(&docker, &id, &[HELPER_BIN, "--version"]).await {
-            Ok((0, _)) => {}
-            other => {
-                let why = match other {
-                    Ok((code, out)) => format!("exit {code}: {}", out.trim()),
-                    Err(e) => e.to_string(),
-                };
-                return Err(boot(format!(
-                    "the convoy binary `{}` cannot run in image `{}` ({why}); build a static one \
-                     (see README, \"Docker workspace\") and point CONVOY_HELPER at it",
-                    helper.display(),
-                    spec.image
-                )));
+        upload(
+            &self.docker,
+            &id,
+            &[
+                (&format!("{EXEC_ROOT}/rc.bash"), RC.as_bytes(), 0o644),
+                (&format!("{EXEC_ROOT}/tmux.conf"), CONF.as_bytes(), 0o644),
+            ],
+        )
+        .await?;
+        if self.helper_ok {
+            let helper = helper_binary()?;
+            let bytes = std::fs::read(&helper).map_err(|e| {
+                boot(format!(
+                    "cannot read the helper binary `{}`: {e}",
+                    helper.display()
+                ))
+            })?;
+            upload(&self.docker, &id, &[(HELPER_BIN, &bytes, 0o755)]).await?;
+            if let Err(why) = match exec_output(&self.docker, &id, &[HELPER_BIN, "--version"]).await
+            {
+                Ok((0, _)) => Ok(()),
+                Ok((code, out)) => Err(format!("exit {code}: {}", out.trim())),
+                Err(e) => Err(e.to_string()),
+            } {
+                tracing::warn!(
+                    "the convoy binary `{}` cannot run in image `{image}` ({why}); falling back to one \
+                     docker exec per request, which costs ~60 ms per command and caps the whole job near \
+                     25 commands/s. Build a static convoy (README, \"Docker workspace\") and set CONVOY_HELPER.",
+                    helper.display()
+                );
+                self.helper_ok = false;
             }
         }
-        let client = start_helper(&docker, &id).await?;
-        let workdir = spec.workdir.clone().unwrap_or_else(|| "/workspace".into());
-        Ok((backend, client, workdir))
+        Ok(())
     }
 
-    async fn create_and_start(
-        &mut self,
-        job: &Job,
-        run_label: &str,
-        nofile: u64,
-    ) -> Result<String, WorkspaceError> {
+    async fn connect_link(&self) -> Result<Link, WorkspaceError> {
+        let id = self.container.clone().expect("booted");
+        if self.helper_ok {
+            Ok(Link::Shim(start_helper(&self.docker, &id).await?))
+        } else {
+            Ok(Link::Exec(ExecClient::new(self.docker.clone(), id)))
+        }
+    }
+
+    async fn create_and_start(&mut self, nofile: u64) -> Result<String, WorkspaceError> {
+        let job = &self.job;
         let spec = &job.manifest.workspace;
         let binds = spec
             .mounts
@@ -177,7 +247,7 @@ impl DockerBackend {
         };
         let labels = [
             ("convoy.job".to_string(), job.manifest.name.clone()),
-            ("convoy.run".to_string(), run_label.to_string()),
+            ("convoy.run".to_string(), self.run_label.clone()),
         ]
         .into_iter()
         .collect();
@@ -199,7 +269,7 @@ impl DockerBackend {
             .create_container(Some(opts), body)
             .await
             .map_err(|e| boot(format!("cannot create the workspace container: {e}")))?;
-        // Owned from here: any error below removes it (Drop).
+        // Owned from here: any error below removes it.
         self.container = Some(created.id.clone());
         if let Err(e) = self
             .docker
@@ -220,7 +290,7 @@ impl DockerBackend {
     /// Removes the container (unless `keep`).
     pub async fn stop(mut self) {
         if let Some(id) = self.container.take() {
-            if self.keep {
+            if self.job.manifest.workspace.keep {
                 tracing::info!(
                     "keeping workspace container {} (workspace.keep = true)",
                     short(&id)
@@ -340,34 +410,30 @@ fn helper_binary() -> Result<PathBuf, WorkspaceError> {
     }
 }
 
-async fn upload_helper(docker: &Docker, id: &str, binary: &Path) -> Result<(), WorkspaceError> {
-    let bytes = std::fs::read(binary).map_err(|e| {
-        boot(format!(
-            "cannot read the helper binary `{}`: {e}",
-            binary.display()
-        ))
-    })?;
-    let mut archive = tar::Builder::new(Vec::with_capacity(bytes.len() + 4096));
-    let mut header = tar::Header::new_gnu();
-    header.set_size(bytes.len() as u64);
-    header.set_mode(0o755);
-    header.set_mtime(0);
-    archive
-        .append_data(
-            &mut header,
-            HELPER_BIN.trim_start_matches('/'),
-            bytes.as_slice(),
-        )
-        .and_then(|()| archive.finish())
-        .map_err(|e| boot(format!("cannot pack the helper: {e}")))?;
+/// Copies files (absolute path, bytes, mode) into the container.
+async fn upload(
+    docker: &Docker,
+    id: &str,
+    files: &[(&str, &[u8], u32)],
+) -> Result<(), WorkspaceError> {
+    let mut archive = tar::Builder::new(Vec::new());
+    for (path, bytes, mode) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(*mode);
+        header.set_mtime(0);
+        archive
+            .append_data(&mut header, path.trim_start_matches('/'), *bytes)
+            .map_err(|e| boot(format!("cannot pack {path}: {e}")))?;
+    }
     let tarball = archive
         .into_inner()
-        .map_err(|e| boot(format!("cannot pack the helper: {e}")))?;
+        .map_err(|e| boot(format!("cannot pack files for the container: {e}")))?;
     let opts = UploadToContainerOptionsBuilder::new().path("/").build();
     docker
         .upload_to_container(id, Some(opts), bollard::body_full(tarball.into()))
         .await
-        .map_err(|e| boot(format!("cannot copy the helper into {HELPER_DIR}: {e}")))
+        .map_err(|e| boot(format!("cannot copy files into the container: {e}")))
 }
 
 /// Starts `convoy shim` in one attached exec and connects to it.
@@ -376,7 +442,13 @@ async fn start_helper(docker: &Docker, id: &str) -> Result<ShimClient, Workspace
         .create_exec(
             id,
             CreateExecOptions {
-                cmd: Some(vec![HELPER_BIN, "shim", "--root", HELPER_ROOT]),
+                cmd: Some(vec![
+                    HELPER_BIN,
+                    "shim",
+                    "--root",
+                    HELPER_ROOT,
+                    "--keep-on-eof",
+                ]),
                 attach_stdin: Some(true),
                 attach_stdout: Some(true),
                 attach_stderr: Some(true),

@@ -1,13 +1,13 @@
 //! The `local` backend: the helper runs as a child process of convoy, with a
 //! private tmux server on a socket in its own temporary directory.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::io::AsyncBufReadExt;
 
-use super::channel::ShimClient;
+use super::channel::{Link, ShimClient};
 use super::shared::WorkspaceError;
 
 /// The helper process and the directory it owns. The helper removes that
@@ -18,50 +18,50 @@ pub struct LocalBackend {
     root: PathBuf,
 }
 
+fn boot(what: &str, e: impl std::fmt::Display) -> WorkspaceError {
+    WorkspaceError::Boot(format!("{what}: {e}"))
+}
+
 impl LocalBackend {
-    /// Starts the helper; returns it with its connected client and the
-    /// default working directory for sessions.
-    pub async fn start() -> Result<(LocalBackend, ShimClient, PathBuf), WorkspaceError> {
-        let boot =
-            |what: &str, e: &dyn std::fmt::Display| WorkspaceError::Boot(format!("{what}: {e}"));
+    /// Starts the helper; returns it with its link and the default working
+    /// directory for sessions.
+    pub async fn start() -> Result<(LocalBackend, Link, PathBuf), WorkspaceError> {
         let root = tempfile::Builder::new()
             .prefix("convoy-")
             .tempdir()
-            .map_err(|e| boot("cannot create a temporary directory", &e))?
+            .map_err(|e| boot("cannot create a temporary directory", e))?
             .keep();
         let workdir = root.join("work");
         std::fs::create_dir_all(&workdir)
-            .map_err(|e| boot("cannot create the work directory", &e))?;
-        let exe = std::env::current_exe().map_err(|e| boot("cannot find the convoy binary", &e))?;
-        let mut child = tokio::process::Command::new(exe)
-            .arg("shim")
-            .arg("--root")
-            .arg(&root)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            // Its own process group: a terminal's Ctrl-C reaches convoy,
-            // which then shuts the helper down in order.
-            .process_group(0)
-            .spawn()
-            .map_err(|e| boot("cannot start the workspace helper", &e))?;
-        let stdin = child.stdin.take().expect("piped");
-        let stdout = child.stdout.take().expect("piped");
-        let stderr = child.stderr.take().expect("piped");
-        tokio::spawn(async move {
-            let mut lines = tokio::io::BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                tracing::warn!(target: "convoy::shim", "{line}");
-            }
-        });
-        let backend = LocalBackend { child, root };
-        match ShimClient::connect(stdout, stdin).await {
-            Ok(client) => Ok((backend, client, workdir)),
+            .map_err(|e| boot("cannot create the work directory", e))?;
+        let child = spawn_helper(&root)?;
+        let mut backend = LocalBackend { child, root };
+        match backend.connect().await {
+            Ok(client) => Ok((backend, Link::Shim(client), workdir)),
             Err(e) => {
                 backend.stop().await;
-                Err(WorkspaceError::Boot(e.to_string()))
+                Err(e)
             }
         }
+    }
+
+    async fn connect(&mut self) -> Result<ShimClient, WorkspaceError> {
+        let stdin = self.child.stdin.take().expect("piped");
+        let stdout = self.child.stdout.take().expect("piped");
+        ShimClient::connect(stdout, stdin)
+            .await
+            .map_err(|e| WorkspaceError::Boot(e.to_string()))
+    }
+
+    /// A new helper on the same root; it adopts the sessions the old one
+    /// left in the tmux server.
+    pub async fn recover(&mut self) -> Result<Link, WorkspaceError> {
+        // Kill, not close: a closed stdin would make it tear the server down.
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+        tracing::warn!("restarting the workspace helper");
+        self.child = spawn_helper(&self.root)?;
+        Ok(Link::Shim(self.connect().await?))
     }
 
     /// Waits for the helper to exit (its stdin must be closed already) and
@@ -76,4 +76,28 @@ impl LocalBackend {
         }
         let _ = std::fs::remove_dir_all(&self.root);
     }
+}
+
+fn spawn_helper(root: &Path) -> Result<tokio::process::Child, WorkspaceError> {
+    let exe = std::env::current_exe().map_err(|e| boot("cannot find the convoy binary", e))?;
+    let mut child = tokio::process::Command::new(exe)
+        .arg("shim")
+        .arg("--root")
+        .arg(root)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own process group: a terminal's Ctrl-C reaches convoy,
+        // which then shuts the helper down in order.
+        .process_group(0)
+        .spawn()
+        .map_err(|e| boot("cannot start the workspace helper", e))?;
+    let stderr = child.stderr.take().expect("piped");
+    tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            tracing::warn!(target: "convoy::shim", "{line}");
+        }
+    });
+    Ok(child)
 }

@@ -7,11 +7,13 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use std::time::Duration;
 use thiserror::Error;
-use tokio::sync::{mpsc, oneshot};
+
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::channel::protocol::{Op, Reply};
-use super::channel::{ChannelError, ShimClient};
+use super::channel::{ChannelError, Link};
 use super::docker::DockerBackend;
 use super::local::LocalBackend;
 use super::session::Session;
@@ -25,6 +27,8 @@ pub enum WorkspaceError {
     Channel(#[from] ChannelError),
     #[error("workspace helper: {0}")]
     Helper(String),
+    #[error("the workspace is lost: {0}")]
+    Lost(String),
     #[error("workspace image `{0}` does not exist locally (convoy never pulls); build it with `scripts/build-workspace-image.sh {0}`")]
     MissingImage(String),
 }
@@ -43,9 +47,17 @@ enum ReapMsg {
     Flush(oneshot::Sender<()>),
 }
 
+/// How long a request waits for a broken link to be recovered.
+const RECOVERY_WAIT: Duration = Duration::from_secs(120);
+/// Recovery attempts before the workspace counts as lost.
+const RECOVERY_ATTEMPTS: u32 = 5;
+
 /// State shared by the workspace and its sessions.
 pub(super) struct Inner {
-    client: ShimClient,
+    /// The current link; the supervisor replaces it after a break.
+    link: watch::Sender<Arc<Link>>,
+    /// Set when recovery gave up.
+    lost: Mutex<Option<String>>,
     counter: AtomicU64,
     workdir: Option<String>,
     env: Vec<(String, String)>,
@@ -57,8 +69,37 @@ pub(super) struct Inner {
 }
 
 impl Inner {
+    /// Sends one request on the current link. While the link is broken
+    /// (the supervisor is recovering it) the request waits; requests that
+    /// were in flight when it broke fail with a retryable error.
     pub(super) async fn call(&self, op: Op) -> Result<Reply, WorkspaceError> {
-        Ok(self.client.call(op).await?)
+        let link = self.healthy_link().await?;
+        Ok(link.call(op).await?)
+    }
+
+    async fn healthy_link(&self) -> Result<Arc<Link>, WorkspaceError> {
+        let mut rx = self.link.subscribe();
+        let wait = async {
+            loop {
+                if let Some(reason) = self.lost.lock().expect("lost lock").clone() {
+                    return Err(WorkspaceError::Lost(reason));
+                }
+                let link = rx.borrow_and_update().clone();
+                if !link.is_broken() {
+                    return Ok(link);
+                }
+                if rx.changed().await.is_err() {
+                    return Err(WorkspaceError::Lost("the workspace shut down".into()));
+                }
+            }
+        };
+        tokio::time::timeout(RECOVERY_WAIT, wait)
+            .await
+            .unwrap_or_else(|_| {
+                Err(WorkspaceError::Channel(ChannelError::Broken(
+                    "the workspace helper was not back within 120s".into(),
+                )))
+            })
     }
 
     pub(super) async fn close_session(&self, name: &str) -> Result<(), WorkspaceError> {
@@ -85,6 +126,22 @@ enum Backend {
     Docker(DockerBackend),
 }
 
+impl Backend {
+    async fn recover(&mut self) -> Result<Link, WorkspaceError> {
+        match self {
+            Backend::Local(b) => b.recover().await,
+            Backend::Docker(b) => b.recover().await,
+        }
+    }
+
+    async fn stop(self) {
+        match self {
+            Backend::Local(b) => b.stop().await,
+            Backend::Docker(b) => b.stop().await,
+        }
+    }
+}
+
 /// What shutdown found: sessions no conversation owned any more.
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct ShutdownReport {
@@ -97,15 +154,16 @@ pub struct ShutdownReport {
 /// One job's workspace.
 pub struct Workspace {
     inner: Arc<Inner>,
-    backend: Backend,
+    backend: Arc<tokio::sync::Mutex<Backend>>,
     reaper: tokio::task::JoinHandle<()>,
+    supervisor: tokio::task::JoinHandle<()>,
 }
 
 impl Workspace {
     /// Boots the workspace the manifest asks for.
     pub async fn boot(job: &Job, run_label: &str) -> Result<Workspace, WorkspaceError> {
         let spec = &job.manifest.workspace;
-        let (backend, client, default_workdir) = match spec.kind {
+        let (backend, link, default_workdir) = match spec.kind {
             WorkspaceKind::Local => {
                 let (b, c, w) = LocalBackend::start().await?;
                 (Backend::Local(b), c, w)
@@ -128,7 +186,8 @@ impl Workspace {
         };
         let (reap_tx, reap_rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
-            client,
+            link: watch::Sender::new(Arc::new(link)),
+            lost: Mutex::default(),
             counter: AtomicU64::new(0),
             workdir: Some(workdir.display().to_string()),
             env: spec
@@ -141,10 +200,13 @@ impl Workspace {
             reaped: AtomicUsize::new(0),
         });
         let reaper = tokio::spawn(reap(Arc::downgrade(&inner), reap_rx));
+        let backend = Arc::new(tokio::sync::Mutex::new(backend));
+        let supervisor = tokio::spawn(supervise(Arc::downgrade(&inner), backend.clone()));
         Ok(Workspace {
             inner,
             backend,
             reaper,
+            supervisor,
         })
     }
 
@@ -204,20 +266,62 @@ impl Workspace {
                 report.stray_sessions.push(name);
             }
         }
-        let _ = tokio::time::timeout(
-            std::time::Duration::from_secs(30),
-            self.inner.call(Op::Shutdown),
-        )
-        .await;
+        // The helper's exit must not look like a break to recover from.
+        self.supervisor.abort();
+        let _ = self.supervisor.await;
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.inner.call(Op::Shutdown)).await;
         self.reaper.abort();
         let Workspace { inner, backend, .. } = self;
-        // Dropping the last handle to the client closes the helper's stdin.
+        // Dropping the last handle to the link closes the helper's stdin.
         drop(inner);
-        match backend {
-            Backend::Local(b) => b.stop().await,
-            Backend::Docker(b) => b.stop().await,
+        match Arc::into_inner(backend) {
+            Some(b) => b.into_inner().stop().await,
+            None => tracing::warn!("the workspace backend is still in use at shutdown"),
         }
         report
+    }
+}
+
+/// Watches the link; when it breaks, recovers it through the backend (a
+/// new helper, or a new container if the old one died). After
+/// `RECOVERY_ATTEMPTS` failures in a row the workspace is lost.
+async fn supervise(inner: std::sync::Weak<Inner>, backend: Arc<tokio::sync::Mutex<Backend>>) {
+    loop {
+        let Some(link) = inner.upgrade().map(|i| i.link.borrow().clone()) else {
+            return;
+        };
+        link.closed().await;
+        drop(link);
+        tracing::warn!("the workspace link broke; recovering");
+        let mut backend = backend.lock().await;
+        let mut delay = Duration::from_secs(1);
+        let mut attempt = 1;
+        loop {
+            match backend.recover().await {
+                Ok(new) => {
+                    let Some(inner) = inner.upgrade() else { return };
+                    inner.link.send_replace(Arc::new(new));
+                    tracing::info!("the workspace is back");
+                    break;
+                }
+                Err(e) if attempt >= RECOVERY_ATTEMPTS => {
+                    tracing::error!("giving up on the workspace after {attempt} attempts: {e}");
+                    let Some(inner) = inner.upgrade() else { return };
+                    *inner.lost.lock().expect("lost lock") = Some(e.to_string());
+                    // Wake everyone waiting for a healthy link.
+                    inner.link.send_modify(|_| {});
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "workspace recovery attempt {attempt} failed: {e}; again in {delay:?}"
+                    );
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                    attempt += 1;
+                }
+            }
+        }
     }
 }
 

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use thiserror::Error;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use super::protocol::{Hello, Op, Reply, Request, Response, HELLO, PROTOCOL_VERSION};
 
@@ -23,11 +24,20 @@ pub enum ChannelError {
 
 type Pending = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<Reply>>>>>;
 
+/// Shared between the client and its reader and writer tasks: the pending
+/// calls (`None` once the stream broke) and the signal that it broke.
+#[derive(Clone)]
+struct Stream {
+    pending: Pending,
+    broken: CancellationToken,
+}
+
 /// A connected helper. Cheap to share (`Arc`); every call is independent.
 pub struct ShimClient {
     next_id: AtomicU64,
     /// `None` once the stream broke: new calls fail at once.
     pending: Pending,
+    broken: CancellationToken,
     lines: mpsc::UnboundedSender<Vec<u8>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     pub helper_pid: u32,
@@ -61,13 +71,17 @@ impl ShimClient {
             )));
         }
 
-        let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
+        let stream = Stream {
+            pending: Arc::new(Mutex::new(Some(HashMap::new()))),
+            broken: CancellationToken::new(),
+        };
         let (lines_tx, lines_rx) = mpsc::unbounded_channel();
-        let reader_task = tokio::spawn(read_responses(reader, pending.clone()));
-        let writer_task = tokio::spawn(write_requests(writer, lines_rx, pending.clone()));
+        let reader_task = tokio::spawn(read_responses(reader, stream.clone()));
+        let writer_task = tokio::spawn(write_requests(writer, lines_rx, stream.clone()));
         Ok(ShimClient {
             next_id: AtomicU64::new(1),
-            pending,
+            pending: stream.pending,
+            broken: stream.broken,
             lines: lines_tx,
             tasks: vec![reader_task, writer_task],
             helper_pid: hello.pid,
@@ -101,7 +115,12 @@ impl ShimClient {
     }
 
     pub fn is_broken(&self) -> bool {
-        self.pending.lock().expect("pending lock").is_none()
+        self.broken.is_cancelled()
+    }
+
+    /// Resolves when the stream has broken.
+    pub async fn closed(&self) {
+        self.broken.cancelled().await
     }
 
     /// Requests waiting for a reply (for the monitor and leak checks).
@@ -136,12 +155,14 @@ impl Drop for PendingEntry<'_> {
 }
 
 /// Marks the stream broken and fails every waiting call.
-fn break_stream(pending: &Pending) {
+fn break_stream(stream: &Stream) {
     // Dropping the senders wakes every waiter with an error.
-    pending.lock().expect("pending lock").take();
+    stream.pending.lock().expect("pending lock").take();
+    stream.broken.cancel();
 }
 
-async fn read_responses<R: AsyncRead + Unpin>(reader: BufReader<R>, pending: Pending) {
+async fn read_responses<R: AsyncRead + Unpin>(reader: BufReader<R>, stream: Stream) {
+    let pending = &stream.pending;
     let mut lines = reader.lines();
     while let Ok(Some(line)) = lines.next_line().await {
         let Ok(resp) = serde_json::from_str::<Response>(&line) else {
@@ -157,13 +178,13 @@ async fn read_responses<R: AsyncRead + Unpin>(reader: BufReader<R>, pending: Pen
             let _ = tx.send(resp.reply);
         }
     }
-    break_stream(&pending);
+    break_stream(&stream);
 }
 
 async fn write_requests<W: AsyncWrite + Unpin>(
     mut writer: W,
     mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
-    pending: Pending,
+    stream: Stream,
 ) {
     let mut buf = Vec::new();
     while let Some(first) = rx.recv().await {
@@ -176,5 +197,5 @@ async fn write_requests<W: AsyncWrite + Unpin>(
             break;
         }
     }
-    break_stream(&pending);
+    break_stream(&stream);
 }

@@ -3,9 +3,15 @@
 //! requests over its one stdio stream.
 
 mod client;
+pub mod exec;
+mod link;
 pub mod protocol;
 mod shim;
 mod tmux;
 
 pub use client::{ChannelError, ShimClient};
+pub use exec::{ExecClient, EXEC_ROOT};
+pub use link::Link;
 pub use shim::serve;
+pub use shim::RC;
+pub use tmux::CONF;

@@ -38,7 +38,7 @@ use super::tmux::{self, Tmux};
 /// is killed, and the kill before the shell is replaced.
 const INTERRUPT_GRACE: Duration = Duration::from_secs(2);
 
-const RC: &str = r#"# convoy session shell (see convoy's workspace::channel::shim)
+pub const RC: &str = r#"# convoy session shell (see convoy's workspace::channel::shim)
 unset HISTFILE
 HISTSIZE=50
 PS1='$ '
@@ -65,6 +65,14 @@ struct Completion {
     shell_exited: bool,
 }
 
+/// What it takes to start a session's shell again, kept beside it so a
+/// new helper can adopt the session.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SessionMeta {
+    workdir: Option<String>,
+    env: Vec<(String, String)>,
+}
+
 struct SessionState {
     seq: u64,
     dir: PathBuf,
@@ -83,8 +91,9 @@ struct Shim {
     waiters: Waiters,
 }
 
-/// Runs the helper until stdin closes or `shutdown` arrives.
-pub async fn serve(root: PathBuf) -> anyhow::Result<()> {
+/// Runs the helper until stdin closes or `shutdown` arrives. With
+/// `keep_on_eof`, a closed stdin leaves the sessions for the next helper.
+pub async fn serve(root: PathBuf, keep_on_eof: bool) -> anyhow::Result<()> {
     let shim = Arc::new(Shim::start(root).await?);
 
     let (tx, mut rx) = mpsc::unbounded_channel::<Response>();
@@ -149,7 +158,9 @@ pub async fn serve(root: PathBuf) -> anyhow::Result<()> {
         });
     }
 
-    shim.shutdown().await;
+    if shutdown_id.is_some() || !keep_on_eof {
+        shim.shutdown().await;
+    }
     if let Some(id) = shutdown_id {
         let _ = tx.send(Response {
             id,
@@ -187,14 +198,70 @@ impl Shim {
             .with_context(|| format!("cannot open FIFO {}", fifo.display()))?;
         tokio::spawn(read_completions(receiver, waiters.clone()));
 
-        Ok(Shim {
+        let shim = Shim {
             root,
             tmux,
             fifo,
             rc,
             sessions: Mutex::default(),
             waiters,
-        })
+        };
+        shim.replace_previous()?;
+        shim.adopt().await;
+        Ok(shim)
+    }
+
+    /// A helper that lost its stream may still run: stop it, so that it no
+    /// longer reads the completion FIFO, and take its place.
+    fn replace_previous(&self) -> anyhow::Result<()> {
+        let pid_file = self.root.join("shim.pid");
+        if let Some(old) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+            .filter(|&pid| pid != std::process::id() as i32)
+        {
+            let cmdline = std::fs::read(format!("/proc/{old}/cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains("shim") {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(old),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        std::fs::write(&pid_file, std::process::id().to_string())?;
+        Ok(())
+    }
+
+    /// Takes over the sessions a previous helper left in the tmux server.
+    async fn adopt(&self) {
+        let Ok(names) = self.list().await else { return };
+        // Sequence numbers continue above anything the old helper used.
+        let seq = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_millis() as u64);
+        let mut sessions = self.sessions.lock().expect("sessions lock");
+        for name in names {
+            let dir = self.session_dir(&name);
+            let Some(meta) = std::fs::read(dir.join("meta.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<SessionMeta>(&b).ok())
+            else {
+                continue;
+            };
+            sessions.insert(
+                name,
+                Arc::new(tokio::sync::Mutex::new(SessionState {
+                    seq,
+                    dir,
+                    workdir: meta.workdir,
+                    env: meta.env,
+                    dead: false,
+                })),
+            );
+        }
+        if !sessions.is_empty() {
+            eprintln!("adopted {} sessions of the previous helper", sessions.len());
+        }
     }
 
     async fn handle(&self, op: Op) -> Reply {
@@ -246,19 +313,17 @@ impl Shim {
         workdir: Option<String>,
         env: Vec<(String, String)>,
     ) -> Result<(), String> {
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
-            return Err(format!("invalid session name `{name}`"));
-        }
+        check_name(&name)?;
         if let Some(w) = &workdir {
             if !Path::new(w).is_dir() {
                 return Err(format!("workdir `{w}` is not a directory"));
             }
         }
         let dir = self.session_dir(&name);
+        let meta = SessionMeta {
+            workdir: workdir.clone(),
+            env: env.clone(),
+        };
         {
             let mut sessions = self.sessions.lock().expect("sessions lock");
             if sessions.contains_key(&name) {
@@ -276,6 +341,12 @@ impl Shim {
             );
         }
         std::fs::create_dir_all(&dir)
+            .and_then(|()| {
+                std::fs::write(
+                    dir.join("meta.json"),
+                    serde_json::to_vec(&meta).unwrap_or_default(),
+                )
+            })
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let state = self.state(&name)?;
         let state = state.lock().await;
@@ -472,13 +543,19 @@ impl Shim {
             .ok()
     }
 
+    /// Idempotent: closing a session that is gone (or that a previous
+    /// helper owned) still sweeps its processes and files.
     async fn close(&self, name: &str) -> Result<(), String> {
-        let state = self.state(name)?;
+        check_name(name)?;
+        let state = self.state(name).ok();
         // Wake a command still waiting on this session before taking its lock.
         self.forget(name);
         let killed = self.kill_tree(name).await;
-        let st = state.lock().await;
-        let _ = std::fs::remove_dir_all(&st.dir);
+        let _guard = match &state {
+            Some(s) => Some(s.lock().await),
+            None => None,
+        };
+        let _ = std::fs::remove_dir_all(self.session_dir(name));
         killed
     }
 
@@ -514,10 +591,30 @@ impl Shim {
         let _ = self.tmux.call(&["kill-server"]).await;
         let marker = self.run_marker();
         let _ = tokio::task::spawn_blocking(move || tmux::kill_marked(&marker)).await;
-        for f in ["s", "done.fifo", "rc.bash", "tmux.conf", "tmux.sock"] {
+        for f in [
+            "s",
+            "done.fifo",
+            "rc.bash",
+            "tmux.conf",
+            "tmux.sock",
+            "shim.pid",
+        ] {
             let p = self.root.join(f);
             let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
         }
+    }
+}
+
+/// Session names become tmux targets and directory names.
+fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("invalid session name `{name}`"))
     }
 }
 

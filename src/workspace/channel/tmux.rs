@@ -16,7 +16,7 @@ pub struct Tmux {
 
 /// Sessions are created with a small scrollback: nobody reads the screen
 /// (output goes to a file), and thousands of sessions share one server.
-const CONF: &str = "\
+pub const CONF: &str = "\
 set -s exit-empty off
 set -g history-limit 100
 set -g status off
@@ -70,6 +70,7 @@ pub fn is_missing(err: &str) -> bool {
         || err.contains("no sessions")
         || err.contains("error connecting")
         || err.contains("server exited")
+        || err.contains("no current target")
 }
 
 /// The terminal's foreground process group of the shell `pid`

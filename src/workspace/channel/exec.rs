@@ -1,0 +1,201 @@
+//! The exec-per-request channel: every request is one `docker exec` of a
+//! small bash script that talks to tmux directly. It needs nothing in the
+//! image but bash and tmux, so it works where the convoy binary cannot run
+//! (another architecture). It costs a whole exec round trip per request
+//! (about 58 ms here, and the daemon tops out near 25 execs/s), which is why
+//! the helper is the default.
+//!
+//! Completion is still an event: each session's shell writes its record to
+//! the session's own FIFO, and the request's script blocks reading it.
+
+use bollard::exec::{CreateExecOptions, StartExecResults};
+use bollard::Docker;
+use futures::StreamExt;
+
+use super::client::ChannelError;
+use super::protocol::{Op, Reply, RunOutput};
+
+/// Where the exec channel keeps its tmux socket, rc file and sessions.
+pub const EXEC_ROOT: &str = "/tmp/convoy-exec";
+
+/// Ops as bash. Output: one header line, then the payload.
+const SCRIPT: &str = r#"
+set -u
+root=/tmp/convoy-exec; sock=$root/tmux.sock; conf=$root/tmux.conf
+t() { tmux -S "$sock" -f "$conf" "$@"; }
+op=$1; shift
+case $op in
+open)
+  name=$1; workdir=$2; shift 2
+  dir=$root/s/$name; mkdir -p "$dir"; rm -f "$dir/done.fifo"; mkfifo "$dir/done.fifo"
+  args=(); for kv in "$@"; do args+=(-e "$kv"); done
+  [ -n "$workdir" ] && args+=(-c "$workdir")
+  out=$(t new-session -d -s "$name" -x 250 -y 50 "${args[@]}" -e "CONVOY_SESSION=$name" \
+        -e "CONVOY_SESSION_DIR=$dir" -e "CONVOY_FIFO=$dir/done.fifo" \
+        "exec bash --noprofile --rcfile '$root/rc.bash' -i" 2>&1) || { echo "ERR $out"; exit 0; }
+  echo OK ;;
+run)
+  name=$1; timeout=$2; max=$3; cmd=$4
+  dir=$root/s/$name; k=$(date +%s%N)
+  [ -d "$dir" ] || { echo "ERR no session $name"; exit 0; }
+  printf '%s' "$cmd" > "$dir/$k.cmd"
+  exec 3<>"$dir/done.fifo"
+  line=" __convoy_seq=$k; { . \"\$__convoy_dir/$k.cmd\"; } </dev/null >\"\$__convoy_dir/$k.out\" 2>&1"
+  out=$(t send-keys -t "=$name:" -l "$line" \; send-keys -t "=$name:" Enter 2>&1) || { echo "ERR $out"; exit 0; }
+  rec() { local n s rc how; while read -r -t "$1" n s rc how <&3; do
+            [ "$s" = "$k" ] && { echo "$rc $how"; return 0; }; done; return 1; }
+  timed_out=0; killed=0
+  if ! r=$(rec "$timeout"); then
+    timed_out=1; t send-keys -t "=$name:" C-c
+    if ! r=$(rec 2); then
+      pane=$(t display-message -p -t "=$name:" '#{pane_pid}')
+      fg=$(awk '{print $8}' "/proc/$pane/stat" 2>/dev/null)
+      pg=$(awk '{print $5}' "/proc/$pane/stat" 2>/dev/null)
+      if [ -n "$fg" ] && [ "$fg" != "$pg" ] && [ "$fg" -gt 0 ]; then kill -9 -- "-$fg"; killed=1; fi
+      r=$(rec 2) || r="-1 exit"
+    fi
+  fi
+  set -- $r
+  f="$dir/$k.out"; size=$(stat -c %s "$f" 2>/dev/null || echo 0); omitted=0
+  [ "$size" -gt "$max" ] && omitted=$((size - max))
+  echo "OK $1 $timed_out $killed ${2:-prompt} $omitted"
+  if [ "$omitted" -gt 0 ]; then
+    head -c $((max / 2)) "$f"; printf '\n[... %s bytes of output omitted ...]\n' "$omitted"; tail -c $((max - max / 2)) "$f"
+  else
+    cat "$f" 2>/dev/null
+  fi
+  rm -f "$dir/$k.cmd" "$f" ;;
+close)
+  name=$1; dir=$root/s/$name
+  t kill-session -t "=$name" 2>/dev/null
+  for round in 1 2 3; do
+    found=0
+    for p in /proc/[0-9]*; do
+      if tr '\0' '\n' < "$p/environ" 2>/dev/null | grep -qxF "CONVOY_SESSION_DIR=$dir"; then
+        kill -9 "${p#/proc/}" 2>/dev/null && found=1
+      fi
+    done
+    [ $found = 0 ] && break
+  done
+  rm -rf "$dir"; echo OK ;;
+list)
+  echo OK; t list-sessions -F '#{session_name}' 2>/dev/null ;;
+shutdown)
+  t kill-server 2>/dev/null; echo OK ;;
+esac
+"#;
+
+pub struct ExecClient {
+    docker: Docker,
+    container: String,
+}
+
+impl ExecClient {
+    pub fn new(docker: Docker, container: String) -> ExecClient {
+        ExecClient { docker, container }
+    }
+
+    pub async fn call(&self, op: Op) -> Result<Reply, ChannelError> {
+        let args: Vec<String> = match &op {
+            Op::Open {
+                session,
+                workdir,
+                env,
+            } => [
+                "open".into(),
+                session.clone(),
+                workdir.clone().unwrap_or_default(),
+            ]
+            .into_iter()
+            .chain(env.iter().map(|(k, v)| format!("{k}={v}")))
+            .collect(),
+            Op::Run {
+                session,
+                command,
+                timeout_ms,
+                max_output_bytes,
+            } => vec![
+                "run".into(),
+                session.clone(),
+                format!("{:.3}", *timeout_ms as f64 / 1000.0),
+                max_output_bytes.to_string(),
+                command.clone(),
+            ],
+            Op::Close { session } => vec!["close".into(), session.clone()],
+            Op::List => vec!["list".into()],
+            Op::Shutdown => vec!["shutdown".into()],
+        };
+        let out = self.exec(&args).await?;
+        let (header, payload) = out.split_once('\n').unwrap_or((out.as_str(), ""));
+        if let Some(message) = header.strip_prefix("ERR ") {
+            return Ok(Reply::Error {
+                message: message.to_string(),
+            });
+        }
+        let fields: Vec<&str> = header.split(' ').collect();
+        if fields.first() != Some(&"OK") {
+            return Err(ChannelError::Broken(format!(
+                "exec channel: unexpected output {header:?}"
+            )));
+        }
+        Ok(match op {
+            Op::Run { .. } => {
+                let num = |i: usize| {
+                    fields
+                        .get(i)
+                        .and_then(|f| f.parse::<i64>().ok())
+                        .unwrap_or(0)
+                };
+                Reply::Ran(RunOutput {
+                    output: payload.to_string(),
+                    exit_code: num(1) as i32,
+                    timed_out: num(2) == 1,
+                    killed: num(3) == 1,
+                    shell_exited: fields.get(4) == Some(&"exit"),
+                    omitted_bytes: num(5) as u64,
+                    shell_restarted: false,
+                })
+            }
+            Op::List => Reply::Sessions {
+                names: payload.lines().map(str::to_string).collect(),
+            },
+            _ => Reply::Done,
+        })
+    }
+
+    async fn exec(&self, args: &[String]) -> Result<String, ChannelError> {
+        let broken = |e: bollard::errors::Error| ChannelError::Broken(format!("docker exec: {e}"));
+        let mut cmd = vec![
+            "bash".to_string(),
+            "-c".into(),
+            SCRIPT.into(),
+            "convoy-exec".into(),
+        ];
+        cmd.extend(args.iter().cloned());
+        let exec = self
+            .docker
+            .create_exec(
+                &self.container,
+                CreateExecOptions {
+                    cmd: Some(cmd),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(false),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(broken)?;
+        let mut bytes = Vec::new();
+        if let StartExecResults::Attached { mut output, .. } = self
+            .docker
+            .start_exec(&exec.id, None)
+            .await
+            .map_err(broken)?
+        {
+            while let Some(chunk) = output.next().await {
+                bytes.extend_from_slice(&chunk.map_err(broken)?.into_bytes());
+            }
+        }
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+}
