@@ -123,7 +123,7 @@ impl Inner {
 
 enum Backend {
     Local(LocalBackend),
-    Docker(DockerBackend),
+    Docker(Box<DockerBackend>),
 }
 
 impl Backend {
@@ -170,7 +170,7 @@ impl Workspace {
             }
             WorkspaceKind::Docker => {
                 let (b, c, w) = DockerBackend::start(job, run_label).await?;
-                (Backend::Docker(b), c, PathBuf::from(w))
+                (Backend::Docker(Box::new(b)), c, PathBuf::from(w))
             }
         };
         let workdir = match &spec.workdir {
