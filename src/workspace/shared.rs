@@ -121,9 +121,13 @@ impl Inner {
     }
 }
 
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one backend per job, never moved in a hot path"
+)]
 enum Backend {
     Local(LocalBackend),
-    Docker(Box<DockerBackend>),
+    Docker(DockerBackend),
 }
 
 impl Backend {
@@ -170,7 +174,7 @@ impl Workspace {
             }
             WorkspaceKind::Docker => {
                 let (b, c, w) = DockerBackend::start(job, run_label).await?;
-                (Backend::Docker(Box::new(b)), c, PathBuf::from(w))
+                (Backend::Docker(b), c, PathBuf::from(w))
             }
         };
         let workdir = match &spec.workdir {
