@@ -136,6 +136,31 @@ pub fn processes_with(needle: &str) -> Vec<String> {
         .collect()
 }
 
+/// Runs the docker CLI; its stdout. Panics (fails the test) if Docker is
+/// unreachable: Docker tests never skip.
+pub fn docker(args: &[&str]) -> String {
+    let out = std::process::Command::new("docker")
+        .args(args)
+        .output()
+        .expect("the docker CLI must be installed for the Docker tests");
+    assert!(
+        out.status.success(),
+        "docker {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Ids of containers (running or not) labelled `convoy.run = run`.
+pub fn containers_of_run(run: &Path) -> Vec<String> {
+    let filter = format!("label=convoy.run={}", run.display());
+    docker(&["ps", "-aq", "--filter", &filter])
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
