@@ -22,7 +22,7 @@ use bollard::Docker;
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 
-use super::channel::{ExecClient, Link, ShimClient, CONF, EXEC_ROOT, RC};
+use super::channel::{ExecClient, Link, ShimClient, CONF, EXEC_FILES, EXEC_ROOT, RC};
 use super::shared::WorkspaceError;
 use crate::manifest::{ChannelKind, Job};
 
@@ -175,8 +175,8 @@ impl DockerBackend {
             &self.docker,
             &id,
             &[
-                (&format!("{EXEC_ROOT}/rc.bash"), RC.as_bytes(), 0o644),
-                (&format!("{EXEC_ROOT}/tmux.conf"), CONF.as_bytes(), 0o644),
+                (&format!("{EXEC_FILES}/rc.bash"), RC.as_bytes(), 0o644),
+                (&format!("{EXEC_FILES}/tmux.conf"), CONF.as_bytes(), 0o644),
             ],
         )
         .await?;
@@ -243,6 +243,14 @@ impl DockerBackend {
             nano_cpus: spec.cpus.map(|c| (c * 1e9) as i64),
             pids_limit: spec.pids_limit,
             network_mode: spec.network.clone(),
+            // The helper's command and output files churn with every tool
+            // call: keep them in memory, not on the image's overlay.
+            tmpfs: Some(
+                [HELPER_ROOT, EXEC_ROOT]
+                    .into_iter()
+                    .map(|p| (p.to_string(), "rw,exec,mode=1777,size=2g".to_string()))
+                    .collect(),
+            ),
             ..Default::default()
         };
         let labels = [

@@ -67,6 +67,11 @@ impl FakeLlm {
         self.shared.requests.lock().unwrap().clone()
     }
 
+    /// Forgets the recorded requests.
+    pub fn clear(&self) {
+        self.shared.requests.lock().unwrap().clear();
+    }
+
     /// Answer every request with `status` and an OpenAI-style error.
     pub fn fail_with(&self, status: u16, message: &str) {
         *self.shared.fail_with.lock().unwrap() = Some((status, message.to_string()));

@@ -15,13 +15,15 @@ use futures::StreamExt;
 use super::client::ChannelError;
 use super::protocol::{Op, Reply, RunOutput};
 
-/// Where the exec channel keeps its tmux socket, rc file and sessions.
+/// Where the exec channel keeps its tmux socket and sessions (a tmpfs).
 pub const EXEC_ROOT: &str = "/tmp/convoy-exec";
+/// Where its rc file and tmux config are copied at boot.
+pub const EXEC_FILES: &str = "/opt/convoy/exec";
 
 /// Ops as bash. Output: one header line, then the payload.
 const SCRIPT: &str = r#"
 set -u
-root=/tmp/convoy-exec; sock=$root/tmux.sock; conf=$root/tmux.conf
+root=/tmp/convoy-exec; files=/opt/convoy/exec; sock=$root/tmux.sock; conf=$files/tmux.conf
 t() { tmux -S "$sock" -f "$conf" "$@"; }
 op=$1; shift
 case $op in
@@ -32,7 +34,7 @@ open)
   [ -n "$workdir" ] && args+=(-c "$workdir")
   out=$(t new-session -d -s "$name" -x 250 -y 50 "${args[@]}" -e "CONVOY_SESSION=$name" \
         -e "CONVOY_SESSION_DIR=$dir" -e "CONVOY_FIFO=$dir/done.fifo" \
-        "exec bash --noprofile --rcfile '$root/rc.bash' -i" 2>&1) || { echo "ERR $out"; exit 0; }
+        "exec bash --noprofile --rcfile '$files/rc.bash' -i" 2>&1) || { echo "ERR $out"; exit 0; }
   echo OK ;;
 run)
   name=$1; timeout=$2; max=$3; cmd=$4
@@ -69,13 +71,9 @@ close)
   name=$1; dir=$root/s/$name
   t kill-session -t "=$name" 2>/dev/null
   for round in 1 2 3; do
-    found=0
-    for p in /proc/[0-9]*; do
-      if tr '\0' '\n' < "$p/environ" 2>/dev/null | grep -qxF "CONVOY_SESSION_DIR=$dir"; then
-        kill -9 "${p#/proc/}" 2>/dev/null && found=1
-      fi
-    done
-    [ $found = 0 ] && break
+    pids=$(grep -lzxF "CONVOY_SESSION_DIR=$dir" /proc/[0-9]*/environ 2>/dev/null | cut -d/ -f3)
+    [ -z "$pids" ] && break
+    kill -9 $pids 2>/dev/null
   done
   rm -rf "$dir"; echo OK ;;
 list)

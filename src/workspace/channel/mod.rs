@@ -10,7 +10,7 @@ mod shim;
 mod tmux;
 
 pub use client::{ChannelError, ShimClient};
-pub use exec::{ExecClient, EXEC_ROOT};
+pub use exec::{ExecClient, EXEC_FILES, EXEC_ROOT};
 pub use link::Link;
 pub use shim::serve;
 pub use shim::RC;

@@ -185,9 +185,12 @@ impl Shim {
         let rc = root.join("rc.bash");
         std::fs::write(&rc, RC)?;
         let tmux = Tmux::new(&root)?;
-        tmux.call(&["start-server"])
+        tmux.spawn_call(&["start-server"])
             .await
             .map_err(|e| anyhow::anyhow!("tmux does not start: {e}"))?;
+        if let Err(e) = tmux.start_control().await {
+            eprintln!("{e}; falling back to one tmux client per call");
+        }
 
         let waiters: Waiters = Arc::default();
         // Read-write, so the FIFO never reports EOF when no shell has it
@@ -581,14 +584,19 @@ impl Shim {
             .call(&["list-sessions", "-F", "#{session_name}"])
             .await
         {
-            Ok(out) => Ok(out.lines().map(str::to_string).collect()),
+            Ok(out) => Ok(out
+                .lines()
+                .filter(|name| *name != tmux::CONTROL_SESSION)
+                .map(str::to_string)
+                .collect()),
             Err(e) if tmux::is_missing(&e) => Ok(Vec::new()),
             Err(e) => Err(e),
         }
     }
 
     async fn shutdown(&self) {
-        let _ = self.tmux.call(&["kill-server"]).await;
+        self.tmux.stop_control().await;
+        let _ = self.tmux.spawn_call(&["kill-server"]).await;
         let marker = self.run_marker();
         let _ = tokio::task::spawn_blocking(move || tmux::kill_marked(&marker)).await;
         for f in [
