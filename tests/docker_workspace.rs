@@ -303,3 +303,27 @@ fn the_workspace_image_exists() {
     );
     let _ = Path::new(".");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_helper_that_cannot_run_falls_back_to_exec_per_request_with_a_warning() {
+    let job = TestJob::new();
+    // Not an executable for any machine: as if built for another one.
+    let bogus = job.write(
+        "foreign-convoy",
+        "\x7fELF this is not a binary for this machine",
+    );
+    job.tasks(&rows(3, |i| vec![format!("echo fallback {i}")]));
+    job.manifest(&script_manifest("", ""));
+    let out = job.run(&[("CONVOY_HELPER", bogus.to_str().unwrap())]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("cannot run in image"), "{err}");
+    assert!(err.contains("one docker exec per request"), "{err}");
+    for i in 0..3 {
+        assert_eq!(
+            observations(&job.trajectory(&format!("t{i}")))[0],
+            format!("fallback {i}\n")
+        );
+    }
+    assert_no_container(&job);
+}

@@ -89,6 +89,9 @@ struct Shim {
     rc: PathBuf,
     sessions: Mutex<HashMap<String, Arc<tokio::sync::Mutex<SessionState>>>>,
     waiters: Waiters,
+    /// Markers of closed sessions whose processes must die; answered once
+    /// the sweep is done.
+    sweeps: mpsc::UnboundedSender<(String, oneshot::Sender<()>)>,
 }
 
 /// Runs the helper until stdin closes or `shutdown` arrives. With
@@ -201,6 +204,8 @@ impl Shim {
             .with_context(|| format!("cannot open FIFO {}", fifo.display()))?;
         tokio::spawn(read_completions(receiver, waiters.clone()));
 
+        let (sweeps, sweep_rx) = mpsc::unbounded_channel();
+        tokio::spawn(sweep_processes(sweep_rx));
         let shim = Shim {
             root,
             tmux,
@@ -208,6 +213,7 @@ impl Shim {
             rc,
             sessions: Mutex::default(),
             waiters,
+            sweeps,
         };
         shim.replace_previous()?;
         shim.adopt().await;
@@ -568,10 +574,12 @@ impl Shim {
             .tmux
             .call(&["kill-session", "-t", &format!("={name}")])
             .await;
-        let marker = self.marker(name);
-        tokio::task::spawn_blocking(move || tmux::kill_marked(&marker))
-            .await
-            .map_err(|e| format!("process sweep failed: {e}"))?;
+        let (tx, rx) = oneshot::channel();
+        self.sweeps
+            .send((self.marker(name), tx))
+            .map_err(|_| "the process sweeper stopped".to_string())?;
+        rx.await
+            .map_err(|_| "the process sweeper stopped".to_string())?;
         match killed {
             Err(e) if !tmux::is_missing(&e) => Err(format!("kill-session `{name}`: {e}")),
             _ => Ok(()),
@@ -597,8 +605,8 @@ impl Shim {
     async fn shutdown(&self) {
         self.tmux.stop_control().await;
         let _ = self.tmux.spawn_call(&["kill-server"]).await;
-        let marker = self.run_marker();
-        let _ = tokio::task::spawn_blocking(move || tmux::kill_marked(&marker)).await;
+        let markers = [self.run_marker()].into_iter().collect();
+        let _ = tokio::task::spawn_blocking(move || tmux::kill_marked(&markers)).await;
         for f in [
             "s",
             "done.fifo",
@@ -609,6 +617,23 @@ impl Shim {
         ] {
             let p = self.root.join(f);
             let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
+        }
+    }
+}
+
+/// Kills the processes of closed sessions. Closes that queue up while a
+/// sweep runs share the next one: one /proc pass for all of them.
+async fn sweep_processes(mut rx: mpsc::UnboundedReceiver<(String, oneshot::Sender<()>)>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            batch.push(more);
+        }
+        let markers: std::collections::HashSet<String> =
+            batch.iter().map(|(m, _)| m.clone()).collect();
+        let _ = tokio::task::spawn_blocking(move || tmux::kill_marked(&markers)).await;
+        for (_, done) in batch {
+            let _ = done.send(());
         }
     }
 }

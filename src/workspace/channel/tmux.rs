@@ -1,7 +1,7 @@
 //! Calls to the private tmux server, and the process bookkeeping around it
 //! (/proc scans for the processes a session started).
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -308,14 +308,15 @@ pub fn kill_group(pgid: i32) {
     let _ = kill(Pid::from_raw(-pgid), Signal::SIGKILL);
 }
 
-/// SIGKILLs every process whose environment holds the entry `marker`
-/// (`NAME=value`), until none is left (a process may fork while we scan).
-/// Returns how many were killed. Blocking: reads /proc.
-pub fn kill_marked(marker: &str) -> usize {
+/// SIGKILLs every process whose environment holds one of the entries
+/// `markers` (`NAME=value`), until none is left (a process may fork while
+/// we scan). One /proc pass serves every marker, so closes that arrive
+/// together share it. Returns how many were killed. Blocking: reads /proc.
+pub fn kill_marked(markers: &HashSet<String>) -> usize {
     let me = std::process::id() as i32;
     let mut killed = 0;
     for _ in 0..5 {
-        let found = marked_processes(marker, me);
+        let found = marked_processes(markers, me);
         if found.is_empty() {
             break;
         }
@@ -328,18 +329,20 @@ pub fn kill_marked(marker: &str) -> usize {
     killed
 }
 
-/// Pids (other than `me`) whose environment holds `marker`.
-pub fn marked_processes(marker: &str, me: i32) -> Vec<i32> {
+/// Pids (other than `me`) whose environment holds one of `markers`.
+pub fn marked_processes(markers: &HashSet<String>, me: i32) -> Vec<i32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
-    let needle = marker.as_bytes();
     dir.filter_map(|e| e.ok())
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .filter(|&pid| pid != me)
         .filter(|pid| {
             std::fs::read(format!("/proc/{pid}/environ"))
-                .map(|env| env.split(|&b| b == 0).any(|entry| entry == needle))
+                .map(|env| {
+                    env.split(|&b| b == 0)
+                        .any(|entry| std::str::from_utf8(entry).is_ok_and(|e| markers.contains(e)))
+                })
                 .unwrap_or(false)
         })
         .collect()
