@@ -48,7 +48,7 @@ fn convoy_bin() -> PathBuf {
 }
 
 /// Runs `convos` conversations of `calls` bash calls each (`command`), at
-/// `workers`, through `channel`.
+/// `workers`, through `channel`; the model takes `think_ms` per turn.
 async fn run(
     llm: &FakeLlm,
     channel: Channel,
@@ -56,11 +56,12 @@ async fn run(
     calls: usize,
     workers: usize,
     command: &str,
+    think_ms: u64,
 ) -> Run {
     llm.clear();
     let dir = tempfile::tempdir().unwrap();
     let turns: Vec<Value> = (0..calls)
-        .map(|_| json!({"calls": [["bash", {"command": command}]]}))
+        .map(|_| json!({"calls": [["bash", {"command": command}]], "delay_ms": think_ms}))
         .chain([json!({"content": "done"})])
         .collect();
     let mut rows = String::new();
@@ -103,7 +104,7 @@ task_timeout = "60m"
         .current_dir(dir.path())
         .env("RUST_LOG", "error")
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::inherit())
+        .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
     let pid = child.id().unwrap();
@@ -198,8 +199,8 @@ async fn main() {
     println!("| measure | helper (one exec for the job) | exec per call | ratio |");
     println!("|---|---:|---:|---:|");
     let seq_calls = if quick { 50 } else { 300 };
-    let h = run(&llm, Channel::Helper, 1, seq_calls, 1, "true").await;
-    let e = run(&llm, Channel::Exec, 1, seq_calls / 3, 1, "true").await;
+    let h = run(&llm, Channel::Helper, 1, seq_calls, 1, "true", 0).await;
+    let e = run(&llm, Channel::Exec, 1, seq_calls / 3, 1, "true", 0).await;
     let (hg, eg) = (call_gaps(&h.requests), call_gaps(&e.requests));
     for (label, p) in [
         ("overhead per tool call, median (ms)", 0.5),
@@ -212,8 +213,8 @@ async fn main() {
         let (hc, ec) = if quick { (5, 2) } else { (20, 3) };
         let hc = if conc == 1 { seq_calls } else { hc };
         let ec = if conc == 1 { seq_calls / 3 } else { ec };
-        let h = run(&llm, Channel::Helper, conc, hc, conc, "true").await;
-        let e = run(&llm, Channel::Exec, conc, ec, conc, "true").await;
+        let h = run(&llm, Channel::Helper, conc, hc, conc, "true", 0).await;
+        let e = run(&llm, Channel::Exec, conc, ec, conc, "true", 0).await;
         let (a, b) = (calls_per_s(&h), calls_per_s(&e));
         println!(
             "| tool calls/s, {conc} concurrent conversations | {a:.0} | {b:.1} | {:.1}x |",
@@ -223,7 +224,7 @@ async fn main() {
     println!();
 
     let n = if quick { 500 } else { 2000 };
-    let r = run(&llm, Channel::Helper, n, 3, 256, "true").await;
+    let r = run(&llm, Channel::Helper, n, 3, 256, "true", 0).await;
     println!("| measure | value |");
     println!("|---|---:|");
     println!(
@@ -232,7 +233,10 @@ async fn main() {
         r.wall.as_secs_f64()
     );
     let n = if quick { 500 } else { 2000 };
-    let r = run(&llm, Channel::Helper, n, 1, n, "sleep 10").await;
+    // Every conversation waits 10 s on the model before its one tool call:
+    // all of them are in flight at once, each with an open session and an
+    // HTTP request outstanding.
+    let r = run(&llm, Channel::Helper, n, 1, n, "true", 10_000).await;
     println!(
         "| convoy peak RSS, {n} concurrent conversations (MB) | {:.1} |",
         r.peak_rss_kb as f64 / 1024.0

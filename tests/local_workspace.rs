@@ -327,3 +327,39 @@ async fn the_quickstart_smoke_job_runs_offline() {
     );
     assert_nothing_left(&job);
 }
+
+/// Regression: a command that ends the shell made the next command's tmux
+/// call fail, and the answers of the tmux control client went out of step
+/// with its requests for every later session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_in_one_conversation_starts_a_new_shell_and_disturbs_no_other() {
+    let llm = FakeLlm::start().await;
+    let job = TestJob::new();
+    let mut rows = Vec::new();
+    for i in 0..20 {
+        let turns = json!([
+            {"calls": [["bash", {"command": format!("export V={i}; exit 3")}]]},
+            {"calls": [["bash", {"command": "echo after ${V:-unset}"}]]},
+            {"calls": [["bash", {"command": format!("echo {i}")}]]},
+            {"content": "done"}
+        ]);
+        rows.push(json!({"id": format!("t{i}"), "script": script(turns)}));
+    }
+    job.tasks(&rows);
+    job.manifest(&http_manifest(&llm, "[run]\nworkers = 20\n"));
+    let out = job.run(&[("CONVOY_TEST_KEY", KEY)]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    for i in 0..20 {
+        let obs = observations(&job.trajectory(&format!("t{i}")));
+        assert_eq!(
+            obs[0],
+            "[exit code: 3]\n[the shell exited; the next command starts in a new shell]"
+        );
+        assert_eq!(
+            obs[1],
+            "[the previous shell had exited; this command ran in a new shell]\nafter unset\n"
+        );
+        assert_eq!(obs[2], format!("{i}\n"));
+    }
+    assert_nothing_left(&job);
+}

@@ -5,8 +5,9 @@
 //! message must be a JSON object `{"turns": [TURN, ...]}`. The reply to a
 //! request is `turns[k]`, where k is the number of assistant messages the
 //! request already holds; past the end it answers with the text "done".
-//! A TURN is `{"content": "text" | null, "calls": [["bash", {"command": "ls"}], ...]}`
-//! (each call becomes a tool call with id `call_{k}_{i}`).
+//! A TURN is `{"content": "text" | null, "calls": [["bash", {"command": "ls"}], ...],
+//! "delay_ms": 0}` (each call becomes a tool call with id `call_{k}_{i}`;
+//! `delay_ms` makes the model that slow for this turn).
 //!
 //! A user message that is not such JSON gets `"bash" {"command": <text>}`
 //! once, then a final text answer: the "instant LLM" used by benchmarks.
@@ -37,6 +38,9 @@ struct Shared {
     requests: Arc<Mutex<Vec<Recorded>>>,
     /// When set, every request gets this status and error message.
     fail_with: Arc<Mutex<Option<(u16, String)>>>,
+    /// Requests being answered now, and the most at once.
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    peak: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 pub struct FakeLlm {
@@ -67,9 +71,17 @@ impl FakeLlm {
         self.shared.requests.lock().unwrap().clone()
     }
 
-    /// Forgets the recorded requests.
+    /// Forgets the recorded requests and the peak.
     pub fn clear(&self) {
         self.shared.requests.lock().unwrap().clear();
+        self.shared
+            .peak
+            .store(0, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The most requests that were being answered at once.
+    pub fn peak_in_flight(&self) -> usize {
+        self.shared.peak.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Answer every request with `status` and an OpenAI-style error.
@@ -115,6 +127,13 @@ async fn complete(
         _ if k == 0 => Some(json!({"content": null, "calls": [["bash", {"command": user}]]})),
         _ => None,
     };
+    if let Some(ms) = turn.as_ref().and_then(|t| t["delay_ms"].as_u64()) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = shared.in_flight.fetch_add(1, SeqCst) + 1;
+        shared.peak.fetch_max(now, SeqCst);
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        shared.in_flight.fetch_sub(1, SeqCst);
+    }
     let message = match turn {
         Some(turn) => {
             let calls: Vec<Value> = turn["calls"]

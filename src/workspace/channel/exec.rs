@@ -32,9 +32,11 @@ open)
   dir=$root/s/$name; mkdir -p "$dir"; rm -f "$dir/done.fifo"; mkfifo "$dir/done.fifo"
   args=(); for kv in "$@"; do args+=(-e "$kv"); done
   [ -n "$workdir" ] && args+=(-c "$workdir")
+  exec 3<>"$dir/done.fifo"
   out=$(t new-session -d -s "$name" -x 250 -y 50 "${args[@]}" -e "CONVOY_SESSION=$name" \
         -e "CONVOY_SESSION_DIR=$dir" -e "CONVOY_FIFO=$dir/done.fifo" \
         "exec bash --noprofile --rcfile '$files/rc.bash' -i" 2>&1) || { echo "ERR $out"; exit 0; }
+  read -r -t 30 n s rest <&3 || { t kill-session -t "=$name"; echo "ERR the shell of session $name did not start within 30s"; exit 0; }
   echo OK ;;
 run)
   name=$1; timeout=$2; max=$3; cmd=$4

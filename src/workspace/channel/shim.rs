@@ -38,6 +38,9 @@ use super::tmux::{self, Tmux};
 /// is killed, and the kill before the shell is replaced.
 const INTERRUPT_GRACE: Duration = Duration::from_secs(2);
 
+/// How long a new session's shell may take to start.
+const SHELL_START_TIMEOUT: Duration = Duration::from_secs(30);
+
 pub const RC: &str = r#"# convoy session shell (see convoy's workspace::channel::shim)
 unset HISTFILE
 HISTSIZE=50
@@ -54,6 +57,8 @@ __convoy_done() {
 }
 PROMPT_COMMAND=__convoy_done
 trap '__convoy_done exit' EXIT
+# Tell the helper this shell is up (sequence 0 is the ready record).
+printf '%s 0 0 ready\n' "$CONVOY_SESSION" >"$CONVOY_FIFO"
 "#;
 
 /// Completion records waiting to be claimed, keyed by (session, sequence).
@@ -399,7 +404,31 @@ impl Shim {
             self.rc.display()
         ));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        self.tmux.call(&args).await.map(drop)
+        // The shell announces itself once its rc file ran; a shell that
+        // cannot start (no processes or file handles left in the
+        // workspace) is an error here, not a mystery on the first command.
+        let (tx, rx) = oneshot::channel();
+        let key = (name.to_string(), 0);
+        self.waiters
+            .lock()
+            .expect("waiters lock")
+            .insert(key.clone(), tx);
+        if let Err(e) = self.tmux.call(&args).await {
+            self.waiters.lock().expect("waiters lock").remove(&key);
+            return Err(e);
+        }
+        match tokio::time::timeout(SHELL_START_TIMEOUT, rx).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => {
+                self.waiters.lock().expect("waiters lock").remove(&key);
+                let _ = self.kill_tree(name).await;
+                Err(format!(
+                    "the shell of session `{name}` did not start within {}s; the workspace may be \
+                     out of processes or open files (see README, \"Docker workspace\")",
+                    SHELL_START_TIMEOUT.as_secs()
+                ))
+            }
+        }
     }
 
     fn state(&self, name: &str) -> Result<Arc<tokio::sync::Mutex<SessionState>>, String> {
@@ -502,18 +531,8 @@ impl Shim {
 
     async fn send_line(&self, target: &str, line: &str) -> Result<(), String> {
         self.tmux
-            .call(&[
-                "send-keys",
-                "-t",
-                target,
-                "-l",
-                line,
-                ";",
-                "send-keys",
-                "-t",
-                target,
-                "Enter",
-            ])
+            // One command: a string that names no key is typed as it is.
+            .call(&["send-keys", "-t", target, line, "Enter"])
             .await
             .map(drop)
     }

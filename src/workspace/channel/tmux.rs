@@ -34,12 +34,8 @@ const CONTROL_TIMEOUT: Duration = Duration::from_secs(60);
 
 type Answer = Result<String, String>;
 
-/// A command line sent to the control client, waiting for its blocks (one
-/// per command of the line).
+/// A command sent to the control client, waiting for its block.
 struct Pending {
-    blocks_left: usize,
-    out: String,
-    err: Option<String>,
     tx: oneshot::Sender<Answer>,
 }
 
@@ -162,49 +158,45 @@ impl Control {
         self.queue.lock().expect("queue lock").is_none()
     }
 
+    /// Sends a command line. Each command (`;` separates them) goes on
+    /// its own line: tmux answers every line with exactly one block, while a
+    /// list of commands on one line stops at the first failure and would
+    /// leave fewer blocks than commands.
     async fn call(&self, args: &[&str]) -> Answer {
-        let mut line = String::new();
-        for a in args {
-            if !line.is_empty() {
-                line.push(' ');
-            }
-            if *a == ";" {
-                line.push(';');
-            } else {
-                line.push_str(&quote(a));
-            }
-        }
-        line.push('\n');
-        let blocks = 1 + args.iter().filter(|a| **a == ";").count();
-        let (tx, rx) = oneshot::channel();
+        let mut receivers = Vec::new();
         {
             let mut stdin = self.stdin.lock().await;
-            {
+            let mut lines = String::new();
+            for command in args.split(|a| *a == ";") {
+                let quoted: Vec<String> = command.iter().map(|a| quote(a)).collect();
+                lines.push_str(&quoted.join(" "));
+                lines.push('\n');
+                let (tx, rx) = oneshot::channel();
+                receivers.push(rx);
                 let mut q = self.queue.lock().expect("queue lock");
                 let Some(q) = q.as_mut() else {
                     return Err("the tmux control client is gone".into());
                 };
-                q.push_back(Pending {
-                    blocks_left: blocks,
-                    out: String::new(),
-                    err: None,
-                    tx,
-                });
+                q.push_back(Pending { tx });
             }
-            if let Err(e) = stdin.write_all(line.as_bytes()).await {
+            if let Err(e) = stdin.write_all(lines.as_bytes()).await {
                 self.queue.lock().expect("queue lock").take();
                 return Err(format!("the tmux control client is gone: {e}"));
             }
         }
-        match tokio::time::timeout(CONTROL_TIMEOUT, rx).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(_)) => Err("the tmux control client is gone".into()),
-            Err(_) => {
-                // Answers would no longer match their requests: retire it.
-                self.queue.lock().expect("queue lock").take();
-                Err("tmux did not answer within 60s".into())
+        let mut out = String::new();
+        for rx in receivers {
+            match tokio::time::timeout(CONTROL_TIMEOUT, rx).await {
+                Ok(Ok(answer)) => out.push_str(&answer?),
+                Ok(Err(_)) => return Err("the tmux control client is gone".into()),
+                Err(_) => {
+                    // Answers would no longer match their requests: retire it.
+                    self.queue.lock().expect("queue lock").take();
+                    return Err("tmux did not answer within 60s".into());
+                }
             }
         }
+        Ok(out)
     }
 }
 
@@ -252,23 +244,11 @@ async fn read_control(
             }
             let mut q = queue.lock().expect("queue lock");
             let Some(q) = q.as_mut() else { return };
-            let done = match q.front_mut() {
-                Some(p) => {
-                    if error {
-                        p.err.get_or_insert_with(String::new).push_str(buf.trim());
-                    } else {
-                        p.out.push_str(&buf);
-                    }
-                    p.blocks_left -= 1;
-                    p.blocks_left == 0
-                }
-                None => false,
-            };
-            if done {
-                let p = q.pop_front().expect("front exists");
-                let _ = p.tx.send(match p.err {
-                    Some(e) => Err(e),
-                    None => Ok(p.out),
+            if let Some(p) = q.pop_front() {
+                let _ = p.tx.send(if error {
+                    Err(buf.trim().to_string())
+                } else {
+                    Ok(buf)
                 });
             }
         } else if let Some(rest) = line.strip_prefix("%begin ") {
