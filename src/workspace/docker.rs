@@ -11,6 +11,7 @@
 //! and on Ctrl-C, unless `workspace.keep = true`.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use bollard::container::LogOutput;
 use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
@@ -103,6 +104,10 @@ impl DockerBackend {
     /// are gone; their conversations fail and are tried again.
     pub async fn recover(&mut self) -> Result<Link, WorkspaceError> {
         let id = self.container.clone().unwrap_or_default();
+        // A container being killed still reports "running" for a moment, and
+        // a helper started in it would break again at once (costing every
+        // in-flight task a second attempt): let the state settle first.
+        tokio::time::sleep(Duration::from_millis(500)).await;
         let state = self
             .docker
             .inspect_container(
