@@ -199,6 +199,8 @@ async fn main() {
     println!("| measure | helper (one exec for the job) | exec per call | ratio |");
     println!("|---|---:|---:|---:|");
     let seq_calls = if quick { 50 } else { 300 };
+    // Warm-up (image layers, page cache, the daemon): not measured.
+    run(&llm, Channel::Helper, 8, 5, 8, "true", 0).await;
     let h = run(&llm, Channel::Helper, 1, seq_calls, 1, "true", 0).await;
     let e = run(&llm, Channel::Exec, 1, seq_calls / 3, 1, "true", 0).await;
     let (hg, eg) = (call_gaps(&h.requests), call_gaps(&e.requests));
@@ -233,10 +235,10 @@ async fn main() {
         r.wall.as_secs_f64()
     );
     let n = if quick { 500 } else { 2000 };
-    // Every conversation waits 10 s on the model before its one tool call:
-    // all of them are in flight at once, each with an open session and an
-    // HTTP request outstanding.
-    let r = run(&llm, Channel::Helper, n, 1, n, "true", 10_000).await;
+    // Every conversation waits 30 s on the model before its one tool call:
+    // long enough for all of them to be in flight at once, each with an
+    // open session and an HTTP request outstanding.
+    let r = run(&llm, Channel::Helper, n, 1, n, "true", 30_000).await;
     println!(
         "| convoy peak RSS, {n} concurrent conversations (MB) | {:.1} |",
         r.peak_rss_kb as f64 / 1024.0
@@ -244,6 +246,10 @@ async fn main() {
     println!(
         "| convoy peak open FDs, {n} concurrent conversations | {} |",
         r.peak_fds
+    );
+    println!(
+        "| ... conversations waiting on the model at once (peak) | {} |",
+        llm.peak_in_flight()
     );
     println!(
         "| ... all {n} done in | {:.1}s ({} ok) |",

@@ -105,7 +105,7 @@ pub async fn serve(root: PathBuf, keep_on_eof: bool) -> anyhow::Result<()> {
     let shim = Arc::new(Shim::start(root).await?);
 
     let (tx, mut rx) = mpsc::unbounded_channel::<Response>();
-    let mut stdout = tokio::io::stdout();
+    let mut stdout = stdio_writer();
     let hello = Hello {
         hello: HELLO.to_string(),
         version: PROTOCOL_VERSION,
@@ -133,7 +133,7 @@ pub async fn serve(root: PathBuf, keep_on_eof: bool) -> anyhow::Result<()> {
         }
     });
 
-    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut lines = BufReader::new(stdio_reader()).lines();
     let mut shutdown_id = None;
     while let Some(line) = lines.next_line().await.context("reading requests")? {
         if line.trim().is_empty() {
@@ -638,6 +638,36 @@ impl Shim {
             let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
         }
     }
+}
+
+/// Stdin as a non-blocking pipe when it is one (it is, under convoy and in
+/// a non-TTY `docker exec`): tokio's own stdin reads on a blocking thread,
+/// which adds a thread hand-off to every request.
+fn stdio_reader() -> Box<dyn tokio::io::AsyncRead + Unpin + Send> {
+    use std::os::fd::AsFd;
+    std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .ok()
+        .and_then(|fd| tokio::net::unix::pipe::Receiver::from_owned_fd(fd).ok())
+        .map_or_else(
+            || Box::new(tokio::io::stdin()) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+            |p| Box::new(p),
+        )
+}
+
+/// Stdout likewise, for every response.
+fn stdio_writer() -> Box<dyn tokio::io::AsyncWrite + Unpin + Send> {
+    use std::os::fd::AsFd;
+    std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .ok()
+        .and_then(|fd| tokio::net::unix::pipe::Sender::from_owned_fd(fd).ok())
+        .map_or_else(
+            || Box::new(tokio::io::stdout()) as Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
+            |p| Box::new(p),
+        )
 }
 
 /// Kills the processes of closed sessions. Closes that queue up while a
