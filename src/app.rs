@@ -14,7 +14,8 @@ use crate::exit::{Exit, Failure};
 use crate::journal::{Journal, JournalError};
 use crate::llm::Llm;
 use crate::manifest::{self, Job, OnLeak};
-use crate::report::{Progress, Summary, Tally};
+use crate::monitor::{rlimit, Monitor};
+use crate::report::{LeakVerdict, MetricsSummary, Progress, Summary, Tally};
 use crate::scheduler::{self, Control, RunCtx};
 use crate::tasks;
 use crate::workspace::{Workspace, WorkspaceError};
@@ -107,6 +108,7 @@ async fn run(args: RunArgs) -> Result<Exit, Failure> {
         plan.truncate(limit);
     }
     let llm = Llm::new(&job.manifest.llm).map_err(Failure::invalid)?;
+    raise_nofile(&job)?;
     let out = match (&args.out, &job.manifest.run.out) {
         (Some(o), _) => o.clone(),
         (None, Some(o)) => job.resolve(o),
@@ -151,9 +153,36 @@ async fn run(args: RunArgs) -> Result<Exit, Failure> {
     let total = plan.len() as u64;
     let started_at = SystemTime::now();
     let clock = Instant::now();
+    let warmup = 100.max(2 * ctx.workers as u64);
+    let mut monitor = match Monitor::create(&out, warmup, clock) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            tracing::warn!("cannot create metrics.csv ({e}); running without the monitor");
+            None
+        }
+    };
+    let gauges = monitor
+        .as_ref()
+        .map(|m| m.gauges.clone())
+        .unwrap_or_default();
     let (tx, rx) = mpsc::unbounded_channel();
     let tally = Arc::new(Mutex::new(Tally::default()));
-    let progress = Arc::new(Mutex::new(Progress::new(total, m.monitor.interval)));
+    let progress = Arc::new(Mutex::new(Progress::new(total, m.monitor.interval, gauges)));
+    let stop_monitor = tokio_util::sync::CancellationToken::new();
+    let monitor_task = monitor.take().map(|mut mon| {
+        let (ctx, tally, stop) = (ctx.clone(), tally.clone(), stop_monitor.clone());
+        let every = m.monitor.interval;
+        tokio::spawn(async move {
+            loop {
+                let t = tally.lock().expect("tally lock").clone();
+                mon.sample(&ctx.workspace, &t, ctx.llm.in_flight()).await;
+                tokio::select! {
+                    _ = stop.cancelled() => return mon,
+                    _ = tokio::time::sleep(every) => {}
+                }
+            }
+        })
+    });
     let recorder = spawn_recorder(journal, rx, tally.clone(), progress.clone(), ctl.clone());
     let ticker = {
         let (tally, progress) = (tally.clone(), progress.clone());
@@ -173,9 +202,27 @@ async fn run(args: RunArgs) -> Result<Exit, Failure> {
     let tally = tally.lock().expect("tally lock").clone();
     progress.lock().expect("progress lock").finish(&tally);
 
+    stop_monitor.cancel();
+    let mut monitor = match monitor_task {
+        Some(t) => t.await.ok(),
+        None => None,
+    };
     let ctx = Arc::into_inner(ctx).expect("every conversation has ended");
-    let shutdown = ctx.workspace.shutdown().await;
-    let leak = !shutdown.stray_sessions.is_empty();
+    let shutdown = ctx.workspace.finish().await;
+    // The final sample, after cleanup: the end state of the workspace.
+    if let Some(mon) = monitor.as_mut() {
+        mon.sample(&ctx.workspace, &tally, ctx.llm.in_flight())
+            .await;
+    }
+    let findings = monitor
+        .as_ref()
+        .map(|m| m.rules.findings.clone())
+        .unwrap_or_default();
+    let metrics = monitor.as_ref().map(MetricsSummary::from_monitor);
+    let workers = ctx.workers;
+    ctx.workspace.shutdown().await;
+    let leaks = LeakVerdict::new(shutdown, findings);
+    let leak = leaks.verdict == "leak";
 
     let stopped_because = ctl.fatal_reason().or_else(|| {
         ctl.interrupted()
@@ -209,8 +256,9 @@ async fn run(args: RunArgs) -> Result<Exit, Failure> {
         finished_at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
         duration_s: duration,
         conversations_per_s: tally.done as f64 / duration.max(1e-9),
-        workers: ctx.workers,
-        leaks: crate::report::summary_leaks(shutdown),
+        workers,
+        leaks,
+        metrics,
         stopped_because,
         exit_code: exit.as_u8(),
     };
@@ -222,6 +270,34 @@ async fn run(args: RunArgs) -> Result<Exit, Failure> {
     }
     written.map_err(Failure::infra)?;
     Ok(exit)
+}
+
+/// Raises RLIMIT_NOFILE to what the job needs, as far as the hard limit
+/// allows, and says what it did.
+fn raise_nofile(job: &Job) -> Result<(), Failure> {
+    let m = &job.manifest;
+    let needed = rlimit::estimate(
+        m.run.workers as u64,
+        m.llm.max_in_flight as u64,
+        m.workspace.kind == crate::manifest::WorkspaceKind::Local,
+    );
+    let r = rlimit::raise(needed).map_err(Failure::infra)?;
+    tracing::info!(
+        "open-files limit: {} -> {} (hard {}; this job needs about {})",
+        r.before,
+        r.after,
+        r.hard,
+        r.needed
+    );
+    if r.after < r.needed {
+        tracing::warn!(
+            "this job needs about {} open files but the hard limit is {}; it may fail with \
+             \"too many open files\": raise the hard limit (ulimit -Hn, LimitNOFILE=) or lower run.workers",
+            r.needed,
+            r.hard
+        );
+    }
+    Ok(())
 }
 
 /// A missing image is the user's input to fix (exit 2); anything else about

@@ -39,6 +39,7 @@ pub mod exit;
 pub mod journal;
 pub mod llm;
 pub mod manifest;
+pub mod monitor;
 pub mod report;
 pub mod scheduler;
 pub mod tasks;

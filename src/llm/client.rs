@@ -23,6 +23,14 @@ impl Llm {
         })
     }
 
+    /// Requests in flight to the endpoint now.
+    pub fn in_flight(&self) -> u64 {
+        match self {
+            Llm::OpenAi(c) => c.in_flight() as u64,
+            Llm::Script => 0,
+        }
+    }
+
     /// The model's next reply to `messages` in `task`'s conversation.
     pub async fn complete(
         &self,

@@ -43,6 +43,7 @@ pub struct OpenAiClient {
     max_tokens: Option<u32>,
     /// The whole job's cap on requests in flight to the endpoint.
     limiter: Arc<Semaphore>,
+    max_in_flight: usize,
 }
 
 impl OpenAiClient {
@@ -79,12 +80,14 @@ impl OpenAiClient {
             temperature: spec.temperature,
             max_tokens: spec.max_tokens,
             limiter: Arc::new(Semaphore::new(spec.max_in_flight as usize)),
+            max_in_flight: spec.max_in_flight as usize,
         })
     }
 
     /// Requests in flight to the endpoint now.
-    pub fn in_flight(&self, max: usize) -> usize {
-        max.saturating_sub(self.limiter.available_permits())
+    pub fn in_flight(&self) -> usize {
+        self.max_in_flight
+            .saturating_sub(self.limiter.available_permits())
     }
 
     pub async fn complete(&self, messages: &[Value], tools: &Value) -> Result<ChatReply, LlmError> {

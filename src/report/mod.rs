@@ -5,9 +5,4 @@ mod progress;
 mod summary;
 
 pub use progress::Progress;
-pub use summary::{LeakVerdict, Summary, Tally};
-
-/// The leak verdict of a finished workspace.
-pub fn summary_leaks(shutdown: crate::workspace::ShutdownReport) -> LeakVerdict {
-    LeakVerdict::from_shutdown(shutdown)
-}
+pub use summary::{LeakVerdict, MetricsSummary, Summary, Tally};

@@ -5,12 +5,16 @@
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
+use std::sync::{Arc, Mutex};
+
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::summary::Tally;
+use crate::monitor::Gauges;
 
 pub struct Progress {
     bar: Option<ProgressBar>,
+    gauges: Arc<Mutex<Gauges>>,
     total: u64,
     started: Instant,
     last_line: Instant,
@@ -19,7 +23,7 @@ pub struct Progress {
 
 impl Progress {
     /// A bar when stderr is a terminal, plain lines every `every` otherwise.
-    pub fn new(total: u64, every: Duration) -> Progress {
+    pub fn new(total: u64, every: Duration, gauges: Arc<Mutex<Gauges>>) -> Progress {
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
             bar.set_style(
@@ -35,6 +39,7 @@ impl Progress {
         let now = Instant::now();
         Progress {
             bar,
+            gauges,
             total,
             started: now,
             last_line: now,
@@ -44,12 +49,7 @@ impl Progress {
 
     /// Shows the current counts; plain mode prints at most every `every`.
     pub fn update(&mut self, t: &Tally) {
-        let counts = format!(
-            "ok {} failed {} in-flight {}",
-            t.ok(),
-            t.not_ok(),
-            t.in_flight
-        );
+        let counts = self.counts(t);
         match &self.bar {
             Some(bar) => {
                 bar.set_position(t.done);
@@ -62,6 +62,26 @@ impl Progress {
                 }
             }
         }
+    }
+
+    /// Task counts, then what the monitor saw last: convoy's FDs, tmux
+    /// sessions and workspace processes, and a loud LEAK once a rule
+    /// tripped.
+    fn counts(&self, t: &Tally) -> String {
+        let g = self.gauges.lock().expect("gauges lock").clone();
+        let mut s = format!(
+            "ok {} failed {} in-flight {} | fds {} sessions {} procs {}",
+            t.ok(),
+            t.not_ok(),
+            t.in_flight,
+            g.open_fds,
+            g.tmux_sessions,
+            g.workspace_procs
+        );
+        if g.leaks > 0 {
+            s.push_str(&format!(" | LEAK x{}", g.leaks));
+        }
+        s
     }
 
     fn print_line(&self, t: &Tally, counts: &str) {
@@ -83,12 +103,7 @@ impl Progress {
         match self.bar.take() {
             Some(bar) => bar.finish_and_clear(),
             None => {
-                let counts = format!(
-                    "ok {} failed {} in-flight {}",
-                    t.ok(),
-                    t.not_ok(),
-                    t.in_flight
-                );
+                let counts = self.counts(t);
                 self.print_line(t, &counts);
             }
         }

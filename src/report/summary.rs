@@ -8,6 +8,7 @@ use serde::Serialize;
 use crate::events::Event;
 use crate::journal::Status;
 use crate::llm::Usage;
+use crate::monitor::{Finding, Monitor};
 use crate::workspace::ShutdownReport;
 
 /// Running counts, fed by events.
@@ -70,6 +71,8 @@ pub struct Summary {
     pub conversations_per_s: f64,
     pub workers: usize,
     pub leaks: LeakVerdict,
+    /// Start, peak and end of what the monitor sampled.
+    pub metrics: Option<MetricsSummary>,
     pub stopped_because: Option<String>,
     pub exit_code: u8,
 }
@@ -78,18 +81,54 @@ pub struct Summary {
 pub struct LeakVerdict {
     /// `clean` or `leak`.
     pub verdict: &'static str,
+    /// Leak rules that tripped while the job ran (or at its end).
+    pub findings: Vec<Finding>,
     #[serde(flatten)]
     pub shutdown: ShutdownReport,
 }
 
 impl LeakVerdict {
-    pub fn from_shutdown(shutdown: ShutdownReport) -> LeakVerdict {
-        let verdict = if shutdown.stray_sessions.is_empty() {
-            "clean"
-        } else {
-            "leak"
-        };
-        LeakVerdict { verdict, shutdown }
+    pub fn new(shutdown: ShutdownReport, findings: Vec<Finding>) -> LeakVerdict {
+        let clean = findings.is_empty()
+            && shutdown.stray_sessions.is_empty()
+            && shutdown.stray_processes.is_empty();
+        LeakVerdict {
+            verdict: if clean { "clean" } else { "leak" },
+            findings,
+            shutdown,
+        }
+    }
+}
+
+/// Start, peak and end of the monitor's samples.
+#[derive(Debug, Serialize)]
+pub struct MetricsSummary {
+    pub open_fds_start: u64,
+    pub open_fds_peak: u64,
+    pub open_fds_end: u64,
+    pub rss_bytes_peak: u64,
+    pub threads_peak: u64,
+    pub tmux_sessions_peak: u64,
+    pub tmux_sessions_end: u64,
+    pub workspace_procs_peak: u64,
+    pub workspace_procs_end: u64,
+    pub samples_csv: &'static str,
+}
+
+impl MetricsSummary {
+    pub fn from_monitor(m: &Monitor) -> MetricsSummary {
+        MetricsSummary {
+            open_fds_start: m.first.as_ref().map_or(0, |s| s.open_fds),
+            open_fds_peak: m.peak.open_fds,
+            open_fds_end: m.last.open_fds,
+            rss_bytes_peak: m.peak.rss_bytes,
+            threads_peak: m.peak.threads,
+            tmux_sessions_peak: m.peak.tmux_sessions,
+            tmux_sessions_end: m.last.tmux_sessions,
+            workspace_procs_peak: m.peak.workspace_procs,
+            workspace_procs_end: m.last.workspace_procs,
+            samples_csv: "metrics.csv",
+        }
     }
 }
 
@@ -124,7 +163,28 @@ impl Summary {
                 self.not_run
             ));
         }
+        if let Some(m) = &self.metrics {
+            s.push_str(&format!(
+                "convoy FDs {} -> peak {} -> {}; RSS peak {:.1} MB; tmux sessions peak {}, end {}; workspace processes end {}\n",
+                m.open_fds_start,
+                m.open_fds_peak,
+                m.open_fds_end,
+                m.rss_bytes_peak as f64 / 1048576.0,
+                m.tmux_sessions_peak,
+                m.tmux_sessions_end,
+                m.workspace_procs_end
+            ));
+        }
         s.push_str(&format!("leaks: {}", self.leaks.verdict));
+        for f in &self.leaks.findings {
+            s.push_str(&format!("\n  {} at {:.0}s: {}", f.rule, f.at_s, f.detail));
+        }
+        if !self.leaks.shutdown.stray_processes.is_empty() {
+            s.push_str(&format!(
+                " (processes left running: {:?})",
+                self.leaks.shutdown.stray_processes
+            ));
+        }
         if !self.leaks.shutdown.stray_sessions.is_empty() {
             s.push_str(&format!(
                 " (sessions left open: {})",

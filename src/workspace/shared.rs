@@ -12,7 +12,7 @@ use thiserror::Error;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::channel::protocol::{Op, Reply};
+use super::channel::protocol::{Op, Reply, WorkspaceStats};
 use super::channel::{ChannelError, Link};
 use super::docker::DockerBackend;
 use super::local::LocalBackend;
@@ -66,6 +66,8 @@ pub(super) struct Inner {
     open: Mutex<HashSet<String>>,
     /// Sessions closed by the reaper rather than by their conversation.
     reaped: AtomicUsize,
+    /// Test-only: never close sessions (CONVOY_TEST_LEAK=session).
+    leak_sessions: bool,
 }
 
 impl Inner {
@@ -114,6 +116,16 @@ impl Inner {
         result
     }
 
+    /// Test-only (CONVOY_TEST_LEAK=session): conversations forget their
+    /// session instead of closing it, so the leak rules have something to
+    /// find. Returns whether it did.
+    pub(super) fn leak_on_purpose(&self, name: &str) -> bool {
+        if self.leak_sessions {
+            self.open.lock().expect("open lock").remove(name);
+        }
+        self.leak_sessions
+    }
+
     pub(super) fn reap(&self, name: String) {
         // The receiver lives as long as the workspace; if it is gone the
         // helper is gone too and its shutdown took the session with it.
@@ -153,6 +165,8 @@ pub struct ShutdownReport {
     pub reaped: usize,
     /// Sessions still alive at the end that nobody had closed: leaks.
     pub stray_sessions: Vec<String>,
+    /// Processes of sessions still running after every session closed.
+    pub stray_processes: Vec<u32>,
 }
 
 /// One job's workspace.
@@ -202,6 +216,7 @@ impl Workspace {
             reap_tx,
             open: Mutex::default(),
             reaped: AtomicUsize::new(0),
+            leak_sessions: std::env::var("CONVOY_TEST_LEAK").is_ok_and(|v| v == "session"),
         });
         let reaper = tokio::spawn(reap(Arc::downgrade(&inner), reap_rx));
         let backend = Arc::new(tokio::sync::Mutex::new(backend));
@@ -218,6 +233,12 @@ impl Workspace {
     pub async fn open_session(&self) -> Result<Session, WorkspaceError> {
         let n = self.inner.counter.fetch_add(1, Ordering::Relaxed);
         let name = format!("c{n}");
+        // Owned before it exists: the monitor never sees an unowned session.
+        self.inner
+            .open
+            .lock()
+            .expect("open lock")
+            .insert(name.clone());
         let reply = self
             .inner
             .call(Op::Open {
@@ -225,17 +246,16 @@ impl Workspace {
                 workdir: self.inner.workdir.clone(),
                 env: self.inner.env.clone(),
             })
-            .await?;
+            .await;
         match reply {
-            Reply::Done => {
-                self.inner
-                    .open
-                    .lock()
-                    .expect("open lock")
-                    .insert(name.clone());
-                Ok(Session::new(name, self.inner.clone()))
+            Ok(Reply::Done) => Ok(Session::new(name, self.inner.clone())),
+            other => {
+                self.inner.open.lock().expect("open lock").remove(&name);
+                match other {
+                    Err(e) => Err(e),
+                    Ok(r) => Err(WorkspaceError::unexpected(r)),
+                }
             }
-            other => Err(WorkspaceError::unexpected(other)),
         }
     }
 
@@ -248,13 +268,25 @@ impl Workspace {
     }
 
     /// Sessions that conversations own right now.
-    pub fn open_sessions(&self) -> usize {
-        self.inner.open.lock().expect("open lock").len()
+    pub fn open_sessions(&self) -> HashSet<String> {
+        self.inner.open.lock().expect("open lock").clone()
+    }
+
+    /// A sample of the workspace for the monitor.
+    pub async fn stats(&self) -> Result<WorkspaceStats, WorkspaceError> {
+        match self.inner.call(Op::Stats).await? {
+            Reply::Stats(s) => Ok(s),
+            other => Err(WorkspaceError::unexpected(other)),
+        }
     }
 
     /// Closes what the reaper still holds, sweeps sessions nobody owns,
     /// stops the helper and releases the backend.
-    pub async fn shutdown(self) -> ShutdownReport {
+    /// The end of the job's work: closes what the reaper still holds,
+    /// then sweeps what nobody owns: sessions still alive, and processes of
+    /// this workspace's sessions still running. Both are leaks and are
+    /// reported.
+    pub async fn finish(&self) -> ShutdownReport {
         let mut report = ShutdownReport::default();
         let (tx, rx) = oneshot::channel();
         if self.inner.reap_tx.send(ReapMsg::Flush(tx)).is_ok() {
@@ -270,6 +302,21 @@ impl Workspace {
                 report.stray_sessions.push(name);
             }
         }
+        if let Ok(stats) = self.stats().await {
+            for (pid, session) in stats.processes {
+                let owner = session.as_deref().unwrap_or("no session");
+                tracing::warn!(
+                    "leak: process {pid} ({owner}) outlived its conversation; killing it"
+                );
+                report.stray_processes.push(pid);
+            }
+        }
+        report
+    }
+
+    /// Stops the helper (killing every process any session started) and
+    /// releases the backend. Call `finish` first.
+    pub async fn shutdown(self) {
         // The helper's exit must not look like a break to recover from.
         self.supervisor.abort();
         let _ = self.supervisor.await;
@@ -282,7 +329,6 @@ impl Workspace {
             Some(b) => b.into_inner().stop().await,
             None => tracing::warn!("the workspace backend is still in use at shutdown"),
         }
-        report
     }
 }
 

@@ -7,7 +7,8 @@
 //! request already holds; past the end it answers with the text "done".
 //! A TURN is `{"content": "text" | null, "calls": [["bash", {"command": "ls"}], ...],
 //! "delay_ms": 0}` (each call becomes a tool call with id `call_{k}_{i}`;
-//! `delay_ms` makes the model that slow for this turn).
+//! `delay_ms` makes the model that slow for this turn; `"status": 400` makes
+//! the endpoint fail this turn with that HTTP status).
 //!
 //! A user message that is not such JSON gets `"bash" {"command": <text>}`
 //! once, then a final text answer: the "instant LLM" used by benchmarks.
@@ -127,6 +128,12 @@ async fn complete(
         _ if k == 0 => Some(json!({"content": null, "calls": [["bash", {"command": user}]]})),
         _ => None,
     };
+    if let Some(status) = turn.as_ref().and_then(|t| t["status"].as_u64()) {
+        return (
+            StatusCode::from_u16(status as u16).unwrap(),
+            Json(json!({"error": {"message": "scripted failure", "type": "test"}})),
+        );
+    }
     if let Some(ms) = turn.as_ref().and_then(|t| t["delay_ms"].as_u64()) {
         use std::sync::atomic::Ordering::SeqCst;
         let now = shared.in_flight.fetch_add(1, SeqCst) + 1;

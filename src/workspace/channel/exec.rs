@@ -13,7 +13,7 @@ use bollard::Docker;
 use futures::StreamExt;
 
 use super::client::ChannelError;
-use super::protocol::{Op, Reply, RunOutput};
+use super::protocol::{Op, Reply, RunOutput, WorkspaceStats};
 
 /// Where the exec channel keeps its tmux socket and sessions (a tmpfs).
 pub const EXEC_ROOT: &str = "/tmp/convoy-exec";
@@ -80,6 +80,14 @@ close)
   rm -rf "$dir"; echo OK ;;
 list)
   echo OK; t list-sessions -F '#{session_name}' 2>/dev/null ;;
+stats)
+  echo OK; t list-sessions -F 'S #{session_name}' 2>/dev/null
+  for f in $(grep -lz "^CONVOY_SESSION_DIR=$root/s/" /proc/[0-9]*/environ 2>/dev/null); do
+    p=${f#/proc/}; p=${p%/environ}
+    s=$(tr '\0' '\n' < "$f" 2>/dev/null | sed -n "s|^CONVOY_SESSION_DIR=$root/s/||p")
+    n=$(ls "/proc/$p/fd" 2>/dev/null | wc -l)
+    echo "P $p $s $n"
+  done ;;
 shutdown)
   t kill-server 2>/dev/null; echo OK ;;
 esac
@@ -123,6 +131,7 @@ impl ExecClient {
             ],
             Op::Close { session } => vec!["close".into(), session.clone()],
             Op::List => vec!["list".into()],
+            Op::Stats => vec!["stats".into()],
             Op::Shutdown => vec!["shutdown".into()],
         };
         let out = self.exec(&args).await?;
@@ -159,6 +168,7 @@ impl ExecClient {
             Op::List => Reply::Sessions {
                 names: payload.lines().map(str::to_string).collect(),
             },
+            Op::Stats => Reply::Stats(parse_stats(payload)),
             _ => Reply::Done,
         })
     }
@@ -198,4 +208,23 @@ impl ExecClient {
         }
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
+}
+
+/// `S name` lines are sessions, `P pid session fds` lines processes.
+fn parse_stats(payload: &str) -> WorkspaceStats {
+    let mut stats = WorkspaceStats::default();
+    for line in payload.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        match f.as_slice() {
+            ["S", name] => stats.sessions.push(name.to_string()),
+            ["P", pid, session, fds] => {
+                if let Ok(pid) = pid.parse() {
+                    stats.processes.push((pid, Some(session.to_string())));
+                    stats.fds += fds.parse::<u64>().unwrap_or(0);
+                }
+            }
+            _ => {}
+        }
+    }
+    stats
 }

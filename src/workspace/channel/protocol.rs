@@ -18,7 +18,8 @@
 //!
 //! Ops: `open` (create a session), `run` (run a command in a session's
 //! shell and return its output), `close` (kill a session and its
-//! processes), `list` (names of the live sessions), `shutdown`.
+//! processes), `list` (names of the live sessions), `stats` (sessions,
+//! processes and their open files, for the monitor), `shutdown`.
 
 use serde::{Deserialize, Serialize};
 
@@ -64,6 +65,10 @@ pub enum Op {
     Close { session: String },
     /// Names of live sessions.
     List,
+    /// What the monitor samples: live sessions, and every process a session
+    /// of this helper started (with the session it belongs to, if it still
+    /// carries its marker) and its open files.
+    Stats,
     /// Kill everything and exit.
     Shutdown,
 }
@@ -80,7 +85,18 @@ pub enum Reply {
     Done,
     Ran(RunOutput),
     Sessions { names: Vec<String> },
+    Stats(WorkspaceStats),
     Error { message: String },
+}
+
+/// A sample of the workspace, for the leak monitor.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct WorkspaceStats {
+    pub sessions: Vec<String>,
+    /// Processes started by sessions: (pid, session name if known).
+    pub processes: Vec<(u32, Option<String>)>,
+    /// Open files of those processes, summed.
+    pub fds: u64,
 }
 
 /// What a command left behind.

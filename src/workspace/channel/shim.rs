@@ -31,7 +31,9 @@ use anyhow::Context;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, oneshot};
 
-use super::protocol::{Hello, Op, Reply, Request, Response, RunOutput, HELLO, PROTOCOL_VERSION};
+use super::protocol::{
+    Hello, Op, Reply, Request, Response, RunOutput, WorkspaceStats, HELLO, PROTOCOL_VERSION,
+};
 use super::tmux::{self, Tmux};
 
 /// How long C-c gets to stop a timed-out command before its process group
@@ -301,6 +303,7 @@ impl Shim {
                 .map(Reply::Ran),
             Op::Close { session } => self.close(&session).await.map(|()| Reply::Done),
             Op::List => self.list().await.map(|names| Reply::Sessions { names }),
+            Op::Stats => self.stats().await.map(Reply::Stats),
             Op::Shutdown => Ok(Reply::Done),
         };
         result.unwrap_or_else(|message| Reply::Error { message })
@@ -619,6 +622,28 @@ impl Shim {
             Err(e) if tmux::is_missing(&e) => Ok(Vec::new()),
             Err(e) => Err(e),
         }
+    }
+
+    async fn stats(&self) -> Result<WorkspaceStats, String> {
+        let sessions = self.list().await?;
+        let marker = self.run_marker();
+        let prefix = format!("{}/", self.root.join("s").display());
+        let procs = tokio::task::spawn_blocking(move || tmux::run_processes(&marker))
+            .await
+            .map_err(|e| format!("process scan failed: {e}"))?;
+        Ok(WorkspaceStats {
+            sessions,
+            fds: procs.iter().map(|p| p.2).sum(),
+            processes: procs
+                .into_iter()
+                .map(|(pid, dir, _)| {
+                    (
+                        pid,
+                        dir.and_then(|d| d.strip_prefix(&prefix).map(str::to_string)),
+                    )
+                })
+                .collect(),
+        })
     }
 
     async fn shutdown(&self) {

@@ -327,3 +327,37 @@ pub fn marked_processes(markers: &HashSet<String>, me: i32) -> Vec<i32> {
         })
         .collect()
 }
+
+/// Every process whose environment holds `run_marker`: its pid, the value
+/// of its `CONVOY_SESSION_DIR` (if any), and how many files it has open.
+/// Blocking: reads /proc.
+pub fn run_processes(run_marker: &str) -> Vec<(u32, Option<String>, u64)> {
+    let me = std::process::id();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != me)
+        .filter_map(|pid| {
+            let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+            let mut marked = false;
+            let mut session = None;
+            for entry in env.split(|&b| b == 0) {
+                let Ok(entry) = std::str::from_utf8(entry) else {
+                    continue;
+                };
+                if entry == run_marker {
+                    marked = true;
+                } else if let Some(dir) = entry.strip_prefix("CONVOY_SESSION_DIR=") {
+                    session = Some(dir.to_string());
+                }
+            }
+            marked.then(|| {
+                let fds =
+                    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count() as u64);
+                (pid, session, fds)
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,284 @@
+//! Cleanup on every exit path, signals, RLIMIT_NOFILE, and the leak
+//! monitor catching leaks made on purpose.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::fake_llm::FakeLlm;
+use support::{containers_of_run, observations, processes_with, stderr, TestJob};
+
+fn script(turns: Value) -> String {
+    json!({ "turns": turns }).to_string()
+}
+
+fn summary(job: &TestJob) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(job.path("out/summary.json")).unwrap()).unwrap()
+}
+
+fn assert_nothing_left(job: &TestJob, marker: &str) {
+    assert_eq!(job.tmp_entries(), Vec::<String>::new(), "temp entries left");
+    let tmp = job.path("tmp").display().to_string();
+    assert_eq!(
+        processes_with(&tmp),
+        Vec::<String>::new(),
+        "helper or tmux left"
+    );
+    assert_eq!(
+        processes_with(marker),
+        Vec::<String>::new(),
+        "session processes left"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_exit_path_closes_its_session_and_kills_its_processes() {
+    let llm = FakeLlm::start().await;
+    let job = TestJob::new();
+    // Each conversation first leaves a background process behind, then
+    // ends its own way.
+    let bg = |tag: &str| json!({"calls": [["bash", {"command": format!("sleep 1000.4{tag} & echo started")}]]});
+    let endless = json!({"calls": [["bash", {"command": "true"}]]});
+    let rows = [
+        (
+            "finish",
+            json!([bg("1"), {"calls": [["finish", {"message": "done"}]]}]),
+        ),
+        ("error", json!([bg("2"), {"status": 400}])),
+        (
+            "steps",
+            json!([bg("3"), endless.clone(), endless.clone(), endless]),
+        ),
+        (
+            "deadline",
+            json!([bg("4"), {"calls": [["bash", {"command": "sleep 1000.49"}]]}]),
+        ),
+        (
+            "panic",
+            json!([bg("5"), {"calls": [["bash", {"command": "convoy-test-panic"}]]}]),
+        ),
+    ];
+    let rows: Vec<Value> = rows
+        .iter()
+        .map(|(id, turns)| json!({"id": id, "script": script(turns.clone())}))
+        .collect();
+    job.tasks(&rows);
+    job.manifest(&format!(
+        r#"
+[prompt]
+user = "{{{{ script }}}}"
+[llm]
+base_url = "{}"
+model = "m"
+max_retries = 0
+[agent]
+max_steps = 3
+[workspace]
+kind = "local"
+workdir = "work"
+[run]
+task_timeout = "3s"
+max_attempts = 1
+[monitor]
+interval = "300ms"
+on_leak = "fail"
+"#,
+        llm.base_url()
+    ));
+    let out = job.run(&[("CONVOY_TEST_PANIC", "convoy-test-panic")]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let results = job.results();
+    let status = |id: &str| results.iter().find(|r| r["id"] == id).unwrap()["status"].clone();
+    assert_eq!(status("finish"), "ok");
+    assert_eq!(status("error"), "failed");
+    assert_eq!(status("steps"), "max_steps");
+    assert_eq!(status("deadline"), "timeout");
+    assert_eq!(status("panic"), "failed");
+    let panic = results.iter().find(|r| r["id"] == "panic").unwrap();
+    assert!(panic["error"].as_str().unwrap().contains("panicked"));
+    for id in ["finish", "error", "steps", "deadline", "panic"] {
+        assert_eq!(observations(&job.trajectory(id))[0], "started\n");
+    }
+    let s = summary(&job);
+    assert_eq!(s["leaks"]["verdict"], "clean", "{s}");
+    assert_eq!(s["metrics"]["tmux_sessions_end"], 0);
+    assert_eq!(s["metrics"]["workspace_procs_end"], 0);
+    let csv = std::fs::read_to_string(job.path("out/metrics.csv")).unwrap();
+    assert!(csv.starts_with("elapsed_s,open_fds,threads,rss_bytes,tmux_sessions,workspace_procs,"));
+    assert!(csv.lines().count() >= 3, "{csv}");
+    assert_nothing_left(&job, "sleep 1000.4");
+}
+
+fn leak_manifest(extra: &str) -> String {
+    format!(
+        r#"
+[prompt]
+user = "go"
+[llm]
+provider = "script"
+[workspace]
+kind = "local"
+workdir = "work"
+[monitor]
+interval = "200ms"
+on_leak = "fail"
+{extra}
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_nobody_closes_is_caught_and_named() {
+    let job = TestJob::new();
+    let rows: Vec<Value> = (0..3)
+        .map(|i| json!({"id": format!("t{i}"), "commands": ["sleep 0.5"], "answer": "ok"}))
+        .collect();
+    job.tasks(&rows);
+    job.manifest(&leak_manifest("[run]\nworkers = 1\n"));
+    let out = job.run(&[("CONVOY_TEST_LEAK", "session")]).await;
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let s = summary(&job);
+    assert_eq!(s["leaks"]["verdict"], "leak");
+    let findings = s["leaks"]["findings"].as_array().unwrap();
+    let orphan = findings
+        .iter()
+        .find(|f| f["rule"] == "orphan_session")
+        .expect("orphan_session");
+    assert!(
+        orphan["detail"].as_str().unwrap().contains("c0"),
+        "{orphan}"
+    );
+    assert!(!s["leaks"]["stray_sessions"].as_array().unwrap().is_empty());
+    assert!(
+        stderr(&out).contains("leak detected (orphan_session)"),
+        "{}",
+        stderr(&out)
+    );
+    assert_nothing_left(&job, "CONVOY_NOTHING");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_that_escapes_its_session_is_caught_and_killed_at_the_end() {
+    let job = TestJob::new();
+    job.tasks(&[json!({
+        "id": "escape",
+        "commands": ["env -u CONVOY_SESSION_DIR setsid sleep 1000.91 >/dev/null 2>&1 & sleep 1"],
+        "answer": "ok"
+    })]);
+    job.manifest(&leak_manifest(""));
+    let out = job.run(&[]).await;
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let s = summary(&job);
+    let findings = s["leaks"]["findings"].as_array().unwrap();
+    let orphan = findings
+        .iter()
+        .find(|f| f["rule"] == "orphan_process")
+        .expect("orphan_process");
+    assert!(
+        orphan["detail"].as_str().unwrap().contains("(no session)"),
+        "{orphan}"
+    );
+    assert_eq!(s["leaks"]["stray_processes"].as_array().unwrap().len(), 1);
+    assert_nothing_left(&job, "sleep 1000.91");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_open_files_limit_is_raised_for_a_big_job() {
+    let job = TestJob::new();
+    let rows: Vec<Value> = (0..50)
+        .map(|i| json!({"id": format!("t{i}"), "commands": ["sleep 1"], "answer": "ok"}))
+        .collect();
+    job.tasks(&rows);
+    job.manifest(&leak_manifest("[run]\nworkers = 2000\n").replace("on_leak = \"fail\"", ""));
+    let cmd = format!(
+        "ulimit -Sn 1024 && exec {} run job.toml --out out",
+        support::convoy_bin()
+    );
+    let child = tokio::process::Command::new("bash")
+        .args(["-c", &cmd])
+        .current_dir(job.dir.path())
+        .env("TMPDIR", job.path("tmp"))
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap();
+    // While it runs (its run directory exists), read its limits.
+    let mut soft = None;
+    for _ in 0..300 {
+        if job.path("out/metrics.csv").exists() {
+            let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap_or_default();
+            soft = limits
+                .lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3)?.parse::<u64>().ok());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let out = child.wait_with_output().await.unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let soft = soft.expect("read the running convoy's limits");
+    assert!(soft > 1024, "soft limit stayed at {soft}");
+    assert!(
+        stderr(&out).contains("open-files limit: 1024 -> "),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_twice_cancels_a_docker_job_at_once_and_cleans_up() {
+    let job = TestJob::new();
+    let rows: Vec<Value> = (0..20)
+        .map(|i| json!({"id": format!("t{i}"), "commands": ["sleep 300"], "answer": "ok"}))
+        .collect();
+    job.tasks(&rows);
+    job.manifest(
+        "[prompt]\nuser = \"go\"\n[llm]\nprovider = \"script\"\n[workspace]\nkind = \"docker\"\nnofile = 4096\n[run]\nworkers = 10\ngrace = \"10m\"\n[monitor]\ninterval = \"200ms\"\n",
+    );
+    let child = tokio::process::Command::new(support::convoy_bin())
+        .args(["run", "job.toml", "--out", "out"])
+        .current_dir(job.dir.path())
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
+    // Wait until the monitor sees the ten conversations' sleeps running.
+    let csv = job.path("out/metrics.csv");
+    for _ in 0..600 {
+        let text = std::fs::read_to_string(&csv).unwrap_or_default();
+        let busy = text.lines().skip(1).any(|l| {
+            l.split(',')
+                .nth(5)
+                .and_then(|p| p.parse::<u64>().ok())
+                .unwrap_or(0)
+                >= 20
+        });
+        if busy {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let out = child.wait_with_output().await.unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cancelling in-flight conversations"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(job.results().is_empty(), "a 300 s task finished?");
+    assert_eq!(containers_of_run(&job.path("out")), Vec::<String>::new());
+    let s = summary(&job);
+    assert_eq!(s["exit_code"], 130);
+    assert_eq!(s["not_run"], 20);
+}
