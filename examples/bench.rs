@@ -85,7 +85,7 @@ max_in_flight = 4096
 [agent]
 max_steps = {}
 [workspace]
-kind = "docker"
+kind = "{}"
 nofile = 1048576
 channel = "{}"
 [run]
@@ -94,6 +94,7 @@ task_timeout = "60m"
 "#,
         llm.base_url(),
         calls + 1,
+        std::env::var("BENCH_KIND").unwrap_or_else(|_| "docker".into()),
         channel.name()
     );
     std::fs::write(dir.path().join("job.toml"), manifest).unwrap();
@@ -194,15 +195,44 @@ async fn main() {
     let llm = FakeLlm::start().await;
     let arg = std::env::args().nth(1).unwrap_or_default();
     let quick = arg == "--quick";
+    if arg == "--overhead" {
+        // Only the helper's per-call overhead, five times each: how much it
+        // varies between runs, in short (3-call) and long (300-call)
+        // conversations, whose growing history every request carries.
+        run(&llm, Channel::Helper, 8, 5, 8, "true", 0).await;
+        println!(
+            "| run | 3-call conversations, median (ms) | 300-call conversation, median (ms) |"
+        );
+        println!("|---:|---:|---:|");
+        for i in 1..=5 {
+            let short = call_gaps(
+                &run(&llm, Channel::Helper, 100, 3, 1, "true", 0)
+                    .await
+                    .requests,
+            );
+            let long = call_gaps(
+                &run(&llm, Channel::Helper, 1, 300, 1, "true", 0)
+                    .await
+                    .requests,
+            );
+            println!(
+                "| {i} | {:.2} | {:.2} |",
+                percentile(&short, 0.5),
+                percentile(&long, 0.5)
+            );
+        }
+        return;
+    }
     println!("convoy Docker workspace benchmark (instant LLM over HTTP, `true` as the command)\n");
 
     println!("| measure | helper (one exec for the job) | exec per call | ratio |");
     println!("|---|---:|---:|---:|");
-    let seq_calls = if quick { 50 } else { 300 };
     // Warm-up (image layers, page cache, the daemon): not measured.
     run(&llm, Channel::Helper, 8, 5, 8, "true", 0).await;
-    let h = run(&llm, Channel::Helper, 1, seq_calls, 1, "true", 0).await;
-    let e = run(&llm, Channel::Exec, 1, seq_calls / 3, 1, "true", 0).await;
+    // Sequential 3-call conversations: every gap is one tool call.
+    let (hn, en) = if quick { (30, 10) } else { (100, 30) };
+    let h = run(&llm, Channel::Helper, hn, 3, 1, "true", 0).await;
+    let e = run(&llm, Channel::Exec, en, 3, 1, "true", 0).await;
     let (hg, eg) = (call_gaps(&h.requests), call_gaps(&e.requests));
     for (label, p) in [
         ("overhead per tool call, median (ms)", 0.5),
@@ -212,12 +242,16 @@ async fn main() {
         println!("| {label} | {a:.2} | {b:.2} | {:.1}x |", b / a);
     }
     for conc in [1usize, 64, 512] {
-        let (hc, ec) = if quick { (5, 2) } else { (20, 3) };
-        let hc = if conc == 1 { seq_calls } else { hc };
-        let ec = if conc == 1 { seq_calls / 3 } else { ec };
-        let h = run(&llm, Channel::Helper, conc, hc, conc, "true", 0).await;
-        let e = run(&llm, Channel::Exec, conc, ec, conc, "true", 0).await;
-        let (a, b) = (calls_per_s(&h), calls_per_s(&e));
+        // At 1, the sequential runs above; otherwise `conc` conversations
+        // at once, each a few calls long.
+        let (a, b) = if conc == 1 {
+            (calls_per_s(&h), calls_per_s(&e))
+        } else {
+            let (hc, ec) = if quick { (5, 2) } else { (20, 3) };
+            let h = run(&llm, Channel::Helper, conc, hc, conc, "true", 0).await;
+            let e = run(&llm, Channel::Exec, conc, ec, conc, "true", 0).await;
+            (calls_per_s(&h), calls_per_s(&e))
+        };
         println!(
             "| tool calls/s, {conc} concurrent conversations | {a:.0} | {b:.1} | {:.1}x |",
             a / b

@@ -111,20 +111,9 @@ on_leak = "fail"
 }
 
 fn leak_manifest(extra: &str) -> String {
-    format!(
-        r#"
-[prompt]
-user = "go"
-[llm]
-provider = "script"
-[workspace]
-kind = "local"
-workdir = "work"
-[monitor]
-interval = "200ms"
-on_leak = "fail"
-{extra}
-"#
+    support::script_job(
+        "kind = \"local\"\nworkdir = \"work\"",
+        &format!("[monitor]\ninterval = \"200ms\"\non_leak = \"fail\"\n{extra}"),
     )
 }
 
@@ -190,21 +179,12 @@ async fn the_open_files_limit_is_raised_for_a_big_job() {
         .map(|i| json!({"id": format!("t{i}"), "commands": ["sleep 1"], "answer": "ok"}))
         .collect();
     job.tasks(&rows);
-    job.manifest(&leak_manifest("[run]\nworkers = 2000\n").replace("on_leak = \"fail\"", ""));
+    job.manifest(&leak_manifest("[run]\nworkers = 2000\n"));
     let cmd = format!(
         "ulimit -Sn 1024 && exec {} run job.toml --out out",
         support::convoy_bin()
     );
-    let child = tokio::process::Command::new("bash")
-        .args(["-c", &cmd])
-        .current_dir(job.dir.path())
-        .env("TMPDIR", job.path("tmp"))
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let child = job.spawn("bash", &["-c", &cmd], &[("RUST_LOG", "info")]);
     let pid = child.id().unwrap();
     // While it runs (its run directory exists), read its limits.
     let mut soft = None;
@@ -237,18 +217,15 @@ async fn sigint_twice_cancels_a_docker_job_at_once_and_cleans_up() {
         .map(|i| json!({"id": format!("t{i}"), "commands": ["sleep 300"], "answer": "ok"}))
         .collect();
     job.tasks(&rows);
-    job.manifest(
-        "[prompt]\nuser = \"go\"\n[llm]\nprovider = \"script\"\n[workspace]\nkind = \"docker\"\nnofile = 4096\n[run]\nworkers = 10\ngrace = \"10m\"\n[monitor]\ninterval = \"200ms\"\n",
+    job.manifest(&support::script_job(
+        "kind = \"docker\"\nnofile = 4096",
+        "[run]\nworkers = 10\ngrace = \"10m\"\n[monitor]\ninterval = \"200ms\"",
+    ));
+    let child = job.spawn(
+        support::convoy_bin(),
+        &["run", "job.toml", "--out", "out"],
+        &[],
     );
-    let child = tokio::process::Command::new(support::convoy_bin())
-        .args(["run", "job.toml", "--out", "out"])
-        .current_dir(job.dir.path())
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
     let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
     // Wait until the monitor sees the ten conversations' sleeps running.
     let csv = job.path("out/metrics.csv");

@@ -14,20 +14,8 @@ use support::{containers_of_run, docker, observations, processes_with, stderr, T
 const IMAGE: &str = "convoy-workspace:bookworm";
 
 fn script_manifest(extra_workspace: &str, extra: &str) -> String {
-    format!(
-        r#"
-[prompt]
-user = "go"
-[llm]
-provider = "script"
-[workspace]
-kind = "docker"
-image = "{IMAGE}"
-nofile = 4096
-{extra_workspace}
-{extra}
-"#
-    )
+    let ws = format!("kind = \"docker\"\nimage = \"{IMAGE}\"\nnofile = 4096\n{extra_workspace}");
+    support::script_job(&ws, extra)
 }
 
 fn rows(n: usize, commands: impl Fn(usize) -> Vec<String>) -> Vec<Value> {
@@ -38,16 +26,11 @@ fn rows(n: usize, commands: impl Fn(usize) -> Vec<String>) -> Vec<Value> {
 
 /// Spawns `convoy run` without waiting for it.
 fn spawn_run(job: &TestJob) -> tokio::process::Child {
-    tokio::process::Command::new(support::convoy_bin())
-        .args(["run", "job.toml", "--out", "out"])
-        .current_dir(job.dir.path())
-        .env("TMPDIR", job.path("tmp"))
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
+    job.spawn(
+        support::convoy_bin(),
+        &["run", "job.toml", "--out", "out"],
+        &[],
+    )
 }
 
 /// Waits until `results.jsonl` has at least `n` lines (the run's own
@@ -193,7 +176,8 @@ async fn docker_kill_mid_job_and_every_task_still_finishes() {
     assert_eq!(ids.len(), 1);
     docker(&["kill", &ids[0]]);
     let out = child.wait_with_output().await.unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let failed: Vec<Value> = job.results().into_iter().filter(|r| r["status"] != "ok").collect();
+    assert_eq!(out.status.code(), Some(0), "failed: {failed:?}\n{}", stderr(&out));
     let results = job.results();
     assert_eq!(results.len(), 60);
     assert!(results.iter().all(|r| r["status"] == "ok"));

@@ -75,6 +75,27 @@ impl TestJob {
         cmd.output().await.unwrap()
     }
 
+    /// Starts `program ARGS` in the job directory without waiting for it.
+    pub fn spawn(
+        &self,
+        program: &str,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> tokio::process::Child {
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.args(args)
+            .current_dir(self.dir.path())
+            .env("TMPDIR", self.path("tmp"))
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        cmd.spawn().unwrap()
+    }
+
     pub async fn run(&self, envs: &[(&str, &str)]) -> Output {
         self.convoy(&["run", "job.toml", "--out", "out"], envs)
             .await
@@ -134,6 +155,14 @@ pub fn processes_with(needle: &str) -> Vec<String> {
             cmd.contains(needle).then_some(cmd)
         })
         .collect()
+}
+
+/// The body of a manifest for the `script` provider (prompt "go"): the
+/// `[workspace]` table's keys, then anything else.
+pub fn script_job(workspace: &str, rest: &str) -> String {
+    format!(
+        "[prompt]\nuser = \"go\"\n[llm]\nprovider = \"script\"\n[workspace]\n{workspace}\n{rest}\n"
+    )
 }
 
 /// Runs the docker CLI; its stdout. Panics (fails the test) if Docker is
