@@ -176,8 +176,17 @@ async fn docker_kill_mid_job_and_every_task_still_finishes() {
     assert_eq!(ids.len(), 1);
     docker(&["kill", &ids[0]]);
     let out = child.wait_with_output().await.unwrap();
-    let failed: Vec<Value> = job.results().into_iter().filter(|r| r["status"] != "ok").collect();
-    assert_eq!(out.status.code(), Some(0), "failed: {failed:?}\n{}", stderr(&out));
+    let failed: Vec<Value> = job
+        .results()
+        .into_iter()
+        .filter(|r| r["status"] != "ok")
+        .collect();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "failed: {failed:?}\n{}",
+        stderr(&out)
+    );
     let results = job.results();
     assert_eq!(results.len(), 60);
     assert!(results.iter().all(|r| r["status"] == "ok"));

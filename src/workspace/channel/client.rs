@@ -156,9 +156,11 @@ impl Drop for PendingEntry<'_> {
 
 /// Marks the stream broken and fails every waiting call.
 fn break_stream(stream: &Stream) {
-    // Dropping the senders wakes every waiter with an error.
-    stream.pending.lock().expect("pending lock").take();
+    // Broken first, then wake the waiters (by dropping their senders): a
+    // woken caller that retries at once must already see the break and
+    // wait for the recovered link, not try this one again.
     stream.broken.cancel();
+    stream.pending.lock().expect("pending lock").take();
 }
 
 async fn read_responses<R: AsyncRead + Unpin>(reader: BufReader<R>, stream: Stream) {
