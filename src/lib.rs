@@ -8,10 +8,13 @@
 //! starts, so bad input fails in a second with the file and line.
 //!
 //! The run then boots ONE workspace (`workspace`): a private tmux server,
-//! either on this host (`local`) or inside one Docker container (`docker`).
-//! Requests reach tmux through the workspace helper, `convoy shim`, which is
-//! this same binary speaking a small line protocol over one stdio stream
-//! (`workspace::channel`). Every conversation gets its own tmux session; a
+//! either on this host (`local`) or inside one Docker container (`docker`,
+//! through bollard). Requests reach tmux through the workspace helper,
+//! `convoy shim`, which is this same binary speaking a small line protocol
+//! over one stdio stream (`workspace::channel`): a child process locally,
+//! one long-lived attached exec in the container. Inside, the helper drives
+//! tmux through one control-mode client. A supervisor restarts a helper
+//! whose stream broke, or boots a new container if the old one died. Every conversation gets its own tmux session; a
 //! command is run by the session's shell, its output goes to a file, and its
 //! completion is announced by a record the shell writes to a FIFO: an event,
 //! never a screen poll.
@@ -22,6 +25,10 @@
 //! runs its tool calls in the session. Each session has exactly one owner:
 //! the conversation closes it; if the conversation is dropped (deadline,
 //! panic, cancellation) the session's guard hands it to the reaper.
+//!
+//! The `monitor` raises RLIMIT_NOFILE at start, samples convoy and the
+//! workspace into `metrics.csv`, and applies the leak rules whose verdict
+//! ends up in `summary.json`.
 //!
 //! Everything the scheduler does is reported as an `events::Event` on one
 //! channel. The recorder (`journal`) makes each result durable before the

@@ -1,6 +1,7 @@
-//! The workspace of one job (shared by all its conversations): boot, open sessions, reap, shut down. The
-//! session logic is the same for every backend, since all of it goes
-//! through the helper; backends differ only in where the helper runs.
+//! The workspace of one job, shared by all its conversations: boot, open
+//! sessions, reap, supervise (recover a broken link), finish, shut down.
+//! The session logic is the same for every backend, since all of it goes
+//! through the link; backends differ only in where the helper runs.
 
 use std::collections::HashSet;
 use std::path::PathBuf;

@@ -647,8 +647,33 @@ impl Shim {
     }
 
     async fn shutdown(&self) {
+        // The server exits a moment after kill-server answers: wait for it
+        // (then make sure), so that "the job is over" means it is gone.
+        let server = self
+            .tmux
+            .call(&["display-message", "-p", "#{pid}"])
+            .await
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok());
         self.tmux.stop_control().await;
         let _ = self.tmux.spawn_call(&["kill-server"]).await;
+        if let Some(pid) = server {
+            let alive =
+                || std::path::Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid);
+            for _ in 0..100 {
+                if !alive() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if alive() {
+                tmux::kill_group(pid);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
         let markers = [self.run_marker()].into_iter().collect();
         let _ = tokio::task::spawn_blocking(move || tmux::kill_marked(&markers)).await;
         for f in [
@@ -710,6 +735,14 @@ async fn sweep_processes(mut rx: mpsc::UnboundedReceiver<(String, oneshot::Sende
             let _ = done.send(());
         }
     }
+}
+
+/// A process that has exited but not been reaped yet.
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.starts_with('Z')))
+        .unwrap_or(false)
 }
 
 /// Session names become tmux targets and directory names.
