@@ -24,10 +24,6 @@ impl Session {
         }
     }
 
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     /// Runs a command in this session's shell.
     pub async fn run(
         &self,

@@ -40,7 +40,6 @@ pub struct ShimClient {
     broken: CancellationToken,
     lines: mpsc::UnboundedSender<Vec<u8>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    pub helper_pid: u32,
 }
 
 impl ShimClient {
@@ -84,7 +83,6 @@ impl ShimClient {
             broken: stream.broken,
             lines: lines_tx,
             tasks: vec![reader_task, writer_task],
-            helper_pid: hello.pid,
         })
     }
 
@@ -121,15 +119,6 @@ impl ShimClient {
     /// Resolves when the stream has broken.
     pub async fn closed(&self) {
         self.broken.cancelled().await
-    }
-
-    /// Requests waiting for a reply (for the monitor and leak checks).
-    pub fn in_flight(&self) -> usize {
-        self.pending
-            .lock()
-            .expect("pending lock")
-            .as_ref()
-            .map_or(0, HashMap::len)
     }
 }
 
