@@ -81,6 +81,11 @@ impl Inner {
     }
 
     async fn healthy_link(&self) -> Result<Arc<Link>, WorkspaceError> {
+        // The usual case, without subscribing to changes.
+        let link = self.link.borrow().clone();
+        if !link.is_broken() && self.lost.lock().expect("lost lock").is_none() {
+            return Ok(link);
+        }
         let mut rx = self.link.subscribe();
         let wait = async {
             loop {
