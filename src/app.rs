@@ -16,7 +16,7 @@ use crate::llm::Llm;
 use crate::manifest::{self, Job, OnLeak};
 use crate::monitor::{rlimit, Monitor};
 use crate::report::{LeakVerdict, MetricsSummary, Progress, Summary, Tally};
-use crate::scheduler::{self, Control, RunCtx};
+use crate::scheduler::{self, Budget, Control, RunCtx};
 use crate::tasks;
 use crate::workspace::{Workspace, WorkspaceError};
 
@@ -140,6 +140,7 @@ async fn run(args: RunArgs) -> Result<Exit, Failure> {
         task_timeout: m.run.task_timeout,
         max_attempts: m.run.max_attempts,
         workers: m.run.workers as usize,
+        budget: Budget::new(&m.llm),
     });
     tracing::info!(
         "running {} tasks of `{}` with {} workers into {}",
@@ -175,7 +176,7 @@ async fn run(args: RunArgs) -> Result<Exit, Failure> {
         tokio::spawn(async move {
             loop {
                 let t = tally.lock().expect("tally lock").clone();
-                mon.sample(&ctx.workspace, &t, ctx.llm.in_flight()).await;
+                mon.sample(&ctx.workspace, &t, &ctx.llm).await;
                 tokio::select! {
                     _ = stop.cancelled() => return mon,
                     _ = tokio::time::sleep(every) => {}
@@ -211,8 +212,7 @@ async fn run(args: RunArgs) -> Result<Exit, Failure> {
     let shutdown = ctx.workspace.finish().await;
     // The final sample, after cleanup: the end state of the workspace.
     if let Some(mon) = monitor.as_mut() {
-        mon.sample(&ctx.workspace, &tally, ctx.llm.in_flight())
-            .await;
+        mon.sample(&ctx.workspace, &tally, &ctx.llm).await;
     }
     let findings = monitor
         .as_ref()
@@ -224,17 +224,20 @@ async fn run(args: RunArgs) -> Result<Exit, Failure> {
     let leaks = LeakVerdict::new(shutdown, findings);
     let leak = leaks.verdict == "leak";
 
-    let stopped_because = ctl.fatal_reason().or_else(|| {
-        ctl.interrupted()
-            .then(|| "interrupted by a signal".to_string())
-    });
+    let stopped_because = ctl
+        .fatal_reason()
+        .or_else(|| {
+            ctl.interrupted()
+                .then(|| "interrupted by a signal".to_string())
+        })
+        .or_else(|| ctl.stop_reason());
     let exit = if ctl.interrupted() {
         Exit::Interrupted
     } else if ctl.fatal_reason().is_some() || recorded.is_err() {
         Exit::Infrastructure
     } else if leak && m.monitor.on_leak == OnLeak::Fail {
         Exit::Leak
-    } else if tally.not_ok() > 0 {
+    } else if tally.not_ok() > 0 || tally.done < total {
         Exit::TasksFailed
     } else {
         Exit::Ok
@@ -257,6 +260,7 @@ async fn run(args: RunArgs) -> Result<Exit, Failure> {
         duration_s: duration,
         conversations_per_s: tally.done as f64 / duration.max(1e-9),
         workers,
+        llm: ctx.llm.report(),
         leaks,
         metrics,
         stopped_because,

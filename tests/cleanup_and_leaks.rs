@@ -7,14 +7,10 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use support::fake_llm::FakeLlm;
-use support::{containers_of_run, observations, processes_with, stderr, TestJob};
-
-fn script(turns: Value) -> String {
-    json!({ "turns": turns }).to_string()
-}
+use support::{containers_of_run, observations, processes_with, script, stderr, TestJob};
 
 fn summary(job: &TestJob) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(job.path("out/summary.json")).unwrap()).unwrap()
+    job.summary()
 }
 
 fn assert_nothing_left(job: &TestJob, marker: &str) {

@@ -5,33 +5,10 @@ mod support;
 
 use serde_json::{json, Value};
 use support::fake_llm::FakeLlm;
-use support::{observations, processes_with, stderr, TestJob};
-
-const KEY: &str = "sk-test-5ecret-never-written";
-
-/// The script for one conversation, as the fake server reads it.
-fn script(turns: Value) -> String {
-    json!({ "turns": turns }).to_string()
-}
+use support::{observations, processes_with, script, stderr, TestJob, KEY};
 
 fn http_manifest(llm: &FakeLlm, extra: &str) -> String {
-    format!(
-        r#"
-[prompt]
-system = "You are a test."
-user = "{{{{ script }}}}"
-[llm]
-base_url = "{}"
-model = "fake-model"
-api_key_env = "CONVOY_TEST_KEY"
-max_retries = 0
-[workspace]
-kind = "local"
-workdir = "work"
-{extra}
-"#,
-        llm.base_url()
-    )
+    support::http_manifest(llm, "max_retries = 0", extra)
 }
 
 /// Nothing of the run is left: no temp dir (so no tmux socket), no tmux

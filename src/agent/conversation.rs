@@ -54,6 +54,10 @@ impl Conversation {
                     .collect()
             })
             .unwrap_or_default();
+        self.usage.invalid_tool_calls += calls
+            .iter()
+            .filter(|c| matches!(c.action, super::tools::Action::Invalid { .. }))
+            .count() as u64;
         let text = message
             .get("content")
             .and_then(Value::as_str)
@@ -113,5 +117,21 @@ mod tests {
         );
         c.on_observation("x1", "out".into());
         assert_eq!(c.messages[2]["tool_call_id"], "x1");
+    }
+
+    #[test]
+    fn invalid_calls_are_counted_and_reasoning_is_kept() {
+        let mut c = Conversation::new(None, "hi");
+        let reply = json!({"role": "assistant", "content": null, "reasoning_content": "hmm", "tool_calls": [
+            {"id": "a", "type": "function", "function": {"name": "bash", "arguments": "{\"command\": "}},
+            {"id": "b", "type": "function", "function": {"name": "python", "arguments": "{}"}},
+            {"id": "c", "type": "function", "function": {"name": "bash", "arguments": "{\"command\":\"ls\"}"}}
+        ]});
+        let Next::Calls(calls) = c.on_reply(reply, &Usage::default()) else {
+            panic!("expected calls")
+        };
+        assert_eq!(calls.len(), 3);
+        assert_eq!(c.usage.invalid_tool_calls, 2);
+        assert_eq!(c.messages[1]["reasoning_content"], "hmm");
     }
 }

@@ -27,6 +27,10 @@ pub enum AgentError {
     Workspace(#[from] WorkspaceError),
     #[error("reached the step limit ({0} model turns) without a final answer")]
     MaxSteps(u32),
+    /// A reply without tool calls cut at `max_tokens`: its text is not a
+    /// final answer, and another attempt would most likely be cut again.
+    #[error("the model's reply was cut at its token limit (finish_reason \"length\") before it gave a final answer")]
+    Truncated,
 }
 
 /// Runs the conversation to its end; the final answer on success. The
@@ -51,9 +55,11 @@ pub async fn drive(
             return Err(AgentError::MaxSteps(limits.max_steps));
         }
         let reply = llm.complete(task, &conv.messages, tools).await?;
+        let cut = reply.finish_reason.as_deref() == Some("length");
         let next = conv.on_reply(reply.message, &reply.usage);
         on_step(conv.steps);
         let calls = match next {
+            Next::Final(_) if cut => return Err(AgentError::Truncated),
             Next::Final(text) => return Ok(text),
             Next::Calls(calls) => calls,
         };

@@ -1,33 +1,117 @@
-//! The job's model: an HTTP endpoint or the offline script.
+//! The job's model: an HTTP endpoint or the offline script, plus the job's
+//! running token totals (for budgets and the summary).
 
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
 use serde_json::Value;
 
+use super::limiter::LimiterStats;
 use super::openai::OpenAiClient;
 use super::script;
 use super::types::{ChatReply, LlmError};
-use crate::manifest::{LlmSpec, Provider};
+use crate::manifest::{LlmSpec, Price, Provider};
 use crate::tasks::Task;
 
 /// One per job, shared by every conversation.
 #[derive(Debug)]
-pub enum Llm {
-    OpenAi(OpenAiClient),
+pub struct Llm {
+    backend: Backend,
+    price: Option<Price>,
+    requests: AtomicU64,
+    prompt_tokens: AtomicU64,
+    completion_tokens: AtomicU64,
+}
+
+#[derive(Debug)]
+enum Backend {
+    OpenAi(Box<OpenAiClient>),
     Script,
+}
+
+/// The model side of `summary.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct LlmReport {
+    /// Replies received.
+    pub requests: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// In the unit of `llm.price`, when prices are given.
+    pub cost: Option<f64>,
+    pub retries_by_reason: BTreeMap<String, u64>,
+    /// The adaptive in-flight limit: ceiling, now, lowest, cuts.
+    pub limiter: Option<LimiterStats>,
+    pub outages: u64,
+    pub outage_s: f64,
 }
 
 impl Llm {
     pub fn new(spec: &LlmSpec) -> Result<Llm, LlmError> {
-        Ok(match spec.provider {
-            Provider::Openai => Llm::OpenAi(OpenAiClient::new(spec)?),
-            Provider::Script => Llm::Script,
+        let backend = match spec.provider {
+            Provider::Openai => Backend::OpenAi(Box::new(OpenAiClient::new(spec)?)),
+            Provider::Script => Backend::Script,
+        };
+        Ok(Llm {
+            backend,
+            price: spec.price,
+            requests: AtomicU64::new(0),
+            prompt_tokens: AtomicU64::new(0),
+            completion_tokens: AtomicU64::new(0),
         })
     }
 
     /// Requests in flight to the endpoint now.
     pub fn in_flight(&self) -> u64 {
-        match self {
-            Llm::OpenAi(c) => c.in_flight() as u64,
-            Llm::Script => 0,
+        match &self.backend {
+            Backend::OpenAi(c) => c.in_flight() as u64,
+            Backend::Script => 0,
+        }
+    }
+
+    /// Requests allowed in flight now (0 for the script provider).
+    pub fn limit(&self) -> u64 {
+        match &self.backend {
+            Backend::OpenAi(c) => c.limit() as u64,
+            Backend::Script => 0,
+        }
+    }
+
+    /// Waits while the endpoint is down; an error once the job gave up.
+    pub async fn wait_up(&self) -> Result<(), LlmError> {
+        match &self.backend {
+            Backend::OpenAi(c) => c.wait_up().await,
+            Backend::Script => Ok(()),
+        }
+    }
+
+    /// Tokens used by the whole job so far (prompt, completion).
+    pub fn tokens_used(&self) -> (u64, u64) {
+        (
+            self.prompt_tokens.load(Ordering::Relaxed),
+            self.completion_tokens.load(Ordering::Relaxed),
+        )
+    }
+
+    pub fn price(&self) -> Option<Price> {
+        self.price
+    }
+
+    pub fn report(&self) -> LlmReport {
+        let (prompt, completion) = self.tokens_used();
+        let (limiter, retries_by_reason, (outages, outage_s)) = match &self.backend {
+            Backend::OpenAi(c) => (Some(c.limiter_stats()), c.retries_by_reason(), c.outages()),
+            Backend::Script => (None, BTreeMap::new(), (0, 0.0)),
+        };
+        LlmReport {
+            requests: self.requests.load(Ordering::Relaxed),
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            cost: self.price.map(|p| p.cost(prompt, completion)),
+            retries_by_reason,
+            limiter,
+            outages,
+            outage_s,
         }
     }
 
@@ -38,9 +122,15 @@ impl Llm {
         messages: &[Value],
         tools: &Value,
     ) -> Result<ChatReply, LlmError> {
-        match self {
-            Llm::OpenAi(c) => c.complete(messages, tools).await,
-            Llm::Script => Ok(script::reply(&task.vars, messages)),
-        }
+        let reply = match &self.backend {
+            Backend::OpenAi(c) => c.complete(messages, tools).await?,
+            Backend::Script => script::reply(&task.vars, messages),
+        };
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.prompt_tokens
+            .fetch_add(reply.usage.prompt_tokens, Ordering::Relaxed);
+        self.completion_tokens
+            .fetch_add(reply.usage.completion_tokens, Ordering::Relaxed);
+        Ok(reply)
     }
 }

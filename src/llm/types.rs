@@ -10,8 +10,14 @@ pub struct Usage {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     pub total_tokens: u64,
-    /// Requests that were retried (429, 5xx, timeouts, connection errors).
+    /// Requests that were sent again (429, 5xx, timeouts, connection
+    /// errors, replies without a choice).
+    #[serde(default)]
     pub retries: u64,
+    /// Tool calls the model got wrong (arguments not JSON, no such tool):
+    /// each was answered with an error observation.
+    #[serde(default)]
+    pub invalid_tool_calls: u64,
 }
 
 impl Usage {
@@ -20,6 +26,7 @@ impl Usage {
         self.completion_tokens += other.completion_tokens;
         self.total_tokens += other.total_tokens;
         self.retries += other.retries;
+        self.invalid_tool_calls += other.invalid_tool_calls;
     }
 
     /// Reads an OpenAI `usage` object; missing fields count as 0.
@@ -38,6 +45,7 @@ impl Usage {
                 .and_then(Value::as_u64)
                 .unwrap_or(prompt + completion),
             retries: 0,
+            invalid_tool_calls: 0,
         }
     }
 }
@@ -63,8 +71,9 @@ pub enum LlmError {
     Rejected { status: u16, message: String },
     #[error("the LLM request failed after {attempts} attempts: {last}")]
     Exhausted { attempts: u32, last: String },
-    #[error("the LLM reply is malformed: {0}")]
-    Malformed(String),
+    /// The endpoint stayed unreachable past `llm.outage_timeout`.
+    #[error("{0}")]
+    Outage(String),
     #[error("LLM configuration: {0}")]
     Config(String),
 }
@@ -72,6 +81,6 @@ pub enum LlmError {
 impl LlmError {
     /// Errors after which no other task can succeed either.
     pub fn is_fatal(&self) -> bool {
-        matches!(self, LlmError::Auth { .. })
+        matches!(self, LlmError::Auth { .. } | LlmError::Outage(_))
     }
 }

@@ -199,11 +199,86 @@ fn validate(m: &Manifest, text: &str) -> Vec<Problem> {
         "llm.max_in_flight",
         "must be at least 1",
     );
-    if let Some(t) = m.llm.temperature {
+    let llm = &m.llm;
+    if let Some(t) = llm.temperature {
         check(
             (0.0..=2.0).contains(&t),
             "llm.temperature",
             "must be between 0 and 2",
+        );
+    }
+    if let Some(p) = llm.top_p {
+        check(
+            (0.0..=1.0).contains(&p),
+            "llm.top_p",
+            "must be between 0 and 1",
+        );
+    }
+    check(
+        llm.outage_after >= 1,
+        "llm.outage_after",
+        "must be at least 1",
+    );
+    check(
+        llm.requests_per_minute.is_none_or(|r| r >= 1),
+        "llm.requests_per_minute",
+        "must be at least 1",
+    );
+    check(
+        llm.tokens_per_minute.is_none_or(|t| t >= 1),
+        "llm.tokens_per_minute",
+        "must be at least 1",
+    );
+    check(
+        llm.max_total_tokens.is_none_or(|t| t >= 1),
+        "llm.max_total_tokens",
+        "must be at least 1",
+    );
+    check(
+        llm.max_cost.is_none_or(|c| c > 0.0 && c.is_finite()),
+        "llm.max_cost",
+        "must be more than 0",
+    );
+    check(
+        llm.max_cost.is_none() || llm.price.is_some(),
+        "llm.max_cost",
+        "needs llm.price (prompt and completion prices per million tokens)",
+    );
+    check(
+        llm.price.is_none_or(|p| {
+            p.prompt >= 0.0
+                && p.completion >= 0.0
+                && p.prompt.is_finite()
+                && p.completion.is_finite()
+        }),
+        "llm.price",
+        "prices must be 0 or more",
+    );
+    if let Some(tc) = &llm.tool_choice {
+        check(
+            matches!(tc.as_str(), Some("auto" | "required" | "none")) || tc.is_object(),
+            "llm.tool_choice",
+            "must be \"auto\", \"required\", \"none\" or a tool_choice table",
+        );
+    }
+    for key in llm.extra_body.keys() {
+        check(
+            !matches!(key.as_str(), "model" | "messages" | "tools" | "stream"),
+            "llm.extra_body",
+            &format!("`{key}` is set by convoy and cannot be overridden"),
+        );
+    }
+    for (name, value) in &llm.extra_headers {
+        check(
+            !name.eq_ignore_ascii_case("authorization"),
+            "llm.extra_headers",
+            "`Authorization` cannot be set here: name the key's environment variable in llm.api_key_env",
+        );
+        check(
+            reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_ok()
+                && reqwest::header::HeaderValue::from_str(value).is_ok(),
+            "llm.extra_headers",
+            &format!("`{name}` is not a valid HTTP header name and value"),
         );
     }
 
@@ -228,6 +303,7 @@ fn validate(m: &Manifest, text: &str) -> Vec<Problem> {
     for (key, d) in [
         ("llm.timeout", m.llm.timeout),
         ("llm.connect_timeout", m.llm.connect_timeout),
+        ("llm.outage_timeout", m.llm.outage_timeout),
         ("agent.command_timeout", m.agent.command_timeout),
         ("run.task_timeout", m.run.task_timeout),
         ("monitor.interval", m.monitor.interval),
@@ -351,5 +427,21 @@ provider = "script"
             .filter_map(|p| p.key)
             .collect();
         assert_eq!(keys, ["llm.base_url", "llm.model"]);
+    }
+
+    #[test]
+    fn llm_options_are_checked() {
+        let p = problems("max_cost = 5.0\n[llm.extra_body]\nmodel = \"x\"\nreasoning_effort = \"high\"\n[llm.extra_headers]\nAuthorization = \"Bearer k\"\n");
+        let keys: Vec<_> = p.iter().filter_map(|p| p.key.as_deref()).collect();
+        assert_eq!(
+            keys,
+            ["llm.max_cost", "llm.extra_body", "llm.extra_headers"]
+        );
+        assert!(p[0].message.contains("needs llm.price"), "{}", p[0].message);
+        assert!(p[1].message.contains("`model`"), "{}", p[1].message);
+        assert!(p[2].message.contains("api_key_env"), "{}", p[2].message);
+        assert!(problems("tool_choice = \"required\"\nseed = 7\nparallel_tool_calls = false\n[llm.price]\nprompt = 1.0\ncompletion = 2.0\n").is_empty());
+        let p = problems("tool_choice = \"sometimes\"\n");
+        assert_eq!(p[0].key.as_deref(), Some("llm.tool_choice"));
     }
 }

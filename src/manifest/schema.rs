@@ -95,10 +95,72 @@ pub struct LlmSpec {
     /// Most requests in flight to the endpoint at once, for the whole job.
     #[serde(default = "LlmSpec::default_max_in_flight")]
     pub max_in_flight: u32,
+    /// Consecutive connection failures (across all conversations) after
+    /// which the endpoint counts as down: dispatching stops and convoy
+    /// probes it until it answers.
+    #[serde(default = "LlmSpec::default_outage_after")]
+    pub outage_after: u32,
+    /// How long an outage may last before the job gives up (exit 4; results
+    /// so far are kept).
+    #[serde(default = "LlmSpec::default_outage_timeout", with = "humantime_serde")]
+    pub outage_timeout: Duration,
+    /// Optional request rate cap for the whole job (token bucket).
+    #[serde(default)]
+    pub requests_per_minute: Option<u32>,
+    /// Optional token rate cap for the whole job (token bucket, charged
+    /// with each reply's `usage.total_tokens`).
+    #[serde(default)]
+    pub tokens_per_minute: Option<u64>,
+    /// Token budget for the job: no new task starts once the tokens used
+    /// plus a reserve per running task would pass it.
+    #[serde(default)]
+    pub max_total_tokens: Option<u64>,
+    /// Cost budget for the job, in the unit of `llm.price` (needs it).
+    #[serde(default)]
+    pub max_cost: Option<f64>,
+    /// Prices per million tokens, for `max_cost` and the reported cost.
+    #[serde(default)]
+    pub price: Option<Price>,
+    /// Tokens held back per running task when checking the budgets. Default:
+    /// the mean tokens of the tasks finished so far.
+    #[serde(default)]
+    pub reserve_tokens_per_task: Option<u64>,
     #[serde(default)]
     pub temperature: Option<f64>,
     #[serde(default)]
+    pub top_p: Option<f64>,
+    #[serde(default)]
     pub max_tokens: Option<u32>,
+    #[serde(default)]
+    pub seed: Option<i64>,
+    /// `"auto"`, `"required"`, `"none"` or an OpenAI tool_choice object.
+    #[serde(default)]
+    pub tool_choice: Option<serde_json::Value>,
+    #[serde(default)]
+    pub parallel_tool_calls: Option<bool>,
+    /// More fields for the request body, as given (e.g.
+    /// `reasoning_effort = "high"`). They cannot replace `model`,
+    /// `messages`, `tools` or `stream`.
+    #[serde(default)]
+    pub extra_body: BTreeMap<String, serde_json::Value>,
+    /// More HTTP headers for every request. Not `Authorization`: the key
+    /// comes from `api_key_env` and never sits in a manifest.
+    #[serde(default)]
+    pub extra_headers: BTreeMap<String, String>,
+}
+
+/// Prices per million tokens.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    pub prompt: f64,
+    pub completion: f64,
+}
+
+impl Price {
+    pub fn cost(&self, prompt_tokens: u64, completion_tokens: u64) -> f64 {
+        (prompt_tokens as f64 * self.prompt + completion_tokens as f64 * self.completion) / 1e6
+    }
 }
 
 impl LlmSpec {
@@ -113,6 +175,12 @@ impl LlmSpec {
     }
     fn default_max_in_flight() -> u32 {
         256
+    }
+    fn default_outage_after() -> u32 {
+        5
+    }
+    fn default_outage_timeout() -> Duration {
+        Duration::from_secs(600)
     }
 }
 

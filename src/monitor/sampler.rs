@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::leaks::{Finding, LeakRules};
+use crate::llm::Llm;
 use crate::report::Tally;
 use crate::workspace::Workspace;
 
@@ -27,10 +28,12 @@ pub struct Sample {
     pub done: u64,
     pub failed: u64,
     pub llm_in_flight: u64,
+    /// The adaptive limit on requests in flight (0: no HTTP endpoint).
+    pub llm_limit: u64,
     pub leaks: u64,
 }
 
-const HEADER: &str = "elapsed_s,open_fds,threads,rss_bytes,tmux_sessions,workspace_procs,workspace_fds,in_flight,done,failed,llm_in_flight,leaks\n";
+const HEADER: &str = "elapsed_s,open_fds,threads,rss_bytes,tmux_sessions,workspace_procs,workspace_fds,in_flight,done,failed,llm_in_flight,llm_limit,leaks\n";
 
 /// The latest figures, for the progress line.
 #[derive(Debug, Clone, Default)]
@@ -38,6 +41,8 @@ pub struct Gauges {
     pub open_fds: u64,
     pub tmux_sessions: u64,
     pub workspace_procs: u64,
+    pub llm_in_flight: u64,
+    pub llm_limit: u64,
     pub leaks: u64,
 }
 
@@ -86,7 +91,7 @@ impl Monitor {
         &mut self,
         workspace: &Workspace,
         tally: &Tally,
-        llm_in_flight: u64,
+        llm: &Llm,
     ) -> Vec<Finding> {
         let (open_fds, threads, rss_bytes) = own_usage();
         // Take ownership first: a session opened after this snapshot but
@@ -108,7 +113,8 @@ impl Monitor {
             in_flight: tally.in_flight,
             done: tally.done,
             failed: tally.not_ok(),
-            llm_in_flight,
+            llm_in_flight: llm.in_flight(),
+            llm_limit: llm.limit(),
             leaks: 0,
         };
         let new = self.rules.observe(
@@ -132,7 +138,7 @@ impl Monitor {
 
     fn record(&mut self, s: Sample) {
         let row = format!(
-            "{:.1},{},{},{},{},{},{},{},{},{},{},{}\n",
+            "{:.1},{},{},{},{},{},{},{},{},{},{},{},{}\n",
             s.elapsed_s,
             s.open_fds,
             s.threads,
@@ -144,6 +150,7 @@ impl Monitor {
             s.done,
             s.failed,
             s.llm_in_flight,
+            s.llm_limit,
             s.leaks
         );
         if self
@@ -164,6 +171,8 @@ impl Monitor {
             open_fds: s.open_fds,
             tmux_sessions: s.tmux_sessions,
             workspace_procs: s.workspace_procs,
+            llm_in_flight: s.llm_in_flight,
+            llm_limit: s.llm_limit,
             leaks: s.leaks,
         };
         self.first.get_or_insert_with(|| s.clone());

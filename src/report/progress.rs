@@ -65,8 +65,8 @@ impl Progress {
     }
 
     /// Task counts, then what the monitor saw last: convoy's FDs, tmux
-    /// sessions and workspace processes, and a loud LEAK once a rule
-    /// tripped.
+    /// sessions and workspace processes, LLM requests in flight against the
+    /// adaptive limit, and a loud LEAK once a rule tripped.
     fn counts(&self, t: &Tally) -> String {
         let g = self.gauges.lock().expect("gauges lock").clone();
         let mut s = format!(
@@ -78,6 +78,9 @@ impl Progress {
             g.tmux_sessions,
             g.workspace_procs
         );
+        if g.llm_limit > 0 {
+            s.push_str(&format!(" | llm {}/{}", g.llm_in_flight, g.llm_limit));
+        }
         if g.leaks > 0 {
             s.push_str(&format!(" | LEAK x{}", g.leaks));
         }

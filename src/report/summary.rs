@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::events::Event;
 use crate::journal::Status;
-use crate::llm::Usage;
+use crate::llm::{LlmReport, Usage};
 use crate::monitor::{Finding, Monitor};
 use crate::workspace::ShutdownReport;
 
@@ -70,6 +70,9 @@ pub struct Summary {
     pub duration_s: f64,
     pub conversations_per_s: f64,
     pub workers: usize,
+    /// Requests, tokens, cost, retries by reason, the in-flight limiter and
+    /// outages.
+    pub llm: LlmReport,
     pub leaks: LeakVerdict,
     /// Start, peak and end of what the monitor sampled.
     pub metrics: Option<MetricsSummary>,
@@ -133,6 +136,40 @@ impl MetricsSummary {
 }
 
 impl Summary {
+    /// The model's line: retries by reason, the limiter, outages, cost.
+    fn render_llm(&self) -> String {
+        let l = &self.llm;
+        let mut parts = Vec::new();
+        if !l.retries_by_reason.is_empty() {
+            let r: Vec<String> = l
+                .retries_by_reason
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
+            parts.push(format!("retries by reason: {}", r.join(", ")));
+        }
+        if let Some(lim) = l.limiter.filter(|lim| lim.cuts > 0) {
+            parts.push(format!(
+                "in-flight limit cut {} times (ceiling {}, lowest {}, end {})",
+                lim.cuts, lim.ceiling, lim.lowest, lim.current
+            ));
+        }
+        if l.outages > 0 {
+            parts.push(format!(
+                "{} endpoint outages ({:.1}s)",
+                l.outages, l.outage_s
+            ));
+        }
+        if let Some(cost) = l.cost {
+            parts.push(format!("cost {cost:.4}"));
+        }
+        if parts.is_empty() {
+            String::new()
+        } else {
+            format!("llm: {}\n", parts.join("; "))
+        }
+    }
+
     /// The lines printed at the end of a run.
     pub fn render(&self) -> String {
         let counts: Vec<String> = self
@@ -157,6 +194,7 @@ impl Summary {
             "tokens: {} prompt, {} completion; {} model turns; {} LLM retries\n",
             self.usage.prompt_tokens, self.usage.completion_tokens, self.steps, self.usage.retries
         ));
+        s.push_str(&self.render_llm());
         if self.not_run > 0 {
             s.push_str(&format!(
                 "not run: {} tasks (run again to do them)\n",

@@ -11,6 +11,7 @@ pub struct Control {
     pub drain: CancellationToken,
     pub cancel: CancellationToken,
     fatal: Mutex<Option<String>>,
+    stopped: Mutex<Option<String>>,
     interrupted: std::sync::atomic::AtomicBool,
 }
 
@@ -46,6 +47,22 @@ impl Control {
         }
         drop(f);
         self.drain();
+    }
+
+    /// A limit of the job was reached (e.g. its token budget): stop
+    /// dispatching, let what runs finish, and say why at the end.
+    pub fn stop(&self, reason: String) {
+        let mut s = self.stopped.lock().expect("stop lock");
+        if s.is_none() {
+            tracing::warn!("no new tasks start: {reason}");
+            *s = Some(reason);
+        }
+        drop(s);
+        self.drain();
+    }
+
+    pub fn stop_reason(&self) -> Option<String> {
+        self.stopped.lock().expect("stop lock").clone()
     }
 
     pub fn fatal_reason(&self) -> Option<String> {

@@ -11,6 +11,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
+use super::budget::Budget;
 use super::control::Control;
 use crate::agent::{drive, AgentError, Conversation, DriveLimits};
 use crate::events::{Event, Finished};
@@ -28,6 +29,7 @@ pub struct RunCtx {
     pub task_timeout: Duration,
     pub max_attempts: u32,
     pub workers: usize,
+    pub budget: Budget,
 }
 
 /// Runs every task (until drained) and returns when the last conversation
@@ -47,6 +49,21 @@ pub async fn run(
             p = slots.clone().acquire_owned() => p.expect("the pool semaphore never closes"),
         };
         if ctl.drain.is_cancelled() {
+            break;
+        }
+        // While the endpoint is down, nothing new starts.
+        let up = tokio::select! {
+            biased;
+            _ = ctl.drain.cancelled() => break,
+            up = ctx.llm.wait_up() => up,
+        };
+        if let Err(e) = up {
+            ctl.fatal(e.to_string());
+            break;
+        }
+        let running = (ctx.workers - slots.available_permits()).saturating_sub(1) as u64;
+        if let Some(why) = ctx.budget.exceeded(&ctx.llm, running) {
+            ctl.stop(why);
             break;
         }
         set.spawn(run_task(
@@ -101,14 +118,25 @@ async fn run_task(
         let (status, final_answer, error, retry) = match result {
             Ok(Ok(text)) => (Status::Ok, Some(text), None, false),
             Ok(Err(e)) => {
-                let (status, retry) = classify(&e);
-                match &e {
-                    Attempt::Agent(AgentError::Llm(l)) if l.is_fatal() => ctl.fatal(l.to_string()),
+                // The job cannot go on (credentials, endpoint gone,
+                // workspace lost): the task did not fail on its own, so it
+                // is not recorded and a rerun does it.
+                let fatal = match &e {
+                    Attempt::Agent(AgentError::Llm(l)) if l.is_fatal() => Some(l.to_string()),
                     Attempt::Agent(AgentError::Workspace(w @ WorkspaceError::Lost(_))) => {
-                        ctl.fatal(w.to_string())
+                        Some(w.to_string())
                     }
-                    _ => {}
+                    _ => None,
+                };
+                if let Some(why) = fatal {
+                    ctl.fatal(why);
+                    ctx.budget.on_task_end(conv.usage.total_tokens);
+                    let _ = events.send(Event::TaskCancelled {
+                        id: task.id.clone(),
+                    });
+                    return;
                 }
+                let (status, retry) = classify(&e);
                 (status, None, Some(e.to_string()), retry)
             }
             Err(panic) => (
@@ -142,6 +170,7 @@ async fn run_task(
             duration_s: clock.elapsed().as_secs_f64(),
             error,
         };
+        ctx.budget.on_task_end(conv.usage.total_tokens);
         let _ = events.send(Event::TaskFinished(Box::new(Finished {
             record,
             messages: conv.messages,
@@ -164,10 +193,9 @@ fn classify(e: &Attempt) -> (Status, bool) {
     match e {
         Attempt::Deadline(_) => (Status::Timeout, false),
         Attempt::Agent(AgentError::MaxSteps(_)) => (Status::MaxSteps, false),
+        Attempt::Agent(AgentError::Truncated) => (Status::Failed, false),
         Attempt::Agent(AgentError::Llm(LlmError::ContextLimit(_))) => (Status::ContextLimit, false),
-        Attempt::Agent(AgentError::Llm(l)) if l.is_fatal() => (Status::Failed, false),
         Attempt::Agent(AgentError::Llm(LlmError::Rejected { .. })) => (Status::Failed, false),
-        Attempt::Agent(AgentError::Workspace(WorkspaceError::Lost(_))) => (Status::Failed, false),
         Attempt::Agent(_) => (Status::Failed, true),
     }
 }

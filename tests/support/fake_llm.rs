@@ -7,8 +7,18 @@
 //! request already holds; past the end it answers with the text "done".
 //! A TURN is `{"content": "text" | null, "calls": [["bash", {"command": "ls"}], ...],
 //! "delay_ms": 0}` (each call becomes a tool call with id `call_{k}_{i}`;
-//! `delay_ms` makes the model that slow for this turn; `"status": 400` makes
-//! the endpoint fail this turn with that HTTP status).
+//! a call's arguments given as a string are sent verbatim, so they can be
+//! invalid JSON; `delay_ms` makes the model that slow for this turn;
+//! `"status": 400` makes the endpoint fail this turn with that HTTP status;
+//! `"reasoning": "..."` adds `reasoning_content`; `"finish_reason"`
+//! overrides it). `"faults": [FAULT, ...]` answers the first attempts at
+//! this turn with those faults, in order, then the turn itself. A FAULT is
+//! `{"status": 429, "retry_after": "1"}`, `{"stall_ms": 3000}` (answers,
+//! but that late), `{"reset": true}` (the connection breaks mid-reply) or
+//! `{"body": {...}}` (a 200 with that body, e.g. `{"choices": []}`).
+//!
+//! Faults for the whole server: `storm` (a share of all requests get 429 or
+//! 503) and `go_down` (every connection breaks and the port closes).
 //!
 //! A user message that is not such JSON gets `"bash" {"command": <text>}`
 //! once, then a final text answer: the "instant LLM" used by benchmarks.
@@ -17,13 +27,16 @@
 
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::post;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
@@ -31,7 +44,18 @@ use serde_json::{json, Value};
 pub struct Recorded {
     pub at: Instant,
     pub authorization: Option<String>,
+    pub headers: HeaderMap,
     pub body: Value,
+    /// The HTTP status answered (0: the connection was broken).
+    pub status: u16,
+}
+
+/// A share of requests answered 429 (with `Retry-After` when given) or 503.
+#[derive(Debug, Clone, Copy)]
+pub struct Storm {
+    pub p429: f64,
+    pub p503: f64,
+    pub retry_after_s: Option<u64>,
 }
 
 #[derive(Clone, Default)]
@@ -42,6 +66,10 @@ struct Shared {
     /// Requests being answered now, and the most at once.
     in_flight: Arc<std::sync::atomic::AtomicUsize>,
     peak: Arc<std::sync::atomic::AtomicUsize>,
+    /// Attempts so far at each (conversation, turn), for scripted faults.
+    attempts: Arc<Mutex<HashMap<(String, usize), usize>>>,
+    storm: Arc<Mutex<Option<(Storm, fastrand::Rng)>>>,
+    down: Arc<std::sync::atomic::AtomicBool>,
 }
 
 pub struct FakeLlm {
@@ -52,11 +80,18 @@ pub struct FakeLlm {
 
 impl FakeLlm {
     pub async fn start() -> FakeLlm {
+        FakeLlm::start_on("127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// Starts on `addr` (e.g. the address of a server that went down, to
+    /// bring the endpoint back).
+    pub async fn start_on(addr: SocketAddr) -> FakeLlm {
         let shared = Shared::default();
         let app = Router::new()
             .route("/v1/chat/completions", post(complete))
+            .route("/v1/models", get(models))
             .with_state(shared.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
@@ -85,6 +120,21 @@ impl FakeLlm {
         self.shared.peak.load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// From now on answer a share of requests with 429 or 503 (seeded, so
+    /// a run is repeatable).
+    pub fn storm(&self, storm: Storm) {
+        *self.shared.storm.lock().unwrap() = Some((storm, fastrand::Rng::with_seed(7)));
+    }
+
+    /// The endpoint goes away: requests in progress and new ones on open
+    /// connections break, and the port stops listening.
+    pub fn go_down(&self) {
+        self.shared
+            .down
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.task.abort();
+    }
+
     /// Answer every request with `status` and an OpenAI-style error.
     pub fn fail_with(&self, status: u16, message: &str) {
         *self.shared.fail_with.lock().unwrap() = Some((status, message.to_string()));
@@ -97,24 +147,67 @@ impl Drop for FakeLlm {
     }
 }
 
+async fn models() -> Json<Value> {
+    Json(json!({"object": "list", "data": [{"id": "fake-model", "object": "model"}]}))
+}
+
+fn error_reply(status: u16, message: &str) -> Response {
+    (
+        StatusCode::from_u16(status).unwrap(),
+        Json(json!({"error": {"message": message, "type": "test"}})),
+    )
+        .into_response()
+}
+
+/// A reply whose connection breaks after a few bytes.
+fn broken_reply() -> Response {
+    let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
+        Ok(Bytes::from_static(b"{\"id\": \"chatcmpl-")),
+        Err(std::io::Error::other("connection reset on purpose")),
+    ];
+    Response::new(Body::from_stream(futures::stream::iter(chunks)))
+}
+
 async fn complete(
     State(shared): State<Shared>,
     headers: HeaderMap,
     Json(body): Json<Value>,
-) -> (StatusCode, Json<Value>) {
+) -> Response {
+    let (status, response) = answer(&shared, &body).await;
     shared.requests.lock().unwrap().push(Recorded {
         at: Instant::now(),
         authorization: headers
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string),
-        body: body.clone(),
+        headers,
+        body,
+        status,
     });
+    response
+}
+
+async fn answer(shared: &Shared, body: &Value) -> (u16, Response) {
+    use std::sync::atomic::Ordering::SeqCst;
+    if shared.down.load(SeqCst) {
+        return (0, broken_reply());
+    }
     if let Some((status, message)) = shared.fail_with.lock().unwrap().clone() {
-        return (
-            StatusCode::from_u16(status).unwrap(),
-            Json(json!({"error": {"message": message, "type": "test"}})),
-        );
+        return (status, error_reply(status, &message));
+    }
+    if let Some((storm, rng)) = shared.storm.lock().unwrap().as_mut() {
+        let x = rng.f64();
+        if x < storm.p429 {
+            let mut r = error_reply(429, "rate limited (storm)");
+            if let Some(s) = storm.retry_after_s {
+                r.headers_mut()
+                    .insert("retry-after", s.to_string().parse().unwrap());
+            }
+            return (429, r);
+        }
+        if x < storm.p429 + storm.p503 {
+            return (503, error_reply(503, "overloaded (storm)"));
+        }
     }
     let messages = body["messages"].as_array().cloned().unwrap_or_default();
     let k = messages.iter().filter(|m| m["role"] == "assistant").count();
@@ -122,26 +215,58 @@ async fn complete(
         .iter()
         .find(|m| m["role"] == "user")
         .and_then(|m| m["content"].as_str())
-        .unwrap_or_default();
-    let turn = match serde_json::from_str::<Value>(user) {
+        .unwrap_or_default()
+        .to_string();
+    let turn = match serde_json::from_str::<Value>(&user) {
         Ok(script) if script.get("turns").is_some() => script["turns"].get(k).cloned(),
         _ if k == 0 => Some(json!({"content": null, "calls": [["bash", {"command": user}]]})),
         _ => None,
     };
+    let attempt = {
+        let mut a = shared.attempts.lock().unwrap();
+        let n = a.entry((user.clone(), k)).or_default();
+        *n += 1;
+        *n - 1
+    };
+    let fault = turn
+        .as_ref()
+        .and_then(|t| t["faults"].get(attempt))
+        .cloned();
+    if let Some(f) = &fault {
+        if f["reset"] == true {
+            return (0, broken_reply());
+        }
+        if let Some(status) = f["status"].as_u64() {
+            let mut r = error_reply(status as u16, "scripted fault");
+            if let Some(after) = f["retry_after"].as_str() {
+                r.headers_mut()
+                    .insert("retry-after", after.parse().unwrap());
+            }
+            return (status as u16, r);
+        }
+        if f.get("body").is_some() {
+            return (
+                200,
+                (StatusCode::OK, Json(f["body"].clone())).into_response(),
+            );
+        }
+        if let Some(ms) = f["stall_ms"].as_u64() {
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        }
+    }
     if let Some(status) = turn.as_ref().and_then(|t| t["status"].as_u64()) {
         return (
-            StatusCode::from_u16(status as u16).unwrap(),
-            Json(json!({"error": {"message": "scripted failure", "type": "test"}})),
+            status as u16,
+            error_reply(status as u16, "scripted failure"),
         );
     }
     if let Some(ms) = turn.as_ref().and_then(|t| t["delay_ms"].as_u64()) {
-        use std::sync::atomic::Ordering::SeqCst;
         let now = shared.in_flight.fetch_add(1, SeqCst) + 1;
         shared.peak.fetch_max(now, SeqCst);
         tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
         shared.in_flight.fetch_sub(1, SeqCst);
     }
-    let message = match turn {
+    let message = match &turn {
         Some(turn) => {
             let calls: Vec<Value> = turn["calls"]
                 .as_array()
@@ -162,23 +287,24 @@ async fn complete(
             if !calls.is_empty() {
                 m["tool_calls"] = Value::Array(calls);
             }
+            if let Some(r) = turn.get("reasoning") {
+                m["reasoning_content"] = r.clone();
+            }
             m
         }
         None => json!({"role": "assistant", "content": "done"}),
     };
-    let finish = if message.get("tool_calls").is_some() {
-        "tool_calls"
-    } else {
-        "stop"
+    let finish = match turn.as_ref().and_then(|t| t["finish_reason"].as_str()) {
+        Some(f) => f.to_string(),
+        None if message.get("tool_calls").is_some() => "tool_calls".into(),
+        None => "stop".into(),
     };
-    (
-        StatusCode::OK,
-        Json(json!({
-            "id": "chatcmpl-fake",
-            "object": "chat.completion",
-            "model": body["model"],
-            "choices": [{"index": 0, "message": message, "finish_reason": finish}],
-            "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
-        })),
-    )
+    let reply = json!({
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "model": body["model"],
+        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+    });
+    (200, (StatusCode::OK, Json(reply)).into_response())
 }

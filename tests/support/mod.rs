@@ -10,6 +10,37 @@ use std::process::Output;
 
 use serde_json::Value;
 
+/// The API key the HTTP tests pass (and check is never written anywhere).
+pub const KEY: &str = "sk-test-5ecret-never-written";
+
+/// The script for one conversation, as the fake server reads it.
+pub fn script(turns: Value) -> String {
+    serde_json::json!({ "turns": turns }).to_string()
+}
+
+/// The body of a manifest for the fake server: each task's `script` column
+/// is its user message; `llm_keys` go into `[llm]`, `rest` after the local
+/// `[workspace]` table.
+pub fn http_manifest(llm: &fake_llm::FakeLlm, llm_keys: &str, rest: &str) -> String {
+    format!(
+        r#"
+[prompt]
+system = "You are a test."
+user = "{{{{ script }}}}"
+[llm]
+base_url = "{}"
+model = "fake-model"
+api_key_env = "CONVOY_TEST_KEY"
+{llm_keys}
+[workspace]
+kind = "local"
+workdir = "work"
+{rest}
+"#,
+        llm.base_url()
+    )
+}
+
 pub fn convoy_bin() -> &'static str {
     env!("CARGO_BIN_EXE_convoy")
 }
@@ -103,6 +134,11 @@ impl TestJob {
 
     pub fn results(&self) -> Vec<Value> {
         read_jsonl(&self.path("out/results.jsonl"))
+    }
+
+    pub fn summary(&self) -> Value {
+        serde_json::from_str(&std::fs::read_to_string(self.path("out/summary.json")).unwrap())
+            .unwrap()
     }
 
     pub fn trajectories(&self) -> Vec<Value> {

@@ -1,0 +1,150 @@
+//! Is the endpoint up? After `llm.outage_after` consecutive connection
+//! failures (across all conversations) it counts as down: no request is
+//! sent and no task is dispatched, while one probe (`GET {base_url}/models`,
+//! where any HTTP answer counts as up) asks every few seconds. When it
+//! answers, everything resumes; after `llm.outage_timeout` the job gives up.
+//!
+//! Requests that wait out an outage do not spend their retries on it: the
+//! outage has its own deadline.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use super::types::LlmError;
+
+const PROBE_FIRST: Duration = Duration::from_millis(500);
+const PROBE_MAX: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, PartialEq)]
+enum State {
+    Up,
+    Down,
+    /// The outage outlived `outage_timeout`; the message says so.
+    Gone(String),
+}
+
+#[derive(Debug)]
+pub struct Health {
+    state: watch::Sender<State>,
+    consecutive: AtomicU32,
+    threshold: u32,
+    timeout: Duration,
+    outages: AtomicU64,
+    outage_ms: AtomicU64,
+    http: reqwest::Client,
+    probe_url: String,
+}
+
+impl Health {
+    pub fn new(http: reqwest::Client, base_url: &str, threshold: u32, timeout: Duration) -> Health {
+        Health {
+            state: watch::Sender::new(State::Up),
+            consecutive: AtomicU32::new(0),
+            threshold: threshold.max(1),
+            timeout,
+            outages: AtomicU64::new(0),
+            outage_ms: AtomicU64::new(0),
+            http,
+            probe_url: format!("{}/models", base_url.trim_end_matches('/')),
+        }
+    }
+
+    /// Waits while the endpoint is down; an error once the job gave up on it.
+    pub async fn wait_up(&self) -> Result<(), LlmError> {
+        let mut rx = self.state.subscribe();
+        loop {
+            match &*rx.borrow_and_update() {
+                State::Up => return Ok(()),
+                State::Gone(why) => return Err(LlmError::Outage(why.clone())),
+                State::Down => {}
+            }
+            if rx.changed().await.is_err() {
+                return Err(LlmError::Outage("the LLM client shut down".into()));
+            }
+        }
+    }
+
+    pub fn is_down(&self) -> bool {
+        *self.state.borrow() == State::Down
+    }
+
+    /// Any HTTP answer: the endpoint is reachable.
+    pub fn on_answer(&self) {
+        self.consecutive.store(0, Ordering::Relaxed);
+    }
+
+    /// A request could not reach the endpoint. The `threshold`-th in a row
+    /// declares an outage and starts the probe.
+    pub fn on_connection_failure(self: &Arc<Self>) {
+        let n = self.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
+        if n < self.threshold {
+            return;
+        }
+        let went_down = self.state.send_if_modified(|s| {
+            if *s == State::Up {
+                *s = State::Down;
+                true
+            } else {
+                false
+            }
+        });
+        if went_down {
+            self.outages.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                "the LLM endpoint is down ({n} connection failures in a row): no new requests; probing {} (giving up after {})",
+                self.probe_url,
+                humantime::format_duration(self.timeout)
+            );
+            tokio::spawn(self.clone().probe());
+        }
+    }
+
+    async fn probe(self: Arc<Self>) {
+        let since = Instant::now();
+        let mut every = PROBE_FIRST;
+        loop {
+            tokio::time::sleep(every).await;
+            every = (every * 2).min(PROBE_MAX);
+            let answered = self
+                .http
+                .get(&self.probe_url)
+                .timeout(PROBE_MAX)
+                .send()
+                .await
+                .is_ok();
+            let down_for = since.elapsed();
+            if answered {
+                self.outage_ms
+                    .fetch_add(down_for.as_millis() as u64, Ordering::Relaxed);
+                self.consecutive.store(0, Ordering::Relaxed);
+                tracing::warn!(
+                    "the LLM endpoint answers again after {:.1}s; resuming",
+                    down_for.as_secs_f64()
+                );
+                self.state.send_replace(State::Up);
+                return;
+            }
+            if down_for >= self.timeout {
+                self.outage_ms
+                    .fetch_add(down_for.as_millis() as u64, Ordering::Relaxed);
+                let why = format!(
+                    "the LLM endpoint has been unreachable for {} (llm.outage_timeout); results so far are kept",
+                    humantime::format_duration(Duration::from_secs(down_for.as_secs()))
+                );
+                self.state.send_replace(State::Gone(why));
+                return;
+            }
+        }
+    }
+
+    /// Outages so far and their total length in seconds.
+    pub fn outages(&self) -> (u64, f64) {
+        (
+            self.outages.load(Ordering::Relaxed),
+            self.outage_ms.load(Ordering::Relaxed) as f64 / 1000.0,
+        )
+    }
+}
