@@ -1,0 +1,152 @@
+//! The fault-storm benchmark (`scripts/storm.sh`): the same 1,000 instant
+//! conversations (one `true` through bash, then an answer) against the
+//! in-process fake endpoint, once healthy and once answering 20% of
+//! requests with 429 (`Retry-After: 1`) and 5% with 503. Prints the wall
+//! times side by side, retries by reason, and the adaptive limiter's trace
+//! from the storm run's metrics.csv.
+
+#[path = "../tests/support/fake_llm.rs"]
+mod fake_llm;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use fake_llm::{FakeLlm, Storm};
+use serde_json::{json, Value};
+
+const CONVERSATIONS: usize = 1000;
+const WORKERS: usize = 64;
+
+fn convoy_bin() -> PathBuf {
+    std::env::var_os("CONVOY_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/convoy"))
+}
+
+struct Run {
+    wall: Duration,
+    summary: Value,
+    metrics: String,
+}
+
+async fn run(storm: Option<Storm>) -> Run {
+    let llm = FakeLlm::start().await;
+    if let Some(s) = storm {
+        llm.storm(s);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("work")).unwrap();
+    let rows: String = (0..CONVERSATIONS)
+        .map(|i| format!("{}\n", json!({"id": format!("c{i}"), "script": "true"})))
+        .collect();
+    std::fs::write(dir.path().join("tasks.jsonl"), rows).unwrap();
+    let manifest = format!(
+        r#"name = "storm"
+[tasks]
+source = "tasks.jsonl"
+id = "{{{{ id }}}}"
+[prompt]
+user = "{{{{ script }}}}"
+[llm]
+base_url = "{}"
+model = "fake"
+max_in_flight = {WORKERS}
+max_retries = 12
+[workspace]
+kind = "local"
+workdir = "work"
+[run]
+workers = {WORKERS}
+[monitor]
+interval = "500ms"
+"#,
+        llm.base_url()
+    );
+    std::fs::write(dir.path().join("job.toml"), manifest).unwrap();
+    let t0 = Instant::now();
+    let out = tokio::process::Command::new(convoy_bin())
+        .args(["run", "job.toml", "--out", "out"])
+        .current_dir(dir.path())
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .unwrap();
+    let wall = t0.elapsed();
+    assert!(
+        out.status.success(),
+        "convoy failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read = |f: &str| std::fs::read_to_string(dir.path().join("out").join(f)).unwrap();
+    Run {
+        wall,
+        summary: serde_json::from_str(&read("summary.json")).unwrap(),
+        metrics: read("metrics.csv"),
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let calm = run(None).await;
+    let stormy = run(Some(Storm {
+        p429: 0.20,
+        p503: 0.05,
+        retry_after_s: Some(1),
+    }))
+    .await;
+    let ok = |r: &Run| r.summary["counts"]["ok"].as_u64().unwrap_or(0);
+    let reason = |r: &Run, k: &str| {
+        r.summary["llm"]["retries_by_reason"][k]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let lim = |r: &Run, k: &str| r.summary["llm"]["limiter"][k].as_u64().unwrap_or(0);
+    println!("| measure | no faults | storm (20% 429 + 5% 503) |");
+    println!("|---|---:|---:|");
+    println!(
+        "| wall time (s) | {:.1} | {:.1} |",
+        calm.wall.as_secs_f64(),
+        stormy.wall.as_secs_f64()
+    );
+    println!(
+        "| conversations ok | {} / {CONVERSATIONS} | {} / {CONVERSATIONS} |",
+        ok(&calm),
+        ok(&stormy)
+    );
+    println!(
+        "| requests answered 200 | {} | {} |",
+        calm.summary["llm"]["requests"], stormy.summary["llm"]["requests"]
+    );
+    for k in ["http_429", "http_503", "timeout", "connection"] {
+        println!(
+            "| retries {k} | {} | {} |",
+            reason(&calm, k),
+            reason(&stormy, k)
+        );
+    }
+    println!(
+        "| limiter cuts / lowest / end (ceiling {WORKERS}) | {} / {} / {} | {} / {} / {} |",
+        lim(&calm, "cuts"),
+        lim(&calm, "lowest"),
+        lim(&calm, "current"),
+        lim(&stormy, "cuts"),
+        lim(&stormy, "lowest"),
+        lim(&stormy, "current")
+    );
+    println!("\nlimiter trace of the storm run (metrics.csv, every 500 ms):\n");
+    println!("| elapsed s | llm_limit | llm_in_flight | done |");
+    println!("|---:|---:|---:|---:|");
+    let mut lines = stormy.metrics.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    for line in lines {
+        let v: Vec<&str> = line.split(',').collect();
+        println!(
+            "| {} | {} | {} | {} |",
+            v[col("elapsed_s")],
+            v[col("llm_limit")],
+            v[col("llm_in_flight")],
+            v[col("done")]
+        );
+    }
+}
