@@ -1,8 +1,15 @@
 //! What a person sees: live progress (a bar on a TTY, plain lines for cron
 //! and CI) and the final summary. Both read the scheduler's events.
 
+mod analyze;
+mod chart;
 mod progress;
 mod summary;
 
+pub use analyze::{
+    analyze, FailureReason, LeakFinding, LeakReport, Percentiles, Report, ReportError, Tokens,
+    TornLine,
+};
+pub use chart::write_chart;
 pub use progress::Progress;
 pub use summary::{LeakVerdict, MetricsSummary, Summary, Tally};

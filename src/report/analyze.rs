@@ -1,0 +1,844 @@
+//! `convoy report RUN_DIR`: reads a run directory after the fact (finished,
+//! resumed or killed) and condenses it into a `Report` that prints as text
+//! or serialises as JSON.
+//!
+//! The files are read tolerantly because a run can stop at any instant:
+//! unknown fields are ignored, a missing `summary.json` or `turns.jsonl`
+//! only narrows what can be said, and the last line of a JSONL file may be
+//! cut by a crash mid-write. Anything else malformed is an error with the
+//! file and line, because silently skipping it would make the counts lie.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use thiserror::Error;
+
+/// Failure reasons kept in the report; the long tail is rarely actionable.
+const TOP_REASONS: usize = 5;
+/// A reason is cut to this many characters so one huge stack trace cannot
+/// swamp the report.
+const REASON_CHARS: usize = 120;
+
+#[derive(Debug, Error)]
+pub enum ReportError {
+    #[error("run directory `{}` does not exist", .0.display())]
+    MissingDir(PathBuf),
+    #[error("`{}` is not a run directory: it holds neither results.jsonl nor summary.json", .0.display())]
+    NotRunDir(PathBuf),
+    #[error("cannot read `{}`: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write `{}`: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}:{line}: {message}", path.display())]
+    Line {
+        path: PathBuf,
+        line: u64,
+        message: String,
+    },
+    #[error("invalid `{}`: {source}", path.display())]
+    Summary {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("`{}` has no `{column}` column", path.display())]
+    MissingColumn { path: PathBuf, column: String },
+}
+
+/// Everything `convoy report` says about one run directory.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub name: String,
+    pub dir: PathBuf,
+    /// Tasks in the plan, known only from `summary.json`.
+    pub total_tasks: Option<u64>,
+    /// Distinct task ids with a result.
+    pub finished: u64,
+    /// Lines read from `results.jsonl`, re-runs of the same id included.
+    pub result_lines: u64,
+    /// Final status per id, counted.
+    pub counts: BTreeMap<String, u64>,
+    pub failure_reasons: Vec<FailureReason>,
+    pub tokens: Tokens,
+    pub retries: u64,
+    /// Present only if some result recorded it (older runs did not).
+    pub invalid_tool_calls: Option<u64>,
+    /// `None` when no task finished.
+    pub steps: Option<Percentiles<u64>>,
+    pub duration_s: Option<Percentiles<f64>>,
+    pub leaks: LeakReport,
+    /// Ids in `turns.jsonl` without a result: in flight when the run stopped.
+    pub in_flight_when_stopped: u64,
+    pub torn_lines_ignored: u64,
+    pub torn_lines: Vec<TornLine>,
+    pub stopped_because: Option<String>,
+    /// Wall time of the whole run, from `summary.json`.
+    pub run_duration_s: Option<f64>,
+    pub exit_code: Option<i64>,
+    /// The `llm` object of `summary.json`, passed through as written.
+    pub llm: Option<Value>,
+}
+
+/// A group of non-ok results whose errors read the same once numbers are
+/// masked.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct FailureReason {
+    pub reason: String,
+    pub count: u64,
+    pub example_id: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Tokens {
+    pub prompt: u64,
+    pub completion: u64,
+    pub total: u64,
+    /// Means over finished tasks (0 when none finished).
+    pub mean_prompt: f64,
+    pub mean_completion: f64,
+    pub mean_total: f64,
+}
+
+/// Nearest-rank percentiles.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct Percentiles<T> {
+    pub p50: T,
+    pub p90: T,
+    pub p99: T,
+    pub max: T,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LeakReport {
+    /// `clean`, `leak`, or an `unknown (...)` sentence when there is no
+    /// summary to take it from.
+    pub verdict: String,
+    pub findings: Vec<LeakFinding>,
+    pub stray_sessions: Vec<String>,
+    pub stray_processes: Vec<Value>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct LeakFinding {
+    pub rule: String,
+    pub at_s: f64,
+    pub detail: String,
+}
+
+/// A last line cut by a crash mid-write, left out of every count.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TornLine {
+    pub file: String,
+    pub line: u64,
+}
+
+/// The fields of a `results.jsonl` line the report uses; `id` and `status`
+/// are required because a result without them cannot be counted.
+#[derive(Debug, Deserialize)]
+struct ResultLine {
+    id: String,
+    status: String,
+    #[serde(default)]
+    steps: u64,
+    #[serde(default)]
+    usage: UsageLine,
+    #[serde(default)]
+    duration_s: f64,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct UsageLine {
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    total_tokens: Option<u64>,
+    retries: u64,
+    invalid_tool_calls: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct TurnLine {
+    id: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct SummaryFile {
+    name: Option<String>,
+    total_tasks: Option<u64>,
+    leaks: Option<SummaryLeaks>,
+    duration_s: Option<f64>,
+    stopped_because: Option<String>,
+    exit_code: Option<i64>,
+    llm: Option<Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct SummaryLeaks {
+    verdict: Option<String>,
+    findings: Vec<LeakFinding>,
+    stray_sessions: Vec<String>,
+    stray_processes: Vec<Value>,
+}
+
+/// Reads the run directory `dir` into a report.
+pub fn analyze(dir: &Path) -> Result<Report, ReportError> {
+    if !dir.is_dir() {
+        return Err(ReportError::MissingDir(dir.to_path_buf()));
+    }
+    let results_path = dir.join("results.jsonl");
+    let summary_path = dir.join("summary.json");
+    let turns_path = dir.join("turns.jsonl");
+    let has_results = results_path.is_file();
+    let has_summary = summary_path.is_file();
+    if !has_results && !has_summary {
+        return Err(ReportError::NotRunDir(dir.to_path_buf()));
+    }
+
+    let summary = if has_summary {
+        Some(read_summary(&summary_path)?)
+    } else {
+        None
+    };
+
+    let mut torn_lines = Vec::new();
+    let mut finals = FinalResults::default();
+    if has_results {
+        let torn = read_jsonl(&results_path, |rec: ResultLine| finals.push(rec))?;
+        torn_lines.extend(torn.map(|line| TornLine {
+            file: "results.jsonl".into(),
+            line,
+        }));
+    }
+    let finals = finals.into_records();
+
+    let mut in_flight = HashSet::new();
+    if turns_path.is_file() {
+        let done: HashSet<&str> = finals.iter().map(|r| r.id.as_str()).collect();
+        let torn = read_jsonl(&turns_path, |t: TurnLine| {
+            if !done.contains(t.id.as_str()) {
+                in_flight.insert(t.id);
+            }
+        })?;
+        torn_lines.extend(torn.map(|line| TornLine {
+            file: "turns.jsonl".into(),
+            line,
+        }));
+    }
+
+    let summary = summary.unwrap_or_default();
+    Ok(Report {
+        name: summary.name.clone().unwrap_or_else(|| dir_name(dir)),
+        dir: dir.to_path_buf(),
+        total_tasks: summary.total_tasks,
+        finished: finals.len() as u64,
+        result_lines: finals.lines,
+        counts: count_statuses(&finals),
+        failure_reasons: failure_reasons(&finals),
+        tokens: tokens(&finals),
+        retries: finals.iter().map(|r| r.usage.retries).sum(),
+        invalid_tool_calls: finals
+            .iter()
+            .filter_map(|r| r.usage.invalid_tool_calls)
+            .reduce(|a, b| a + b),
+        steps: percentiles(finals.iter().map(|r| r.steps).collect(), u64::cmp),
+        duration_s: percentiles(
+            finals.iter().map(|r| r.duration_s).collect(),
+            f64::total_cmp,
+        ),
+        leaks: leak_report(has_summary, summary.leaks),
+        in_flight_when_stopped: in_flight.len() as u64,
+        torn_lines_ignored: torn_lines.len() as u64,
+        torn_lines,
+        stopped_because: summary.stopped_because,
+        run_duration_s: summary.duration_s,
+        exit_code: summary.exit_code,
+        llm: summary.llm,
+    })
+}
+
+fn read_summary(path: &Path) -> Result<SummaryFile, ReportError> {
+    let text = std::fs::read(path).map_err(|source| ReportError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    // summary.json is written atomically (temp file, then rename), so unlike
+    // the JSONL files a broken one is not a crash artefact: it is an error.
+    serde_json::from_slice(&text).map_err(|source| ReportError::Summary {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// The final result per id, in the order of their last lines.
+#[derive(Default)]
+struct FinalResults {
+    slots: Vec<Option<ResultLine>>,
+    by_id: HashMap<String, usize>,
+    lines: u64,
+}
+
+impl FinalResults {
+    /// A resumed run appends a fresh line for a task it re-ran, so a later
+    /// line supersedes an earlier one.
+    fn push(&mut self, rec: ResultLine) {
+        self.lines += 1;
+        let slot = self.slots.len();
+        if let Some(old) = self.by_id.insert(rec.id.clone(), slot) {
+            self.slots[old] = None;
+        }
+        self.slots.push(Some(rec));
+    }
+
+    fn into_records(self) -> Finals {
+        Finals {
+            records: self.slots.into_iter().flatten().collect(),
+            lines: self.lines,
+        }
+    }
+}
+
+struct Finals {
+    records: Vec<ResultLine>,
+    lines: u64,
+}
+
+impl std::ops::Deref for Finals {
+    type Target = [ResultLine];
+    fn deref(&self) -> &[ResultLine] {
+        &self.records
+    }
+}
+
+/// Reads a JSONL file line by line, calling `each` with every parsed line. Returns the number of a torn last line, if
+/// there was one.
+///
+/// Lines are split as bytes rather than read as text: a crash can cut a
+/// multi-byte character in half, and that must read as a torn line, not as
+/// an I/O error for the whole file.
+fn read_jsonl<T: DeserializeOwned>(
+    path: &Path,
+    mut each: impl FnMut(T),
+) -> Result<Option<u64>, ReportError> {
+    let read_err = |source| ReportError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = File::open(path).map_err(read_err)?;
+    let mut reader = BufReader::new(file);
+    let mut buf = Vec::new();
+    let mut line_no = 0u64;
+    // A line that is not even JSON is held back until we know whether
+    // another line follows it: only the last line may be torn.
+    let mut pending: Option<(u64, serde_json::Error)> = None;
+    loop {
+        buf.clear();
+        let n = reader.read_until(b'\n', &mut buf).map_err(read_err)?;
+        if n == 0 {
+            break;
+        }
+        line_no += 1;
+        if buf.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        if let Some((line, e)) = pending.take() {
+            return Err(bad_line(path, line, &e));
+        }
+        let value: Value = match serde_json::from_slice(&buf) {
+            Ok(v) => v,
+            Err(e) => {
+                pending = Some((line_no, e));
+                continue;
+            }
+        };
+        // Well-formed JSON of the wrong shape cannot come from a cut write,
+        // so it is an error wherever it is.
+        let rec = T::deserialize(value).map_err(|e| bad_line(path, line_no, &e))?;
+        each(rec);
+    }
+    Ok(pending.map(|(line, _)| line))
+}
+
+fn bad_line(path: &Path, line: u64, e: &serde_json::Error) -> ReportError {
+    ReportError::Line {
+        path: path.to_path_buf(),
+        line,
+        message: format!("invalid line: {e}"),
+    }
+}
+
+pub(super) fn dir_name(dir: &Path) -> String {
+    // `.` and `..` have no file name of their own; the absolute path does.
+    let named = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .or_else(|| {
+            std::fs::canonicalize(dir)
+                .ok()?
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+        });
+    named.unwrap_or_else(|| dir.display().to_string())
+}
+
+fn count_statuses(finals: &[ResultLine]) -> BTreeMap<String, u64> {
+    let mut counts = BTreeMap::new();
+    for r in finals {
+        *counts.entry(r.status.clone()).or_default() += 1;
+    }
+    counts
+}
+
+fn failure_reasons(finals: &[ResultLine]) -> Vec<FailureReason> {
+    // (count, example id, first position) per normalised reason; the first
+    // position breaks ties so the order does not depend on hashing.
+    let mut groups: HashMap<String, (u64, &str, usize)> = HashMap::new();
+    for (i, r) in finals.iter().enumerate().filter(|(_, r)| r.status != "ok") {
+        let reason = match r.error.as_deref() {
+            Some(e) if !e.trim().is_empty() => normalize_reason(e),
+            _ => format!("(no error recorded; status {})", r.status),
+        };
+        groups.entry(reason).or_insert((0, r.id.as_str(), i)).0 += 1;
+    }
+    let mut groups: Vec<_> = groups.into_iter().collect();
+    groups.sort_by(|a, b| b.1 .0.cmp(&a.1 .0).then(a.1 .2.cmp(&b.1 .2)));
+    groups
+        .into_iter()
+        .take(TOP_REASONS)
+        .map(|(reason, (count, id, _))| FailureReason {
+            reason,
+            count,
+            example_id: id.to_string(),
+        })
+        .collect()
+}
+
+/// Masks what differs between two occurrences of the same failure (ports,
+/// pids, byte counts, durations) so they group together: every run of
+/// digits becomes `N`, whitespace (newlines of a multi-line error included)
+/// becomes one space, and the result is cut to `REASON_CHARS` characters.
+fn normalize_reason(error: &str) -> String {
+    let mut out = String::new();
+    let mut in_digits = false;
+    let mut in_space = false;
+    for c in error.trim().chars() {
+        if c.is_ascii_digit() {
+            if !in_digits {
+                out.push('N');
+            }
+            in_digits = true;
+            in_space = false;
+        } else if c.is_whitespace() {
+            if !in_space {
+                out.push(' ');
+            }
+            in_space = true;
+            in_digits = false;
+        } else {
+            out.push(c);
+            in_digits = false;
+            in_space = false;
+        }
+    }
+    match out.char_indices().nth(REASON_CHARS) {
+        Some((cut, _)) => out[..cut].trim_end().to_string(),
+        None => out,
+    }
+}
+
+fn tokens(finals: &[ResultLine]) -> Tokens {
+    let mut t = Tokens::default();
+    for r in finals {
+        t.prompt += r.usage.prompt_tokens;
+        t.completion += r.usage.completion_tokens;
+        t.total += r
+            .usage
+            .total_tokens
+            .unwrap_or(r.usage.prompt_tokens + r.usage.completion_tokens);
+    }
+    if !finals.is_empty() {
+        let n = finals.len() as f64;
+        t.mean_prompt = t.prompt as f64 / n;
+        t.mean_completion = t.completion as f64 / n;
+        t.mean_total = t.total as f64 / n;
+    }
+    t
+}
+
+/// Sorts `values` and takes p50, p90, p99 and the maximum; `None` if empty.
+fn percentiles<T: Copy>(
+    mut values: Vec<T>,
+    cmp: impl Fn(&T, &T) -> std::cmp::Ordering,
+) -> Option<Percentiles<T>> {
+    values.sort_by(cmp);
+    Some(Percentiles {
+        p50: nearest_rank(&values, 50)?,
+        p90: nearest_rank(&values, 90)?,
+        p99: nearest_rank(&values, 99)?,
+        max: nearest_rank(&values, 100)?,
+    })
+}
+
+/// The nearest-rank `pct` percentile of `sorted` (ascending): the smallest
+/// value with at least `pct`% of the values at or below it. It is always
+/// one of the values, never an interpolation, so "p90 steps" is a step
+/// count some task really took.
+///
+/// The rank is computed in integers: `ceil(0.9 * 10)` in floating point is
+/// 10, not 9, because 0.9 * 10 is 9.000000000000002.
+fn nearest_rank<T: Copy>(sorted: &[T], pct: u32) -> Option<T> {
+    let n = sorted.len();
+    if n == 0 {
+        return None;
+    }
+    let pct = pct.clamp(1, 100) as usize;
+    let rank = (pct * n).div_ceil(100).clamp(1, n);
+    Some(sorted[rank - 1])
+}
+
+fn leak_report(has_summary: bool, leaks: Option<SummaryLeaks>) -> LeakReport {
+    if !has_summary {
+        return LeakReport {
+            verdict: "unknown (no summary.json: the run did not finish)".into(),
+            findings: Vec::new(),
+            stray_sessions: Vec::new(),
+            stray_processes: Vec::new(),
+        };
+    }
+    let leaks = leaks.unwrap_or_default();
+    LeakReport {
+        verdict: leaks
+            .verdict
+            .unwrap_or_else(|| "unknown (summary.json has no leak verdict)".into()),
+        findings: leaks.findings,
+        stray_sessions: leaks.stray_sessions,
+        stray_processes: leaks.stray_processes,
+    }
+}
+
+impl Report {
+    /// The report as a person reads it in a terminal.
+    pub fn render(&self) -> String {
+        let mut s = format!("run: {} ({})\n", self.name, self.dir.display());
+        let total = self
+            .total_tasks
+            .map_or_else(|| "unknown total".to_string(), |t| format!("of {t}"));
+        s.push_str(&format!(
+            "tasks finished: {} {} ({} result lines)\n",
+            self.finished, total, self.result_lines
+        ));
+        if !self.counts.is_empty() {
+            let counts: Vec<String> = self
+                .counts
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
+            s.push_str(&format!("by status: {}\n", counts.join(", ")));
+        }
+        if !self.failure_reasons.is_empty() {
+            s.push_str("top failure reasons:\n");
+            for f in &self.failure_reasons {
+                s.push_str(&format!(
+                    "  {:>6}  {}  (e.g. {})\n",
+                    f.count, f.reason, f.example_id
+                ));
+            }
+        }
+        let t = &self.tokens;
+        s.push_str(&format!(
+            "tokens: {} prompt, {} completion, {} total; per task {:.0} prompt, {:.0} completion, {:.0} total\n",
+            t.prompt, t.completion, t.total, t.mean_prompt, t.mean_completion, t.mean_total
+        ));
+        s.push_str(&format!("LLM retries: {}", self.retries));
+        if let Some(n) = self.invalid_tool_calls {
+            s.push_str(&format!("; invalid tool calls: {n}"));
+        }
+        s.push('\n');
+        if let Some(p) = &self.steps {
+            s.push_str(&format!(
+                "steps: p50 {}, p90 {}, p99 {}, max {}\n",
+                p.p50, p.p90, p.p99, p.max
+            ));
+        }
+        if let Some(p) = &self.duration_s {
+            s.push_str(&format!(
+                "duration (s): p50 {:.1}, p90 {:.1}, p99 {:.1}, max {:.1}\n",
+                p.p50, p.p90, p.p99, p.max
+            ));
+        }
+        if let Some(d) = self.run_duration_s {
+            s.push_str(&format!("run wall time: {:.1}s\n", d));
+        }
+        if let Some(llm) = self.llm.as_ref().and_then(Value::as_object) {
+            // The object's shape belongs to the LLM client; only its plain
+            // fields are shown here, `--json` has all of it.
+            let plain: Vec<String> = llm
+                .iter()
+                .filter(|(_, v)| !v.is_object() && !v.is_array())
+                .map(|(k, v)| match v {
+                    Value::String(text) => format!("{k} {text}"),
+                    other => format!("{k} {other}"),
+                })
+                .collect();
+            if !plain.is_empty() {
+                s.push_str(&format!("llm: {}\n", plain.join(", ")));
+            }
+        }
+        s.push_str(&format!("leaks: {}\n", self.leaks.verdict));
+        for f in &self.leaks.findings {
+            s.push_str(&format!("  {} at {:.0}s: {}\n", f.rule, f.at_s, f.detail));
+        }
+        if !self.leaks.stray_sessions.is_empty() {
+            s.push_str(&format!(
+                "  sessions left open: {}\n",
+                self.leaks.stray_sessions.join(", ")
+            ));
+        }
+        if !self.leaks.stray_processes.is_empty() {
+            let procs: Vec<String> = self
+                .leaks
+                .stray_processes
+                .iter()
+                .map(Value::to_string)
+                .collect();
+            s.push_str(&format!("  processes left running: {}\n", procs.join(", ")));
+        }
+        if self.in_flight_when_stopped > 0 {
+            s.push_str(&format!(
+                "in flight when the run stopped (partial trajectories kept): {}\n",
+                self.in_flight_when_stopped
+            ));
+        }
+        if self.torn_lines_ignored > 0 {
+            let at: Vec<String> = self
+                .torn_lines
+                .iter()
+                .map(|t| format!("{} line {}", t.file, t.line))
+                .collect();
+            s.push_str(&format!(
+                "torn lines ignored: {} ({})\n",
+                self.torn_lines_ignored,
+                at.join(", ")
+            ));
+        }
+        if let Some(why) = &self.stopped_because {
+            s.push_str(&format!("stopped: {why}\n"));
+        }
+        if let Some(code) = self.exit_code {
+            s.push_str(&format!("exit code: {code}\n"));
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(id: &str, status: &str, steps: u64, error: Option<&str>) -> String {
+        serde_json::json!({
+            "id": id, "status": status, "final": null, "steps": steps,
+            "usage": {"prompt_tokens": 100, "completion_tokens": 10, "total_tokens": 110, "retries": 1},
+            "attempt": 1, "started_at": "2024-05-01T10:00:00Z",
+            "finished_at": "2024-05-01T10:00:02Z", "duration_s": steps as f64 * 0.5,
+            "error": error, "extra_field": [1, 2]
+        })
+        .to_string()
+    }
+
+    fn run_dir(results: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("results.jsonl"), results).unwrap();
+        dir
+    }
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let v: Vec<u64> = (1..=10).collect();
+        assert_eq!(nearest_rank(&v, 50), Some(5));
+        // The float formula gives 10 here (0.9 * 10 rounds up past 9).
+        assert_eq!(nearest_rank(&v, 90), Some(9));
+        assert_eq!(nearest_rank(&v, 99), Some(10));
+        assert_eq!(nearest_rank(&v, 100), Some(10));
+        assert_eq!(nearest_rank(&[7u64], 50), Some(7));
+        assert_eq!(nearest_rank::<u64>(&[], 50), None);
+        let hundred: Vec<u64> = (1..=100).collect();
+        assert_eq!(nearest_rank(&hundred, 99), Some(99));
+        assert_eq!(nearest_rank(&hundred, 50), Some(50));
+        let p = percentiles(vec![3.0, 1.0, 2.0], f64::total_cmp).unwrap();
+        assert_eq!((p.p50, p.p90, p.max), (2.0, 3.0, 3.0));
+    }
+
+    #[test]
+    fn reasons_mask_digits_and_are_cut() {
+        assert_eq!(
+            normalize_reason("HTTP 503 after 3 tries\n  at port 8080"),
+            "HTTP N after N tries at port N"
+        );
+        let long = format!("é{}", "x".repeat(300));
+        let cut = normalize_reason(&long);
+        assert_eq!(cut.chars().count(), REASON_CHARS);
+        assert!(cut.starts_with('é'));
+    }
+
+    #[test]
+    fn last_line_for_an_id_wins() {
+        let text = [
+            result("a", "failed", 2, Some("boom 1")),
+            result("b", "ok", 4, None),
+            result("a", "ok", 6, None),
+        ]
+        .join("\n")
+            + "\n";
+        let dir = run_dir(&text);
+        let r = analyze(dir.path()).unwrap();
+        assert_eq!(r.finished, 2);
+        assert_eq!(r.result_lines, 3);
+        assert_eq!(r.counts.get("ok"), Some(&2));
+        assert_eq!(r.counts.get("failed"), None);
+        assert!(r.failure_reasons.is_empty());
+        assert_eq!(r.tokens.total, 220);
+        assert_eq!(r.retries, 2);
+        assert_eq!(r.steps.unwrap().max, 6);
+        assert_eq!(r.torn_lines_ignored, 0);
+    }
+
+    #[test]
+    fn torn_last_line_is_ignored() {
+        let text = format!(
+            "{}\n{}\n{}",
+            result("a", "ok", 1, None),
+            result("b", "timeout", 3, Some("deadline of 300s passed")),
+            &result("c", "ok", 2, None)[..40]
+        );
+        let dir = run_dir(&text);
+        let r = analyze(dir.path()).unwrap();
+        assert_eq!(r.finished, 2);
+        assert_eq!(r.torn_lines_ignored, 1);
+        assert_eq!(
+            r.torn_lines,
+            vec![TornLine {
+                file: "results.jsonl".into(),
+                line: 3
+            }]
+        );
+        assert_eq!(
+            r.failure_reasons,
+            vec![FailureReason {
+                reason: "deadline of Ns passed".into(),
+                count: 1,
+                example_id: "b".into()
+            }]
+        );
+        assert!(r.render().contains("torn lines ignored: 1"));
+    }
+
+    #[test]
+    fn torn_line_cut_inside_a_character_is_ignored() {
+        let full = result("c", "ok", 2, Some("é"));
+        let cut = full.find('é').unwrap() + 1;
+        let mut bytes = format!("{}\n", result("a", "ok", 1, None)).into_bytes();
+        bytes.extend_from_slice(&full.as_bytes()[..cut]);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("results.jsonl"), bytes).unwrap();
+        let r = analyze(dir.path()).unwrap();
+        assert_eq!((r.finished, r.torn_lines_ignored), (1, 1));
+    }
+
+    #[test]
+    fn bad_middle_line_is_an_error_with_its_line_number() {
+        let text = format!(
+            "{}\nnot json\n{}\n",
+            result("a", "ok", 1, None),
+            result("b", "ok", 1, None)
+        );
+        let dir = run_dir(&text);
+        let err = analyze(dir.path()).unwrap_err();
+        assert!(matches!(err, ReportError::Line { line: 2, .. }), "{err}");
+        assert!(err.to_string().contains("results.jsonl:2:"), "{err}");
+    }
+
+    #[test]
+    fn wrong_shape_is_an_error_even_on_the_last_line() {
+        let text = format!("{}\n{{\"id\": \"x\"}}", result("a", "ok", 1, None));
+        let dir = run_dir(&text);
+        let err = analyze(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("results.jsonl:2:"), "{err}");
+    }
+
+    #[test]
+    fn not_a_run_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = analyze(dir.path()).unwrap_err();
+        assert!(matches!(err, ReportError::NotRunDir(_)));
+        assert!(err.to_string().contains("not a run directory"));
+        let missing = dir.path().join("nope");
+        let err = analyze(&missing).unwrap_err();
+        assert!(err.to_string().contains("does not exist"), "{err}");
+    }
+
+    #[test]
+    fn in_flight_and_missing_summary() {
+        let dir = run_dir(&format!("{}\n", result("a", "ok", 1, None)));
+        let turns = [
+            r#"{"id":"a","attempt":1,"turn":1,"partial":true,"messages":[]}"#,
+            r#"{"id":"b","attempt":1,"turn":1,"partial":true,"messages":[]}"#,
+            r#"{"id":"b","attempt":1,"turn":2,"partial":true,"messages":[]}"#,
+            r#"{"id":"c","attempt":1,"turn":1,"partial":true,"messages":[]}"#,
+        ]
+        .join("\n");
+        std::fs::write(dir.path().join("turns.jsonl"), turns + "\n").unwrap();
+        let r = analyze(dir.path()).unwrap();
+        assert_eq!(r.in_flight_when_stopped, 2);
+        assert!(r.leaks.verdict.starts_with("unknown (no summary.json"));
+        assert_eq!(r.total_tasks, None);
+        assert!(r
+            .render()
+            .contains("in flight when the run stopped (partial trajectories kept): 2"));
+    }
+
+    #[test]
+    fn summary_supplies_name_total_and_leaks() {
+        let dir = run_dir(&format!(
+            "{}\n{}\n",
+            result("a", "failed", 1, Some("tool `shell` exited 127")),
+            result("b", "failed", 1, Some("tool `shell` exited 2"))
+        ));
+        let summary = serde_json::json!({
+            "name": "nightly <eval>", "total_tasks": 5, "duration_s": 12.5,
+            "stopped_because": "ctrl-c", "exit_code": 130,
+            "leaks": {"verdict": "leak", "findings": [
+                {"rule": "orphan_session", "at_s": 4.0, "detail": "convoy-7 has no owner"}
+            ], "reaped": 0, "stray_sessions": ["convoy-7"], "stray_processes": []},
+            "llm": {"model": "m", "requests": 9}
+        });
+        std::fs::write(dir.path().join("summary.json"), summary.to_string()).unwrap();
+        let r = analyze(dir.path()).unwrap();
+        assert_eq!(r.name, "nightly <eval>");
+        assert_eq!(r.total_tasks, Some(5));
+        assert_eq!(r.leaks.verdict, "leak");
+        assert_eq!(r.leaks.findings.len(), 1);
+        assert_eq!(r.failure_reasons[0].count, 2);
+        assert_eq!(r.failure_reasons[0].example_id, "a");
+        assert_eq!(r.stopped_because.as_deref(), Some("ctrl-c"));
+        let text = r.render();
+        assert!(text.contains("orphan_session at 4s"), "{text}");
+        assert!(text.contains("stopped: ctrl-c"), "{text}");
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["counts"]["failed"], 2);
+    }
+}

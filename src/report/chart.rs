@@ -1,0 +1,722 @@
+//! `metrics.svg`: the monitor's samples (`metrics.csv`) drawn as four
+//! stacked panels over elapsed time, so a leak or a stall shows at a
+//! glance: convoy's open FDs, tmux sessions and workspace processes, what
+//! is in flight, and completions.
+//!
+//! The SVG is written by hand rather than with a plotting crate: a handful
+//! of polylines, lines and labels does not justify a new dependency, and
+//! the output must be self-contained (no scripts, no web fonts) so it opens
+//! anywhere, including as a CI artefact.
+//!
+//! Columns are found by header name, so samplers that add columns (or an
+//! old run that lacks one) still chart: a missing column is just not drawn.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use super::analyze::{dir_name, ReportError};
+
+const WIDTH: f64 = 900.0;
+const HEIGHT: f64 = 800.0;
+/// Room for the y tick labels.
+const LEFT: f64 = 70.0;
+const RIGHT: f64 = 20.0;
+/// Room for the chart's title.
+const TOP: f64 = 40.0;
+/// Room for the x tick labels and the axis label.
+const BOTTOM: f64 = 50.0;
+/// Room above each plot for its title and legend.
+const TITLE_ROW: f64 = 24.0;
+const PANEL_GAP: f64 = 14.0;
+const PLOT_W: f64 = WIDTH - LEFT - RIGHT;
+
+struct SeriesSpec {
+    column: &'static str,
+    label: &'static str,
+    color: &'static str,
+    dashed: bool,
+}
+
+struct PanelSpec {
+    title: &'static str,
+    series: &'static [SeriesSpec],
+}
+
+const fn line(column: &'static str, label: &'static str, color: &'static str) -> SeriesSpec {
+    SeriesSpec {
+        column,
+        label,
+        color,
+        dashed: false,
+    }
+}
+
+const PANELS: &[PanelSpec] = &[
+    PanelSpec {
+        title: "convoy open FDs",
+        series: &[line("open_fds", "open FDs", "#1f77b4")],
+    },
+    PanelSpec {
+        title: "tmux sessions and workspace processes",
+        series: &[
+            line("tmux_sessions", "tmux sessions", "#1f77b4"),
+            line("workspace_procs", "workspace processes", "#9467bd"),
+        ],
+    },
+    PanelSpec {
+        title: "in flight",
+        series: &[
+            line("in_flight", "conversations", "#1f77b4"),
+            line("llm_in_flight", "LLM requests", "#ff7f0e"),
+            // The limit is a ceiling, not a measurement: dashed.
+            SeriesSpec {
+                column: "llm_limit",
+                label: "LLM limit",
+                color: "#7f7f7f",
+                dashed: true,
+            },
+        ],
+    },
+    PanelSpec {
+        title: "done over time",
+        series: &[
+            line("done", "done", "#2ca02c"),
+            line("failed", "failed", "#d62728"),
+        ],
+    },
+];
+
+/// The samples of `metrics.csv` that the chart uses.
+struct Metrics {
+    elapsed: Vec<f64>,
+    /// Per charted column present in the header; `None` for an empty cell.
+    columns: HashMap<&'static str, Vec<Option<f64>>>,
+    torn_row: bool,
+}
+
+/// Reads `dir/metrics.csv` and writes `dir/metrics.svg`; returns the SVG's
+/// path.
+pub fn write_chart(dir: &Path) -> Result<PathBuf, ReportError> {
+    let csv_path = dir.join("metrics.csv");
+    let metrics = read_metrics(&csv_path)?;
+    let svg = render_svg(&dir_name(dir), &metrics);
+    let out = dir.join("metrics.svg");
+    std::fs::write(&out, svg).map_err(|source| ReportError::Write {
+        path: out.clone(),
+        source,
+    })?;
+    Ok(out)
+}
+
+fn read_metrics(path: &Path) -> Result<Metrics, ReportError> {
+    let bytes = std::fs::read(path).map_err(|source| ReportError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let line_err = |line: u64, message: String| ReportError::Line {
+        path: path.to_path_buf(),
+        line,
+        message,
+    };
+    // Flexible, so a short torn last row reaches the check below instead of
+    // failing the read; short rows elsewhere are rejected there.
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_reader(bytes.as_slice());
+    let header = reader
+        .headers()
+        .map_err(|e| line_err(1, format!("invalid header: {e}")))?
+        .clone();
+    let index = |name: &str| header.iter().position(|h| h.trim() == name);
+    let x_col = index("elapsed_s").ok_or_else(|| ReportError::MissingColumn {
+        path: path.to_path_buf(),
+        column: "elapsed_s".into(),
+    })?;
+    let wanted: Vec<(&'static str, usize)> = PANELS
+        .iter()
+        .flat_map(|p| p.series)
+        .filter_map(|s| Some((s.column, index(s.column)?)))
+        .collect();
+
+    let mut rows = Vec::new();
+    for rec in reader.records() {
+        let rec = rec.map_err(|e| {
+            let line = e.position().map_or(0, |p| p.line());
+            line_err(line, format!("invalid row: {e}"))
+        })?;
+        let line = rec.position().map_or(0, |p| p.line());
+        rows.push((line, rec));
+    }
+    // The sampler ends every row with a newline, so a file that does not
+    // end with one was cut mid-row by a crash. The row may still parse (a
+    // number cut short is still a number), so it is dropped either way;
+    // losing one sample costs the chart nothing.
+    let torn_row = !bytes.ends_with(b"\n") && rows.pop().is_some();
+
+    let mut metrics = Metrics {
+        elapsed: Vec::with_capacity(rows.len()),
+        columns: wanted
+            .iter()
+            .map(|&(name, _)| (name, Vec::with_capacity(rows.len())))
+            .collect(),
+        torn_row,
+    };
+    for (line, rec) in &rows {
+        if rec.len() != header.len() {
+            return Err(line_err(
+                *line,
+                format!("expected {} fields, found {}", header.len(), rec.len()),
+            ));
+        }
+        let cell = |col: usize, name: &str| -> Result<Option<f64>, ReportError> {
+            let text = rec.get(col).unwrap_or("").trim();
+            if text.is_empty() {
+                return Ok(None);
+            }
+            match text.parse::<f64>() {
+                Ok(v) if v.is_finite() => Ok(Some(v)),
+                _ => Err(line_err(
+                    *line,
+                    format!("`{name}` is not a number: `{text}`"),
+                )),
+            }
+        };
+        let x = cell(x_col, "elapsed_s")?
+            .ok_or_else(|| line_err(*line, "`elapsed_s` is empty".into()))?;
+        metrics.elapsed.push(x);
+        for &(name, col) in &wanted {
+            let v = cell(col, name)?;
+            if let Some(values) = metrics.columns.get_mut(name) {
+                values.push(v);
+            }
+        }
+    }
+    Ok(metrics)
+}
+
+/// The step between "nice" ticks (1, 2 or 5 times a power of ten) that
+/// covers 0..=`max` in 3 to 5 intervals.
+///
+/// Taking the smallest nice step of at least max/5 gives at most 5
+/// intervals, and since consecutive nice steps are at most 2.5 apart it
+/// gives more than 2.
+fn nice_step(max: f64) -> f64 {
+    let max = if max.is_finite() && max > 0.0 {
+        max
+    } else {
+        1.0
+    };
+    let raw = max / 5.0;
+    let base = 10f64.powf(raw.log10().floor());
+    [1.0, 2.0, 5.0, 10.0]
+        .into_iter()
+        .map(|m| m * base)
+        // The tolerance keeps max = 5 * step exact despite log10 rounding.
+        .find(|&step| step >= raw * (1.0 - 1e-9))
+        .unwrap_or(10.0 * base)
+}
+
+/// Ticks from 0 to a round maximum at least `max` (1 if `max` is not
+/// positive): 4 to 6 values.
+fn nice_ticks(max: f64) -> Vec<f64> {
+    let max = if max.is_finite() && max > 0.0 {
+        max
+    } else {
+        1.0
+    };
+    let step = nice_step(max);
+    let intervals = (max / step - 1e-9).ceil().max(1.0) as u32;
+    (0..=intervals).map(|i| f64::from(i) * step).collect()
+}
+
+/// A tick label: no decimals beyond what the step needs, and thousands as
+/// `k` so FD counts of a long soak stay narrow.
+fn tick_label(v: f64, step: f64) -> String {
+    if step >= 1000.0 && v >= 10_000.0 {
+        return format!("{}k", trim_float(v / 1000.0, step / 1000.0));
+    }
+    trim_float(v, step)
+}
+
+fn trim_float(v: f64, step: f64) -> String {
+    let decimals = if step >= 1.0 {
+        0
+    } else {
+        (-step.log10()).ceil().max(0.0) as usize
+    };
+    format!("{v:.decimals$}")
+}
+
+/// Escapes text for XML content and attribute values.
+fn xml_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            // Control characters other than tab and newline are not allowed
+            // in XML 1.0 at all.
+            c if c.is_control() && c != '\t' && c != '\n' => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn svg_open(out: &mut String, height: f64) {
+    let _ = writeln!(
+        out,
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="sans-serif" font-size="12">
+<rect x="0" y="0" width="{WIDTH}" height="{height}" fill="white"/>"#
+    );
+}
+
+fn render_svg(name: &str, m: &Metrics) -> String {
+    let mut out = String::new();
+    let title = format!("convoy metrics: {name}");
+    let panels: Vec<(&PanelSpec, Vec<&SeriesSpec>)> = PANELS
+        .iter()
+        .map(|p| {
+            let present = p
+                .series
+                .iter()
+                .filter(|s| {
+                    m.columns
+                        .get(s.column)
+                        .is_some_and(|v| v.iter().any(Option::is_some))
+                })
+                .collect();
+            (p, present)
+        })
+        .filter(|(_, present): &(_, Vec<_>)| !present.is_empty())
+        .collect();
+
+    let problem = if m.elapsed.len() < 2 {
+        Some(format!(
+            "not enough samples to chart: {} in metrics.csv (at least 2 are needed)",
+            m.elapsed.len()
+        ))
+    } else if panels.is_empty() {
+        Some("metrics.csv has none of the charted columns".to_string())
+    } else {
+        None
+    };
+    if let Some(problem) = problem {
+        let height = 120.0;
+        svg_open(&mut out, height);
+        let _ = writeln!(
+            out,
+            r##"<text x="{LEFT}" y="30" font-size="15" font-weight="bold">{}</text>
+<text x="{}" y="75" font-size="14" text-anchor="middle" fill="#555">{}</text>
+</svg>"##,
+            xml_escape(&title),
+            WIDTH / 2.0,
+            xml_escape(&problem)
+        );
+        return out;
+    }
+
+    svg_open(&mut out, HEIGHT);
+    let x_max = m.elapsed.iter().copied().fold(0.0, f64::max);
+    // All samples at 0 s would make a zero-width axis.
+    let x_span = if x_max > 0.0 { x_max } else { 1.0 };
+    let x_step = nice_step(x_span);
+    let x_ticks: Vec<f64> = (0..)
+        .map(|i| f64::from(i) * x_step)
+        .take_while(|&t| t <= x_span * (1.0 + 1e-9))
+        .collect();
+    let px = |x: f64| LEFT + (x.clamp(0.0, x_span) / x_span) * PLOT_W;
+
+    let mut note = format!(
+        "{} samples over {}s",
+        m.elapsed.len(),
+        trim_float(x_max, 0.1)
+    );
+    if m.torn_row {
+        note.push_str("; torn last row ignored");
+    }
+    let _ = writeln!(
+        out,
+        r##"<text x="{LEFT}" y="26" font-size="15" font-weight="bold">{}</text>
+<text x="{}" y="26" text-anchor="end" fill="#555">{}</text>"##,
+        xml_escape(&title),
+        WIDTH - RIGHT,
+        xml_escape(&note)
+    );
+
+    let slot = (HEIGHT - TOP - BOTTOM) / panels.len() as f64;
+    for (i, (panel, series)) in panels.iter().enumerate() {
+        let slot_top = TOP + slot * i as f64;
+        let plot_top = slot_top + TITLE_ROW;
+        let plot_h = slot - TITLE_ROW - PANEL_GAP;
+        let plot_bottom = plot_top + plot_h;
+        let y_max = series
+            .iter()
+            .flat_map(|s| m.columns[s.column].iter().flatten())
+            .copied()
+            .fold(0.0, f64::max);
+        // A series stuck at 0 still gets an axis up to 1, so it draws as a
+        // flat line along the bottom instead of dividing by zero.
+        let y_ticks = nice_ticks(y_max.max(1.0));
+        let y_top = y_ticks.last().copied().unwrap_or(1.0);
+        let y_step = y_ticks.get(1).copied().unwrap_or(y_top);
+        let py = |y: f64| plot_bottom - (y.clamp(0.0, y_top) / y_top) * plot_h;
+
+        let _ = writeln!(out, r#"<g class="panel">"#);
+        let _ = writeln!(
+            out,
+            r#"<text x="{LEFT}" y="{:.1}" font-size="13" font-weight="bold">{}</text>"#,
+            slot_top + 16.0,
+            xml_escape(panel.title)
+        );
+        write_legend(&mut out, panel.title, series, slot_top + 16.0);
+
+        for &t in &y_ticks {
+            let y = py(t);
+            let _ = writeln!(
+                out,
+                r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#e6e6e6"/>
+<text x="{:.1}" y="{:.1}" text-anchor="end" fill="#444">{}</text>"##,
+                LEFT + PLOT_W,
+                LEFT - 6.0,
+                y + 4.0,
+                xml_escape(&tick_label(t, y_step))
+            );
+        }
+        for &t in &x_ticks {
+            let x = px(t);
+            let _ = writeln!(
+                out,
+                r##"<line x1="{x:.1}" y1="{plot_top:.1}" x2="{x:.1}" y2="{plot_bottom:.1}" stroke="#e6e6e6"/>"##
+            );
+        }
+        let _ = writeln!(
+            out,
+            r##"<polyline points="{LEFT},{plot_top:.1} {LEFT},{plot_bottom:.1} {:.1},{plot_bottom:.1}" fill="none" stroke="#888"/>"##,
+            LEFT + PLOT_W
+        );
+
+        for s in series {
+            let points: Vec<(f64, f64)> = m
+                .elapsed
+                .iter()
+                .zip(&m.columns[s.column])
+                .filter_map(|(&x, &y)| Some((px(x), py(y?))))
+                .collect();
+            let points = decimate(&points);
+            let mut attr = String::with_capacity(points.len() * 12);
+            for (x, y) in points {
+                let _ = write!(attr, "{x:.1},{y:.1} ");
+            }
+            let dash = if s.dashed {
+                r#" stroke-dasharray="6 4""#
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                out,
+                r#"<polyline class="series" data-column="{}" points="{}" fill="none" stroke="{}" stroke-width="1.5" stroke-linejoin="round"{dash}/>"#,
+                xml_escape(s.column),
+                attr.trim_end(),
+                s.color
+            );
+        }
+        if i + 1 == panels.len() {
+            for &t in &x_ticks {
+                let _ = writeln!(
+                    out,
+                    r##"<text x="{:.1}" y="{:.1}" text-anchor="middle" fill="#444">{}</text>"##,
+                    px(t),
+                    plot_bottom + 16.0,
+                    xml_escape(&tick_label(t, x_step))
+                );
+            }
+        }
+        let _ = writeln!(out, "</g>");
+    }
+    let _ = writeln!(
+        out,
+        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">elapsed time (s)</text>
+</svg>"#,
+        LEFT + PLOT_W / 2.0,
+        HEIGHT - 12.0
+    );
+    out
+}
+
+/// The legend, on the title's row to its right. Text widths are estimated
+/// from the character count: good enough for the short fixed labels here.
+fn write_legend(out: &mut String, title: &str, series: &[&SeriesSpec], baseline: f64) {
+    let mut x = LEFT + title.chars().count() as f64 * 7.8 + 24.0;
+    for s in series {
+        let dash = if s.dashed {
+            r#" stroke-dasharray="6 4""#
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            out,
+            r#"<line x1="{x:.1}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="{}" stroke-width="2"{dash}/>
+<text x="{:.1}" y="{baseline:.1}">{}</text>"#,
+            x + 20.0,
+            s.color,
+            x + 24.0,
+            xml_escape(s.label),
+            y = baseline - 4.0
+        );
+        x += 24.0 + s.label.chars().count() as f64 * 6.8 + 18.0;
+    }
+}
+
+/// Thins a long series (a day-long soak has ~100k samples) to at most two
+/// points per pixel column: the lowest and the highest, in their order, so
+/// a one-sample spike is still drawn.
+fn decimate(points: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    if points.len() <= 2 * PLOT_W as usize {
+        return points.to_vec();
+    }
+    let mut out = Vec::with_capacity(2 * PLOT_W as usize + 2);
+    let mut i = 0;
+    while i < points.len() {
+        let column = points[i].0.floor();
+        let (mut lo, mut hi) = (i, i);
+        let mut j = i;
+        while j < points.len() && points[j].0.floor() == column {
+            // Screen y grows downwards, so the highest value has the lowest y.
+            if points[j].1 > points[lo].1 {
+                lo = j;
+            }
+            if points[j].1 < points[hi].1 {
+                hi = j;
+            }
+            j += 1;
+        }
+        out.push(points[lo.min(hi)]);
+        if lo != hi {
+            out.push(points[lo.max(hi)]);
+        }
+        i = j;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEADER: &str = "elapsed_s,open_fds,threads,rss_bytes,tmux_sessions,workspace_procs,workspace_fds,in_flight,done,failed,llm_in_flight,leaks";
+
+    fn chart(csv: &str) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("metrics.csv"), csv).unwrap();
+        let path = write_chart(dir.path()).unwrap();
+        assert_eq!(path, dir.path().join("metrics.svg"));
+        std::fs::read_to_string(path).unwrap()
+    }
+
+    fn synthetic(rows: usize, extra: &str) -> String {
+        let mut csv = format!(
+            "{HEADER}{}\n",
+            if extra.is_empty() { "" } else { ",llm_limit" }
+        );
+        for i in 0..rows {
+            let _ = write!(
+                csv,
+                "{}.0,{},40,1000000,{},{},3,{},{},{},{},0",
+                i * 2,
+                20 + i,
+                i % 3,
+                i % 4,
+                i % 5,
+                i * 10,
+                i,
+                i % 2
+            );
+            if !extra.is_empty() {
+                csv.push(',');
+                csv.push_str(extra);
+            }
+            csv.push('\n');
+        }
+        csv
+    }
+
+    /// Every (x, y) in the `points` attributes of the polylines.
+    fn polyline_points(svg: &str) -> Vec<(f64, f64)> {
+        svg.split("<polyline")
+            .skip(1)
+            .flat_map(|el| {
+                let start = el.find("points=\"").unwrap() + 8;
+                let end = start + el[start..].find('"').unwrap();
+                el[start..end]
+                    .split_whitespace()
+                    .map(|p| {
+                        let (x, y) = p.split_once(',').unwrap();
+                        (x.parse().unwrap(), y.parse().unwrap())
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn nice_ticks_are_round_and_cover_the_max() {
+        assert_eq!(
+            nice_ticks(1.0),
+            vec![0.0, 0.2, 0.4, 0.6000000000000001, 0.8, 1.0]
+        );
+        assert_eq!(nice_ticks(10.0), vec![0.0, 2.0, 4.0, 6.0, 8.0, 10.0]);
+        assert_eq!(nice_ticks(1234.0), vec![0.0, 500.0, 1000.0, 1500.0]);
+        assert_eq!(nice_ticks(0.0), nice_ticks(1.0));
+        assert_eq!(nice_ticks(f64::NAN), nice_ticks(1.0));
+        for i in 1..5000 {
+            let max = f64::from(i) * 0.37;
+            let ticks = nice_ticks(max);
+            assert!((4..=6).contains(&ticks.len()), "{max}: {ticks:?}");
+            assert_eq!(ticks[0], 0.0);
+            assert!(*ticks.last().unwrap() >= max - 1e-9, "{max}: {ticks:?}");
+            // The last-but-one tick is below max: the top is the first
+            // round value that covers it.
+            assert!(ticks[ticks.len() - 2] < max, "{max}: {ticks:?}");
+            let step = ticks[1];
+            let mantissa = step / 10f64.powf(step.log10().floor());
+            assert!(
+                [1.0, 2.0, 5.0].iter().any(|m| (mantissa - m).abs() < 1e-6),
+                "{max}: step {step}"
+            );
+        }
+    }
+
+    #[test]
+    fn tick_labels() {
+        assert_eq!(tick_label(0.6000000000000001, 0.2), "0.6");
+        assert_eq!(tick_label(1500.0, 500.0), "1500");
+        assert_eq!(tick_label(20000.0, 5000.0), "20k");
+        assert_eq!(tick_label(0.05, 0.05), "0.05");
+    }
+
+    #[test]
+    fn synthetic_metrics_chart() {
+        let svg = chart(&synthetic(30, "8"));
+        assert!(svg.contains("<svg"));
+        assert_eq!(svg.matches("<svg").count(), 1);
+        assert_eq!(svg.matches("</svg>").count(), 1);
+        assert!(svg.trim_end().ends_with("</svg>"));
+        assert_eq!(svg.matches("<g ").count(), svg.matches("</g>").count());
+        assert!(!svg.contains("<script"));
+        for title in [
+            "convoy open FDs",
+            "tmux sessions and workspace processes",
+            "in flight",
+            "done over time",
+            "elapsed time (s)",
+        ] {
+            assert!(svg.contains(title), "missing {title}");
+        }
+        for column in [
+            "open_fds",
+            "tmux_sessions",
+            "workspace_procs",
+            "in_flight",
+            "llm_in_flight",
+            "llm_limit",
+            "done",
+            "failed",
+        ] {
+            let el = format!("data-column=\"{column}\"");
+            assert_eq!(svg.matches(&el).count(), 1, "{column}");
+        }
+        assert!(svg.contains("stroke-dasharray"));
+        let points = polyline_points(&svg);
+        assert!(points.len() > 8 * 30);
+        for (x, y) in points {
+            assert!((0.0..=WIDTH).contains(&x) && (0.0..=HEIGHT).contains(&y));
+        }
+    }
+
+    #[test]
+    fn missing_columns_are_skipped() {
+        let csv = "elapsed_s,done,open_fds\n0,0,5\n1,3,5\n2,7,5\n";
+        let svg = chart(csv);
+        assert!(svg.contains("convoy open FDs"));
+        assert!(svg.contains("done over time"));
+        assert!(!svg.contains("tmux sessions"));
+        assert!(!svg.contains(">in flight<"));
+        assert_eq!(svg.matches("class=\"series\"").count(), 2);
+        // Constant open_fds (the first series drawn): a flat line.
+        let fds = &svg[svg.find("data-column=\"open_fds\"").unwrap()..];
+        let fds = &fds[..fds.find("/>").unwrap()];
+        let ys: Vec<f64> = polyline_points(&format!("<polyline {fds}"))
+            .iter()
+            .map(|p| p.1)
+            .collect();
+        assert_eq!(ys.len(), 3);
+        assert!(ys.iter().all(|&y| y == ys[0]), "{ys:?}");
+    }
+
+    #[test]
+    fn constant_zero_series_draws_flat() {
+        let csv = "elapsed_s,failed\n0,0\n5,0\n";
+        let svg = chart(csv);
+        let points = polyline_points(&svg);
+        let series: Vec<_> = points.iter().rev().take(2).collect();
+        assert_eq!(series[0].1, series[1].1);
+        assert!(svg.contains(">1<"));
+    }
+
+    #[test]
+    fn too_few_samples_still_writes_an_svg() {
+        for csv in [format!("{HEADER}\n"), synthetic(1, "")] {
+            let svg = chart(&csv);
+            assert!(svg.contains("not enough samples"), "{svg}");
+            assert!(svg.trim_end().ends_with("</svg>"));
+        }
+    }
+
+    #[test]
+    fn torn_last_row_is_dropped_and_bad_rows_are_errors() {
+        let mut csv = synthetic(3, "");
+        csv.push_str("6.0,2");
+        let svg = chart(&csv);
+        assert!(svg.contains("3 samples"), "{svg}");
+        assert!(svg.contains("torn last row ignored"));
+
+        let dir = tempfile::tempdir().unwrap();
+        let bad = "elapsed_s,done\n0,1\n1,x\n2,3\n";
+        std::fs::write(dir.path().join("metrics.csv"), bad).unwrap();
+        let err = write_chart(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("metrics.csv:3:"), "{err}");
+
+        std::fs::write(dir.path().join("metrics.csv"), "done\n1\n").unwrap();
+        let err = write_chart(dir.path()).unwrap_err();
+        assert!(matches!(err, ReportError::MissingColumn { .. }), "{err}");
+    }
+
+    #[test]
+    fn text_is_escaped() {
+        assert_eq!(xml_escape("a<b & \"c\"\u{1}"), "a&lt;b &amp; &quot;c&quot;");
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("x&<y>");
+        std::fs::create_dir(&run).unwrap();
+        std::fs::write(run.join("metrics.csv"), "elapsed_s,done\n0,1\n1,2\n").unwrap();
+        let svg = std::fs::read_to_string(write_chart(&run).unwrap()).unwrap();
+        assert!(svg.contains("x&amp;&lt;y&gt;"));
+    }
+
+    #[test]
+    fn long_series_are_thinned_but_keep_spikes() {
+        let mut points: Vec<(f64, f64)> = (0..100_000)
+            .map(|i| (LEFT + i as f64 * PLOT_W / 100_000.0, 500.0))
+            .collect();
+        points[50_001].1 = 10.0;
+        let thin = decimate(&points);
+        assert!(thin.len() <= 2 * PLOT_W as usize + 2);
+        assert!(thin.iter().any(|p| p.1 == 10.0));
+        assert!(thin.windows(2).all(|w| w[0].0 <= w[1].0));
+    }
+}
