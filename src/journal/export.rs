@@ -1,0 +1,325 @@
+//! Exporting a run directory as training data: one JSONL line
+//! `{"messages": [...], "tools": [...]}` per task, the conversational format
+//! TRL's SFT trainer and similar tools read.
+//!
+//! Each task contributes its final result and final trajectory (last line
+//! per id, see `read`). Messages keep only the keys chat templates know:
+//! provider extras such as `refusal` or `annotations` would otherwise turn
+//! into columns, or template errors, in the trainer.
+
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+use serde_json::{Map, Value};
+use thiserror::Error;
+
+use super::read::{read_final, JournalReadError};
+use super::Status;
+
+/// Every status a result can have, for the filter's error message.
+const STATUSES: [Status; 5] = [
+    Status::Ok,
+    Status::Failed,
+    Status::Timeout,
+    Status::MaxSteps,
+    Status::ContextLimit,
+];
+
+/// The message keys chat templates use; everything else is dropped.
+const MESSAGE_KEYS: [&str; 5] = ["role", "content", "tool_calls", "tool_call_id", "name"];
+
+/// What to export.
+#[derive(Debug, Clone, Default)]
+pub struct ExportOptions {
+    /// Final statuses to export (`ok`, `failed`, ...); empty exports all.
+    pub only: Vec<String>,
+    /// Keep assistant `reasoning_content`, for training reasoning models.
+    pub keep_reasoning: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExportStats {
+    /// Lines written.
+    pub written: usize,
+    /// Tasks whose final status is not in `only`.
+    pub skipped_by_status: usize,
+    /// Tasks with a result but no trajectory (skipped).
+    pub missing_trajectory: usize,
+    /// Tasks whose final trajectory records another attempt than their
+    /// final result (exported anyway: the latest trajectory is the best
+    /// record of the conversation there is).
+    pub attempt_mismatch: usize,
+    /// Torn last lines ignored, over both files.
+    pub torn_lines: usize,
+}
+
+#[derive(Debug, Error)]
+pub enum ExportError {
+    #[error(transparent)]
+    Read(#[from] JournalReadError),
+    #[error(
+        "unknown status `{status}` in the status filter (expected one of {})",
+        expected()
+    )]
+    UnknownStatus { status: String },
+    #[error("cannot write the export: {0}")]
+    Write(std::io::Error),
+}
+
+fn expected() -> String {
+    STATUSES.map(Status::as_str).join(", ")
+}
+
+/// Writes the training lines of the run directory `dir` to `out`, in the
+/// order of the final lines of `results.jsonl`. `out` is buffered here.
+pub fn export(
+    dir: &Path,
+    options: &ExportOptions,
+    out: &mut impl Write,
+) -> Result<ExportStats, ExportError> {
+    // A mistyped status would otherwise export nothing, silently.
+    for status in &options.only {
+        if !STATUSES.iter().any(|s| s.as_str() == status) {
+            return Err(ExportError::UnknownStatus {
+                status: status.clone(),
+            });
+        }
+    }
+    let results = read_final(&dir.join("results.jsonl"))?;
+    let trajectories = read_final(&dir.join("trajectories.jsonl"))?;
+    let mut stats = ExportStats {
+        torn_lines: results.torn_lines() + trajectories.torn_lines(),
+        ..ExportStats::default()
+    };
+    let mut result_reader = results.reader()?;
+    let mut trajectory_reader = trajectories.reader()?;
+    let mut out = BufWriter::with_capacity(256 * 1024, out);
+
+    for entry in results.in_line_order() {
+        let result = result_reader.value(entry)?;
+        let status = results.str_field(entry, &result, "status")?;
+        if !options.only.is_empty() && !options.only.iter().any(|s| s == status) {
+            stats.skipped_by_status += 1;
+            continue;
+        }
+        let Some(t_entry) = trajectories.get(&entry.id) else {
+            stats.missing_trajectory += 1;
+            continue;
+        };
+        let trajectory = trajectory_reader.value(t_entry)?;
+        // Only a disagreement counts: older trajectories carry no attempt.
+        if let (Some(a), Some(b)) = (result.get("attempt"), trajectory.get("attempt")) {
+            if a != b {
+                stats.attempt_mismatch += 1;
+            }
+        }
+        let line = training_line(trajectory, options.keep_reasoning)
+            .map_err(|message| trajectories.error_at(t_entry, message))?;
+        serde_json::to_writer(&mut out, &line)
+            .map_err(|e| ExportError::Write(std::io::Error::from(e)))?;
+        out.write_all(b"\n").map_err(ExportError::Write)?;
+        stats.written += 1;
+    }
+    out.flush().map_err(ExportError::Write)?;
+    Ok(stats)
+}
+
+/// The `{"messages", "tools"}` line of one trajectory record.
+fn training_line(trajectory: Value, keep_reasoning: bool) -> Result<Value, String> {
+    let Value::Object(mut record) = trajectory else {
+        return Err("expected a trajectory object".to_string());
+    };
+    let Some(Value::Array(mut messages)) = record.remove("messages") else {
+        return Err("expected an array `messages`".to_string());
+    };
+    for (i, message) in messages.iter_mut().enumerate() {
+        let Value::Object(m) = message else {
+            return Err(format!("message {i} is not an object"));
+        };
+        m.retain(|key, _| {
+            MESSAGE_KEYS.contains(&key.as_str()) || (keep_reasoning && key == "reasoning_content")
+        });
+    }
+    // Every line gets a `tools` list, so a data set loader sees one schema
+    // even when a trajectory had no tools.
+    let tools = match record.remove("tools") {
+        None | Some(Value::Null) => Value::Array(Vec::new()),
+        Some(tools) => tools,
+    };
+    let mut line = Map::new();
+    line.insert("messages".to_string(), Value::Array(messages));
+    line.insert("tools".to_string(), tools);
+    Ok(Value::Object(line))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn lines(values: &[Value]) -> String {
+        values.iter().map(|v| format!("{v}\n")).collect()
+    }
+
+    fn result(id: &str, status: &str, attempt: u32) -> Value {
+        json!({"id": id, "status": status, "final": null, "steps": 1, "usage": {},
+               "attempt": attempt, "started_at": "2024-01-01T00:00:00.000Z",
+               "finished_at": "2024-01-01T00:00:01.000Z", "duration_s": 1.0, "error": null})
+    }
+
+    fn trajectory(id: &str, attempt: u32, text: &str) -> Value {
+        json!({"id": id, "attempt": attempt, "status": "ok",
+               "messages": [
+                   {"role": "user", "content": text},
+                   {"role": "assistant", "content": null, "reasoning_content": "think",
+                    "refusal": null, "annotations": [],
+                    "tool_calls": [{"id": "c1", "type": "function",
+                                    "function": {"name": "sh", "arguments": "{}"}}]},
+                   {"role": "tool", "tool_call_id": "c1", "name": "sh", "content": "out"}
+               ],
+               "tools": [{"type": "function", "function": {"name": "sh", "parameters": {}}}]})
+    }
+
+    fn run(dir: &Path, options: &ExportOptions) -> (ExportStats, Vec<Value>) {
+        let mut out = Vec::new();
+        let stats = export(dir, options, &mut out).unwrap();
+        let values = String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        (stats, values)
+    }
+
+    fn run_dir() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let results = lines(&[
+            result("a", "failed", 1),
+            result("b", "ok", 1),
+            result("c", "timeout", 1),
+            result("d", "ok", 1),
+            // A resumed run re-ran `a`: its final line is this one.
+            result("a", "ok", 2),
+        ]);
+        std::fs::write(dir.path().join("results.jsonl"), results + "{\"id\":\"e\"").unwrap();
+        let trajectories = lines(&[
+            trajectory("a", 1, "a1"),
+            trajectory("b", 1, "b"),
+            trajectory("c", 1, "c"),
+            trajectory("a", 2, "a2"),
+        ]);
+        std::fs::write(dir.path().join("trajectories.jsonl"), trajectories).unwrap();
+        dir
+    }
+
+    #[test]
+    fn exports_final_records_in_final_line_order_with_normalised_messages() {
+        let dir = run_dir();
+        let (stats, out) = run(dir.path(), &ExportOptions::default());
+        assert_eq!(
+            stats,
+            ExportStats {
+                written: 3,
+                skipped_by_status: 0,
+                missing_trajectory: 1,
+                attempt_mismatch: 0,
+                torn_lines: 1,
+            }
+        );
+        let firsts: Vec<&Value> = out.iter().map(|l| &l["messages"][0]["content"]).collect();
+        assert_eq!(firsts, ["b", "c", "a2"]);
+        let line = &out[0];
+        assert_eq!(
+            line.as_object().unwrap().keys().collect::<Vec<_>>(),
+            ["messages", "tools"]
+        );
+        let assistant = line["messages"][1].as_object().unwrap();
+        assert_eq!(
+            assistant.keys().collect::<Vec<_>>(),
+            ["role", "content", "tool_calls"]
+        );
+        assert_eq!(assistant["content"], Value::Null);
+        let tool = line["messages"][2].as_object().unwrap();
+        assert_eq!(
+            tool.keys().collect::<Vec<_>>(),
+            ["role", "tool_call_id", "name", "content"]
+        );
+        assert_eq!(line["tools"][0]["function"]["name"], "sh");
+    }
+
+    #[test]
+    fn filters_by_final_status() {
+        let dir = run_dir();
+        let options = ExportOptions {
+            only: vec!["ok".to_string()],
+            keep_reasoning: false,
+        };
+        let (stats, out) = run(dir.path(), &options);
+        assert_eq!((stats.written, stats.skipped_by_status), (2, 1));
+        assert_eq!(stats.missing_trajectory, 1);
+        let firsts: Vec<&Value> = out.iter().map(|l| &l["messages"][0]["content"]).collect();
+        assert_eq!(firsts, ["b", "a2"]);
+    }
+
+    #[test]
+    fn keeps_reasoning_when_asked() {
+        let dir = run_dir();
+        let options = ExportOptions {
+            only: Vec::new(),
+            keep_reasoning: true,
+        };
+        let (_, out) = run(dir.path(), &options);
+        assert_eq!(out[0]["messages"][1]["reasoning_content"], "think");
+        assert!(out[0]["messages"][1].get("refusal").is_none());
+    }
+
+    #[test]
+    fn counts_a_trajectory_of_another_attempt() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("results.jsonl"),
+            lines(&[result("a", "ok", 2)]),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("trajectories.jsonl"),
+            lines(&[trajectory("a", 1, "old")]),
+        )
+        .unwrap();
+        let (stats, out) = run(dir.path(), &ExportOptions::default());
+        assert_eq!((stats.written, stats.attempt_mismatch), (1, 1));
+        assert_eq!(out[0]["messages"][0]["content"], "old");
+    }
+
+    #[test]
+    fn unknown_status_in_the_filter_is_an_error() {
+        let dir = run_dir();
+        let options = ExportOptions {
+            only: vec!["okk".to_string()],
+            keep_reasoning: false,
+        };
+        let err = export(dir.path(), &options, &mut Vec::new()).unwrap_err();
+        assert!(err.to_string().starts_with("unknown status `okk`"), "{err}");
+    }
+
+    #[test]
+    fn a_trajectory_without_messages_is_an_error_naming_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("results.jsonl"),
+            lines(&[result("a", "ok", 1)]),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("trajectories.jsonl"),
+            lines(&[json!({"id": "x"}), json!({"id": "a", "messages": "hi"})]),
+        )
+        .unwrap();
+        let err = export(dir.path(), &ExportOptions::default(), &mut Vec::new()).unwrap_err();
+        assert!(
+            err.to_string()
+                .ends_with("trajectories.jsonl:2: expected an array `messages`"),
+            "{err}"
+        );
+    }
+}
