@@ -11,7 +11,7 @@ use crate::agent::{tool_schemas, DriveLimits};
 use crate::cli::{Cli, Command, RunArgs};
 use crate::events::Event;
 use crate::exit::{Exit, Failure};
-use crate::journal::{Journal, JournalError};
+use crate::journal::{Journal, JournalError, Previous, Status};
 use crate::llm::Llm;
 use crate::manifest::{self, Job, OnLeak};
 use crate::monitor::{rlimit, Monitor};
@@ -36,6 +36,15 @@ pub fn main(cli: Cli) -> Exit {
     let result = match cli.command {
         Command::Run(args) => runtime.block_on(run(args)),
         Command::Validate { manifest } => validate(&manifest),
+        Command::Report { run_dir, json } => report(&run_dir, json),
+        Command::Sweep => runtime.block_on(sweep()),
+        Command::Merge { out, run_dirs } => merge(&out, &run_dirs),
+        Command::Export {
+            run_dir,
+            only,
+            keep_reasoning,
+            out,
+        } => export(&run_dir, only, keep_reasoning, out.as_deref()),
         Command::Shim { root, keep_on_eof } => runtime
             .block_on(crate::workspace::channel::serve(root, keep_on_eof))
             .map(|()| Exit::Ok)
@@ -104,6 +113,10 @@ async fn run(args: RunArgs) -> Result<Exit, Failure> {
         }
         job.manifest.run.workers = w as u32;
     }
+    if let Some(shard) = args.shard {
+        plan.retain(|t| shard.contains(&t.id));
+        tracing::info!("shard {shard}: {} tasks", plan.len());
+    }
     if let Some(limit) = args.limit {
         plan.truncate(limit);
     }
@@ -115,10 +128,32 @@ async fn run(args: RunArgs) -> Result<Exit, Failure> {
         (None, None) => PathBuf::from("runs").join(&job.manifest.name),
     };
     let tools = tool_schemas();
-    let journal = Journal::create(&out, &job, tools.clone()).map_err(|e| match e {
-        JournalError::Exists(_) => Failure::invalid(e),
-        other => Failure::infra(other),
-    })?;
+    let (journal, previous) =
+        Journal::open(&out, &job, tools.clone(), args.force).map_err(|e| match e {
+            JournalError::Io { .. } => Failure::infra(e),
+            other => Failure::invalid(other),
+        })?;
+    let total = plan.len() as u64;
+    let mut tally = Tally::default();
+    let (plan, skipped) = resume_plan(plan, &previous, args.retry_failed, &mut tally);
+    if skipped > 0 {
+        tracing::info!(
+            "continuing {}: {skipped} tasks already done are skipped, {} to run{}",
+            out.display(),
+            plan.len(),
+            if args.retry_failed {
+                " (failed ones again)"
+            } else {
+                ""
+            }
+        );
+    }
+    let swept = crate::workspace::sweep::sweep().await;
+    if !swept.is_empty() {
+        for line in swept.render().lines() {
+            tracing::warn!("crashed runs: {line}");
+        }
+    }
 
     let ctl = Arc::new(Control::default());
     spawn_signal_handler(ctl.clone(), job.manifest.run.grace);
@@ -151,7 +186,6 @@ async fn run(args: RunArgs) -> Result<Exit, Failure> {
     );
 
     // From here on every path reaches the workspace shutdown below.
-    let total = plan.len() as u64;
     let started_at = SystemTime::now();
     let clock = Instant::now();
     let warmup = 100.max(2 * ctx.workers as u64);
@@ -167,7 +201,7 @@ async fn run(args: RunArgs) -> Result<Exit, Failure> {
         .map(|m| m.gauges.clone())
         .unwrap_or_default();
     let (tx, rx) = mpsc::unbounded_channel();
-    let tally = Arc::new(Mutex::new(Tally::default()));
+    let tally = Arc::new(Mutex::new(tally));
     let progress = Arc::new(Mutex::new(Progress::new(total, m.monitor.interval, gauges)));
     let stop_monitor = tokio_util::sync::CancellationToken::new();
     let monitor_task = monitor.take().map(|mut mon| {
@@ -247,6 +281,8 @@ async fn run(args: RunArgs) -> Result<Exit, Failure> {
         name: m.name.clone(),
         total_tasks: total,
         done: tally.done,
+        skipped,
+        shard: args.shard.map(|s| s.to_string()),
         counts: tally
             .by_status
             .iter()
@@ -269,11 +305,120 @@ async fn run(args: RunArgs) -> Result<Exit, Failure> {
     let written = journal.write_summary(&summary);
     print!("{}", summary.render());
     println!("run directory: {}", journal.dir().display());
+    let closed = journal.close();
     if let Err(e) = recorded {
         return Err(Failure::infra(e));
     }
-    written.map_err(Failure::infra)?;
+    written.and(closed).map_err(Failure::infra)?;
     Ok(exit)
+}
+
+/// The tasks still to run in a continued run directory, and how many are
+/// skipped: those with a final result (with `retry_failed`, only `ok`
+/// ones). Skipped tasks are counted into `tally` as they ended.
+fn resume_plan(
+    plan: Vec<tasks::Task>,
+    previous: &Previous,
+    retry_failed: bool,
+    tally: &mut Tally,
+) -> (Vec<tasks::Task>, u64) {
+    let mut skipped = 0;
+    let plan = plan
+        .into_iter()
+        .filter(|t| match previous.records.get(&t.id) {
+            Some(r) if r.status == Status::Ok || !retry_failed => {
+                tally.count(r);
+                skipped += 1;
+                false
+            }
+            _ => true,
+        })
+        .collect();
+    (plan, skipped)
+}
+
+fn report(dir: &std::path::Path, json: bool) -> Result<Exit, Failure> {
+    let report = crate::report::analyze(dir).map_err(Failure::invalid)?;
+    let chart = crate::report::write_chart(dir);
+    if json {
+        let text = serde_json::to_string_pretty(&report).map_err(Failure::infra)?;
+        println!("{text}");
+    } else {
+        print!("{}", report.render());
+    }
+    match chart {
+        Ok(path) => eprintln!("chart: {}", path.display()),
+        Err(e) => eprintln!("no chart: {e}"),
+    }
+    Ok(Exit::Ok)
+}
+
+async fn sweep() -> Result<Exit, Failure> {
+    let swept = crate::workspace::sweep::sweep().await;
+    print!("{}", swept.render());
+    if let Some(e) = &swept.docker_unreachable {
+        println!("Docker not checked (unreachable: {e})");
+    }
+    if swept.is_empty() {
+        println!("nothing left by crashed runs");
+    }
+    Ok(Exit::Ok)
+}
+
+fn merge(out: &std::path::Path, dirs: &[PathBuf]) -> Result<Exit, Failure> {
+    let stats = crate::journal::merge(out, dirs).map_err(|e| match e {
+        crate::journal::MergeError::Write { .. } => Failure::infra(e),
+        other => Failure::invalid(other),
+    })?;
+    let counts: Vec<String> = stats
+        .by_status
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
+    println!(
+        "merged {} run directories into {}: {} tasks ({}), {} duplicates dropped",
+        dirs.len(),
+        out.display(),
+        stats.tasks,
+        counts.join(", "),
+        stats.duplicates
+    );
+    Ok(Exit::Ok)
+}
+
+fn export(
+    dir: &std::path::Path,
+    only: Vec<String>,
+    keep_reasoning: bool,
+    out: Option<&std::path::Path>,
+) -> Result<Exit, Failure> {
+    use std::io::Write;
+    let options = crate::journal::ExportOptions {
+        only,
+        keep_reasoning,
+    };
+    let stats = match out {
+        Some(path) => {
+            let file = std::fs::File::create(path).map_err(|e| {
+                Failure::infra(anyhow::anyhow!("cannot write `{}`: {e}", path.display()))
+            })?;
+            let mut w = std::io::BufWriter::new(file);
+            let stats = crate::journal::export(dir, &options, &mut w).map_err(Failure::invalid)?;
+            w.flush().map_err(Failure::infra)?;
+            stats
+        }
+        None => {
+            let mut w = std::io::BufWriter::new(std::io::stdout().lock());
+            let stats = crate::journal::export(dir, &options, &mut w).map_err(Failure::invalid)?;
+            w.flush().map_err(Failure::infra)?;
+            stats
+        }
+    };
+    eprintln!(
+        "exported {} conversations ({} skipped by status, {} without a trajectory)",
+        stats.written, stats.skipped_by_status, stats.missing_trajectory
+    );
+    Ok(Exit::Ok)
 }
 
 /// Raises RLIMIT_NOFILE to what the job needs, as far as the hard limit
@@ -331,11 +476,16 @@ fn spawn_recorder(
             if result.is_ok() {
                 result = batch
                     .iter()
-                    .filter_map(|ev| match ev {
-                        Event::TaskFinished(f) => Some(f),
-                        _ => None,
+                    .try_for_each(|ev| match ev {
+                        Event::TaskFinished(f) => journal.append(f),
+                        Event::StepDone {
+                            id,
+                            attempt,
+                            step,
+                            messages,
+                        } => journal.append_turn(id, *attempt, *step, messages),
+                        _ => Ok(()),
                     })
-                    .try_for_each(|f| journal.append(f))
                     .and_then(|()| journal.sync());
                 if let Err(e) = &result {
                     // Results can no longer be kept: stop taking work.

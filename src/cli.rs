@@ -31,9 +31,15 @@ pub enum Command {
     /// Run a job: validate everything, boot the workspace, run every task,
     /// write the run directory.
     ///
-    /// The run directory gets manifest.toml (a snapshot), results.jsonl (one
-    /// line per finished task), trajectories.jsonl (OpenAI chat format) and
-    /// summary.json.
+    /// The run directory gets manifest.toml (a snapshot), fingerprint.json,
+    /// results.jsonl (one line per finished task), trajectories.jsonl
+    /// (OpenAI chat format), turns.jsonl (partial trajectories of tasks
+    /// still running), metrics.csv and summary.json.
+    ///
+    /// Run again on the same directory, it continues: tasks with a final
+    /// result are skipped (with --retry-failed only `ok` ones), the rest
+    /// run. A changed prompt, model, tool set, agent setting or task row is
+    /// refused unless --force.
     Run(RunArgs),
 
     /// Parse and validate a manifest, read every task row and render every
@@ -41,6 +47,54 @@ pub enum Command {
     Validate {
         /// The job manifest (TOML).
         manifest: PathBuf,
+    },
+
+    /// Summarise a run directory: counts by status, the top failure
+    /// reasons, tokens, steps and duration percentiles, the leak verdict.
+    /// Also writes RUN_DIR/metrics.svg, a chart of metrics.csv (open FDs,
+    /// tmux sessions, in-flight, done over time).
+    Report {
+        /// A run directory (what `convoy run` wrote).
+        run_dir: PathBuf,
+        /// Print the report as JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// Remove what crashed runs left on this host: Docker containers of
+    /// convoy runs whose convoy process is gone, and the tmux servers,
+    /// processes and temp directories of local workspaces whose convoy is
+    /// gone. Runs of live convoys are never touched. `convoy run` does the
+    /// same when it starts.
+    Sweep,
+
+    /// Combine shard run directories (`convoy run --shard I/N`) into one:
+    /// one result per task id (an `ok` one if any shard has it), their
+    /// trajectories, the manifest and fingerprint. Refuses directories
+    /// whose fingerprints differ.
+    Merge {
+        /// The directory to write (must not hold results yet).
+        out: PathBuf,
+        /// The shard run directories.
+        #[arg(required = true)]
+        run_dirs: Vec<PathBuf>,
+    },
+
+    /// Write the SFT-ready JSONL that TRL and similar trainers read: one
+    /// `{"messages": [...], "tools": [...]}` line per task.
+    Export {
+        /// A run directory.
+        run_dir: PathBuf,
+        /// Only tasks whose final status is this (repeatable), e.g.
+        /// `--only ok`. Default: every finished task.
+        #[arg(long)]
+        only: Vec<String>,
+        /// Keep `reasoning_content` in assistant messages.
+        #[arg(long)]
+        keep_reasoning: bool,
+        /// Write here instead of stdout.
+        #[arg(long, short)]
+        out: Option<PathBuf>,
     },
 
     /// The workspace helper: serves session requests for one tmux server
@@ -74,7 +128,25 @@ pub struct RunArgs {
     #[arg(long)]
     pub workers: Option<usize>,
 
-    /// Run only the first N tasks (after `repeat`), e.g. for a dry run.
+    /// Run only the first N tasks (after `repeat` and `--shard`), e.g. for
+    /// a dry run.
     #[arg(long)]
     pub limit: Option<usize>,
+
+    /// Run only the tasks whose id hashes to shard I of N (0-based: 0/4 ..
+    /// 3/4). Stable across machines: a Slurm array or Kubernetes Indexed
+    /// Job runs one shard per index; `convoy merge` combines them.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<crate::tasks::Shard>,
+
+    /// When continuing a run directory, also run again the tasks that
+    /// ended failed, timeout, max_steps or context_limit (default: only
+    /// tasks with no final result run).
+    #[arg(long)]
+    pub retry_failed: bool,
+
+    /// Continue a run directory even though what shapes the data (prompt,
+    /// model, tools, agent settings, task rows) changed since it started.
+    #[arg(long)]
+    pub force: bool,
 }

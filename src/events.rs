@@ -18,8 +18,14 @@ pub struct Finished {
 pub enum Event {
     /// A conversation started (or started again, for a retry).
     TaskStarted { id: String, attempt: u32 },
-    /// A conversation finished one model turn.
-    StepDone { id: String, step: u32 },
+    /// A conversation finished a turn (the prompt, or a model reply and
+    /// its tool results): the messages it added, for the partial journal.
+    StepDone {
+        id: String,
+        attempt: u32,
+        step: u32,
+        messages: Vec<Value>,
+    },
     /// A task reached its final state. The recorder makes it durable before
     /// it counts as done.
     TaskFinished(Box<Finished>),

@@ -43,21 +43,25 @@ pub async fn drive(
     session: &Session,
     tools: &Value,
     limits: DriveLimits,
-    mut on_step: impl FnMut(u32),
+    mut on_turn: impl FnMut(u32, &[Value]),
 ) -> Result<String, AgentError> {
     // Output beyond this is cut by the helper already; the model sees at
     // most `max_observation_chars` after `observation` trims it.
     let max_bytes = (limits.max_observation_chars as u64)
         .saturating_mul(4)
         .max(4096);
+    let mut reported = 0;
     loop {
+        // Everything since the last report is one finished turn (the first
+        // time: the prompt).
+        on_turn(conv.steps, &conv.messages[reported..]);
+        reported = conv.messages.len();
         if conv.steps >= limits.max_steps {
             return Err(AgentError::MaxSteps(limits.max_steps));
         }
         let reply = llm.complete(task, &conv.messages, tools).await?;
         let cut = reply.finish_reason.as_deref() == Some("length");
         let next = conv.on_reply(reply.message, &reply.usage);
-        on_step(conv.steps);
         let calls = match next {
             Next::Final(_) if cut => return Err(AgentError::Truncated),
             Next::Final(text) => return Ok(text),

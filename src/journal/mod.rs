@@ -1,14 +1,17 @@
-//! The run directory: manifest snapshot, `results.jsonl`,
-//! `trajectories.jsonl`, `summary.json`.
+//! The run directory: manifest snapshot and fingerprint, `results.jsonl`,
+//! `trajectories.jsonl`, `turns.jsonl` (partial), `summary.json`; resume,
+//! the lock, export and merge.
 
 mod export;
+mod fingerprint;
 mod merge;
 mod read;
 mod record;
 mod writer;
 
 pub use export::{export, ExportError, ExportOptions, ExportStats};
+pub use fingerprint::Fingerprint;
 pub use merge::{merge, MergeError, MergeStats};
 pub use read::{read_final, Final, FinalReader, Finals, JournalReadError};
 pub use record::{Status, TaskRecord};
-pub use writer::{Journal, JournalError};
+pub use writer::{Journal, JournalError, Previous};

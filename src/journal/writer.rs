@@ -1,24 +1,37 @@
-//! Writing the run directory. Results and trajectories are appended by one
-//! writer; `sync` flushes and fsyncs both, so a result the caller has seen
-//! synced survives a crash (the recorder syncs each batch before counting
-//! its tasks as done).
+//! Writing the run directory. Results, trajectories and partial turns are
+//! appended by one writer; `sync` flushes and fsyncs them, so a result the
+//! caller has seen synced survives a crash (the recorder syncs each batch
+//! before counting its tasks as done). Opening a directory that holds
+//! results continues that run: torn last lines are cut, the fingerprint is
+//! checked, and the last final record of every task is handed back.
 
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 use serde::Serialize;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use thiserror::Error;
 
+use super::fingerprint::{self, Fingerprint};
+use super::read::{read_final, JournalReadError};
+use super::record::{Status, TaskRecord};
 use crate::events::Finished;
 use crate::manifest::Job;
 
 #[derive(Debug, Error)]
 pub enum JournalError {
-    #[error("run directory `{}` already holds results of another run; choose another --out (resuming is not supported yet)", .0.display())]
-    Exists(PathBuf),
+    #[error("run directory `{}` is in use by another convoy run ({holder}); wait for it or choose another --out", dir.display())]
+    Locked { dir: PathBuf, holder: String },
+    #[error("run directory `{}` holds a run whose {} changed since it started ({}); rerun with --force to continue it anyway, or choose another --out", dir.display(), if parts.len() == 1 { "part" } else { "parts" }, parts.join(", "))]
+    Changed { dir: PathBuf, parts: Vec<String> },
+    #[error("run directory `{}` holds results but no {}: it was not written by this version of convoy; choose another --out or rerun with --force", dir.display(), fingerprint::FILE)]
+    NoFingerprint { dir: PathBuf },
+    #[error(transparent)]
+    Read(#[from] JournalReadError),
     #[error("cannot write `{}`: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -33,79 +46,167 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> JournalError + '_ {
     }
 }
 
+const RESULTS: &str = "results.jsonl";
+const TRAJECTORIES: &str = "trajectories.jsonl";
+const TURNS: &str = "turns.jsonl";
+const LOCK: &str = "convoy.lock";
+
+/// The run directory, open for appending. Holds the directory's lock for
+/// as long as it lives (an flock: a killed convoy releases it too).
 pub struct Journal {
     dir: PathBuf,
     results: BufWriter<File>,
     trajectories: BufWriter<File>,
+    turns: BufWriter<File>,
     tools: Value,
+    /// Ids with a final record, from earlier runs and this one: their
+    /// partial turns are superseded.
+    finals: HashSet<String>,
+    _lock: Flock<File>,
+}
+
+/// What an earlier run of this directory left.
+#[derive(Debug, Default)]
+pub struct Previous {
+    /// The last final record of every task that has one.
+    pub records: HashMap<String, TaskRecord>,
+    /// Files whose torn last line was cut off, with the bytes dropped.
+    pub repaired: Vec<(String, u64)>,
 }
 
 #[derive(Serialize)]
 struct TrajectoryLine<'a> {
     id: &'a str,
+    attempt: u32,
+    status: Status,
     messages: &'a [Value],
     tools: &'a Value,
 }
 
+#[derive(Serialize)]
+struct TurnLine<'a> {
+    id: &'a str,
+    attempt: u32,
+    turn: u32,
+    partial: bool,
+    messages: &'a [Value],
+}
+
 impl Journal {
-    /// Creates the run directory and its files; refuses a directory that
-    /// already holds results, so no earlier run's data is overwritten.
-    pub fn create(dir: &Path, job: &Job, tools: Value) -> Result<Journal, JournalError> {
+    /// Opens (creating or continuing) the run directory. A directory with
+    /// results is continued only if its fingerprint matches (or `force`);
+    /// its torn last lines are repaired first.
+    pub fn open(
+        dir: &Path,
+        job: &Job,
+        tools: Value,
+        force: bool,
+    ) -> Result<(Journal, Previous), JournalError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
-        let results_path = dir.join("results.jsonl");
-        if std::fs::metadata(&results_path).is_ok_and(|m| m.len() > 0) {
-            return Err(JournalError::Exists(dir.to_path_buf()));
+        let lock = lock(dir)?;
+        let fp = Fingerprint::of(job, &tools);
+        let results_path = dir.join(RESULTS);
+        let has_results = std::fs::metadata(&results_path).is_ok_and(|m| m.len() > 0);
+        let mut previous = Previous::default();
+        repair(dir, &mut previous)?;
+        if has_results {
+            match Fingerprint::read(dir).map_err(io(&dir.join(fingerprint::FILE)))? {
+                Some(old) => {
+                    let parts = old.changed(&fp);
+                    if !parts.is_empty() && !force {
+                        return Err(JournalError::Changed {
+                            dir: dir.to_path_buf(),
+                            parts,
+                        });
+                    }
+                }
+                None if !force => {
+                    return Err(JournalError::NoFingerprint {
+                        dir: dir.to_path_buf(),
+                    })
+                }
+                None => {}
+            }
+            previous.records = read_records(dir)?;
         }
+        let fp_path = dir.join(fingerprint::FILE);
+        let text = serde_json::to_string_pretty(&fp).expect("a fingerprint serializes");
+        write_atomically(&fp_path, &text)?;
         let snapshot = dir.join("manifest.toml");
         let text = format!(
-            "# convoy snapshot of `{}`\n# fingerprint: {}\n{}",
+            "# convoy snapshot of `{}`\n# fingerprint: {} (parts in {})\n{}",
             job.path.display(),
-            fingerprint(job),
+            fp.short(),
+            fingerprint::FILE,
             job.text
         );
-        std::fs::write(&snapshot, text).map_err(io(&snapshot))?;
+        write_atomically(&snapshot, &text)?;
         let open = |name: &str| -> Result<BufWriter<File>, JournalError> {
             let p = dir.join(name);
             let f = OpenOptions::new()
                 .create(true)
-                .write(true)
-                .truncate(true)
+                .append(true)
                 .open(&p)
                 .map_err(io(&p))?;
             Ok(BufWriter::with_capacity(256 * 1024, f))
         };
-        Ok(Journal {
+        let journal = Journal {
             dir: dir.to_path_buf(),
-            results: open("results.jsonl")?,
-            trajectories: open("trajectories.jsonl")?,
+            results: open(RESULTS)?,
+            trajectories: open(TRAJECTORIES)?,
+            turns: open(TURNS)?,
             tools,
-        })
+            finals: previous.records.keys().cloned().collect(),
+            _lock: lock,
+        };
+        Ok((journal, previous))
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
+    /// Appends one finished model turn of a conversation: the messages it
+    /// added (not yet durable). A killed run keeps these partial records.
+    pub fn append_turn(
+        &mut self,
+        id: &str,
+        attempt: u32,
+        turn: u32,
+        messages: &[Value],
+    ) -> Result<(), JournalError> {
+        let line = TurnLine {
+            id,
+            attempt,
+            turn,
+            partial: true,
+            messages,
+        };
+        write_line(&mut self.turns, &line).map_err(io(&self.dir.join(TURNS)))
+    }
+
     /// Appends a finished task's result and trajectory (not yet durable).
     pub fn append(&mut self, f: &Finished) -> Result<(), JournalError> {
         let traj = TrajectoryLine {
             id: &f.record.id,
+            attempt: f.record.attempt,
+            status: f.record.status,
             messages: &f.messages,
             tools: &self.tools,
         };
-        let p = self.dir.join("trajectories.jsonl");
-        write_line(&mut self.trajectories, &traj).map_err(io(&p))?;
-        let p = self.dir.join("results.jsonl");
-        write_line(&mut self.results, &f.record).map_err(io(&p))?;
+        write_line(&mut self.trajectories, &traj).map_err(io(&self.dir.join(TRAJECTORIES)))?;
+        write_line(&mut self.results, &f.record).map_err(io(&self.dir.join(RESULTS)))?;
+        self.finals.insert(f.record.id.clone());
         Ok(())
     }
 
-    /// Makes everything appended so far durable. Trajectories go first, so
-    /// a durable result always has its trajectory.
+    /// Makes everything appended so far durable. Turns and trajectories go
+    /// first, so a durable result always has its trajectory.
     pub fn sync(&mut self) -> Result<(), JournalError> {
         for (name, w) in [
-            ("trajectories.jsonl", &mut self.trajectories),
-            ("results.jsonl", &mut self.results),
+            (TURNS, &mut self.turns),
+            (TRAJECTORIES, &mut self.trajectories),
+            (RESULTS, &mut self.results),
         ] {
             let p = self.dir.join(name);
             w.flush().map_err(io(&p))?;
@@ -116,27 +217,129 @@ impl Journal {
 
     /// Writes `summary.json` (atomically: temp file, then rename).
     pub fn write_summary(&self, summary: &impl Serialize) -> Result<(), JournalError> {
-        let p = self.dir.join("summary.json");
-        let tmp = self.dir.join("summary.json.tmp");
         let text = serde_json::to_string_pretty(summary).expect("summary serializes");
-        std::fs::write(&tmp, text + "\n").map_err(io(&tmp))?;
-        std::fs::rename(&tmp, &p).map_err(io(&p))
+        write_atomically(&self.dir.join("summary.json"), &(text + "\n"))
     }
+
+    /// Ends the run: drops the partial turns that final records superseded
+    /// (the file goes when none is left), then releases the lock.
+    pub fn close(mut self) -> Result<(), JournalError> {
+        self.sync()?;
+        let path = self.dir.join(TURNS);
+        let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+        let kept: String = text
+            .lines()
+            .filter(|l| match serde_json::from_str::<IdOnly>(l) {
+                Ok(t) => !self.finals.contains(t.id.as_str()),
+                Err(_) => false,
+            })
+            .flat_map(|l| [l, "\n"])
+            .collect();
+        if kept.is_empty() {
+            std::fs::remove_file(&path).map_err(io(&path))
+        } else {
+            write_atomically(&path, &kept)
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct IdOnly {
+    id: String,
+}
+
+/// Takes the directory's lock, or says who holds it.
+fn lock(dir: &Path) -> Result<Flock<File>, JournalError> {
+    let path = dir.join(LOCK);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(io(&path))?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(mut held) => {
+            held.set_len(0).map_err(io(&path))?;
+            writeln!(held, "{}", std::process::id()).map_err(io(&path))?;
+            Ok(held)
+        }
+        Err((_, Errno::EWOULDBLOCK)) => {
+            let pid = std::fs::read_to_string(&path).unwrap_or_default();
+            Err(JournalError::Locked {
+                dir: dir.to_path_buf(),
+                holder: match pid.trim() {
+                    "" => "pid unknown".to_string(),
+                    p => format!("pid {p}"),
+                },
+            })
+        }
+        Err((_, e)) => Err(io(&path)(std::io::Error::from(e))),
+    }
+}
+
+/// Cuts a torn last line (bytes after the last newline: a write that a
+/// crash interrupted). Returns the bytes dropped.
+fn repair_tail(path: &Path) -> Result<u64, JournalError> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(io(path)(e)),
+    };
+    let keep = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let dropped = (bytes.len() - keep) as u64;
+    if dropped > 0 {
+        let f = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(io(path))?;
+        f.set_len(keep as u64).map_err(io(path))?;
+        f.sync_all().map_err(io(path))?;
+    }
+    Ok(dropped)
+}
+
+/// Cuts the torn last lines a killed run left.
+fn repair(dir: &Path, previous: &mut Previous) -> Result<(), JournalError> {
+    for name in [RESULTS, TRAJECTORIES, TURNS] {
+        let dropped = repair_tail(&dir.join(name))?;
+        if dropped > 0 {
+            tracing::warn!(
+                "{}: cut a torn last line ({dropped} bytes) left by a run that was killed",
+                dir.join(name).display()
+            );
+            previous.repaired.push((name.to_string(), dropped));
+        }
+    }
+    Ok(())
+}
+
+/// The last final record of every task in `results.jsonl`.
+fn read_records(dir: &Path) -> Result<HashMap<String, TaskRecord>, JournalError> {
+    let finals = read_final(&dir.join(RESULTS))?;
+    let mut reader = finals.reader()?;
+    let mut records = HashMap::with_capacity(finals.len());
+    for entry in finals.entries() {
+        let value = reader.value(entry)?;
+        let record: TaskRecord = serde_json::from_value(value)
+            .map_err(|e| finals.error_at(entry, format!("not a result record: {e}")))?;
+        records.insert(record.id.clone(), record);
+    }
+    Ok(records)
+}
+
+/// Writes `text` to `path` through a temp file and a rename, so a crash
+/// leaves the old file or the new one, never half of one.
+fn write_atomically(path: &Path, text: &str) -> Result<(), JournalError> {
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp).map_err(io(&tmp))?;
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_data())
+        .map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))
 }
 
 fn write_line(w: &mut impl Write, value: &impl Serialize) -> std::io::Result<()> {
     serde_json::to_writer(&mut *w, value)?;
     w.write_all(b"\n")
-}
-
-/// What shapes the data: the manifest text and the task source's bytes.
-pub fn fingerprint(job: &Job) -> String {
-    let mut h = Sha256::new();
-    h.update(job.text.as_bytes());
-    if let Ok(bytes) = std::fs::read(job.resolve(&job.manifest.tasks.source)) {
-        h.update(&bytes);
-    }
-    let digest = h.finalize();
-    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
-    format!("sha256:{hex}")
 }

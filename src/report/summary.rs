@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::events::Event;
-use crate::journal::Status;
+use crate::journal::{Status, TaskRecord};
 use crate::llm::{LlmReport, Usage};
 use crate::monitor::{Finding, Monitor};
 use crate::workspace::ShutdownReport;
@@ -33,16 +33,22 @@ impl Tally {
             Event::StepDone { .. } => {}
             Event::TaskFinished(f) => {
                 self.in_flight = self.in_flight.saturating_sub(1);
-                self.done += 1;
-                *self.by_status.entry(f.record.status).or_default() += 1;
-                self.usage.add(&f.record.usage);
-                self.steps += f.record.steps as u64;
+                self.count(&f.record);
             }
             Event::TaskCancelled { .. } => {
                 self.in_flight = self.in_flight.saturating_sub(1);
                 self.cancelled += 1;
             }
         }
+    }
+
+    /// Counts a task's final record (of this run, or of an earlier run of
+    /// the same directory).
+    pub fn count(&mut self, r: &TaskRecord) {
+        self.done += 1;
+        *self.by_status.entry(r.status).or_default() += 1;
+        self.usage.add(&r.usage);
+        self.steps += r.steps as u64;
     }
 
     pub fn ok(&self) -> u64 {
@@ -60,6 +66,10 @@ pub struct Summary {
     pub name: String,
     pub total_tasks: u64,
     pub done: u64,
+    /// Of `done`: tasks an earlier run of this directory finished.
+    pub skipped: u64,
+    /// `I/N` when the run was one shard of the job.
+    pub shard: Option<String>,
     pub counts: BTreeMap<String, u64>,
     /// Tasks cancelled or never started (Ctrl-C, a fatal error).
     pub not_run: u64,
@@ -194,6 +204,15 @@ impl Summary {
             "tokens: {} prompt, {} completion; {} model turns; {} LLM retries\n",
             self.usage.prompt_tokens, self.usage.completion_tokens, self.steps, self.usage.retries
         ));
+        if self.skipped > 0 {
+            s.push_str(&format!(
+                "continued: {} of the done tasks were finished by earlier runs of this directory\n",
+                self.skipped
+            ));
+        }
+        if let Some(shard) = &self.shard {
+            s.push_str(&format!("shard {shard} of the job\n"));
+        }
         s.push_str(&self.render_llm());
         if self.not_run > 0 {
             s.push_str(&format!(

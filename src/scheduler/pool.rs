@@ -106,7 +106,8 @@ async fn run_task(
         let mut conv = Conversation::new(task.system.as_deref(), &task.user);
         let result = {
             let attempt_fut =
-                AssertUnwindSafe(run_attempt(&task, &ctx, &mut conv, &events)).catch_unwind();
+                AssertUnwindSafe(run_attempt(&task, attempt, &ctx, &mut conv, &events))
+                    .catch_unwind();
             tokio::select! {
                 r = attempt_fut => r,
                 _ = ctl.cancel.cancelled() => {
@@ -202,6 +203,7 @@ fn classify(e: &Attempt) -> (Status, bool) {
 
 async fn run_attempt(
     task: &Task,
+    attempt: u32,
     ctx: &RunCtx,
     conv: &mut Conversation,
     events: &mpsc::UnboundedSender<Event>,
@@ -211,16 +213,18 @@ async fn run_attempt(
         .open_session()
         .await
         .map_err(|e| Attempt::Agent(e.into()))?;
-    let on_step = |step| {
+    let on_turn = |step, messages: &[Value]| {
         let _ = events.send(Event::StepDone {
             id: task.id.clone(),
+            attempt,
             step,
+            messages: messages.to_vec(),
         });
     };
     let driven = tokio::time::timeout(
         ctx.task_timeout,
         drive(
-            conv, task, &ctx.llm, &session, &ctx.tools, ctx.limits, on_step,
+            conv, task, &ctx.llm, &session, &ctx.tools, ctx.limits, on_turn,
         ),
     )
     .await;

@@ -20,6 +20,8 @@ use bollard::query_parameters::{
     CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder, UploadToContainerOptionsBuilder,
 };
 use bollard::Docker;
+
+use super::sweep;
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 
@@ -258,9 +260,14 @@ impl DockerBackend {
             ),
             ..Default::default()
         };
+        let (pid, start) = sweep::me();
         let labels = [
             ("convoy.job".to_string(), job.manifest.name.clone()),
             ("convoy.run".to_string(), self.run_label.clone()),
+            // Who owns it, for `convoy sweep` after a crash.
+            (sweep::LABEL_PID.to_string(), pid.to_string()),
+            (sweep::LABEL_PID_START.to_string(), start.to_string()),
+            (sweep::LABEL_HOST.to_string(), sweep::hostname()),
         ]
         .into_iter()
         .collect();

@@ -31,6 +31,13 @@ impl LocalBackend {
             .tempdir()
             .map_err(|e| boot("cannot create a temporary directory", e))?
             .keep();
+        // Who owns this directory, for `convoy sweep` after a crash.
+        let (pid, start) = super::sweep::me();
+        std::fs::write(
+            root.join(super::sweep::OWNER_FILE),
+            format!("{pid} {start}\n"),
+        )
+        .map_err(|e| boot("cannot write the workspace's owner file", e))?;
         let workdir = root.join("work");
         std::fs::create_dir_all(&workdir)
             .map_err(|e| boot("cannot create the work directory", e))?;

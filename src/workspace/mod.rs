@@ -7,6 +7,7 @@ pub mod docker;
 mod local;
 mod session;
 mod shared;
+pub mod sweep;
 
 pub use channel::protocol::RunOutput;
 pub use session::Session;

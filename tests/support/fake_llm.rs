@@ -147,8 +147,12 @@ impl Drop for FakeLlm {
     }
 }
 
-async fn models() -> Json<Value> {
+async fn models(State(shared): State<Shared>) -> Response {
+    if shared.down.load(std::sync::atomic::Ordering::SeqCst) {
+        return broken_reply();
+    }
     Json(json!({"object": "list", "data": [{"id": "fake-model", "object": "model"}]}))
+        .into_response()
 }
 
 fn error_reply(status: u16, message: &str) -> Response {

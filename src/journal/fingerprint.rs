@@ -1,0 +1,119 @@
+//! The fingerprint of what shapes a run's data, stored as
+//! `fingerprint.json`. One hash per part, so a refused resume (or merge)
+//! can say what changed: `prompt` (templates), `model` (provider, model and
+//! sampling options), `tools` (the schemas the model gets), `agent` (step
+//! limit, timeouts, observation size), `tasks` (the source rows, the id
+//! template, repeat). Workers, timeouts of the run, the workspace and the
+//! monitor do not change the data and are not in it.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::manifest::Job;
+
+pub const FILE: &str = "fingerprint.json";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fingerprint {
+    pub version: u32,
+    pub parts: BTreeMap<String, String>,
+}
+
+fn digest(bytes: &[u8]) -> String {
+    let d = Sha256::digest(bytes);
+    let hex: String = d.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+fn digest_json(v: &Value) -> String {
+    digest(v.to_string().as_bytes())
+}
+
+impl Fingerprint {
+    /// The fingerprint of `job` with these tool schemas. The task source is
+    /// read here; an unreadable source has already failed planning.
+    pub fn of(job: &Job, tools: &Value) -> Fingerprint {
+        let m = &job.manifest;
+        let l = &m.llm;
+        let mut rows = std::fs::read(job.resolve(&m.tasks.source)).unwrap_or_default();
+        rows.extend_from_slice(json!([m.tasks.id, m.tasks.repeat]).to_string().as_bytes());
+        let parts = [
+            (
+                "prompt",
+                digest_json(&json!([m.prompt.system, m.prompt.user])),
+            ),
+            (
+                "model",
+                digest_json(&json!({
+                    "provider": l.provider, "model": l.model, "temperature": l.temperature,
+                    "top_p": l.top_p, "max_tokens": l.max_tokens, "seed": l.seed,
+                    "tool_choice": l.tool_choice, "parallel_tool_calls": l.parallel_tool_calls,
+                    "extra_body": l.extra_body,
+                })),
+            ),
+            ("tools", digest_json(tools)),
+            (
+                "agent",
+                digest_json(&serde_json::to_value(&m.agent).unwrap_or_default()),
+            ),
+            ("tasks", digest(&rows)),
+        ];
+        Fingerprint {
+            version: 1,
+            parts: parts.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        }
+    }
+
+    /// The parts that differ, by name.
+    pub fn changed(&self, other: &Fingerprint) -> Vec<String> {
+        let names: std::collections::BTreeSet<&String> = self
+            .parts
+            .keys()
+            .chain(other.parts.keys())
+            .filter(|k| self.parts.get(*k) != other.parts.get(*k))
+            .collect();
+        names.into_iter().cloned().collect()
+    }
+
+    /// One short hash of all parts, for the manifest snapshot's header.
+    pub fn short(&self) -> String {
+        digest_json(&serde_json::to_value(&self.parts).unwrap_or_default())
+    }
+
+    pub fn read(dir: &Path) -> std::io::Result<Option<Fingerprint>> {
+        match std::fs::read_to_string(dir.join(FILE)) {
+            Ok(text) => serde_json::from_str(&text)
+                .map(Some)
+                .map_err(std::io::Error::other),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fp(pairs: &[(&str, &str)]) -> Fingerprint {
+        Fingerprint {
+            version: 1,
+            parts: pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn changed_names_each_differing_part_once() {
+        let a = fp(&[("agent", "1"), ("prompt", "1"), ("tasks", "1")]);
+        let b = fp(&[("agent", "1"), ("prompt", "2"), ("tasks", "2")]);
+        assert_eq!(a.changed(&b), ["prompt", "tasks"]);
+        assert!(a.changed(&a).is_empty());
+    }
+}

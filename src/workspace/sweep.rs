@@ -1,0 +1,258 @@
+//! Removing what crashed runs left: `convoy sweep`, and the same at the
+//! start of every `convoy run`.
+//!
+//! Every convoy marks what it creates with its owner: its pid and that
+//! process's start time (so a reused pid is not mistaken for the owner).
+//! Docker containers carry them as labels (`convoy.pid`, `convoy.pid_start`,
+//! `convoy.host`); a local workspace's directory (`$TMPDIR/convoy-*`) holds
+//! them in its `owner` file. Whatever belongs to a convoy that is no longer
+//! alive is removed: containers (forced), and for local workspaces every
+//! process that names the directory (its helper, tmux server and the
+//! sessions' processes) and then the directory itself.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use bollard::query_parameters::{ListContainersOptionsBuilder, RemoveContainerOptionsBuilder};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+pub const LABEL_PID: &str = "convoy.pid";
+pub const LABEL_PID_START: &str = "convoy.pid_start";
+pub const LABEL_HOST: &str = "convoy.host";
+/// The owner file of a local workspace directory: `PID START`.
+pub const OWNER_FILE: &str = "owner";
+
+/// This process as an owner: its pid and start time (clock ticks since
+/// boot, from /proc).
+pub fn me() -> (u32, u64) {
+    let pid = std::process::id();
+    (pid, start_time(pid).unwrap_or(0))
+}
+
+pub fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_default()
+}
+
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields start after
+    // the last ')'. State is field 3, start time field 22.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    if fields.first() == Some(&"Z") {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
+}
+
+/// Is the process that wrote (pid, start) still running?
+fn alive(pid: u32, start: u64) -> bool {
+    start_time(pid).is_some_and(|s| start == 0 || s == start)
+}
+
+/// What a sweep removed.
+#[derive(Debug, Default)]
+pub struct Swept {
+    pub containers: Vec<String>,
+    pub local_dirs: Vec<PathBuf>,
+    pub processes: usize,
+    /// Docker could not be asked (not an error for a local job).
+    pub docker_unreachable: Option<String>,
+}
+
+impl Swept {
+    pub fn is_empty(&self) -> bool {
+        self.containers.is_empty() && self.local_dirs.is_empty() && self.processes == 0
+    }
+
+    /// One line per thing removed.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        for c in &self.containers {
+            s.push_str(&format!("removed container {c} (its convoy is gone)\n"));
+        }
+        for d in &self.local_dirs {
+            s.push_str(&format!(
+                "removed local workspace {} (its convoy is gone)\n",
+                d.display()
+            ));
+        }
+        if self.processes > 0 {
+            s.push_str(&format!(
+                "killed {} processes of those workspaces (helpers, tmux servers, session processes)\n",
+                self.processes
+            ));
+        }
+        s
+    }
+}
+
+/// Sweeps Docker and the local temp directory.
+pub async fn sweep() -> Swept {
+    let mut swept = Swept::default();
+    match sweep_containers().await {
+        Ok(names) => swept.containers = names,
+        Err(e) => swept.docker_unreachable = Some(e),
+    }
+    let (dirs, killed) = tokio::task::spawn_blocking(|| sweep_local(&std::env::temp_dir()))
+        .await
+        .unwrap_or_default();
+    swept.local_dirs = dirs;
+    swept.processes = killed;
+    swept
+}
+
+async fn sweep_containers() -> Result<Vec<String>, String> {
+    let docker = bollard::Docker::connect_with_defaults().map_err(|e| e.to_string())?;
+    let filters: HashMap<String, Vec<String>> =
+        [("label".to_string(), vec![LABEL_PID.to_string()])].into();
+    let opts = ListContainersOptionsBuilder::new()
+        .all(true)
+        .filters(&filters)
+        .build();
+    let list = docker
+        .list_containers(Some(opts))
+        .await
+        .map_err(|e| e.to_string())?;
+    let host = hostname();
+    let mut removed = Vec::new();
+    for c in list {
+        let labels = c.labels.unwrap_or_default();
+        let label = |k: &str| labels.get(k).and_then(|v| v.parse::<u64>().ok());
+        let (Some(pid), Some(start)) = (label(LABEL_PID), label(LABEL_PID_START)) else {
+            continue;
+        };
+        // Another host's convoy (a shared daemon): its pids mean nothing here.
+        if labels.get(LABEL_HOST).is_some_and(|h| *h != host) || alive(pid as u32, start) {
+            continue;
+        }
+        let Some(id) = c.id else { continue };
+        let name = c
+            .names
+            .and_then(|n| n.into_iter().next())
+            .map(|n| n.trim_start_matches('/').to_string())
+            .unwrap_or_else(|| id.chars().take(12).collect());
+        let opts = RemoveContainerOptionsBuilder::new()
+            .force(true)
+            .v(true)
+            .build();
+        match docker.remove_container(&id, Some(opts)).await {
+            Ok(()) => removed.push(name),
+            Err(e) => tracing::warn!("could not remove orphaned container {name}: {e}"),
+        }
+    }
+    Ok(removed)
+}
+
+/// Local workspace directories under `tmp` whose owner is gone: kills what
+/// names them, removes them. Blocking.
+pub fn sweep_local(tmp: &Path) -> (Vec<PathBuf>, usize) {
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return (Vec::new(), 0);
+    };
+    let mut dirs = Vec::new();
+    let mut killed = 0;
+    for e in entries.flatten() {
+        let dir = e.path();
+        if !e.file_name().to_string_lossy().starts_with("convoy-") {
+            continue;
+        }
+        let Ok(owner) = std::fs::read_to_string(dir.join(OWNER_FILE)) else {
+            continue;
+        };
+        let mut it = owner.split_whitespace().map(|v| v.parse::<u64>().ok());
+        let (Some(Some(pid)), Some(Some(start))) = (it.next(), it.next()) else {
+            continue;
+        };
+        if alive(pid as u32, start) {
+            continue;
+        }
+        killed += kill_mentioning(&dir);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => dirs.push(dir),
+            Err(err) => tracing::warn!("could not remove {}: {err}", dir.display()),
+        }
+    }
+    (dirs, killed)
+}
+
+/// SIGKILLs every process whose command line or environment names `dir`
+/// (until none is left: a process may fork while we look). Blocking.
+fn kill_mentioning(dir: &Path) -> usize {
+    let needle = dir.as_os_str().as_encoded_bytes();
+    let me = std::process::id();
+    let mut killed = 0;
+    for _ in 0..5 {
+        let Ok(procs) = std::fs::read_dir("/proc") else {
+            break;
+        };
+        let found: Vec<u32> = procs
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|&pid| pid != me)
+            .filter(|pid| {
+                ["cmdline", "environ"].iter().any(|f| {
+                    std::fs::read(format!("/proc/{pid}/{f}"))
+                        .is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle))
+                })
+            })
+            .collect();
+        if found.is_empty() {
+            break;
+        }
+        for pid in found {
+            if kill(Pid::from_raw(pid as i32), Signal::SIGKILL).is_ok() {
+                killed += 1;
+            }
+        }
+    }
+    killed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_is_alive_and_a_reused_pid_is_not() {
+        let (pid, start) = me();
+        assert!(start > 0);
+        assert!(alive(pid, start));
+        assert!(
+            !alive(pid, start + 1),
+            "same pid, other start: another process"
+        );
+    }
+
+    #[test]
+    fn a_dead_owners_directory_and_processes_go_a_live_ones_stay() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dead = tmp.path().join("convoy-dead");
+        let live = tmp.path().join("convoy-live");
+        for d in [&dead, &live] {
+            std::fs::create_dir(d).unwrap();
+        }
+        // A finished child's pid: no longer alive.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let gone = child.id();
+        child.wait().unwrap();
+        std::fs::write(dead.join(OWNER_FILE), format!("{gone} 12345")).unwrap();
+        let (pid, start) = me();
+        std::fs::write(live.join(OWNER_FILE), format!("{pid} {start}")).unwrap();
+        // A process that names the dead workspace, as a tmux server would.
+        let mut orphan = std::process::Command::new("sleep")
+            .arg("1000")
+            .env("CONVOY_SESSION_DIR", dead.join("s/c0"))
+            .spawn()
+            .unwrap();
+        let (dirs, killed) = sweep_local(tmp.path());
+        assert_eq!(dirs, vec![dead.clone()]);
+        assert_eq!(killed, 1);
+        assert!(!orphan.wait().unwrap().success());
+        assert!(live.exists() && !dead.exists());
+    }
+}
