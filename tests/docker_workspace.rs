@@ -33,18 +33,6 @@ fn spawn_run(job: &TestJob) -> tokio::process::Child {
     )
 }
 
-/// Waits until `results.jsonl` has at least `n` lines (the run's own
-/// progress is the event; no fixed sleeps).
-async fn wait_for_results(job: &TestJob, n: usize) {
-    for _ in 0..600 {
-        if job.results().len() >= n {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the run never reached {n} results");
-}
-
 fn run_dir(job: &TestJob) -> std::path::PathBuf {
     job.path("out")
 }
@@ -171,7 +159,7 @@ async fn docker_kill_mid_job_and_every_task_still_finishes() {
         "[run]\nworkers = 20\nmax_attempts = 3\n",
     ));
     let child = spawn_run(&job);
-    wait_for_results(&job, 5).await;
+    job.wait_for_results(5).await;
     let ids = containers_of_run(&run_dir(&job));
     assert_eq!(ids.len(), 1);
     docker(&["kill", &ids[0]]);
@@ -209,7 +197,7 @@ async fn a_killed_helper_is_restarted_and_adopts_the_sessions() {
     job.tasks(&rows(40, |_| vec!["sleep 1".into(), "echo fine".into()]));
     job.manifest(&script_manifest("", "[run]\nworkers = 10\n"));
     let child = spawn_run(&job);
-    wait_for_results(&job, 3).await;
+    job.wait_for_results(3).await;
     let ids = containers_of_run(&run_dir(&job));
     docker(&["exec", &ids[0], "pkill", "-f", "convoy shim"]);
     let out = child.wait_with_output().await.unwrap();

@@ -222,17 +222,6 @@ async fn rejected_credentials_stop_the_job_after_the_first_tasks() {
         .contains("credentials"));
 }
 
-/// Waits until `results.jsonl` holds at least `n` lines.
-async fn wait_for_results(job: &TestJob, n: usize) {
-    for _ in 0..600 {
-        if job.results().len() >= n {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("fewer than {n} results after 30s");
-}
-
 fn slow_rows(n: usize) -> Vec<Value> {
     (0..n)
         .map(|i| {
@@ -245,24 +234,28 @@ fn slow_rows(n: usize) -> Vec<Value> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_outage_pauses_the_job_which_resumes_when_the_endpoint_returns() {
+/// 20 slow conversations at 4 workers; the endpoint goes down once 2 are
+/// done. Returns the job, the running convoy and the address it used.
+async fn run_into_an_outage(
+    llm_keys: &str,
+) -> (TestJob, tokio::process::Child, std::net::SocketAddr) {
     let llm = FakeLlm::start().await;
     let job = TestJob::new();
     job.tasks(&slow_rows(20));
-    job.manifest(&http_manifest(
-        &llm,
-        "outage_after = 3\nmax_retries = 2",
-        "[run]\nworkers = 4\n",
-    ));
+    job.manifest(&http_manifest(&llm, llm_keys, "[run]\nworkers = 4\n"));
     let child = job.spawn(
         support::convoy_bin(),
         &["run", "job.toml", "--out", "out"],
         ENV,
     );
-    wait_for_results(&job, 2).await;
-    let addr = llm.addr;
+    job.wait_for_results(2).await;
     llm.go_down();
+    (job, child, llm.addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_pauses_the_job_which_resumes_when_the_endpoint_returns() {
+    let (job, child, addr) = run_into_an_outage("outage_after = 3\nmax_retries = 2").await;
     // Down for longer than max_retries' backoff could bridge: only the
     // outage handling gets the job through.
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -281,21 +274,7 @@ async fn an_outage_pauses_the_job_which_resumes_when_the_endpoint_returns() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_longer_than_outage_timeout_exits_4_and_keeps_results() {
-    let llm = FakeLlm::start().await;
-    let job = TestJob::new();
-    job.tasks(&slow_rows(20));
-    job.manifest(&http_manifest(
-        &llm,
-        "outage_after = 3\noutage_timeout = \"2s\"",
-        "[run]\nworkers = 4\n",
-    ));
-    let child = job.spawn(
-        support::convoy_bin(),
-        &["run", "job.toml", "--out", "out"],
-        ENV,
-    );
-    wait_for_results(&job, 2).await;
-    llm.go_down();
+    let (job, child, _) = run_into_an_outage("outage_after = 3\noutage_timeout = \"2s\"").await;
     let out = child.wait_with_output().await.unwrap();
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     let results = job.results();

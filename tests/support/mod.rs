@@ -136,6 +136,18 @@ impl TestJob {
         read_jsonl(&self.path("out/results.jsonl"))
     }
 
+    /// Waits until `results.jsonl` has at least `n` lines (the run's own
+    /// progress is the event; no fixed sleeps).
+    pub async fn wait_for_results(&self, n: usize) {
+        for _ in 0..1200 {
+            if self.results().len() >= n {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("the run never reached {n} results");
+    }
+
     pub fn summary(&self) -> Value {
         serde_json::from_str(&std::fs::read_to_string(self.path("out/summary.json")).unwrap())
             .unwrap()
