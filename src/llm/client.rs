@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::limiter::LimiterStats;
@@ -30,8 +30,8 @@ enum Backend {
     Script,
 }
 
-/// The model side of `summary.json`.
-#[derive(Debug, Clone, Serialize)]
+/// The model side of `summary.json` (read back by `convoy report`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LlmReport {
     /// Replies received.
     pub requests: u64,
@@ -44,6 +44,42 @@ pub struct LlmReport {
     pub limiter: Option<LimiterStats>,
     pub outages: u64,
     pub outage_s: f64,
+}
+
+impl LlmReport {
+    /// One line for people: retries by reason, the limiter, outages, cost;
+    /// empty when there is nothing to say.
+    pub fn render(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.retries_by_reason.is_empty() {
+            let r: Vec<String> = self
+                .retries_by_reason
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
+            parts.push(format!("retries by reason: {}", r.join(", ")));
+        }
+        if let Some(lim) = self.limiter.filter(|lim| lim.cuts > 0) {
+            parts.push(format!(
+                "in-flight limit cut {} times (ceiling {}, lowest {}, end {})",
+                lim.cuts, lim.ceiling, lim.lowest, lim.current
+            ));
+        }
+        if self.outages > 0 {
+            parts.push(format!(
+                "{} endpoint outages ({:.1}s)",
+                self.outages, self.outage_s
+            ));
+        }
+        if let Some(cost) = self.cost {
+            parts.push(format!("cost {cost:.4}"));
+        }
+        if parts.is_empty() {
+            String::new()
+        } else {
+            format!("llm: {} requests; {}\n", self.requests, parts.join("; "))
+        }
+    }
 }
 
 impl Llm {

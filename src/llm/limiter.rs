@@ -38,7 +38,7 @@ struct State {
 }
 
 /// What the limiter did so far, for the summary.
-#[derive(Debug, Clone, Copy, serde::Serialize)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct LimiterStats {
     pub ceiling: usize,
     pub current: usize,

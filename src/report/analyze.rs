@@ -581,22 +581,14 @@ impl Report {
             ));
         }
         if let Some(d) = self.run_duration_s {
-            s.push_str(&format!("run wall time: {:.1}s\n", d));
+            s.push_str(&format!("last run's wall time: {:.1}s\n", d));
         }
-        if let Some(llm) = self.llm.as_ref().and_then(Value::as_object) {
-            // The object's shape belongs to the LLM client; only its plain
-            // fields are shown here, `--json` has all of it.
-            let plain: Vec<String> = llm
-                .iter()
-                .filter(|(_, v)| !v.is_object() && !v.is_array())
-                .map(|(k, v)| match v {
-                    Value::String(text) => format!("{k} {text}"),
-                    other => format!("{k} {other}"),
-                })
-                .collect();
-            if !plain.is_empty() {
-                s.push_str(&format!("llm: {}\n", plain.join(", ")));
-            }
+        if let Some(llm) = self
+            .llm
+            .clone()
+            .and_then(|v| serde_json::from_value::<crate::llm::LlmReport>(v).ok())
+        {
+            s.push_str(&llm.render());
         }
         s.push_str(&format!("leaks: {}\n", self.leaks.verdict));
         for f in &self.leaks.findings {

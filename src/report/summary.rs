@@ -146,40 +146,6 @@ impl MetricsSummary {
 }
 
 impl Summary {
-    /// The model's line: retries by reason, the limiter, outages, cost.
-    fn render_llm(&self) -> String {
-        let l = &self.llm;
-        let mut parts = Vec::new();
-        if !l.retries_by_reason.is_empty() {
-            let r: Vec<String> = l
-                .retries_by_reason
-                .iter()
-                .map(|(k, v)| format!("{k} {v}"))
-                .collect();
-            parts.push(format!("retries by reason: {}", r.join(", ")));
-        }
-        if let Some(lim) = l.limiter.filter(|lim| lim.cuts > 0) {
-            parts.push(format!(
-                "in-flight limit cut {} times (ceiling {}, lowest {}, end {})",
-                lim.cuts, lim.ceiling, lim.lowest, lim.current
-            ));
-        }
-        if l.outages > 0 {
-            parts.push(format!(
-                "{} endpoint outages ({:.1}s)",
-                l.outages, l.outage_s
-            ));
-        }
-        if let Some(cost) = l.cost {
-            parts.push(format!("cost {cost:.4}"));
-        }
-        if parts.is_empty() {
-            String::new()
-        } else {
-            format!("llm: {}\n", parts.join("; "))
-        }
-    }
-
     /// The lines printed at the end of a run.
     pub fn render(&self) -> String {
         let counts: Vec<String> = self
@@ -213,7 +179,7 @@ impl Summary {
         if let Some(shard) = &self.shard {
             s.push_str(&format!("shard {shard} of the job\n"));
         }
-        s.push_str(&self.render_llm());
+        s.push_str(&self.llm.render());
         if self.not_run > 0 {
             s.push_str(&format!(
                 "not run: {} tasks (run again to do them)\n",

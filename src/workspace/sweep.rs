@@ -185,7 +185,7 @@ pub fn sweep_local(tmp: &Path) -> (Vec<PathBuf>, usize) {
 fn kill_mentioning(dir: &Path) -> usize {
     let needle = dir.as_os_str().as_encoded_bytes();
     let me = std::process::id();
-    let mut killed = 0;
+    let mut killed = std::collections::HashSet::new();
     for _ in 0..5 {
         let Ok(procs) = std::fs::read_dir("/proc") else {
             break;
@@ -193,7 +193,9 @@ fn kill_mentioning(dir: &Path) -> usize {
         let found: Vec<u32> = procs
             .flatten()
             .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-            .filter(|&pid| pid != me)
+            // Not ourselves, and not the dead: a killed process stays a
+            // zombie until its parent reaps it.
+            .filter(|&pid| pid != me && start_time(pid).is_some())
             .filter(|pid| {
                 ["cmdline", "environ"].iter().any(|f| {
                     std::fs::read(format!("/proc/{pid}/{f}"))
@@ -206,11 +208,11 @@ fn kill_mentioning(dir: &Path) -> usize {
         }
         for pid in found {
             if kill(Pid::from_raw(pid as i32), Signal::SIGKILL).is_ok() {
-                killed += 1;
+                killed.insert(pid);
             }
         }
     }
-    killed
+    killed.len()
 }
 
 #[cfg(test)]
