@@ -292,6 +292,24 @@ async fn an_outage_longer_than_outage_timeout_exits_4_and_keeps_results() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_that_never_answers_is_reported_as_a_wrong_base_url() {
+    let llm = FakeLlm::start().await;
+    let job = TestJob::new();
+    job.tasks(&slow_rows(5));
+    job.manifest(&http_manifest(&llm, "outage_timeout = \"3s\"", ""));
+    llm.go_down();
+    let out = job.run(ENV).await;
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let log = stderr(&out);
+    assert!(
+        log.contains("has not answered once since the job started: check llm.base_url"),
+        "{log}"
+    );
+    assert!(job.results().is_empty());
+    assert_eq!(job.summary()["not_run"], 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_token_budget_stops_dispatch_and_lets_running_tasks_finish() {
     let llm = FakeLlm::start().await;
     let job = TestJob::new();

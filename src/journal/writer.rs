@@ -224,21 +224,32 @@ impl Journal {
     /// Ends the run: drops the partial turns that final records superseded
     /// (the file goes when none is left), then releases the lock.
     pub fn close(mut self) -> Result<(), JournalError> {
+        use std::io::BufRead;
         self.sync()?;
         let path = self.dir.join(TURNS);
-        let text = std::fs::read_to_string(&path).map_err(io(&path))?;
-        let kept: String = text
-            .lines()
-            .filter(|l| match serde_json::from_str::<IdOnly>(l) {
-                Ok(t) => !self.finals.contains(t.id.as_str()),
-                Err(_) => false,
-            })
-            .flat_map(|l| [l, "\n"])
-            .collect();
-        if kept.is_empty() {
+        let tmp = path.with_extension("tmp");
+        // Streamed: a long run's turns file is as large as its trajectories.
+        let input = File::open(&path).map_err(io(&path))?;
+        let mut out = BufWriter::new(File::create(&tmp).map_err(io(&tmp))?);
+        let mut kept = 0u64;
+        for line in std::io::BufReader::new(input).lines() {
+            let line = line.map_err(io(&path))?;
+            let open = serde_json::from_str::<IdOnly>(&line)
+                .is_ok_and(|t| !self.finals.contains(t.id.as_str()));
+            if open {
+                kept += 1;
+                writeln!(out, "{line}").map_err(io(&tmp))?;
+            }
+        }
+        out.flush()
+            .and_then(|()| out.get_ref().sync_data())
+            .map_err(io(&tmp))?;
+        drop(out);
+        if kept == 0 {
+            std::fs::remove_file(&tmp).map_err(io(&tmp))?;
             std::fs::remove_file(&path).map_err(io(&path))
         } else {
-            write_atomically(&path, &kept)
+            std::fs::rename(&tmp, &path).map_err(io(&path))
         }
     }
 }

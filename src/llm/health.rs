@@ -16,6 +16,10 @@ use tokio::sync::watch;
 use super::types::LlmError;
 
 const PROBE_FIRST: Duration = Duration::from_millis(500);
+/// An endpoint that never answered since the job started is most likely a
+/// wrong `base_url`, not an outage: give up after this, not after
+/// `outage_timeout`.
+const NEVER_ANSWERED_TIMEOUT: Duration = Duration::from_secs(30);
 const PROBE_MAX: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, PartialEq)]
@@ -30,6 +34,7 @@ enum State {
 pub struct Health {
     state: watch::Sender<State>,
     consecutive: AtomicU32,
+    ever_answered: std::sync::atomic::AtomicBool,
     threshold: u32,
     timeout: Duration,
     outages: AtomicU64,
@@ -43,6 +48,7 @@ impl Health {
         Health {
             state: watch::Sender::new(State::Up),
             consecutive: AtomicU32::new(0),
+            ever_answered: std::sync::atomic::AtomicBool::new(false),
             threshold: threshold.max(1),
             timeout,
             outages: AtomicU64::new(0),
@@ -74,6 +80,7 @@ impl Health {
     /// Any HTTP answer: the endpoint is reachable.
     pub fn on_answer(&self) {
         self.consecutive.store(0, Ordering::Relaxed);
+        self.ever_answered.store(true, Ordering::Relaxed);
     }
 
     /// A request could not reach the endpoint. The `threshold`-th in a row
@@ -119,7 +126,7 @@ impl Health {
             if answered {
                 self.outage_ms
                     .fetch_add(down_for.as_millis() as u64, Ordering::Relaxed);
-                self.consecutive.store(0, Ordering::Relaxed);
+                self.on_answer();
                 tracing::warn!(
                     "the LLM endpoint answers again after {:.1}s; resuming",
                     down_for.as_secs_f64()
@@ -127,13 +134,23 @@ impl Health {
                 self.state.send_replace(State::Up);
                 return;
             }
-            if down_for >= self.timeout {
-                self.outage_ms
-                    .fetch_add(down_for.as_millis() as u64, Ordering::Relaxed);
-                let why = format!(
+            let never = !self.ever_answered.load(Ordering::Relaxed);
+            let why = if never && down_for >= NEVER_ANSWERED_TIMEOUT.min(self.timeout) {
+                Some(format!(
+                    "the LLM endpoint {} has not answered once since the job started: check llm.base_url and that the server is running",
+                    self.probe_url.trim_end_matches("/models")
+                ))
+            } else if down_for >= self.timeout {
+                Some(format!(
                     "the LLM endpoint has been unreachable for {} (llm.outage_timeout); results so far are kept",
                     humantime::format_duration(Duration::from_secs(down_for.as_secs()))
-                );
+                ))
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                self.outage_ms
+                    .fetch_add(down_for.as_millis() as u64, Ordering::Relaxed);
                 self.state.send_replace(State::Gone(why));
                 return;
             }
