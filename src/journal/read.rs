@@ -71,7 +71,10 @@ pub struct Finals {
     path: PathBuf,
     entries: Vec<Final>,
     index: HashMap<String, usize>,
-    torn_lines: usize,
+    /// Records read (every non-blank line but a torn one).
+    lines: usize,
+    /// The line number of a torn last line.
+    torn_at: Option<usize>,
 }
 
 /// Only the id is looked at while scanning; serde still checks that the
@@ -91,7 +94,8 @@ pub fn read_final(path: &Path) -> Result<Finals, JournalReadError> {
         path: path.to_path_buf(),
         entries: Vec::new(),
         index: HashMap::new(),
-        torn_lines: 0,
+        lines: 0,
+        torn_at: None,
     };
     let mut buf = Vec::new();
     let mut offset = 0u64;
@@ -119,11 +123,14 @@ pub fn read_final(path: &Path) -> Result<Finals, JournalReadError> {
             // newline after the record and syncs both before a task counts
             // as done, so a line without one was never acknowledged, even if
             // it happens to parse; a resume re-runs that task.
-            finals.torn_lines += 1;
+            finals.torn_at = Some(line);
             break;
         }
         match serde_json::from_slice::<Keyed>(&buf) {
-            Ok(Keyed { id }) => finals.upsert(id, line, start, n - 1),
+            Ok(Keyed { id }) => {
+                finals.lines += 1;
+                finals.upsert(id, line, start, n - 1)
+            }
             Err(e) if e.is_syntax() || e.is_eof() => {
                 pending = Some((line, format!("invalid JSON: {}", describe(&e))));
             }
@@ -136,8 +143,8 @@ pub fn read_final(path: &Path) -> Result<Finals, JournalReadError> {
             }
         }
     }
-    if pending.is_some() {
-        finals.torn_lines += 1;
+    if let Some((at, _)) = pending {
+        finals.torn_at = Some(at);
     }
     Ok(finals)
 }
@@ -204,7 +211,17 @@ impl Finals {
 
     /// Lines ignored because the file ended in a torn line (0 or 1).
     pub fn torn_lines(&self) -> usize {
-        self.torn_lines
+        usize::from(self.torn_at.is_some())
+    }
+
+    /// The line number of the torn last line, if there was one.
+    pub fn torn_at(&self) -> Option<usize> {
+        self.torn_at
+    }
+
+    /// Records read, superseded ones included.
+    pub fn lines(&self) -> usize {
+        self.lines
     }
 
     /// An error about the record of `entry`, with its file and line.

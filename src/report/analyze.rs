@@ -9,14 +9,13 @@
 //! file and line, because silently skipping it would make the counts lie.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fs::File;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use thiserror::Error;
+
+use crate::journal::{read_final, Finals, JournalReadError};
 
 /// Failure reasons kept in the report; the long tail is rarely actionable.
 const TOP_REASONS: usize = 5;
@@ -40,6 +39,9 @@ pub enum ReportError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Journal(#[from] JournalReadError),
+    /// A bad row of metrics.csv.
     #[error("{}:{line}: {message}", path.display())]
     Line {
         path: PathBuf,
@@ -169,11 +171,6 @@ struct UsageLine {
     invalid_tool_calls: Option<u64>,
 }
 
-#[derive(Debug, Deserialize)]
-struct TurnLine {
-    id: String,
-}
-
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 struct SummaryFile {
@@ -216,28 +213,39 @@ pub fn analyze(dir: &Path) -> Result<Report, ReportError> {
     };
 
     let mut torn_lines = Vec::new();
-    let mut finals = FinalResults::default();
-    if has_results {
-        let torn = read_jsonl(&results_path, |rec: ResultLine| finals.push(rec))?;
-        torn_lines.extend(torn.map(|line| TornLine {
-            file: "results.jsonl".into(),
-            line,
-        }));
-    }
-    let finals = finals.into_records();
+    let mut torn = |file: &str, f: &Finals| {
+        torn_lines.extend(f.torn_at().map(|line| TornLine {
+            file: file.into(),
+            line: line as u64,
+        }))
+    };
+    let (finals, result_lines) = if has_results {
+        let f = read_final(&results_path)?;
+        torn("results.jsonl", &f);
+        let mut reader = f.reader()?;
+        let records = f
+            .in_line_order()
+            .into_iter()
+            .map(|e| {
+                serde_json::from_value::<ResultLine>(reader.value(e)?)
+                    .map_err(|err| f.error_at(e, format!("not a result record: {err}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        (records, f.lines() as u64)
+    } else {
+        (Vec::new(), 0)
+    };
 
-    let mut in_flight = HashSet::new();
+    let mut in_flight = 0;
     if turns_path.is_file() {
         let done: HashSet<&str> = finals.iter().map(|r| r.id.as_str()).collect();
-        let torn = read_jsonl(&turns_path, |t: TurnLine| {
-            if !done.contains(t.id.as_str()) {
-                in_flight.insert(t.id);
-            }
-        })?;
-        torn_lines.extend(torn.map(|line| TornLine {
-            file: "turns.jsonl".into(),
-            line,
-        }));
+        let turns = read_final(&turns_path)?;
+        torn("turns.jsonl", &turns);
+        in_flight = turns
+            .entries()
+            .iter()
+            .filter(|t| !done.contains(t.id.as_str()))
+            .count();
     }
 
     let summary = summary.unwrap_or_default();
@@ -246,7 +254,7 @@ pub fn analyze(dir: &Path) -> Result<Report, ReportError> {
         dir: dir.to_path_buf(),
         total_tasks: summary.total_tasks,
         finished: finals.len() as u64,
-        result_lines: finals.lines,
+        result_lines,
         counts: count_statuses(&finals),
         failure_reasons: failure_reasons(&finals),
         tokens: tokens(&finals),
@@ -261,7 +269,7 @@ pub fn analyze(dir: &Path) -> Result<Report, ReportError> {
             f64::total_cmp,
         ),
         leaks: leak_report(has_summary, summary.leaks),
-        in_flight_when_stopped: in_flight.len() as u64,
+        in_flight_when_stopped: in_flight as u64,
         torn_lines_ignored: torn_lines.len() as u64,
         torn_lines,
         stopped_because: summary.stopped_because,
@@ -282,103 +290,6 @@ fn read_summary(path: &Path) -> Result<SummaryFile, ReportError> {
         path: path.to_path_buf(),
         source,
     })
-}
-
-/// The final result per id, in the order of their last lines.
-#[derive(Default)]
-struct FinalResults {
-    slots: Vec<Option<ResultLine>>,
-    by_id: HashMap<String, usize>,
-    lines: u64,
-}
-
-impl FinalResults {
-    /// A resumed run appends a fresh line for a task it re-ran, so a later
-    /// line supersedes an earlier one.
-    fn push(&mut self, rec: ResultLine) {
-        self.lines += 1;
-        let slot = self.slots.len();
-        if let Some(old) = self.by_id.insert(rec.id.clone(), slot) {
-            self.slots[old] = None;
-        }
-        self.slots.push(Some(rec));
-    }
-
-    fn into_records(self) -> Finals {
-        Finals {
-            records: self.slots.into_iter().flatten().collect(),
-            lines: self.lines,
-        }
-    }
-}
-
-struct Finals {
-    records: Vec<ResultLine>,
-    lines: u64,
-}
-
-impl std::ops::Deref for Finals {
-    type Target = [ResultLine];
-    fn deref(&self) -> &[ResultLine] {
-        &self.records
-    }
-}
-
-/// Reads a JSONL file line by line, calling `each` with every parsed line. Returns the number of a torn last line, if
-/// there was one.
-///
-/// Lines are split as bytes rather than read as text: a crash can cut a
-/// multi-byte character in half, and that must read as a torn line, not as
-/// an I/O error for the whole file.
-fn read_jsonl<T: DeserializeOwned>(
-    path: &Path,
-    mut each: impl FnMut(T),
-) -> Result<Option<u64>, ReportError> {
-    let read_err = |source| ReportError::Read {
-        path: path.to_path_buf(),
-        source,
-    };
-    let file = File::open(path).map_err(read_err)?;
-    let mut reader = BufReader::new(file);
-    let mut buf = Vec::new();
-    let mut line_no = 0u64;
-    // A line that is not even JSON is held back until we know whether
-    // another line follows it: only the last line may be torn.
-    let mut pending: Option<(u64, serde_json::Error)> = None;
-    loop {
-        buf.clear();
-        let n = reader.read_until(b'\n', &mut buf).map_err(read_err)?;
-        if n == 0 {
-            break;
-        }
-        line_no += 1;
-        if buf.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        if let Some((line, e)) = pending.take() {
-            return Err(bad_line(path, line, &e));
-        }
-        let value: Value = match serde_json::from_slice(&buf) {
-            Ok(v) => v,
-            Err(e) => {
-                pending = Some((line_no, e));
-                continue;
-            }
-        };
-        // Well-formed JSON of the wrong shape cannot come from a cut write,
-        // so it is an error wherever it is.
-        let rec = T::deserialize(value).map_err(|e| bad_line(path, line_no, &e))?;
-        each(rec);
-    }
-    Ok(pending.map(|(line, _)| line))
-}
-
-fn bad_line(path: &Path, line: u64, e: &serde_json::Error) -> ReportError {
-    ReportError::Line {
-        path: path.to_path_buf(),
-        line,
-        message: format!("invalid line: {e}"),
-    }
 }
 
 pub(super) fn dir_name(dir: &Path) -> String {
@@ -760,13 +671,13 @@ mod tests {
         );
         let dir = run_dir(&text);
         let err = analyze(dir.path()).unwrap_err();
-        assert!(matches!(err, ReportError::Line { line: 2, .. }), "{err}");
+        assert!(matches!(err, ReportError::Journal(_)), "{err}");
         assert!(err.to_string().contains("results.jsonl:2:"), "{err}");
     }
 
     #[test]
     fn wrong_shape_is_an_error_even_on_the_last_line() {
-        let text = format!("{}\n{{\"id\": \"x\"}}", result("a", "ok", 1, None));
+        let text = format!("{}\n{{\"id\": \"x\"}}\n", result("a", "ok", 1, None));
         let dir = run_dir(&text);
         let err = analyze(dir.path()).unwrap_err();
         assert!(err.to_string().contains("results.jsonl:2:"), "{err}");
