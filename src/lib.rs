@@ -14,15 +14,19 @@
 //! over one stdio stream (`workspace::channel`): a child process locally,
 //! one long-lived attached exec in the container. Inside, the helper drives
 //! tmux through one control-mode client. A supervisor restarts a helper
-//! whose stream broke, or boots a new container if the old one died. Every conversation gets its own tmux session; a
+//! whose stream broke, or boots a new container if the old one died. Every
+//! conversation gets its own tmux session; a
 //! command is run by the session's shell, its output goes to a file, and its
 //! completion is announced by a record the shell writes to a FIFO: an event,
 //! never a screen poll.
 //!
 //! The `scheduler` runs one conversation per task under a semaphore of
-//! `run.workers` permits. A conversation (`agent`) is a pure state machine of
-//! chat messages driven by a thin loop that asks the `llm` for a reply and
-//! runs its tool calls in the session. Each session has exactly one owner:
+//! `run.workers` permits; before each dispatch it checks the endpoint is up
+//! and the token/cost budgets allow another task. A conversation (`agent`)
+//! is a pure state machine of chat messages driven by a thin loop that asks
+//! the `llm` for a reply and runs its tool calls in the session. The `llm`
+//! client is one per job: retries by reason, an adaptive (AIMD) in-flight
+//! limit, rate buckets and an outage gate that every request passes. Each session has exactly one owner:
 //! the conversation closes it; if the conversation is dropped (deadline,
 //! panic, cancellation) the session's guard hands it to the reaper.
 //!
@@ -31,9 +35,14 @@
 //! ends up in `summary.json`.
 //!
 //! Everything the scheduler does is reported as an `events::Event` on one
-//! channel. The recorder (`journal`) makes each result durable before the
-//! task counts as done; progress and the final summary (`report`) read the
-//! same events.
+//! channel. The recorder (`journal`) appends each finished turn (partial
+//! trajectories) and makes each result durable before the task counts as
+//! done; progress and the final summary (`report`) read the same events.
+//! Run again on its directory, a job continues: the journal repairs torn
+//! lines, checks the fingerprint and hands back what is done. What a
+//! crashed run left (containers, tmux servers) is found by its owner's pid
+//! and start time and removed (`workspace::sweep`). `convoy report`,
+//! `merge` and `export` read run directories after the fact.
 //!
 //! `app` wires these together and maps every error to an exit code
 //! (`exit::Exit`).
