@@ -152,6 +152,43 @@ async fn resume_after_ctrl_c_runs_only_what_was_not_done() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_skips_failed_tasks_unless_retry_failed() {
+    let job = TestJob::new();
+    let mut r = rows(6, "0");
+    // Three commands with max_steps = 3: these two end max_steps.
+    r[1]["commands"] = json!(["true", "true", "true"]);
+    r[4]["commands"] = json!(["true", "true", "true"]);
+    job.tasks(&r);
+    job.manifest(&script_job(
+        "kind = \"local\"\nworkdir = \"work\"",
+        "[agent]\nmax_steps = 3\n",
+    ));
+    assert_eq!(job.run(&[]).await.status.code(), Some(1));
+    // Again: every task has a final result, nothing runs, still exit 1.
+    let out = job.run(&[]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(job.results().len(), 6);
+    assert_eq!(job.summary()["skipped"], 6);
+    // --retry-failed runs exactly the two that did not end ok.
+    let out = job
+        .convoy(&["run", "job.toml", "--out", "out", "--retry-failed"], &[])
+        .await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let mut again: Vec<String> = job.results()[6..]
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect();
+    again.sort();
+    assert_eq!(again, ["t001", "t004"]);
+    let s = job.summary();
+    assert_eq!(
+        (s["skipped"].as_u64(), s["done"].as_u64()),
+        (Some(4), Some(6))
+    );
+    assert_eq!(s["counts"]["max_steps"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_prompt_or_task_rows_is_refused_unless_forced() {
     let job = local_job(4, "0", 4);
     let out = job.run(&[]).await;
