@@ -49,9 +49,10 @@ pub enum Command {
         manifest: PathBuf,
     },
 
-    /// Summarise a run directory: counts by status, the top failure
-    /// reasons, tokens, steps and duration percentiles, the leak verdict.
-    /// Also writes RUN_DIR/metrics.svg, a chart of metrics.csv (open FDs,
+    /// Summarise a run directory and chart its metrics.
+    ///
+    /// Counts by status, the top failure reasons, tokens, steps and
+    /// duration percentiles, the leak verdict. Also writes RUN_DIR/metrics.svg, a chart of metrics.csv (open FDs,
     /// tmux sessions, in-flight, done over time).
     Report {
         /// A run directory (what `convoy run` wrote).
@@ -61,15 +62,17 @@ pub enum Command {
         json: bool,
     },
 
-    /// Remove what crashed runs left on this host: Docker containers of
-    /// convoy runs whose convoy process is gone, and the tmux servers,
+    /// Remove what crashed runs left on this host.
+    ///
+    /// Docker containers of convoy runs whose convoy process is gone, and the tmux servers,
     /// processes and temp directories of local workspaces whose convoy is
     /// gone. Runs of live convoys are never touched. `convoy run` does the
     /// same when it starts.
     Sweep,
 
-    /// Combine shard run directories (`convoy run --shard I/N`) into one:
-    /// one result per task id (an `ok` one if any shard has it), their
+    /// Combine shard run directories into one.
+    ///
+    /// For `convoy run --shard I/N` runs: one result per task id (an `ok` one if any shard has it), their
     /// trajectories, the manifest and fingerprint. Refuses directories
     /// whose fingerprints differ.
     Merge {
@@ -80,7 +83,9 @@ pub enum Command {
         run_dirs: Vec<PathBuf>,
     },
 
-    /// Write the SFT-ready JSONL that TRL and similar trainers read: one
+    /// Write SFT-ready JSONL for trainers.
+    ///
+    /// The format TRL and similar trainers read: one
     /// `{"messages": [...], "tools": [...]}` line per task.
     Export {
         /// A run directory.
