@@ -397,23 +397,18 @@ fn export(
         only,
         keep_reasoning,
     };
-    let stats = match out {
-        Some(path) => {
-            let file = std::fs::File::create(path).map_err(|e| {
-                Failure::infra(anyhow::anyhow!("cannot write `{}`: {e}", path.display()))
-            })?;
-            let mut w = std::io::BufWriter::new(file);
-            let stats = crate::journal::export(dir, &options, &mut w).map_err(Failure::invalid)?;
-            w.flush().map_err(Failure::infra)?;
-            stats
-        }
-        None => {
-            let mut w = std::io::BufWriter::new(std::io::stdout().lock());
-            let stats = crate::journal::export(dir, &options, &mut w).map_err(Failure::invalid)?;
-            w.flush().map_err(Failure::infra)?;
-            stats
-        }
+    let sink: Box<dyn Write> = match out {
+        Some(path) => Box::new(std::fs::File::create(path).map_err(|e| {
+            Failure::infra(anyhow::anyhow!("cannot write `{}`: {e}", path.display()))
+        })?),
+        None => Box::new(std::io::stdout().lock()),
     };
+    let mut w = std::io::BufWriter::new(sink);
+    let stats = crate::journal::export(dir, &options, &mut w).map_err(|e| match e {
+        crate::journal::ExportError::Write(_) => Failure::infra(e),
+        other => Failure::invalid(other),
+    })?;
+    w.flush().map_err(Failure::infra)?;
     eprintln!(
         "exported {} conversations ({} skipped by status, {} without a trajectory)",
         stats.written, stats.skipped_by_status, stats.missing_trajectory
