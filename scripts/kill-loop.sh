@@ -72,6 +72,7 @@ read -r lines dups tail < <(check)
 dups_total=$((dups_total + dups))
 printf '| final | - | %d | %d | %d |\n\n' "$lines" "$dups" "$tail"
 left=$(docker ps -aq --filter label=convoy.job=kill-loop | wc -l)
+traj=$(wc -l < out/trajectories.jsonl)
 echo "| measure | value |"
 echo "|---|---:|"
 echo "| tasks | $n |"
@@ -80,6 +81,7 @@ echo "| runs that left a torn last line | $torn |"
 echo "| runs that swept a crashed run's container at start | $swept |"
 echo "| tasks done at the end | $lines |"
 echo "| duplicates found | $dups_total |"
+echo "| trajectory lines at the end | $traj |"
 echo "| containers left at the end | $left |"
 echo
 "$bin" report out

@@ -117,6 +117,7 @@ async fn kill_9_at_random_moments_then_resume_does_each_task_exactly_once() {
         .map(|t| t["id"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(traj.len(), TASKS);
+    assert_eq!(job.trajectories().len(), TASKS, "a trajectory line twice");
     assert!(!job.path("out/turns.jsonl").exists());
     let s = job.summary();
     assert_eq!(s["done"], TASKS);
@@ -240,6 +241,15 @@ async fn a_torn_last_line_is_repaired_and_its_task_runs_again() {
     assert_each_once(&result_ids(&job, "out"), 5);
     assert_eq!(job.results().last().unwrap()["id"], last_id.as_str());
     assert_eq!(job.summary()["skipped"], 4);
+    // The lost result's trajectory was written (trajectories go first):
+    // it is dropped, so the rerun's is the only one.
+    let traj: Vec<String> = job
+        .trajectories()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(traj.len(), 5, "{traj:?}");
+    assert_eq!(traj.last().unwrap(), &last_id);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

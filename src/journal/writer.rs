@@ -127,7 +127,11 @@ impl Journal {
                 }
                 None => {}
             }
-            previous.records = read_records(dir)?;
+            let (records, lines) = read_records(dir)?;
+            previous.records = records;
+            drop_orphan_trajectories(dir, lines, &mut previous)?;
+        } else {
+            drop_orphan_trajectories(dir, 0, &mut previous)?;
         }
         let fp_path = dir.join(fingerprint::FILE);
         let text = serde_json::to_string_pretty(&fp).expect("a fingerprint serializes");
@@ -325,8 +329,59 @@ fn repair(dir: &Path, previous: &mut Previous) -> Result<(), JournalError> {
     Ok(())
 }
 
-/// The last final record of every task in `results.jsonl`.
-fn read_records(dir: &Path) -> Result<HashMap<String, TaskRecord>, JournalError> {
+/// Each batch appends one trajectory line per result line, in the same
+/// order, and syncs trajectories first: lines past the results' count
+/// belong to results a crash lost (their tasks run again) and are dropped.
+fn drop_orphan_trajectories(
+    dir: &Path,
+    results: u64,
+    previous: &mut Previous,
+) -> Result<(), JournalError> {
+    let path = dir.join(TRAJECTORIES);
+    let dropped = truncate_after_lines(&path, results)?;
+    if dropped > 0 {
+        tracing::warn!(
+            "{}: dropped {dropped} bytes of trajectories whose results a killed run never wrote",
+            path.display()
+        );
+        previous.repaired.push((TRAJECTORIES.to_string(), dropped));
+    }
+    Ok(())
+}
+
+/// Keeps the first `lines` lines of `path`; returns the bytes dropped.
+fn truncate_after_lines(path: &Path, lines: u64) -> Result<u64, JournalError> {
+    use std::io::BufRead;
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(io(path)(e)),
+    };
+    let len = file.metadata().map_err(io(path))?.len();
+    let mut reader = std::io::BufReader::new(file);
+    let (mut keep, mut buf) = (0u64, Vec::new());
+    for _ in 0..lines {
+        buf.clear();
+        let n = reader.read_until(b'\n', &mut buf).map_err(io(path))?;
+        if n == 0 {
+            break;
+        }
+        keep += n as u64;
+    }
+    if keep < len {
+        let f = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(io(path))?;
+        f.set_len(keep).map_err(io(path))?;
+        f.sync_all().map_err(io(path))?;
+    }
+    Ok(len - keep)
+}
+
+/// The last final record of every task in `results.jsonl`, and how many
+/// lines it has.
+fn read_records(dir: &Path) -> Result<(HashMap<String, TaskRecord>, u64), JournalError> {
     let finals = read_final(&dir.join(RESULTS))?;
     let mut reader = finals.reader()?;
     let mut records = HashMap::with_capacity(finals.len());
@@ -336,7 +391,7 @@ fn read_records(dir: &Path) -> Result<HashMap<String, TaskRecord>, JournalError>
             .map_err(|e| finals.error_at(entry, format!("not a result record: {e}")))?;
         records.insert(record.id.clone(), record);
     }
-    Ok(records)
+    Ok((records, finals.lines() as u64))
 }
 
 /// Writes `text` to `path` through a temp file and a rename, so a crash
