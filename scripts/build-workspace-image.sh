@@ -43,9 +43,18 @@ if [ -z "$mirror" ]; then
   exit 1
 fi
 
+# debootstrap is the one build tool this needs beyond Docker. As root on a
+# Debian-family machine, install it (what `cargo test` on a fresh machine
+# relies on); otherwise say what to install.
 if ! command -v debootstrap >/dev/null; then
-  echo "error: debootstrap is not installed (apt-get install debootstrap)" >&2
-  exit 1
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing debootstrap (apt-get)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
+  else
+    echo "error: debootstrap is not installed (apt-get install debootstrap)" >&2
+    exit 1
+  fi
 fi
 
 root=$(mktemp -d /tmp/convoy-rootfs.XXXXXX)

@@ -208,6 +208,7 @@ async fn the_open_files_limit_is_raised_for_a_big_job() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_twice_cancels_a_docker_job_at_once_and_cleans_up() {
+    support::ensure_workspace_image();
     let job = TestJob::new();
     let rows: Vec<Value> = (0..20)
         .map(|i| json!({"id": format!("t{i}"), "commands": ["sleep 300"], "answer": "ok"}))

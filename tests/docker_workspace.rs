@@ -1,7 +1,7 @@
 //! The shared Docker workspace, end to end: the real binary, a real Docker
 //! engine, the image built by scripts/build-workspace-image.sh. These tests
-//! fail (never skip) when Docker or the image is missing; `.ci/run` builds
-//! the image first.
+//! fail (never skip) when Docker is unreachable; a missing image is built on
+//! first use (`support::ensure_workspace_image`).
 
 mod support;
 
@@ -11,9 +11,11 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use support::{containers_of_run, docker, observations, processes_with, stderr, TestJob};
 
-const IMAGE: &str = "convoy-workspace:bookworm";
+use support::WORKSPACE_IMAGE as IMAGE;
 
+/// A Docker-workspace manifest; builds the image first if it is missing.
 fn script_manifest(extra_workspace: &str, extra: &str) -> String {
+    support::ensure_workspace_image();
     let ws = format!("kind = \"docker\"\nimage = \"{IMAGE}\"\nnofile = 4096\n{extra_workspace}");
     support::script_job(&ws, extra)
 }
@@ -272,8 +274,9 @@ async fn the_exec_channel_gives_the_same_observations_and_kills_background_jobs(
 }
 
 #[test]
-fn the_workspace_image_exists() {
-    // The other tests need it; say so plainly if it is missing.
+fn the_workspace_image_exists_or_is_built() {
+    // The other tests need it: a fresh machine builds it on first use.
+    support::ensure_workspace_image();
     let out = std::process::Command::new("docker")
         .args(["image", "inspect", IMAGE])
         .output()

@@ -413,6 +413,7 @@ async fn sweep_removes_an_orphaned_container_and_tmux_server() {
         .unwrap()
         .to_string();
     let host = nix::unistd::gethostname().unwrap().into_string().unwrap();
+    support::ensure_workspace_image();
     let container = |what: &str, pid: &str, start: &str| {
         let name = format!("convoy-{what}-test-{}", std::process::id());
         support::docker(&[
@@ -428,7 +429,7 @@ async fn sweep_removes_an_orphaned_container_and_tmux_server() {
             &format!("convoy.host={host}"),
             "--entrypoint",
             "sleep",
-            "convoy-workspace:bookworm",
+            support::WORKSPACE_IMAGE,
             "infinity",
         ]);
         name

@@ -213,6 +213,43 @@ pub fn script_job(workspace: &str, rest: &str) -> String {
     )
 }
 
+/// The workspace image the Docker tests run in.
+pub const WORKSPACE_IMAGE: &str = "convoy-workspace:bookworm";
+
+/// Makes sure the Docker tests' image exists, building it on first use
+/// (`scripts/build-workspace-image.sh`, offline from Debian packages) so
+/// that `cargo test` alone passes on a fresh machine. Once per test
+/// process; an exclusive lock on a file in the system temp dir makes test
+/// binaries running in parallel wait for one build instead of racing. The
+/// script itself returns at once when the image (of its current version)
+/// exists. Fails the test, never skips, when the build fails.
+pub fn ensure_workspace_image() {
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        let lock_path = std::env::temp_dir().join("convoy-test-workspace-image.lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .unwrap_or_else(|e| panic!("cannot open {}: {e}", lock_path.display()));
+        lock.lock().expect("lock the image build");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/build-workspace-image.sh");
+        let out = std::process::Command::new("bash")
+            .arg(&script)
+            .arg(WORKSPACE_IMAGE)
+            .output()
+            .expect("run scripts/build-workspace-image.sh");
+        assert!(
+            out.status.success(),
+            "building {WORKSPACE_IMAGE} failed (the Docker tests need it):\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // The lock is released when `lock` is dropped here.
+    });
+}
+
 /// Runs the docker CLI; its stdout. Panics (fails the test) if Docker is
 /// unreachable: Docker tests never skip.
 pub fn docker(args: &[&str]) -> String {
