@@ -50,6 +50,7 @@ const RESULTS: &str = "results.jsonl";
 const TRAJECTORIES: &str = "trajectories.jsonl";
 const TURNS: &str = "turns.jsonl";
 const LOCK: &str = "convoy.lock";
+const SUMMARIES: &str = "summaries.jsonl";
 
 /// The run directory, open for appending. Holds the directory's lock for
 /// as long as it lives (an flock: a killed convoy releases it too).
@@ -219,8 +220,22 @@ impl Journal {
         Ok(())
     }
 
-    /// Writes `summary.json` (atomically: temp file, then rename).
+    /// Writes `summary.json`, this run's summary (atomically: temp file,
+    /// then rename), and appends it as one line to `summaries.jsonl`, the
+    /// directory's history: a resumed job keeps every run's summary there.
     pub fn write_summary(&self, summary: &impl Serialize) -> Result<(), JournalError> {
+        let history = self.dir.join(SUMMARIES);
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&history)
+            .map_err(io(&history))?;
+        // One write of the whole line: a crash leaves at most a torn last
+        // line, which readers of JSONL files here ignore.
+        let line = serde_json::to_string(summary).expect("summary serializes") + "\n";
+        f.write_all(line.as_bytes())
+            .and_then(|()| f.sync_data())
+            .map_err(io(&history))?;
         let text = serde_json::to_string_pretty(summary).expect("summary serializes");
         write_atomically(&self.dir.join("summary.json"), &(text + "\n"))
     }
@@ -316,7 +331,7 @@ fn repair_tail(path: &Path) -> Result<u64, JournalError> {
 
 /// Cuts the torn last lines a killed run left.
 fn repair(dir: &Path, previous: &mut Previous) -> Result<(), JournalError> {
-    for name in [RESULTS, TRAJECTORIES, TURNS] {
+    for name in [RESULTS, TRAJECTORIES, TURNS, SUMMARIES] {
         let dropped = repair_tail(&dir.join(name))?;
         if dropped > 0 {
             tracing::warn!(
@@ -397,12 +412,7 @@ fn read_records(dir: &Path) -> Result<(HashMap<String, TaskRecord>, u64), Journa
 /// Writes `text` to `path` through a temp file and a rename, so a crash
 /// leaves the old file or the new one, never half of one.
 fn write_atomically(path: &Path, text: &str) -> Result<(), JournalError> {
-    let tmp = path.with_extension("tmp");
-    let mut f = File::create(&tmp).map_err(io(&tmp))?;
-    f.write_all(text.as_bytes())
-        .and_then(|()| f.sync_data())
-        .map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
+    super::atomic::write_atomically(path, text.as_bytes()).map_err(io(path))
 }
 
 fn write_line(w: &mut impl Write, value: &impl Serialize) -> std::io::Result<()> {

@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::analyze::{dir_name, ReportError};
 
@@ -95,18 +95,16 @@ struct Metrics {
     torn_row: bool,
 }
 
-/// Reads `dir/metrics.csv` and writes `dir/metrics.svg`; returns the SVG's
-/// path.
-pub fn write_chart(dir: &Path) -> Result<PathBuf, ReportError> {
+/// Reads `dir/metrics.csv` and writes the chart to `out` (atomically: an
+/// error leaves an existing file as it was).
+pub fn write_chart(dir: &Path, out: &Path) -> Result<(), ReportError> {
     let csv_path = dir.join("metrics.csv");
     let metrics = read_metrics(&csv_path)?;
     let svg = render_svg(&dir_name(dir), &metrics);
-    let out = dir.join("metrics.svg");
-    std::fs::write(&out, svg).map_err(|source| ReportError::Write {
-        path: out.clone(),
+    crate::journal::write_atomically(out, svg.as_bytes()).map_err(|source| ReportError::Write {
+        path: out.to_path_buf(),
         source,
-    })?;
-    Ok(out)
+    })
 }
 
 fn read_metrics(path: &Path) -> Result<Metrics, ReportError> {
@@ -514,8 +512,8 @@ mod tests {
     fn chart(csv: &str) -> String {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("metrics.csv"), csv).unwrap();
-        let path = write_chart(dir.path()).unwrap();
-        assert_eq!(path, dir.path().join("metrics.svg"));
+        let path = dir.path().join("metrics.svg");
+        write_chart(dir.path(), &path).unwrap();
         std::fs::read_to_string(path).unwrap()
     }
 
@@ -689,12 +687,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let bad = "elapsed_s,done\n0,1\n1,x\n2,3\n";
         std::fs::write(dir.path().join("metrics.csv"), bad).unwrap();
-        let err = write_chart(dir.path()).unwrap_err();
+        // An earlier chart survives a failed one.
+        let svg = dir.path().join("metrics.svg");
+        std::fs::write(&svg, "<svg>earlier</svg>").unwrap();
+        let err = write_chart(dir.path(), &svg).unwrap_err();
         assert!(err.to_string().contains("metrics.csv:3:"), "{err}");
 
         std::fs::write(dir.path().join("metrics.csv"), "done\n1\n").unwrap();
-        let err = write_chart(dir.path()).unwrap_err();
+        let err = write_chart(dir.path(), &svg).unwrap_err();
         assert!(matches!(err, ReportError::MissingColumn { .. }), "{err}");
+        assert_eq!(std::fs::read_to_string(&svg).unwrap(), "<svg>earlier</svg>");
     }
 
     #[test]
@@ -704,7 +706,8 @@ mod tests {
         let run = dir.path().join("x&<y>");
         std::fs::create_dir(&run).unwrap();
         std::fs::write(run.join("metrics.csv"), "elapsed_s,done\n0,1\n1,2\n").unwrap();
-        let svg = std::fs::read_to_string(write_chart(&run).unwrap()).unwrap();
+        write_chart(&run, &run.join("metrics.svg")).unwrap();
+        let svg = std::fs::read_to_string(run.join("metrics.svg")).unwrap();
         assert!(svg.contains("x&amp;&lt;y&gt;"));
     }
 
