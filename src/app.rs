@@ -150,6 +150,7 @@ async fn run(args: RunArgs) -> Result<Exit, Failure> {
     let total = plan.len() as u64;
     let mut tally = Tally::default();
     let (plan, skipped) = resume_plan(plan, &previous, args.retry_failed, &mut tally);
+    journal.write_started(total).map_err(Failure::infra)?;
     if skipped > 0 {
         tracing::info!(
             "continuing {}: {skipped} tasks already done are skipped, {} to run{}",

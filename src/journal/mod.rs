@@ -1,5 +1,5 @@
 //! The run directory: manifest snapshot and fingerprint, `results.jsonl`,
-//! `trajectories.jsonl`, `turns.jsonl` (partial), `summary.json` and `summaries.jsonl`; resume,
+//! `trajectories.jsonl`, `turns.jsonl` (partial), `summary.json` and `summaries.jsonl`, `run.json`; resume,
 //! the lock, export and merge.
 
 mod atomic;
@@ -16,4 +16,4 @@ pub use fingerprint::Fingerprint;
 pub use merge::{merge, MergeError, MergeStats};
 pub use read::{read_final, Final, FinalReader, Finals, JournalReadError};
 pub use record::{Status, TaskRecord};
-pub use writer::{Journal, JournalError, Previous};
+pub use writer::{lock_holder, Journal, JournalError, Previous, RunInfo, RUN_INFO};

@@ -51,6 +51,20 @@ const TRAJECTORIES: &str = "trajectories.jsonl";
 const TURNS: &str = "turns.jsonl";
 const LOCK: &str = "convoy.lock";
 const SUMMARIES: &str = "summaries.jsonl";
+/// The latest invocation: written when it starts, so `convoy report` can
+/// tell a run still going (or one killed) from the one `summary.json`
+/// describes.
+pub const RUN_INFO: &str = "run.json";
+
+/// `run.json`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct RunInfo {
+    pub pid: u32,
+    /// RFC 3339, UTC.
+    pub started_at: String,
+    /// Tasks in this invocation's plan (after `--shard` and `--limit`).
+    pub total_tasks: u64,
+}
 
 /// The run directory, open for appending. Holds the directory's lock for
 /// as long as it lives (an flock: a killed convoy releases it too).
@@ -220,6 +234,18 @@ impl Journal {
         Ok(())
     }
 
+    /// Records that this invocation started, with its plan's size
+    /// (`run.json`, atomically).
+    pub fn write_started(&self, total_tasks: u64) -> Result<(), JournalError> {
+        let info = RunInfo {
+            pid: std::process::id(),
+            started_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            total_tasks,
+        };
+        let text = serde_json::to_string_pretty(&info).expect("run info serializes");
+        write_atomically(&self.dir.join(RUN_INFO), &(text + "\n"))
+    }
+
     /// Writes `summary.json`, this run's summary (atomically: temp file,
     /// then rename), and appends it as one line to `summaries.jsonl`, the
     /// directory's history: a resumed job keeps every run's summary there.
@@ -305,6 +331,28 @@ fn lock(dir: &Path) -> Result<Flock<File>, JournalError> {
             })
         }
         Err((_, e)) => Err(io(&path)(std::io::Error::from(e))),
+    }
+}
+
+/// Who holds the lock of run directory `dir` (its pid, as the holder wrote
+/// it), or `None` when no convoy is running there. Opens the lock file
+/// read-only, never creates it.
+///
+/// It asks by taking a shared lock for an instant: a `convoy run` starting
+/// on `dir` in that instant would be refused as if another run held it, a
+/// window of microseconds that only a report racing a start can hit.
+pub fn lock_holder(dir: &Path) -> Option<String> {
+    let path = dir.join(LOCK);
+    let file = File::open(&path).ok()?;
+    match Flock::lock(file, FlockArg::LockSharedNonblock) {
+        Ok(_free) => None,
+        Err((_, Errno::EWOULDBLOCK)) => Some(
+            std::fs::read_to_string(&path)
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+        ),
+        Err(_) => None,
     }
 }
 

@@ -11,9 +11,12 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
-use crate::journal::{read_final, Finals};
+use crate::journal::{lock_holder, read_final, Finals, RunInfo, RUN_INFO};
 
-use super::model::*;
+use super::model::{
+    FailureReason, LeakReport, Percentiles, Report, ReportError, ResultLine, RunState, SummaryFile,
+    SummaryLeaks, Tokens, TornLine,
+};
 
 /// Failure reasons kept in the report; the long tail is rarely actionable.
 const TOP_REASONS: usize = 5;
@@ -35,11 +38,33 @@ pub fn analyze(dir: &Path) -> Result<Report, ReportError> {
         return Err(ReportError::NotRunDir(dir.to_path_buf()));
     }
 
-    let summary = if has_summary {
-        Some(read_summary(&summary_path)?)
+    let summary: Option<SummaryFile> = if has_summary {
+        Some(read_json(&summary_path)?)
     } else {
         None
     };
+    let run_path = dir.join(RUN_INFO);
+    let run: Option<RunInfo> = if run_path.is_file() {
+        Some(read_json(&run_path)?)
+    } else {
+        None
+    };
+    let pid = lock_holder(dir);
+    let state = match (&pid, &summary) {
+        (Some(_), _) => RunState::Running,
+        (None, Some(s)) if describes_latest(s, run.as_ref()) => RunState::Finished,
+        (None, _) => RunState::Stopped,
+    };
+    // A summary of an earlier run says nothing about the latest one's
+    // leaks, wall time or exit.
+    let summary = summary.map(|s| match state {
+        RunState::Finished => s,
+        _ => SummaryFile {
+            name: s.name,
+            total_tasks: s.total_tasks,
+            ..SummaryFile::default()
+        },
+    });
 
     let mut torn_lines = Vec::new();
     let mut torn = |file: &str, f: &Finals| {
@@ -81,7 +106,10 @@ pub fn analyze(dir: &Path) -> Result<Report, ReportError> {
     Ok(Report {
         name: summary.name.clone().unwrap_or_else(|| dir_name(dir)),
         dir: dir.to_path_buf(),
-        total_tasks: summary.total_tasks,
+        state,
+        pid,
+        started_at: run.as_ref().map(|r| r.started_at.clone()),
+        total_tasks: run.map(|r| r.total_tasks).or(summary.total_tasks),
         finished: finals.len() as u64,
         result_lines,
         counts: count_statuses(&finals),
@@ -97,8 +125,8 @@ pub fn analyze(dir: &Path) -> Result<Report, ReportError> {
             finals.iter().map(|r| r.duration_s).collect(),
             f64::total_cmp,
         ),
-        leaks: leak_report(has_summary, summary.leaks),
-        in_flight_when_stopped: in_flight as u64,
+        leaks: leak_report(state, has_summary, summary.leaks),
+        in_flight: in_flight as u64,
         torn_lines_ignored: torn_lines.len() as u64,
         torn_lines,
         stopped_because: summary.stopped_because,
@@ -108,17 +136,36 @@ pub fn analyze(dir: &Path) -> Result<Report, ReportError> {
     })
 }
 
-fn read_summary(path: &Path) -> Result<SummaryFile, ReportError> {
+/// Reads `summary.json` or `run.json`. Both are written atomically (temp
+/// file, then rename), so unlike the JSONL files a broken one is not a
+/// crash artefact: it is an error.
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ReportError> {
     let text = std::fs::read(path).map_err(|source| ReportError::Read {
         path: path.to_path_buf(),
         source,
     })?;
-    // summary.json is written atomically (temp file, then rename), so unlike
-    // the JSONL files a broken one is not a crash artefact: it is an error.
     serde_json::from_slice(&text).map_err(|source| ReportError::Summary {
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// Whether `summary` is the latest run's: it finished after that run
+/// started (`run.json` is written as a run starts, the summary as it
+/// ends). Without `run.json` (older directories) the summary is all there
+/// is.
+fn describes_latest(summary: &SummaryFile, run: Option<&RunInfo>) -> bool {
+    let Some(run) = run else {
+        return true;
+    };
+    let time = |s: Option<&str>| s.and_then(|s| humantime::parse_rfc3339(s).ok());
+    match (
+        time(summary.finished_at.as_deref()),
+        time(Some(&run.started_at)),
+    ) {
+        (Some(end), Some(start)) => end >= start,
+        _ => false,
+    }
 }
 
 pub fn dir_name(dir: &Path) -> String {
@@ -250,10 +297,20 @@ fn nearest_rank<T: Copy>(sorted: &[T], pct: u32) -> Option<T> {
     Some(sorted[rank - 1])
 }
 
-fn leak_report(has_summary: bool, leaks: Option<SummaryLeaks>) -> LeakReport {
-    if !has_summary {
+fn leak_report(state: RunState, has_summary: bool, leaks: Option<SummaryLeaks>) -> LeakReport {
+    let pending = match state {
+        RunState::Running => {
+            Some("not known yet: the run is still going (the verdict comes at its end)")
+        }
+        RunState::Stopped if has_summary => {
+            Some("unknown (the latest run did not finish; summary.json is an earlier run's)")
+        }
+        RunState::Stopped => Some("unknown (no summary.json: the run did not finish)"),
+        RunState::Finished => None,
+    };
+    if let Some(verdict) = pending {
         return LeakReport {
-            verdict: "unknown (no summary.json: the run did not finish)".into(),
+            verdict: verdict.into(),
             findings: Vec::new(),
             stray_sessions: Vec::new(),
             stray_processes: Vec::new(),
@@ -428,7 +485,8 @@ mod tests {
         .join("\n");
         std::fs::write(dir.path().join("turns.jsonl"), turns + "\n").unwrap();
         let r = analyze(dir.path()).unwrap();
-        assert_eq!(r.in_flight_when_stopped, 2);
+        assert_eq!(r.in_flight, 2);
+        assert_eq!(r.state, RunState::Stopped);
         assert!(r.leaks.verdict.starts_with("unknown (no summary.json"));
         assert_eq!(r.total_tasks, None);
         assert!(r
@@ -465,5 +523,68 @@ mod tests {
         assert!(text.contains("stopped: ctrl-c"), "{text}");
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["counts"]["failed"], 2);
+    }
+
+    fn write_run_info(dir: &Path, started_at: &str, total: u64) {
+        let info = serde_json::json!({"pid": 1, "started_at": started_at, "total_tasks": total});
+        std::fs::write(dir.join(RUN_INFO), info.to_string()).unwrap();
+    }
+
+    #[test]
+    fn a_summary_of_an_earlier_run_is_not_the_latest_runs_verdict() {
+        let dir = run_dir(&format!("{}\n", result("a", "ok", 1, None)));
+        let summary = serde_json::json!({
+            "name": "job", "total_tasks": 3, "finished_at": "2024-05-01T10:00:05.000Z",
+            "exit_code": 1, "leaks": {"verdict": "clean"}
+        });
+        std::fs::write(dir.path().join("summary.json"), summary.to_string()).unwrap();
+        // The latest run started after that summary was written, and never
+        // wrote its own.
+        write_run_info(dir.path(), "2024-05-01T11:00:00.000Z", 7);
+        let r = analyze(dir.path()).unwrap();
+        assert_eq!(r.state, RunState::Stopped);
+        assert_eq!((r.total_tasks, r.exit_code), (Some(7), None));
+        assert!(r
+            .leaks
+            .verdict
+            .starts_with("unknown (the latest run did not finish"));
+        assert!(r
+            .render()
+            .contains("state: stopped before its end, started 2024-05-01T11:00:00.000Z"));
+        // Once it writes its summary, the summary is the latest run's.
+        write_run_info(dir.path(), "2024-05-01T10:00:00.000Z", 7);
+        let r = analyze(dir.path()).unwrap();
+        assert_eq!(r.state, RunState::Finished);
+        assert_eq!((r.exit_code, r.leaks.verdict.as_str()), (Some(1), "clean"));
+    }
+
+    #[test]
+    fn a_held_lock_is_a_running_run_counted_as_done_and_in_flight() {
+        use nix::fcntl::{Flock, FlockArg};
+        let dir = run_dir(&format!("{}\n", result("a", "ok", 1, None)));
+        let turns = [
+            r#"{"id":"a","attempt":1,"turn":1,"partial":true,"messages":[]}"#,
+            r#"{"id":"b","attempt":1,"turn":1,"partial":true,"messages":[]}"#,
+        ]
+        .join("\n");
+        std::fs::write(dir.path().join("turns.jsonl"), turns + "\n").unwrap();
+        write_run_info(dir.path(), "2024-05-01T11:00:00.000Z", 10);
+        let lock = dir.path().join("convoy.lock");
+        std::fs::write(&lock, "4242\n").unwrap();
+        let file = std::fs::OpenOptions::new().write(true).open(&lock).unwrap();
+        let held = Flock::lock(file, FlockArg::LockExclusiveNonblock).unwrap();
+        let r = analyze(dir.path()).unwrap();
+        assert_eq!(r.state, RunState::Running);
+        assert_eq!(r.pid.as_deref(), Some("4242"));
+        assert_eq!((r.finished, r.in_flight, r.total_tasks), (1, 1, Some(10)));
+        assert!(r.leaks.verdict.starts_with("not known yet"));
+        let text = r.render();
+        assert!(text.contains("state: running (pid 4242"), "{text}");
+        assert!(
+            text.contains("tasks finished: 1 of 10 (1 result lines); in flight: 1"),
+            "{text}"
+        );
+        drop(held);
+        assert_eq!(analyze(dir.path()).unwrap().state, RunState::Stopped);
     }
 }

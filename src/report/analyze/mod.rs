@@ -9,5 +9,6 @@ mod render;
 
 pub use collect::{analyze, dir_name};
 pub use model::{
-    FailureReason, LeakFinding, LeakReport, Percentiles, Report, ReportError, Tokens, TornLine,
+    FailureReason, LeakFinding, LeakReport, Percentiles, Report, ReportError, RunState, Tokens,
+    TornLine,
 };

@@ -50,7 +50,15 @@ pub enum ReportError {
 pub struct Report {
     pub name: String,
     pub dir: PathBuf,
-    /// Tasks in the plan, known only from `summary.json`.
+    /// Where the latest run stands.
+    pub state: RunState,
+    /// The pid of the convoy running it (`state` = `running`).
+    pub pid: Option<String>,
+    /// When the latest run started (from `run.json`; older directories
+    /// lack it).
+    pub started_at: Option<String>,
+    /// Tasks in the latest run's plan (from `run.json`, else from
+    /// `summary.json`).
     pub total_tasks: Option<u64>,
     /// Distinct task ids with a result.
     pub finished: u64,
@@ -67,16 +75,31 @@ pub struct Report {
     pub steps: Option<Percentiles<u64>>,
     pub duration_s: Option<Percentiles<f64>>,
     pub leaks: LeakReport,
-    /// Ids in `turns.jsonl` without a result: in flight when the run stopped.
-    pub in_flight_when_stopped: u64,
+    /// Ids in `turns.jsonl` without a result: in flight now (`running`)
+    /// or when the run stopped.
+    pub in_flight: u64,
     pub torn_lines_ignored: u64,
     pub torn_lines: Vec<TornLine>,
+    /// This and the fields below come from `summary.json`, so only when it
+    /// describes the latest run (`state` = `finished`).
     pub stopped_because: Option<String>,
     /// Wall time of the whole run, from `summary.json`.
     pub run_duration_s: Option<f64>,
     pub exit_code: Option<i64>,
     /// The `llm` object of `summary.json`, passed through as written.
     pub llm: Option<Value>,
+}
+
+/// Where the latest run of a directory stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    /// A convoy holds the directory's lock now.
+    Running,
+    /// It ended and wrote `summary.json`.
+    Finished,
+    /// It ended without a summary: killed, or the machine went down.
+    Stopped,
 }
 
 /// A group of non-ok results whose errors read the same once numbers are
@@ -163,6 +186,7 @@ pub(super) struct UsageLine {
 #[serde(default)]
 pub(super) struct SummaryFile {
     pub(super) name: Option<String>,
+    pub(super) finished_at: Option<String>,
     pub(super) total_tasks: Option<u64>,
     pub(super) leaks: Option<SummaryLeaks>,
     pub(super) duration_s: Option<f64>,

@@ -2,19 +2,35 @@
 
 use serde_json::Value;
 
-use super::model::Report;
+use super::model::{Report, RunState};
 
 impl Report {
     /// The report as a person reads it in a terminal.
     pub fn render(&self) -> String {
         let mut s = format!("run: {} ({})\n", self.name, self.dir.display());
+        let since = self
+            .started_at
+            .as_deref()
+            .map_or_else(String::new, |t| format!(", started {t}"));
+        s.push_str(&match self.state {
+            RunState::Running => format!(
+                "state: running (pid {}{since})\n",
+                self.pid.as_deref().unwrap_or("unknown")
+            ),
+            RunState::Finished => format!("state: finished{since}\n"),
+            RunState::Stopped => format!("state: stopped before its end{since}\n"),
+        });
         let total = self
             .total_tasks
-            .map_or_else(|| "unknown total".to_string(), |t| format!("of {t}"));
+            .map_or_else(|| "of an unknown total".to_string(), |t| format!("of {t}"));
         s.push_str(&format!(
-            "tasks finished: {} {} ({} result lines)\n",
+            "tasks finished: {} {} ({} result lines)",
             self.finished, total, self.result_lines
         ));
+        if self.state == RunState::Running {
+            s.push_str(&format!("; in flight: {}", self.in_flight));
+        }
+        s.push('\n');
         if !self.counts.is_empty() {
             let counts: Vec<String> = self
                 .counts
@@ -83,10 +99,10 @@ impl Report {
                 .collect();
             s.push_str(&format!("  processes left running: {}\n", procs.join(", ")));
         }
-        if self.in_flight_when_stopped > 0 {
+        if self.state != RunState::Running && self.in_flight > 0 {
             s.push_str(&format!(
                 "in flight when the run stopped (partial trajectories kept): {}\n",
-                self.in_flight_when_stopped
+                self.in_flight
             ));
         }
         if self.torn_lines_ignored > 0 {

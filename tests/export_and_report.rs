@@ -1,15 +1,16 @@
-//! What trainers and their users get from a run directory: `convoy export`
+//! What trainers and people get from a run directory: `convoy export`
 //! never destroys an existing file on error, its rows render with a real
 //! tool-calling chat template (Qwen2.5's, written here) without
 //! double-encoded arguments, its sharegpt rows follow LLaMA-Factory's
-//! rules, and every run's summary is kept. Real binary, real tmux, real
-//! HTTP (the fake OpenAI server).
+//! rules; every run's summary is kept; `convoy report` of a run still
+//! going counts what is done and in flight, and reporting writes nothing.
+//! Real binary, real tmux, real HTTP (the fake OpenAI server).
 
 mod support;
 
 use serde_json::{json, Value};
 use support::fake_llm::FakeLlm;
-use support::{http_manifest, read_jsonl, script, script_job, stderr, TestJob, KEY};
+use support::{convoy_bin, http_manifest, read_jsonl, script, script_job, stderr, TestJob, KEY};
 
 const ENV: &[(&str, &str)] = &[("CONVOY_TEST_KEY", KEY)];
 
@@ -427,4 +428,111 @@ async fn a_resumed_run_keeps_every_summary_in_summaries_jsonl() {
     // summary.json is the latest run's: the history's last line.
     assert_eq!(job.summary(), history[1]);
     assert_ne!(history[0]["started_at"], history[1]["started_at"]);
+}
+
+/// Names, sizes and modification times of the files in `dir`.
+fn listing(dir: &std::path::Path) -> Vec<(String, u64, std::time::SystemTime)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let m = e.metadata().unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                m.len(),
+                m.modified().unwrap(),
+            )
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_of_a_running_run_counts_done_and_in_flight_and_writes_nothing() {
+    let job = TestJob::new();
+    job.tasks(
+        &(0..12)
+            .map(|i| json!({"id": format!("t{i:02}"), "commands": ["sleep 1"], "answer": "a"}))
+            .collect::<Vec<_>>(),
+    );
+    job.manifest(&script_job(
+        "kind = \"local\"\nworkdir = \"work\"",
+        "[run]\nworkers = 2\n",
+    ));
+    let mut run = job.spawn(convoy_bin(), &["run", "job.toml", "--out", "out"], &[]);
+    let pid = run.id().unwrap().to_string();
+    job.wait_for_results(2).await;
+    let names = |l: Vec<(String, u64, std::time::SystemTime)>| -> Vec<String> {
+        l.into_iter().map(|f| f.0).collect()
+    };
+    let before = names(listing(&job.path("out")));
+    // The run's own progress is the event: ask until a report has seen
+    // tasks in flight (between two of them, for an instant, none is).
+    let mut live = None;
+    for _ in 0..200 {
+        let out = job.convoy(&["report", "out", "--json"], &[]).await;
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+        if r["state"] != "running" {
+            break;
+        }
+        if r["in_flight"].as_u64().unwrap() > 0 {
+            live = Some(r);
+            break;
+        }
+    }
+    let live = live.expect("no report saw the run with tasks in flight");
+    assert_eq!(live["pid"], pid.as_str());
+    assert_eq!(live["total_tasks"], 12);
+    assert!(live["finished"].as_u64().unwrap() >= 2, "{live}");
+    assert!(live["in_flight"].as_u64().unwrap() <= 2, "{live}");
+    assert!(
+        live["leaks"]["verdict"]
+            .as_str()
+            .unwrap()
+            .starts_with("not known yet"),
+        "{live}"
+    );
+    let out = job.convoy(&["report", "out"], &[]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("state: running (pid {pid}")),
+        "{text}"
+    );
+    assert!(
+        text.contains("of 12 (") && text.contains("; in flight: "),
+        "{text}"
+    );
+    // Reporting added no file (only the run itself may, at its end).
+    let after: Vec<String> = names(listing(&job.path("out")))
+        .into_iter()
+        .filter(|n| !n.starts_with("summar"))
+        .collect();
+    assert_eq!(after, before);
+
+    let status = run.wait().await.unwrap();
+    assert_eq!(status.code(), Some(0));
+    let before = listing(&job.path("out"));
+    let out = job.convoy(&["report", "out", "--json"], &[]).await;
+    let done: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(done["state"], "finished");
+    assert_eq!(
+        (done["finished"].as_u64(), done["in_flight"].as_u64()),
+        (Some(12), Some(0))
+    );
+    assert_eq!(done["leaks"]["verdict"], "clean");
+    job.convoy(&["report", "out"], &[]).await;
+    assert_eq!(
+        listing(&job.path("out")),
+        before,
+        "report changed the run directory"
+    );
+    // On request, the chart goes where it is asked to.
+    let out = job.convoy(&["report", "out", "--chart=fds.svg"], &[]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(std::fs::read_to_string(job.path("fds.svg"))
+        .unwrap()
+        .contains("<polyline"));
+    assert_eq!(listing(&job.path("out")), before);
 }
