@@ -116,7 +116,7 @@ pub enum Command {
         #[arg(long, value_enum)]
         arguments: Option<crate::journal::ArgumentsAs>,
         /// Write here instead of stdout.
-        #[arg(long, short)]
+        #[arg(long, short, value_name = "FILE")]
         out: Option<PathBuf>,
     },
 

@@ -476,14 +476,7 @@ mod tests {
     #[test]
     fn in_flight_and_missing_summary() {
         let dir = run_dir(&format!("{}\n", result("a", "ok", 1, None)));
-        let turns = [
-            r#"{"id":"a","attempt":1,"turn":1,"partial":true,"messages":[]}"#,
-            r#"{"id":"b","attempt":1,"turn":1,"partial":true,"messages":[]}"#,
-            r#"{"id":"b","attempt":1,"turn":2,"partial":true,"messages":[]}"#,
-            r#"{"id":"c","attempt":1,"turn":1,"partial":true,"messages":[]}"#,
-        ]
-        .join("\n");
-        std::fs::write(dir.path().join("turns.jsonl"), turns + "\n").unwrap();
+        write_turns(dir.path(), &[("a", 1), ("b", 1), ("b", 2), ("c", 1)]);
         let r = analyze(dir.path()).unwrap();
         assert_eq!(r.in_flight, 2);
         assert_eq!(r.state, RunState::Stopped);
@@ -525,6 +518,19 @@ mod tests {
         assert_eq!(json["counts"]["failed"], 2);
     }
 
+    /// `turns.jsonl` with one partial turn per (id, turn).
+    fn write_turns(dir: &Path, turns: &[(&str, u32)]) {
+        let text: String = turns
+            .iter()
+            .map(|(id, turn)| {
+                let t = serde_json::json!({"id": id, "attempt": 1, "turn": turn, "partial": true,
+                                           "messages": []});
+                format!("{t}\n")
+            })
+            .collect();
+        std::fs::write(dir.join("turns.jsonl"), text).unwrap();
+    }
+
     fn write_run_info(dir: &Path, started_at: &str, total: u64) {
         let info = serde_json::json!({"pid": 1, "started_at": started_at, "total_tasks": total});
         std::fs::write(dir.join(RUN_INFO), info.to_string()).unwrap();
@@ -562,12 +568,7 @@ mod tests {
     fn a_held_lock_is_a_running_run_counted_as_done_and_in_flight() {
         use nix::fcntl::{Flock, FlockArg};
         let dir = run_dir(&format!("{}\n", result("a", "ok", 1, None)));
-        let turns = [
-            r#"{"id":"a","attempt":1,"turn":1,"partial":true,"messages":[]}"#,
-            r#"{"id":"b","attempt":1,"turn":1,"partial":true,"messages":[]}"#,
-        ]
-        .join("\n");
-        std::fs::write(dir.path().join("turns.jsonl"), turns + "\n").unwrap();
+        write_turns(dir.path(), &[("a", 1), ("b", 1)]);
         write_run_info(dir.path(), "2024-05-01T11:00:00.000Z", 10);
         let lock = dir.path().join("convoy.lock");
         std::fs::write(&lock, "4242\n").unwrap();
