@@ -36,15 +36,29 @@ pub fn main(cli: Cli) -> Exit {
     let result = match cli.command {
         Command::Run(args) => runtime.block_on(run(args)),
         Command::Validate { manifest } => validate(&manifest),
-        Command::Report { run_dir, json } => report(&run_dir, json),
+        Command::Report {
+            run_dir,
+            json,
+            chart,
+        } => report(&run_dir, json, chart),
         Command::Sweep => runtime.block_on(sweep()),
         Command::Merge { out, run_dirs } => merge(&out, &run_dirs),
         Command::Export {
             run_dir,
             only,
             keep_reasoning,
+            format,
+            arguments,
             out,
-        } => export(&run_dir, only, keep_reasoning, out.as_deref()),
+        } => {
+            let options = crate::journal::ExportOptions {
+                only,
+                keep_reasoning,
+                format,
+                arguments,
+            };
+            export(&run_dir, &options, out.as_deref())
+        }
         Command::Shim { root, keep_on_eof } => runtime
             .block_on(crate::workspace::channel::serve(root, keep_on_eof))
             .map(|()| Exit::Ok)
@@ -136,6 +150,7 @@ async fn run(args: RunArgs) -> Result<Exit, Failure> {
     let total = plan.len() as u64;
     let mut tally = Tally::default();
     let (plan, skipped) = resume_plan(plan, &previous, args.retry_failed, &mut tally);
+    journal.write_started(total).map_err(Failure::infra)?;
     if skipped > 0 {
         tracing::info!(
             "continuing {}: {skipped} tasks already done are skipped, {} to run{}",
@@ -337,18 +352,27 @@ fn resume_plan(
     (plan, skipped)
 }
 
-fn report(dir: &std::path::Path, json: bool) -> Result<Exit, Failure> {
+/// Prints the report; writes nothing unless `chart` asks for the chart
+/// (`Some(None)`: RUN_DIR/metrics.svg).
+fn report(
+    dir: &std::path::Path,
+    json: bool,
+    chart: Option<Option<PathBuf>>,
+) -> Result<Exit, Failure> {
     let report = crate::report::analyze(dir).map_err(Failure::invalid)?;
-    let chart = crate::report::write_chart(dir);
     if json {
         let text = serde_json::to_string_pretty(&report).map_err(Failure::infra)?;
         println!("{text}");
     } else {
         print!("{}", report.render());
     }
-    match chart {
-        Ok(path) => eprintln!("chart: {}", path.display()),
-        Err(e) => eprintln!("no chart: {e}"),
+    if let Some(path) = chart {
+        let path = path.unwrap_or_else(|| dir.join("metrics.svg"));
+        crate::report::write_chart(dir, &path).map_err(|e| match e {
+            crate::report::ReportError::Write { .. } => Failure::infra(e),
+            other => Failure::invalid(other),
+        })?;
+        eprintln!("chart: {}", path.display());
     }
     Ok(Exit::Ok)
 }
@@ -386,33 +410,33 @@ fn merge(out: &std::path::Path, dirs: &[PathBuf]) -> Result<Exit, Failure> {
     Ok(Exit::Ok)
 }
 
+/// Exports to stdout, or to `out` through an `AtomicFile`: any error
+/// leaves an existing file as it was.
 fn export(
     dir: &std::path::Path,
-    only: Vec<String>,
-    keep_reasoning: bool,
+    options: &crate::journal::ExportOptions,
     out: Option<&std::path::Path>,
 ) -> Result<Exit, Failure> {
-    use std::io::Write;
-    let options = crate::journal::ExportOptions {
-        only,
-        keep_reasoning,
-    };
-    let sink: Box<dyn Write> = match out {
-        Some(path) => Box::new(std::fs::File::create(path).map_err(|e| {
-            Failure::infra(anyhow::anyhow!("cannot write `{}`: {e}", path.display()))
-        })?),
-        None => Box::new(std::io::stdout().lock()),
-    };
-    let mut w = std::io::BufWriter::new(sink);
-    let stats = crate::journal::export(dir, &options, &mut w).map_err(|e| match e {
+    let failure = |e: crate::journal::ExportError| match e {
         crate::journal::ExportError::Write(_) => Failure::infra(e),
         other => Failure::invalid(other),
-    })?;
-    w.flush().map_err(Failure::infra)?;
-    eprintln!(
-        "exported {} conversations ({} skipped by status, {} without a trajectory)",
-        stats.written, stats.skipped_by_status, stats.missing_trajectory
-    );
+    };
+    let cannot_write = |path: &std::path::Path, e: std::io::Error| {
+        Failure::infra(anyhow::anyhow!("cannot write `{}`: {e}", path.display()))
+    };
+    let stats = match out {
+        Some(path) => {
+            let mut file =
+                crate::journal::AtomicFile::create(path).map_err(|e| cannot_write(path, e))?;
+            let stats = crate::journal::export(dir, options, file.file()).map_err(failure)?;
+            file.commit().map_err(|e| cannot_write(path, e))?;
+            stats
+        }
+        None => {
+            crate::journal::export(dir, options, &mut std::io::stdout().lock()).map_err(failure)?
+        }
+    };
+    eprintln!("{}", stats.render());
     Ok(Exit::Ok)
 }
 

@@ -49,17 +49,23 @@ pub enum Command {
         manifest: PathBuf,
     },
 
-    /// Summarise a run directory and chart its metrics.
+    /// Summarise a run directory (finished, killed or still running).
     ///
     /// Counts by status, the top failure reasons, tokens, steps and
-    /// duration percentiles, the leak verdict. Also writes RUN_DIR/metrics.svg, a chart of metrics.csv (open FDs,
-    /// tmux sessions, in-flight, done over time).
+    /// duration percentiles, the leak verdict. Of a run still going: what
+    /// is done and in flight so far (the leak verdict comes at its end).
+    /// Reads only: nothing is written unless --chart asks for the chart.
     Report {
         /// A run directory (what `convoy run` wrote).
         run_dir: PathBuf,
         /// Print the report as JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Also write a chart of metrics.csv (open FDs, tmux sessions,
+        /// in-flight, done over time) as SVG: to FILE, or without a value
+        /// to RUN_DIR/metrics.svg.
+        #[arg(long, value_name = "FILE", num_args = 0..=1, require_equals = true)]
+        chart: Option<Option<PathBuf>>,
     },
 
     /// Remove what crashed runs left on this host.
@@ -85,20 +91,32 @@ pub enum Command {
 
     /// Write SFT-ready JSONL for trainers.
     ///
-    /// The format TRL and similar trainers read: one
-    /// `{"messages": [...], "tools": [...]}` line per task.
+    /// One line per task (its final trajectory), as
+    /// `{"messages": [...], "tools": [...]}` (--format openai: TRL,
+    /// `apply_chat_template(messages, tools=tools)`) or as
+    /// `{"conversations": [...], "system": "...", "tools": "..."}`
+    /// (--format sharegpt: LLaMA-Factory). Tool results carry the tool's
+    /// `name`. With --out, FILE is replaced only once the export succeeded.
     Export {
         /// A run directory.
         run_dir: PathBuf,
         /// Only tasks whose final status is this (repeatable), e.g.
         /// `--only ok`. Default: every finished task.
-        #[arg(long)]
+        #[arg(long, value_name = "STATUS", value_parser = status_names())]
         only: Vec<String>,
         /// Keep `reasoning_content` in assistant messages.
         #[arg(long)]
         keep_reasoning: bool,
+        /// The shape of each line.
+        #[arg(long, value_enum, default_value_t)]
+        format: crate::journal::ExportFormat,
+        /// Tool call arguments as the JSON string OpenAI sends, or as the
+        /// object Hugging Face chat templates render with `tojson`.
+        /// Default: string for openai, object for sharegpt.
+        #[arg(long, value_enum)]
+        arguments: Option<crate::journal::ArgumentsAs>,
         /// Write here instead of stdout.
-        #[arg(long, short)]
+        #[arg(long, short, value_name = "FILE")]
         out: Option<PathBuf>,
     },
 
@@ -154,4 +172,9 @@ pub struct RunArgs {
     /// model, tools, agent settings, task rows) changed since it started.
     #[arg(long)]
     pub force: bool,
+}
+
+/// The statuses `export --only` accepts; clap names them in its error.
+fn status_names() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(crate::journal::Status::ALL.map(|s| s.as_str()))
 }

@@ -362,6 +362,10 @@ async fn report_and_export_of_a_real_run() {
     assert_eq!(report["counts"]["ok"], 18);
     assert_eq!(report["steps"]["max"], 3);
     assert_eq!(report["failure_reasons"][0]["count"], 2);
+    // Reporting reads only; the chart is written on request.
+    assert!(!job.path("out/metrics.svg").exists());
+    let out = job.convoy(&["report", "--chart", "out"], &[]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let svg = std::fs::read_to_string(job.path("out/metrics.svg")).unwrap();
     assert!(
         svg.starts_with("<svg") || svg.starts_with("<?xml"),

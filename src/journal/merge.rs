@@ -14,15 +14,14 @@
 //! something that looks like a finished merge.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use serde_json::{json, Map, Value};
-use tempfile::NamedTempFile;
 use thiserror::Error;
 
+use super::atomic::AtomicFile;
 use super::read::{read_final, Final, Finals, JournalReadError};
 
 #[derive(Debug, Error)]
@@ -165,17 +164,17 @@ pub fn merge(out: &Path, inputs: &[PathBuf]) -> Result<MergeStats, MergeError> {
     chosen.sort_by_key(|c| (c.input, line(c)));
 
     std::fs::create_dir_all(out).map_err(write_err(out))?;
-    let mut results_tmp = temp_in(out)?;
-    let mut trajectories_tmp = temp_in(out)?;
+    let out_trajectories = out.join("trajectories.jsonl");
+    let mut results_tmp = AtomicFile::create(&out_results).map_err(write_err(&out_results))?;
+    let mut trajectories_tmp =
+        AtomicFile::create(&out_trajectories).map_err(write_err(&out_trajectories))?;
     {
         let mut readers = inputs
             .iter()
             .map(|input| Ok((input.results.reader()?, input.trajectories.reader()?)))
             .collect::<Result<Vec<_>, JournalReadError>>()?;
-        let out_trajectories = out.join("trajectories.jsonl");
-        let mut results_w = BufWriter::with_capacity(256 * 1024, results_tmp.as_file_mut());
-        let mut trajectories_w =
-            BufWriter::with_capacity(256 * 1024, trajectories_tmp.as_file_mut());
+        let mut results_w = BufWriter::with_capacity(256 * 1024, results_tmp.file());
+        let mut trajectories_w = BufWriter::with_capacity(256 * 1024, trajectories_tmp.file());
         for c in &chosen {
             let input = &inputs[c.input];
             let entry = &input.results.entries()[c.entry];
@@ -210,27 +209,23 @@ pub fn merge(out: &Path, inputs: &[PathBuf]) -> Result<MergeStats, MergeError> {
     });
     let summary = serde_json::to_string_pretty(&summary).expect("a json value serializes") + "\n";
 
-    let mut files = vec![("trajectories.jsonl", trajectories_tmp)];
+    let mut files = vec![trajectories_tmp];
     for (name, bytes) in [
         ("manifest.toml", manifest.as_slice()),
         ("fingerprint.json", fingerprint.0.as_slice()),
         ("merge.json", summary.as_bytes()),
     ] {
-        let mut tmp = temp_in(out)?;
-        tmp.write_all(bytes).map_err(write_err(&out.join(name)))?;
-        files.push((name, tmp));
+        let path = out.join(name);
+        let mut tmp = AtomicFile::create(&path).map_err(write_err(&path))?;
+        tmp.file().write_all(bytes).map_err(write_err(&path))?;
+        files.push(tmp);
     }
     // Last, see the module docs.
-    files.push(("results.jsonl", results_tmp));
-    for (name, tmp) in files {
-        let path = out.join(name);
-        tmp.as_file().sync_all().map_err(write_err(&path))?;
-        tmp.persist(&path).map_err(|e| write_err(&path)(e.error))?;
+    files.push(results_tmp);
+    for tmp in files {
+        let path = tmp.path().to_path_buf();
+        tmp.commit().map_err(write_err(&path))?;
     }
-    // Make the renames themselves durable.
-    File::open(out)
-        .and_then(|d| d.sync_all())
-        .map_err(write_err(out))?;
     Ok(stats)
 }
 
@@ -290,13 +285,6 @@ fn finished_at(inputs: &[Input], c: &Choice) -> Result<SystemTime, JournalReadEr
                 "expected `finished_at` as an RFC 3339 UTC time, to choose between duplicates",
             )
         })
-}
-
-fn temp_in(dir: &Path) -> Result<NamedTempFile, MergeError> {
-    tempfile::Builder::new()
-        .prefix(".merge-")
-        .tempfile_in(dir)
-        .map_err(write_err(dir))
 }
 
 fn write_line(w: &mut impl Write, line: &[u8]) -> std::io::Result<()> {

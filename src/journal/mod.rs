@@ -1,7 +1,8 @@
 //! The run directory: manifest snapshot and fingerprint, `results.jsonl`,
-//! `trajectories.jsonl`, `turns.jsonl` (partial), `summary.json`; resume,
+//! `trajectories.jsonl`, `turns.jsonl` (partial), `summary.json` and `summaries.jsonl`, `run.json`; resume,
 //! the lock, export and merge.
 
+mod atomic;
 mod export;
 mod fingerprint;
 mod merge;
@@ -9,9 +10,10 @@ mod read;
 mod record;
 mod writer;
 
-pub use export::{export, ExportError, ExportOptions, ExportStats};
+pub use atomic::{write_atomically, AtomicFile};
+pub use export::{export, ArgumentsAs, ExportError, ExportFormat, ExportOptions, ExportStats};
 pub use fingerprint::Fingerprint;
 pub use merge::{merge, MergeError, MergeStats};
 pub use read::{read_final, Final, FinalReader, Finals, JournalReadError};
 pub use record::{Status, TaskRecord};
-pub use writer::{Journal, JournalError, Previous};
+pub use writer::{lock_holder, Journal, JournalError, Previous, RunInfo, RUN_INFO};

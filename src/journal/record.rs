@@ -16,6 +16,15 @@ pub enum Status {
 }
 
 impl Status {
+    /// Every status, in the order messages list them.
+    pub const ALL: [Status; 5] = [
+        Status::Ok,
+        Status::Failed,
+        Status::Timeout,
+        Status::MaxSteps,
+        Status::ContextLimit,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Ok => "ok",

@@ -50,6 +50,21 @@ const RESULTS: &str = "results.jsonl";
 const TRAJECTORIES: &str = "trajectories.jsonl";
 const TURNS: &str = "turns.jsonl";
 const LOCK: &str = "convoy.lock";
+const SUMMARIES: &str = "summaries.jsonl";
+/// The latest invocation: written when it starts, so `convoy report` can
+/// tell a run still going (or one killed) from the one `summary.json`
+/// describes.
+pub const RUN_INFO: &str = "run.json";
+
+/// `run.json`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct RunInfo {
+    pub pid: u32,
+    /// RFC 3339, UTC.
+    pub started_at: String,
+    /// Tasks in this invocation's plan (after `--shard` and `--limit`).
+    pub total_tasks: u64,
+}
 
 /// The run directory, open for appending. Holds the directory's lock for
 /// as long as it lives (an flock: a killed convoy releases it too).
@@ -219,8 +234,34 @@ impl Journal {
         Ok(())
     }
 
-    /// Writes `summary.json` (atomically: temp file, then rename).
+    /// Records that this invocation started, with its plan's size
+    /// (`run.json`, atomically).
+    pub fn write_started(&self, total_tasks: u64) -> Result<(), JournalError> {
+        let info = RunInfo {
+            pid: std::process::id(),
+            started_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            total_tasks,
+        };
+        let text = serde_json::to_string_pretty(&info).expect("run info serializes");
+        write_atomically(&self.dir.join(RUN_INFO), &(text + "\n"))
+    }
+
+    /// Writes `summary.json`, this run's summary (atomically: temp file,
+    /// then rename), and appends it as one line to `summaries.jsonl`, the
+    /// directory's history: a resumed job keeps every run's summary there.
     pub fn write_summary(&self, summary: &impl Serialize) -> Result<(), JournalError> {
+        let history = self.dir.join(SUMMARIES);
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&history)
+            .map_err(io(&history))?;
+        // One write of the whole line: a crash leaves at most a torn last
+        // line, which readers of JSONL files here ignore.
+        let line = serde_json::to_string(summary).expect("summary serializes") + "\n";
+        f.write_all(line.as_bytes())
+            .and_then(|()| f.sync_data())
+            .map_err(io(&history))?;
         let text = serde_json::to_string_pretty(summary).expect("summary serializes");
         write_atomically(&self.dir.join("summary.json"), &(text + "\n"))
     }
@@ -293,6 +334,28 @@ fn lock(dir: &Path) -> Result<Flock<File>, JournalError> {
     }
 }
 
+/// Who holds the lock of run directory `dir` (its pid, as the holder wrote
+/// it), or `None` when no convoy is running there. Opens the lock file
+/// read-only, never creates it.
+///
+/// It asks by taking a shared lock for an instant: a `convoy run` starting
+/// on `dir` in that instant would be refused as if another run held it, a
+/// window of microseconds that only a report racing a start can hit.
+pub fn lock_holder(dir: &Path) -> Option<String> {
+    let path = dir.join(LOCK);
+    let file = File::open(&path).ok()?;
+    match Flock::lock(file, FlockArg::LockSharedNonblock) {
+        Ok(_free) => None,
+        Err((_, Errno::EWOULDBLOCK)) => Some(
+            std::fs::read_to_string(&path)
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+        ),
+        Err(_) => None,
+    }
+}
+
 /// Cuts a torn last line (bytes after the last newline: a write that a
 /// crash interrupted). Returns the bytes dropped.
 fn repair_tail(path: &Path) -> Result<u64, JournalError> {
@@ -316,7 +379,7 @@ fn repair_tail(path: &Path) -> Result<u64, JournalError> {
 
 /// Cuts the torn last lines a killed run left.
 fn repair(dir: &Path, previous: &mut Previous) -> Result<(), JournalError> {
-    for name in [RESULTS, TRAJECTORIES, TURNS] {
+    for name in [RESULTS, TRAJECTORIES, TURNS, SUMMARIES] {
         let dropped = repair_tail(&dir.join(name))?;
         if dropped > 0 {
             tracing::warn!(
@@ -397,12 +460,7 @@ fn read_records(dir: &Path) -> Result<(HashMap<String, TaskRecord>, u64), Journa
 /// Writes `text` to `path` through a temp file and a rename, so a crash
 /// leaves the old file or the new one, never half of one.
 fn write_atomically(path: &Path, text: &str) -> Result<(), JournalError> {
-    let tmp = path.with_extension("tmp");
-    let mut f = File::create(&tmp).map_err(io(&tmp))?;
-    f.write_all(text.as_bytes())
-        .and_then(|()| f.sync_data())
-        .map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
+    super::atomic::write_atomically(path, text.as_bytes()).map_err(io(path))
 }
 
 fn write_line(w: &mut impl Write, value: &impl Serialize) -> std::io::Result<()> {

@@ -7,8 +7,8 @@ mod progress;
 mod summary;
 
 pub use analyze::{
-    analyze, FailureReason, LeakFinding, LeakReport, Percentiles, Report, ReportError, Tokens,
-    TornLine,
+    analyze, FailureReason, LeakFinding, LeakReport, Percentiles, Report, ReportError, RunState,
+    Tokens, TornLine,
 };
 pub use chart::write_chart;
 pub use progress::Progress;

@@ -1,21 +1,9 @@
-//! `metrics.svg`: the monitor's samples (`metrics.csv`) drawn as four
-//! stacked panels over elapsed time, so a leak or a stall shows at a
-//! glance: convoy's open FDs, tmux sessions and workspace processes, what
-//! is in flight, and completions.
-//!
-//! The SVG is written by hand rather than with a plotting crate: a handful
-//! of polylines, lines and labels does not justify a new dependency, and
-//! the output must be self-contained (no scripts, no web fonts) so it opens
-//! anywhere, including as a CI artefact.
-//!
-//! Columns are found by header name, so samplers that add columns (or an
-//! old run that lacks one) still chart: a missing column is just not drawn.
+//! Drawing the chart: panel layout, nice axis ticks, polylines thinned for
+//! long runs, legends, all as self-contained SVG text.
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
 
-use super::analyze::{dir_name, ReportError};
+use super::metrics::Metrics;
 
 const WIDTH: f64 = 900.0;
 const HEIGHT: f64 = 800.0;
@@ -31,16 +19,16 @@ const TITLE_ROW: f64 = 24.0;
 const PANEL_GAP: f64 = 14.0;
 const PLOT_W: f64 = WIDTH - LEFT - RIGHT;
 
-struct SeriesSpec {
-    column: &'static str,
-    label: &'static str,
-    color: &'static str,
-    dashed: bool,
+pub(super) struct SeriesSpec {
+    pub(super) column: &'static str,
+    pub(super) label: &'static str,
+    pub(super) color: &'static str,
+    pub(super) dashed: bool,
 }
 
-struct PanelSpec {
-    title: &'static str,
-    series: &'static [SeriesSpec],
+pub(super) struct PanelSpec {
+    pub(super) title: &'static str,
+    pub(super) series: &'static [SeriesSpec],
 }
 
 const fn line(column: &'static str, label: &'static str, color: &'static str) -> SeriesSpec {
@@ -52,7 +40,7 @@ const fn line(column: &'static str, label: &'static str, color: &'static str) ->
     }
 }
 
-const PANELS: &[PanelSpec] = &[
+pub(super) const PANELS: &[PanelSpec] = &[
     PanelSpec {
         title: "convoy open FDs",
         series: &[line("open_fds", "open FDs", "#1f77b4")],
@@ -86,114 +74,6 @@ const PANELS: &[PanelSpec] = &[
         ],
     },
 ];
-
-/// The samples of `metrics.csv` that the chart uses.
-struct Metrics {
-    elapsed: Vec<f64>,
-    /// Per charted column present in the header; `None` for an empty cell.
-    columns: HashMap<&'static str, Vec<Option<f64>>>,
-    torn_row: bool,
-}
-
-/// Reads `dir/metrics.csv` and writes `dir/metrics.svg`; returns the SVG's
-/// path.
-pub fn write_chart(dir: &Path) -> Result<PathBuf, ReportError> {
-    let csv_path = dir.join("metrics.csv");
-    let metrics = read_metrics(&csv_path)?;
-    let svg = render_svg(&dir_name(dir), &metrics);
-    let out = dir.join("metrics.svg");
-    std::fs::write(&out, svg).map_err(|source| ReportError::Write {
-        path: out.clone(),
-        source,
-    })?;
-    Ok(out)
-}
-
-fn read_metrics(path: &Path) -> Result<Metrics, ReportError> {
-    let bytes = std::fs::read(path).map_err(|source| ReportError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let line_err = |line: u64, message: String| ReportError::Line {
-        path: path.to_path_buf(),
-        line,
-        message,
-    };
-    // Flexible, so a short torn last row reaches the check below instead of
-    // failing the read; short rows elsewhere are rejected there.
-    let mut reader = csv::ReaderBuilder::new()
-        .flexible(true)
-        .from_reader(bytes.as_slice());
-    let header = reader
-        .headers()
-        .map_err(|e| line_err(1, format!("invalid header: {e}")))?
-        .clone();
-    let index = |name: &str| header.iter().position(|h| h.trim() == name);
-    let x_col = index("elapsed_s").ok_or_else(|| ReportError::MissingColumn {
-        path: path.to_path_buf(),
-        column: "elapsed_s".into(),
-    })?;
-    let wanted: Vec<(&'static str, usize)> = PANELS
-        .iter()
-        .flat_map(|p| p.series)
-        .filter_map(|s| Some((s.column, index(s.column)?)))
-        .collect();
-
-    let mut rows = Vec::new();
-    for rec in reader.records() {
-        let rec = rec.map_err(|e| {
-            let line = e.position().map_or(0, |p| p.line());
-            line_err(line, format!("invalid row: {e}"))
-        })?;
-        let line = rec.position().map_or(0, |p| p.line());
-        rows.push((line, rec));
-    }
-    // The sampler ends every row with a newline, so a file that does not
-    // end with one was cut mid-row by a crash. The row may still parse (a
-    // number cut short is still a number), so it is dropped either way;
-    // losing one sample costs the chart nothing.
-    let torn_row = !bytes.ends_with(b"\n") && rows.pop().is_some();
-
-    let mut metrics = Metrics {
-        elapsed: Vec::with_capacity(rows.len()),
-        columns: wanted
-            .iter()
-            .map(|&(name, _)| (name, Vec::with_capacity(rows.len())))
-            .collect(),
-        torn_row,
-    };
-    for (line, rec) in &rows {
-        if rec.len() != header.len() {
-            return Err(line_err(
-                *line,
-                format!("expected {} fields, found {}", header.len(), rec.len()),
-            ));
-        }
-        let cell = |col: usize, name: &str| -> Result<Option<f64>, ReportError> {
-            let text = rec.get(col).unwrap_or("").trim();
-            if text.is_empty() {
-                return Ok(None);
-            }
-            match text.parse::<f64>() {
-                Ok(v) if v.is_finite() => Ok(Some(v)),
-                _ => Err(line_err(
-                    *line,
-                    format!("`{name}` is not a number: `{text}`"),
-                )),
-            }
-        };
-        let x = cell(x_col, "elapsed_s")?
-            .ok_or_else(|| line_err(*line, "`elapsed_s` is empty".into()))?;
-        metrics.elapsed.push(x);
-        for &(name, col) in &wanted {
-            let v = cell(col, name)?;
-            if let Some(values) = metrics.columns.get_mut(name) {
-                values.push(v);
-            }
-        }
-    }
-    Ok(metrics)
-}
 
 /// The step between "nice" ticks (1, 2 or 5 times a power of ten) that
 /// covers 0..=`max` in 3 to 5 intervals.
@@ -276,7 +156,7 @@ fn svg_open(out: &mut String, height: f64) {
     );
 }
 
-fn render_svg(name: &str, m: &Metrics) -> String {
+pub(super) fn render_svg(name: &str, m: &Metrics) -> String {
     let mut out = String::new();
     let title = format!("convoy metrics: {name}");
     let panels: Vec<(&PanelSpec, Vec<&SeriesSpec>)> = PANELS
@@ -508,14 +388,16 @@ fn decimate(points: &[(f64, f64)]) -> Vec<(f64, f64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::report::analyze::ReportError;
+    use crate::report::write_chart;
 
     const HEADER: &str = "elapsed_s,open_fds,threads,rss_bytes,tmux_sessions,workspace_procs,workspace_fds,in_flight,done,failed,llm_in_flight,leaks";
 
     fn chart(csv: &str) -> String {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("metrics.csv"), csv).unwrap();
-        let path = write_chart(dir.path()).unwrap();
-        assert_eq!(path, dir.path().join("metrics.svg"));
+        let path = dir.path().join("metrics.svg");
+        write_chart(dir.path(), &path).unwrap();
         std::fs::read_to_string(path).unwrap()
     }
 
@@ -689,12 +571,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let bad = "elapsed_s,done\n0,1\n1,x\n2,3\n";
         std::fs::write(dir.path().join("metrics.csv"), bad).unwrap();
-        let err = write_chart(dir.path()).unwrap_err();
+        // An earlier chart survives a failed one.
+        let svg = dir.path().join("metrics.svg");
+        std::fs::write(&svg, "<svg>earlier</svg>").unwrap();
+        let err = write_chart(dir.path(), &svg).unwrap_err();
         assert!(err.to_string().contains("metrics.csv:3:"), "{err}");
 
         std::fs::write(dir.path().join("metrics.csv"), "done\n1\n").unwrap();
-        let err = write_chart(dir.path()).unwrap_err();
+        let err = write_chart(dir.path(), &svg).unwrap_err();
         assert!(matches!(err, ReportError::MissingColumn { .. }), "{err}");
+        assert_eq!(std::fs::read_to_string(&svg).unwrap(), "<svg>earlier</svg>");
     }
 
     #[test]
@@ -704,7 +590,8 @@ mod tests {
         let run = dir.path().join("x&<y>");
         std::fs::create_dir(&run).unwrap();
         std::fs::write(run.join("metrics.csv"), "elapsed_s,done\n0,1\n1,2\n").unwrap();
-        let svg = std::fs::read_to_string(write_chart(&run).unwrap()).unwrap();
+        write_chart(&run, &run.join("metrics.svg")).unwrap();
+        let svg = std::fs::read_to_string(run.join("metrics.svg")).unwrap();
         assert!(svg.contains("x&amp;&lt;y&gt;"));
     }
 

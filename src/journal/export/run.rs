@@ -1,32 +1,26 @@
-//! Exporting a run directory as training data: one JSONL line
-//! `{"messages": [...], "tools": [...]}` per task, the conversational format
-//! TRL's SFT trainer and similar tools read.
-//!
-//! Each task contributes its final result and final trajectory (last line
-//! per id, see `read`). Messages keep only the keys chat templates know:
-//! provider extras such as `refusal` or `annotations` would otherwise turn
-//! into columns, or template errors, in the trainer.
+//! The export driver: reads the final records of a run directory, filters
+//! them by status and writes one line per task in the chosen format.
 
 use std::io::{BufWriter, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 use thiserror::Error;
 
-use super::read::{read_final, JournalReadError};
-use super::Status;
+pub use super::messages::ArgumentsAs;
+use super::messages::{normalise, Counts};
+use crate::journal::read::{read_final, JournalReadError};
+use crate::journal::Status;
 
-/// Every status a result can have, for the filter's error message.
-const STATUSES: [Status; 5] = [
-    Status::Ok,
-    Status::Failed,
-    Status::Timeout,
-    Status::MaxSteps,
-    Status::ContextLimit,
-];
-
-/// The message keys chat templates use; everything else is dropped.
-const MESSAGE_KEYS: [&str; 5] = ["role", "content", "tool_calls", "tool_call_id", "name"];
+/// The shape of each exported line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// `{"messages", "tools"}` (TRL, `apply_chat_template`).
+    #[default]
+    Openai,
+    /// `{"conversations", "system", "tools"}` (LLaMA-Factory).
+    Sharegpt,
+}
 
 /// What to export.
 #[derive(Debug, Clone, Default)]
@@ -35,6 +29,20 @@ pub struct ExportOptions {
     pub only: Vec<String>,
     /// Keep assistant `reasoning_content`, for training reasoning models.
     pub keep_reasoning: bool,
+    pub format: ExportFormat,
+    /// How tool call arguments are written; `None`: strings for `openai`
+    /// (as OpenAI sends them), objects for `sharegpt` (as LLaMA-Factory
+    /// reads them).
+    pub arguments: Option<ArgumentsAs>,
+}
+
+impl ExportOptions {
+    fn arguments(&self) -> ArgumentsAs {
+        self.arguments.unwrap_or(match self.format {
+            ExportFormat::Openai => ArgumentsAs::String,
+            ExportFormat::Sharegpt => ArgumentsAs::Object,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -51,10 +59,54 @@ pub struct ExportStats {
     pub attempt_mismatch: usize,
     /// Torn last lines ignored, over both files.
     pub torn_lines: usize,
+    /// Tool calls whose arguments were asked for as objects but are not a
+    /// JSON object (the model wrote broken JSON): kept as the string.
+    pub arguments_kept_as_string: usize,
+    /// Tool results whose `tool_call_id` names no call: written without
+    /// `name`.
+    pub results_without_call: usize,
+    /// sharegpt: conversations whose turns do not alternate as
+    /// LLaMA-Factory requires (e.g. ending on a tool result), skipped.
+    pub not_alternating: usize,
+}
+
+impl ExportStats {
+    /// The line printed after an export.
+    pub fn render(&self) -> String {
+        let mut s = format!(
+            "exported {} conversations ({} skipped by status, {} without a trajectory",
+            self.written, self.skipped_by_status, self.missing_trajectory
+        );
+        if self.not_alternating > 0 {
+            s.push_str(&format!(
+                ", {} skipped for sharegpt: their turns do not alternate as LLaMA-Factory requires, e.g. they end on a tool result",
+                self.not_alternating
+            ));
+        }
+        s.push(')');
+        if self.arguments_kept_as_string > 0 {
+            s.push_str(&format!(
+                "; {} tool calls kept their arguments as a string: not a JSON object",
+                self.arguments_kept_as_string
+            ));
+        }
+        if self.results_without_call > 0 {
+            s.push_str(&format!(
+                "; {} tool results answer no call and have no `name`",
+                self.results_without_call
+            ));
+        }
+        if self.torn_lines > 0 {
+            s.push_str(&format!("; {} torn last lines ignored", self.torn_lines));
+        }
+        s
+    }
 }
 
 #[derive(Debug, Error)]
 pub enum ExportError {
+    #[error("run directory `{}` does not exist", .0.display())]
+    MissingDir(PathBuf),
     #[error(transparent)]
     Read(#[from] JournalReadError),
     #[error(
@@ -67,7 +119,7 @@ pub enum ExportError {
 }
 
 fn expected() -> String {
-    STATUSES.map(Status::as_str).join(", ")
+    Status::ALL.map(Status::as_str).join(", ")
 }
 
 /// Writes the training lines of the run directory `dir` to `out`, in the
@@ -79,11 +131,14 @@ pub fn export(
 ) -> Result<ExportStats, ExportError> {
     // A mistyped status would otherwise export nothing, silently.
     for status in &options.only {
-        if !STATUSES.iter().any(|s| s.as_str() == status) {
+        if !Status::ALL.iter().any(|s| s.as_str() == status) {
             return Err(ExportError::UnknownStatus {
                 status: status.clone(),
             });
         }
+    }
+    if !dir.is_dir() {
+        return Err(ExportError::MissingDir(dir.to_path_buf()));
     }
     let results = read_final(&dir.join("results.jsonl"))?;
     let trajectories = read_final(&dir.join("trajectories.jsonl"))?;
@@ -91,6 +146,7 @@ pub fn export(
         torn_lines: results.torn_lines() + trajectories.torn_lines(),
         ..ExportStats::default()
     };
+    let mut counts = Counts::default();
     let mut result_reader = results.reader()?;
     let mut trajectory_reader = trajectories.reader()?;
     let mut out = BufWriter::with_capacity(256 * 1024, out);
@@ -113,43 +169,57 @@ pub fn export(
                 stats.attempt_mismatch += 1;
             }
         }
-        let line = training_line(trajectory, options.keep_reasoning)
+        let line = training_line(trajectory, options, &mut counts)
             .map_err(|message| trajectories.error_at(t_entry, message))?;
+        let Some(line) = line else {
+            stats.not_alternating += 1;
+            continue;
+        };
         serde_json::to_writer(&mut out, &line)
             .map_err(|e| ExportError::Write(std::io::Error::from(e)))?;
         out.write_all(b"\n").map_err(ExportError::Write)?;
         stats.written += 1;
     }
     out.flush().map_err(ExportError::Write)?;
+    stats.arguments_kept_as_string = counts.arguments_kept_as_string;
+    stats.results_without_call = counts.results_without_call;
     Ok(stats)
 }
 
-/// The `{"messages", "tools"}` line of one trajectory record.
-fn training_line(trajectory: Value, keep_reasoning: bool) -> Result<Value, String> {
+/// The line of one trajectory record in the chosen format; `None` if the
+/// format cannot hold it (see `sharegpt`).
+fn training_line(
+    trajectory: Value,
+    options: &ExportOptions,
+    counts: &mut Counts,
+) -> Result<Option<Value>, String> {
     let Value::Object(mut record) = trajectory else {
         return Err("expected a trajectory object".to_string());
     };
     let Some(Value::Array(mut messages)) = record.remove("messages") else {
         return Err("expected an array `messages`".to_string());
     };
-    for (i, message) in messages.iter_mut().enumerate() {
-        let Value::Object(m) = message else {
-            return Err(format!("message {i} is not an object"));
-        };
-        m.retain(|key, _| {
-            MESSAGE_KEYS.contains(&key.as_str()) || (keep_reasoning && key == "reasoning_content")
-        });
-    }
+    normalise(
+        &mut messages,
+        options.keep_reasoning,
+        options.arguments(),
+        counts,
+    )?;
     // Every line gets a `tools` list, so a data set loader sees one schema
     // even when a trajectory had no tools.
     let tools = match record.remove("tools") {
         None | Some(Value::Null) => Value::Array(Vec::new()),
         Some(tools) => tools,
     };
-    let mut line = Map::new();
-    line.insert("messages".to_string(), Value::Array(messages));
-    line.insert("tools".to_string(), tools);
-    Ok(Value::Object(line))
+    match options.format {
+        ExportFormat::Openai => {
+            let mut line = Map::new();
+            line.insert("messages".to_string(), Value::Array(messages));
+            line.insert("tools".to_string(), tools);
+            Ok(Some(Value::Object(line)))
+        }
+        ExportFormat::Sharegpt => super::sharegpt::line(messages, &tools),
+    }
 }
 
 #[cfg(test)]
@@ -175,7 +245,7 @@ mod tests {
                     "refusal": null, "annotations": [],
                     "tool_calls": [{"id": "c1", "type": "function",
                                     "function": {"name": "sh", "arguments": "{}"}}]},
-                   {"role": "tool", "tool_call_id": "c1", "name": "sh", "content": "out"}
+                   {"role": "tool", "tool_call_id": "c1", "content": "out"}
                ],
                "tools": [{"type": "function", "function": {"name": "sh", "parameters": {}}}]})
     }
@@ -224,6 +294,7 @@ mod tests {
                 missing_trajectory: 1,
                 attempt_mismatch: 0,
                 torn_lines: 1,
+                ..ExportStats::default()
             }
         );
         let firsts: Vec<&Value> = out.iter().map(|l| &l["messages"][0]["content"]).collect();
@@ -238,11 +309,11 @@ mod tests {
             assistant.keys().collect::<Vec<_>>(),
             ["role", "content", "tool_calls"]
         );
-        assert_eq!(assistant["content"], Value::Null);
+        assert_eq!(assistant["content"], "");
         let tool = line["messages"][2].as_object().unwrap();
         assert_eq!(
             tool.keys().collect::<Vec<_>>(),
-            ["role", "tool_call_id", "name", "content"]
+            ["role", "content", "tool_call_id", "name"]
         );
         assert_eq!(line["tools"][0]["function"]["name"], "sh");
     }
@@ -252,7 +323,7 @@ mod tests {
         let dir = run_dir();
         let options = ExportOptions {
             only: vec!["ok".to_string()],
-            keep_reasoning: false,
+            ..ExportOptions::default()
         };
         let (stats, out) = run(dir.path(), &options);
         assert_eq!((stats.written, stats.skipped_by_status), (2, 1));
@@ -265,8 +336,8 @@ mod tests {
     fn keeps_reasoning_when_asked() {
         let dir = run_dir();
         let options = ExportOptions {
-            only: Vec::new(),
             keep_reasoning: true,
+            ..ExportOptions::default()
         };
         let (_, out) = run(dir.path(), &options);
         assert_eq!(out[0]["messages"][1]["reasoning_content"], "think");
@@ -296,10 +367,60 @@ mod tests {
         let dir = run_dir();
         let options = ExportOptions {
             only: vec!["okk".to_string()],
-            keep_reasoning: false,
+            ..ExportOptions::default()
         };
         let err = export(dir.path(), &options, &mut Vec::new()).unwrap_err();
         assert!(err.to_string().starts_with("unknown status `okk`"), "{err}");
+    }
+
+    #[test]
+    fn sharegpt_lines_with_object_arguments_by_default() {
+        let dir = run_dir();
+        let options = ExportOptions {
+            format: ExportFormat::Sharegpt,
+            ..ExportOptions::default()
+        };
+        let (stats, out) = run(dir.path(), &options);
+        // Each fixture conversation ends on a tool result: not alternating.
+        assert_eq!((stats.written, stats.not_alternating), (0, 3));
+        assert!(
+            stats.render().contains("3 skipped for sharegpt"),
+            "{}",
+            stats.render()
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("results.jsonl"),
+            lines(&[result("a", "ok", 1)]),
+        )
+        .unwrap();
+        let mut t = trajectory("a", 1, "go");
+        t["messages"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"role": "assistant", "content": "done", "tool_calls": []}));
+        std::fs::write(dir.path().join("trajectories.jsonl"), lines(&[t])).unwrap();
+        let (stats, out2) = run(dir.path(), &options);
+        assert!(out.is_empty());
+        assert_eq!(stats.written, 1);
+        let line = &out2[0];
+        assert_eq!(
+            line.as_object().unwrap().keys().collect::<Vec<_>>(),
+            ["conversations", "system", "tools"]
+        );
+        let turns = &line["conversations"];
+        assert_eq!(turns[1]["value"], "[{\"name\":\"sh\",\"arguments\":{}}]");
+        assert_eq!(turns[2]["name"], "sh");
+        assert_eq!(turns[3], json!({"from": "gpt", "value": "done"}));
+    }
+
+    #[test]
+    fn a_missing_run_directory_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope");
+        let err = export(&missing, &ExportOptions::default(), &mut Vec::new()).unwrap_err();
+        assert!(err.to_string().ends_with("nope` does not exist"), "{err}");
     }
 
     #[test]

@@ -1,196 +1,28 @@
-//! `convoy report RUN_DIR`: reads a run directory after the fact (finished,
-//! resumed or killed) and condenses it into a `Report` that prints as text
-//! or serialises as JSON.
+//! Reading a run directory into a `Report`.
 //!
 //! The files are read tolerantly because a run can stop at any instant:
 //! unknown fields are ignored, a missing `summary.json` or `turns.jsonl`
 //! only narrows what can be said, and the last line of a JSONL file may be
 //! cut by a crash mid-write. Anything else malformed is an error with the
 //! file and line, because silently skipping it would make the counts lie.
+//! Everything is opened read-only: reporting never changes the directory,
+//! and works on a run that is still going.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
-use thiserror::Error;
+use crate::journal::{lock_holder, read_final, Finals, RunInfo, RUN_INFO};
 
-use crate::journal::{read_final, Finals, JournalReadError};
+use super::model::{
+    FailureReason, LeakReport, Percentiles, Report, ReportError, ResultLine, RunState, SummaryFile,
+    SummaryLeaks, Tokens, TornLine,
+};
 
 /// Failure reasons kept in the report; the long tail is rarely actionable.
 const TOP_REASONS: usize = 5;
 /// A reason is cut to this many characters so one huge stack trace cannot
 /// swamp the report.
 const REASON_CHARS: usize = 120;
-
-#[derive(Debug, Error)]
-pub enum ReportError {
-    #[error("run directory `{}` does not exist", .0.display())]
-    MissingDir(PathBuf),
-    #[error("`{}` is not a run directory: it holds neither results.jsonl nor summary.json", .0.display())]
-    NotRunDir(PathBuf),
-    #[error("cannot read `{}`: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("cannot write `{}`: {source}", path.display())]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error(transparent)]
-    Journal(#[from] JournalReadError),
-    /// A bad row of metrics.csv.
-    #[error("{}:{line}: {message}", path.display())]
-    Line {
-        path: PathBuf,
-        line: u64,
-        message: String,
-    },
-    #[error("invalid `{}`: {source}", path.display())]
-    Summary {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
-    #[error("`{}` has no `{column}` column", path.display())]
-    MissingColumn { path: PathBuf, column: String },
-}
-
-/// Everything `convoy report` says about one run directory.
-#[derive(Debug, Clone, Serialize)]
-pub struct Report {
-    pub name: String,
-    pub dir: PathBuf,
-    /// Tasks in the plan, known only from `summary.json`.
-    pub total_tasks: Option<u64>,
-    /// Distinct task ids with a result.
-    pub finished: u64,
-    /// Lines read from `results.jsonl`, re-runs of the same id included.
-    pub result_lines: u64,
-    /// Final status per id, counted.
-    pub counts: BTreeMap<String, u64>,
-    pub failure_reasons: Vec<FailureReason>,
-    pub tokens: Tokens,
-    pub retries: u64,
-    /// Present only if some result recorded it (older runs did not).
-    pub invalid_tool_calls: Option<u64>,
-    /// `None` when no task finished.
-    pub steps: Option<Percentiles<u64>>,
-    pub duration_s: Option<Percentiles<f64>>,
-    pub leaks: LeakReport,
-    /// Ids in `turns.jsonl` without a result: in flight when the run stopped.
-    pub in_flight_when_stopped: u64,
-    pub torn_lines_ignored: u64,
-    pub torn_lines: Vec<TornLine>,
-    pub stopped_because: Option<String>,
-    /// Wall time of the whole run, from `summary.json`.
-    pub run_duration_s: Option<f64>,
-    pub exit_code: Option<i64>,
-    /// The `llm` object of `summary.json`, passed through as written.
-    pub llm: Option<Value>,
-}
-
-/// A group of non-ok results whose errors read the same once numbers are
-/// masked.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct FailureReason {
-    pub reason: String,
-    pub count: u64,
-    pub example_id: String,
-}
-
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
-pub struct Tokens {
-    pub prompt: u64,
-    pub completion: u64,
-    pub total: u64,
-    /// Means over finished tasks (0 when none finished).
-    pub mean_prompt: f64,
-    pub mean_completion: f64,
-    pub mean_total: f64,
-}
-
-/// Nearest-rank percentiles.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
-pub struct Percentiles<T> {
-    pub p50: T,
-    pub p90: T,
-    pub p99: T,
-    pub max: T,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct LeakReport {
-    /// `clean`, `leak`, or an `unknown (...)` sentence when there is no
-    /// summary to take it from.
-    pub verdict: String,
-    pub findings: Vec<LeakFinding>,
-    pub stray_sessions: Vec<String>,
-    pub stray_processes: Vec<Value>,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-#[serde(default)]
-pub struct LeakFinding {
-    pub rule: String,
-    pub at_s: f64,
-    pub detail: String,
-}
-
-/// A last line cut by a crash mid-write, left out of every count.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct TornLine {
-    pub file: String,
-    pub line: u64,
-}
-
-/// The fields of a `results.jsonl` line the report uses; `id` and `status`
-/// are required because a result without them cannot be counted.
-#[derive(Debug, Deserialize)]
-struct ResultLine {
-    id: String,
-    status: String,
-    #[serde(default)]
-    steps: u64,
-    #[serde(default)]
-    usage: UsageLine,
-    #[serde(default)]
-    duration_s: f64,
-    #[serde(default)]
-    error: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct UsageLine {
-    prompt_tokens: u64,
-    completion_tokens: u64,
-    total_tokens: Option<u64>,
-    retries: u64,
-    invalid_tool_calls: Option<u64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct SummaryFile {
-    name: Option<String>,
-    total_tasks: Option<u64>,
-    leaks: Option<SummaryLeaks>,
-    duration_s: Option<f64>,
-    stopped_because: Option<String>,
-    exit_code: Option<i64>,
-    llm: Option<Value>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct SummaryLeaks {
-    verdict: Option<String>,
-    findings: Vec<LeakFinding>,
-    stray_sessions: Vec<String>,
-    stray_processes: Vec<Value>,
-}
 
 /// Reads the run directory `dir` into a report.
 pub fn analyze(dir: &Path) -> Result<Report, ReportError> {
@@ -206,11 +38,33 @@ pub fn analyze(dir: &Path) -> Result<Report, ReportError> {
         return Err(ReportError::NotRunDir(dir.to_path_buf()));
     }
 
-    let summary = if has_summary {
-        Some(read_summary(&summary_path)?)
+    let summary: Option<SummaryFile> = if has_summary {
+        Some(read_json(&summary_path)?)
     } else {
         None
     };
+    let run_path = dir.join(RUN_INFO);
+    let run: Option<RunInfo> = if run_path.is_file() {
+        Some(read_json(&run_path)?)
+    } else {
+        None
+    };
+    let pid = lock_holder(dir);
+    let state = match (&pid, &summary) {
+        (Some(_), _) => RunState::Running,
+        (None, Some(s)) if describes_latest(s, run.as_ref()) => RunState::Finished,
+        (None, _) => RunState::Stopped,
+    };
+    // A summary of an earlier run says nothing about the latest one's
+    // leaks, wall time or exit.
+    let summary = summary.map(|s| match state {
+        RunState::Finished => s,
+        _ => SummaryFile {
+            name: s.name,
+            total_tasks: s.total_tasks,
+            ..SummaryFile::default()
+        },
+    });
 
     let mut torn_lines = Vec::new();
     let mut torn = |file: &str, f: &Finals| {
@@ -252,7 +106,10 @@ pub fn analyze(dir: &Path) -> Result<Report, ReportError> {
     Ok(Report {
         name: summary.name.clone().unwrap_or_else(|| dir_name(dir)),
         dir: dir.to_path_buf(),
-        total_tasks: summary.total_tasks,
+        state,
+        pid,
+        started_at: run.as_ref().map(|r| r.started_at.clone()),
+        total_tasks: run.map(|r| r.total_tasks).or(summary.total_tasks),
         finished: finals.len() as u64,
         result_lines,
         counts: count_statuses(&finals),
@@ -268,8 +125,8 @@ pub fn analyze(dir: &Path) -> Result<Report, ReportError> {
             finals.iter().map(|r| r.duration_s).collect(),
             f64::total_cmp,
         ),
-        leaks: leak_report(has_summary, summary.leaks),
-        in_flight_when_stopped: in_flight as u64,
+        leaks: leak_report(state, has_summary, summary.leaks),
+        in_flight: in_flight as u64,
         torn_lines_ignored: torn_lines.len() as u64,
         torn_lines,
         stopped_because: summary.stopped_because,
@@ -279,20 +136,39 @@ pub fn analyze(dir: &Path) -> Result<Report, ReportError> {
     })
 }
 
-fn read_summary(path: &Path) -> Result<SummaryFile, ReportError> {
+/// Reads `summary.json` or `run.json`. Both are written atomically (temp
+/// file, then rename), so unlike the JSONL files a broken one is not a
+/// crash artefact: it is an error.
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ReportError> {
     let text = std::fs::read(path).map_err(|source| ReportError::Read {
         path: path.to_path_buf(),
         source,
     })?;
-    // summary.json is written atomically (temp file, then rename), so unlike
-    // the JSONL files a broken one is not a crash artefact: it is an error.
     serde_json::from_slice(&text).map_err(|source| ReportError::Summary {
         path: path.to_path_buf(),
         source,
     })
 }
 
-pub(super) fn dir_name(dir: &Path) -> String {
+/// Whether `summary` is the latest run's: it finished after that run
+/// started (`run.json` is written as a run starts, the summary as it
+/// ends). Without `run.json` (older directories) the summary is all there
+/// is.
+fn describes_latest(summary: &SummaryFile, run: Option<&RunInfo>) -> bool {
+    let Some(run) = run else {
+        return true;
+    };
+    let time = |s: Option<&str>| s.and_then(|s| humantime::parse_rfc3339(s).ok());
+    match (
+        time(summary.finished_at.as_deref()),
+        time(Some(&run.started_at)),
+    ) {
+        (Some(end), Some(start)) => end >= start,
+        _ => false,
+    }
+}
+
+pub fn dir_name(dir: &Path) -> String {
     // `.` and `..` have no file name of their own; the absolute path does.
     let named = dir
         .file_name()
@@ -421,10 +297,20 @@ fn nearest_rank<T: Copy>(sorted: &[T], pct: u32) -> Option<T> {
     Some(sorted[rank - 1])
 }
 
-fn leak_report(has_summary: bool, leaks: Option<SummaryLeaks>) -> LeakReport {
-    if !has_summary {
+fn leak_report(state: RunState, has_summary: bool, leaks: Option<SummaryLeaks>) -> LeakReport {
+    let pending = match state {
+        RunState::Running => {
+            Some("not known yet: the run is still going (the verdict comes at its end)")
+        }
+        RunState::Stopped if has_summary => {
+            Some("unknown (the latest run did not finish; summary.json is an earlier run's)")
+        }
+        RunState::Stopped => Some("unknown (no summary.json: the run did not finish)"),
+        RunState::Finished => None,
+    };
+    if let Some(verdict) = pending {
         return LeakReport {
-            verdict: "unknown (no summary.json: the run did not finish)".into(),
+            verdict: verdict.into(),
             findings: Vec::new(),
             stray_sessions: Vec::new(),
             stray_processes: Vec::new(),
@@ -438,113 +324,6 @@ fn leak_report(has_summary: bool, leaks: Option<SummaryLeaks>) -> LeakReport {
         findings: leaks.findings,
         stray_sessions: leaks.stray_sessions,
         stray_processes: leaks.stray_processes,
-    }
-}
-
-impl Report {
-    /// The report as a person reads it in a terminal.
-    pub fn render(&self) -> String {
-        let mut s = format!("run: {} ({})\n", self.name, self.dir.display());
-        let total = self
-            .total_tasks
-            .map_or_else(|| "unknown total".to_string(), |t| format!("of {t}"));
-        s.push_str(&format!(
-            "tasks finished: {} {} ({} result lines)\n",
-            self.finished, total, self.result_lines
-        ));
-        if !self.counts.is_empty() {
-            let counts: Vec<String> = self
-                .counts
-                .iter()
-                .map(|(k, v)| format!("{k} {v}"))
-                .collect();
-            s.push_str(&format!("by status: {}\n", counts.join(", ")));
-        }
-        if !self.failure_reasons.is_empty() {
-            s.push_str("top failure reasons:\n");
-            for f in &self.failure_reasons {
-                s.push_str(&format!(
-                    "  {:>6}  {}  (e.g. {})\n",
-                    f.count, f.reason, f.example_id
-                ));
-            }
-        }
-        let t = &self.tokens;
-        s.push_str(&format!(
-            "tokens: {} prompt, {} completion, {} total; per task {:.0} prompt, {:.0} completion, {:.0} total\n",
-            t.prompt, t.completion, t.total, t.mean_prompt, t.mean_completion, t.mean_total
-        ));
-        s.push_str(&format!("LLM retries: {}", self.retries));
-        if let Some(n) = self.invalid_tool_calls {
-            s.push_str(&format!("; invalid tool calls: {n}"));
-        }
-        s.push('\n');
-        if let Some(p) = &self.steps {
-            s.push_str(&format!(
-                "steps: p50 {}, p90 {}, p99 {}, max {}\n",
-                p.p50, p.p90, p.p99, p.max
-            ));
-        }
-        if let Some(p) = &self.duration_s {
-            s.push_str(&format!(
-                "duration (s): p50 {:.1}, p90 {:.1}, p99 {:.1}, max {:.1}\n",
-                p.p50, p.p90, p.p99, p.max
-            ));
-        }
-        if let Some(d) = self.run_duration_s {
-            s.push_str(&format!("last run's wall time: {:.1}s\n", d));
-        }
-        if let Some(llm) = self
-            .llm
-            .clone()
-            .and_then(|v| serde_json::from_value::<crate::llm::LlmReport>(v).ok())
-        {
-            s.push_str(&llm.render());
-        }
-        s.push_str(&format!("leaks: {}\n", self.leaks.verdict));
-        for f in &self.leaks.findings {
-            s.push_str(&format!("  {} at {:.0}s: {}\n", f.rule, f.at_s, f.detail));
-        }
-        if !self.leaks.stray_sessions.is_empty() {
-            s.push_str(&format!(
-                "  sessions left open: {}\n",
-                self.leaks.stray_sessions.join(", ")
-            ));
-        }
-        if !self.leaks.stray_processes.is_empty() {
-            let procs: Vec<String> = self
-                .leaks
-                .stray_processes
-                .iter()
-                .map(Value::to_string)
-                .collect();
-            s.push_str(&format!("  processes left running: {}\n", procs.join(", ")));
-        }
-        if self.in_flight_when_stopped > 0 {
-            s.push_str(&format!(
-                "in flight when the run stopped (partial trajectories kept): {}\n",
-                self.in_flight_when_stopped
-            ));
-        }
-        if self.torn_lines_ignored > 0 {
-            let at: Vec<String> = self
-                .torn_lines
-                .iter()
-                .map(|t| format!("{} line {}", t.file, t.line))
-                .collect();
-            s.push_str(&format!(
-                "torn lines ignored: {} ({})\n",
-                self.torn_lines_ignored,
-                at.join(", ")
-            ));
-        }
-        if let Some(why) = &self.stopped_because {
-            s.push_str(&format!("stopped: {why}\n"));
-        }
-        if let Some(code) = self.exit_code {
-            s.push_str(&format!("exit code: {code}\n"));
-        }
-        s
     }
 }
 
@@ -697,16 +476,10 @@ mod tests {
     #[test]
     fn in_flight_and_missing_summary() {
         let dir = run_dir(&format!("{}\n", result("a", "ok", 1, None)));
-        let turns = [
-            r#"{"id":"a","attempt":1,"turn":1,"partial":true,"messages":[]}"#,
-            r#"{"id":"b","attempt":1,"turn":1,"partial":true,"messages":[]}"#,
-            r#"{"id":"b","attempt":1,"turn":2,"partial":true,"messages":[]}"#,
-            r#"{"id":"c","attempt":1,"turn":1,"partial":true,"messages":[]}"#,
-        ]
-        .join("\n");
-        std::fs::write(dir.path().join("turns.jsonl"), turns + "\n").unwrap();
+        write_turns(dir.path(), &[("a", 1), ("b", 1), ("b", 2), ("c", 1)]);
         let r = analyze(dir.path()).unwrap();
-        assert_eq!(r.in_flight_when_stopped, 2);
+        assert_eq!(r.in_flight, 2);
+        assert_eq!(r.state, RunState::Stopped);
         assert!(r.leaks.verdict.starts_with("unknown (no summary.json"));
         assert_eq!(r.total_tasks, None);
         assert!(r
@@ -743,5 +516,76 @@ mod tests {
         assert!(text.contains("stopped: ctrl-c"), "{text}");
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["counts"]["failed"], 2);
+    }
+
+    /// `turns.jsonl` with one partial turn per (id, turn).
+    fn write_turns(dir: &Path, turns: &[(&str, u32)]) {
+        let text: String = turns
+            .iter()
+            .map(|(id, turn)| {
+                let t = serde_json::json!({"id": id, "attempt": 1, "turn": turn, "partial": true,
+                                           "messages": []});
+                format!("{t}\n")
+            })
+            .collect();
+        std::fs::write(dir.join("turns.jsonl"), text).unwrap();
+    }
+
+    fn write_run_info(dir: &Path, started_at: &str, total: u64) {
+        let info = serde_json::json!({"pid": 1, "started_at": started_at, "total_tasks": total});
+        std::fs::write(dir.join(RUN_INFO), info.to_string()).unwrap();
+    }
+
+    #[test]
+    fn a_summary_of_an_earlier_run_is_not_the_latest_runs_verdict() {
+        let dir = run_dir(&format!("{}\n", result("a", "ok", 1, None)));
+        let summary = serde_json::json!({
+            "name": "job", "total_tasks": 3, "finished_at": "2024-05-01T10:00:05.000Z",
+            "exit_code": 1, "leaks": {"verdict": "clean"}
+        });
+        std::fs::write(dir.path().join("summary.json"), summary.to_string()).unwrap();
+        // The latest run started after that summary was written, and never
+        // wrote its own.
+        write_run_info(dir.path(), "2024-05-01T11:00:00.000Z", 7);
+        let r = analyze(dir.path()).unwrap();
+        assert_eq!(r.state, RunState::Stopped);
+        assert_eq!((r.total_tasks, r.exit_code), (Some(7), None));
+        assert!(r
+            .leaks
+            .verdict
+            .starts_with("unknown (the latest run did not finish"));
+        assert!(r
+            .render()
+            .contains("state: stopped before its end, started 2024-05-01T11:00:00.000Z"));
+        // Once it writes its summary, the summary is the latest run's.
+        write_run_info(dir.path(), "2024-05-01T10:00:00.000Z", 7);
+        let r = analyze(dir.path()).unwrap();
+        assert_eq!(r.state, RunState::Finished);
+        assert_eq!((r.exit_code, r.leaks.verdict.as_str()), (Some(1), "clean"));
+    }
+
+    #[test]
+    fn a_held_lock_is_a_running_run_counted_as_done_and_in_flight() {
+        use nix::fcntl::{Flock, FlockArg};
+        let dir = run_dir(&format!("{}\n", result("a", "ok", 1, None)));
+        write_turns(dir.path(), &[("a", 1), ("b", 1)]);
+        write_run_info(dir.path(), "2024-05-01T11:00:00.000Z", 10);
+        let lock = dir.path().join("convoy.lock");
+        std::fs::write(&lock, "4242\n").unwrap();
+        let file = std::fs::OpenOptions::new().write(true).open(&lock).unwrap();
+        let held = Flock::lock(file, FlockArg::LockExclusiveNonblock).unwrap();
+        let r = analyze(dir.path()).unwrap();
+        assert_eq!(r.state, RunState::Running);
+        assert_eq!(r.pid.as_deref(), Some("4242"));
+        assert_eq!((r.finished, r.in_flight, r.total_tasks), (1, 1, Some(10)));
+        assert!(r.leaks.verdict.starts_with("not known yet"));
+        let text = r.render();
+        assert!(text.contains("state: running (pid 4242"), "{text}");
+        assert!(
+            text.contains("tasks finished: 1 of 10 (1 result lines); in flight: 1"),
+            "{text}"
+        );
+        drop(held);
+        assert_eq!(analyze(dir.path()).unwrap().state, RunState::Stopped);
     }
 }

@@ -1,0 +1,14 @@
+//! `convoy report RUN_DIR`: reads a run directory (finished, resumed,
+//! killed, or still running) and condenses it into a `Report` that prints
+//! as text or serialises as JSON. `collect` reads, `model` is what it
+//! says, `render` prints it.
+
+mod collect;
+mod model;
+mod render;
+
+pub use collect::{analyze, dir_name};
+pub use model::{
+    FailureReason, LeakFinding, LeakReport, Percentiles, Report, ReportError, RunState, Tokens,
+    TornLine,
+};
