@@ -7,6 +7,8 @@
 
 mod load;
 mod schema;
+mod starter;
 
 pub use load::{load, Job, ManifestError, Problem};
 pub use schema::*;
+pub use starter::{write_starter, StarterError, JOB_TOML, TASKS_JSONL};
