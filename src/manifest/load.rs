@@ -193,25 +193,52 @@ fn plain_words(message: &str, key: &str) -> String {
         .iter()
         .find(|(k, _)| *k == key)
         .map_or(0, |(_, m)| *m);
-    let wanted = |rust: &str| -> Option<String> {
+    // An integer too large for its type is "invalid value: integer `N`".
+    let too_large = |found: &str, max: u64| {
+        found
+            .strip_prefix("integer `")
+            .and_then(|n| n.strip_suffix('`'))
+            .and_then(|n| n.parse::<u128>().ok())
+            .is_some_and(|n| n > max as u128)
+    };
+    let wanted = |rust: &str, found: &str| -> Option<String> {
+        let unsigned = |max: u64| {
+            if too_large(found, max) {
+                format!("a whole number from {min} to {max}")
+            } else {
+                format!("a whole number >= {min}")
+            }
+        };
         Some(match rust {
-            "u8" | "u16" | "u32" | "u64" | "usize" => format!("a whole number >= {min}"),
+            "u8" => unsigned(u8::MAX.into()),
+            "u16" => unsigned(u16::MAX.into()),
+            "u32" => unsigned(u32::MAX.into()),
+            "u64" | "usize" => unsigned(u64::MAX),
             "i8" | "i16" | "i32" | "i64" | "isize" if min > 0 => {
                 format!("a whole number >= {min}")
             }
             "i8" | "i16" | "i32" | "i64" | "isize" => "a whole number".to_string(),
             "f32" | "f64" => "a number".to_string(),
             "a boolean" => "true or false".to_string(),
+            "a duration" => "a duration such as \"30s\" or \"10m\"".to_string(),
+            "a map" => "a table".to_string(),
+            "a sequence" => "a list".to_string(),
+            r if r.starts_with("struct ") => "a table".to_string(),
             _ => return None,
         })
+    };
+    let found_words = |found: &str| match found {
+        "sequence" => "a list".to_string(),
+        "map" => "a table".to_string(),
+        other => other.to_string(),
     };
     for prefix in ["invalid type: ", "invalid value: "] {
         if let Some((found, expected)) = message
             .strip_prefix(prefix)
             .and_then(|rest| rest.rsplit_once(", expected "))
         {
-            let expected = wanted(expected).unwrap_or_else(|| expected.to_string());
-            return format!("must be {expected}, found {found}");
+            let expected = wanted(expected, found).unwrap_or_else(|| expected.to_string());
+            return format!("must be {expected}, found {}", found_words(found));
         }
     }
     message.to_string()
