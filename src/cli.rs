@@ -81,10 +81,10 @@ pub enum Command {
         json: bool,
     },
 
-    /// Write a starter job into DIR: an annotated job.toml and a three-row
-    /// tasks.jsonl that run offline as they are (`convoy run DIR/job.toml`).
+    /// Write a starter job (job.toml, tasks.jsonl) that runs offline.
     ///
-    /// The job uses the script provider and the local workspace; every
+    /// An annotated job.toml and a three-row tasks.jsonl that run as they
+    /// are: `convoy run DIR/job.toml`. The job uses the script provider and the local workspace; every
     /// other section of the manifest is there, commented, to switch to a
     /// real model or a Docker workspace. Existing files are never
     /// overwritten.

@@ -37,7 +37,7 @@ fn retrying_job(llm: &FakeLlm, tasks: usize, interval: &str) -> TestJob {
 /// terminal received.
 async fn on_a_terminal(job: &TestJob, args: &str, env: &str) -> Vec<u8> {
     let command = format!(
-        "stty cols 80 rows 40; exec env -u RUST_LOG {env} CONVOY_TEST_KEY={KEY} {} {args}",
+        "stty cols 80 rows 40; exec env -u RUST_LOG -u NO_COLOR TERM=xterm {env} CONVOY_TEST_KEY={KEY} {} {args}",
         convoy_bin()
     );
     let out = tokio::process::Command::new("script")
