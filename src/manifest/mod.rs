@@ -8,6 +8,7 @@
 mod load;
 mod schema;
 mod starter;
+mod wording;
 
 pub use load::{load, Job, ManifestError, Problem};
 pub use schema::*;
