@@ -145,6 +145,17 @@ impl Progress {
     }
 }
 
+/// A run that ends without `finish` (an error on the way) must not leave
+/// the bar ticking on screen, nor log lines routed around it.
+impl Drop for Progress {
+    fn drop(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            term::set_active_bar(None);
+            bar.abandon();
+        }
+    }
+}
+
 fn bar(total: u64, counts: Arc<Mutex<Counts>>, gauges: Arc<Mutex<Gauges>>) -> ProgressBar {
     let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
     // The gauges lock may be held by the monitor; never wait for it while
