@@ -176,6 +176,54 @@ mod tests {
         assert_eq!(d.workspace.nofile, m.workspace.nofile);
     }
 
+    /// Every key of every table, as serde's own "unknown field" error
+    /// lists them, appears in the starter (set or commented): a key added
+    /// to the schema must be added here too.
+    #[test]
+    fn every_key_of_the_schema_is_in_the_starter() {
+        let fields_of = |table: &str| -> Vec<String> {
+            let text = match table {
+                "" => format!("zzz_unknown = 1\n{JOB_TOML}"),
+                t => JOB_TOML.replace(&format!("[{t}]\n"), &format!("[{t}]\nzzz_unknown = 1\n")),
+            };
+            let err = toml::from_str::<Manifest>(&text).unwrap_err().to_string();
+            let list = err
+                .split("expected one of ")
+                .nth(1)
+                .or_else(|| err.split("expected ").nth(1))
+                .unwrap_or_else(|| panic!("{table}: {err}"));
+            list.split(", ")
+                .flat_map(|f| f.split(" or "))
+                .map(|f| {
+                    f.trim()
+                        .trim_matches(|c: char| c == '`' || c.is_whitespace())
+                        .to_string()
+                })
+                .filter(|f| !f.is_empty())
+                .collect()
+        };
+        for table in [
+            "",
+            "tasks",
+            "prompt",
+            "llm",
+            "agent",
+            "workspace",
+            "run",
+            "monitor",
+        ] {
+            let fields = fields_of(table);
+            assert!(!fields.is_empty(), "{table}");
+            for field in fields {
+                let written = JOB_TOML.lines().any(|l| {
+                    let l = l.strip_prefix('#').unwrap_or(l);
+                    l.starts_with(&format!("{field} ")) || l.starts_with(&format!("[{field}]"))
+                });
+                assert!(written, "`{table}.{field}` is not in the starter job.toml");
+            }
+        }
+    }
+
     #[test]
     fn refuses_to_overwrite_and_writes_nothing_then() {
         let d = tempfile::tempdir().unwrap();
