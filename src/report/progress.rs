@@ -128,15 +128,8 @@ impl Progress {
     /// plain line is printed), then the retries not yet summed up.
     pub fn finish(&mut self, t: &Tally, retries: &BTreeMap<String, u64>) {
         self.update(t);
-        term::set_active_bar(None);
         match self.bar.take() {
-            Some(bar) => {
-                bar.finish();
-                // The final state stays; what follows starts on a new line.
-                if !bar.is_hidden() {
-                    eprintln!();
-                }
-            }
+            Some(bar) => term::end_bar(&bar, false),
             None => self.print_line(),
         }
         if let Some(line) = self.retries.observe(Instant::now(), retries, true) {
@@ -150,8 +143,7 @@ impl Progress {
 impl Drop for Progress {
     fn drop(&mut self) {
         if let Some(bar) = self.bar.take() {
-            term::set_active_bar(None);
-            bar.abandon();
+            term::end_bar(&bar, true);
         }
     }
 }

@@ -44,6 +44,22 @@ pub(crate) fn set_active_bar(bar: Option<ProgressBar>) {
     *ACTIVE_BAR.lock().unwrap_or_else(|e| e.into_inner()) = bar;
 }
 
+/// Ends the active bar: its final state stays on screen (or, `abandon`ed,
+/// as it was) and what follows starts on a new line. Under the same lock
+/// as log lines, so none is written around a bar that is going away.
+pub(crate) fn end_bar(bar: &ProgressBar, abandon: bool) {
+    let mut slot = ACTIVE_BAR.lock().unwrap_or_else(|e| e.into_inner());
+    *slot = None;
+    if abandon {
+        bar.abandon();
+    } else {
+        bar.finish();
+    }
+    if !bar.is_hidden() {
+        let _ = writeln!(std::io::stderr());
+    }
+}
+
 /// Writes one line (a newline is added) to stderr above the progress bar.
 pub fn eprint_line(line: &str) {
     let _ = LogWriter.write_all(format!("{line}\n").as_bytes());
