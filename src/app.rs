@@ -22,7 +22,7 @@ use crate::workspace::{Workspace, WorkspaceError};
 
 /// Runs the command and returns the exit code; errors are printed here.
 pub fn main(cli: Cli) -> Exit {
-    init_tracing(&cli.log);
+    init_tracing(&cli);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -35,7 +35,9 @@ pub fn main(cli: Cli) -> Exit {
     };
     let result = match cli.command {
         Command::Run(args) => runtime.block_on(run(args)),
-        Command::Validate { manifest } => validate(&manifest),
+        Command::Validate { manifest, json } => validate(&manifest, json),
+        Command::Init { dir } => init(&dir),
+        Command::Completions { shell } => completions(shell),
         Command::Report {
             run_dir,
             json,
@@ -75,25 +77,76 @@ pub fn main(cli: Cli) -> Exit {
     }
 }
 
-fn init_tracing(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// Diagnostics on stderr at the level of `--log`, `-v`, `-q` (RUST_LOG
+/// wins), coloured per `--color`/NO_COLOR, written above the progress bar.
+fn init_tracing(cli: &Cli) {
+    let level = cli.log_level();
+    // Libraries one level quieter than convoy: -v is convoy's own detail,
+    // not every HTTP frame.
+    let libraries = match level {
+        "error" => "error",
+        "warn" | "info" => "warn",
+        "debug" => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("{libraries},convoy={level}"))
+    });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(crate::report::term::LogWriter)
+        .with_ansi(crate::report::term::init_color(cli.color))
         .with_target(false)
         .try_init();
+}
+
+/// `convoy init DIR`: the starter job.
+fn init(dir: &std::path::Path) -> Result<Exit, Failure> {
+    let files = manifest::write_starter(dir).map_err(|e| match e {
+        manifest::StarterError::Exists(_) => Failure::invalid(e),
+        other => Failure::infra(other),
+    })?;
+    for f in &files {
+        println!("wrote {}", f.display());
+    }
+    println!(
+        "run it: convoy run {}   (offline: script provider, local workspace)",
+        files[0].display()
+    );
+    Ok(Exit::Ok)
+}
+
+/// `convoy completions SHELL`: the completion script on stdout.
+fn completions(shell: clap_complete::Shell) -> Result<Exit, Failure> {
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    clap_complete::generate(shell, &mut cmd, "convoy", &mut std::io::stdout());
+    Ok(Exit::Ok)
+}
+
+/// The run directory: `--out`, else `run.out` (relative to the manifest),
+/// else `runs/{name}`.
+fn run_dir(args: &RunArgs, job: &Job) -> PathBuf {
+    match (&args.out, &job.manifest.run.out) {
+        (Some(o), _) => o.clone(),
+        (None, Some(o)) => job.resolve(o),
+        (None, None) => PathBuf::from("runs").join(&job.manifest.name),
+    }
 }
 
 /// Loads the manifest and builds the whole plan; nothing runs.
 fn load_plan(path: &std::path::Path) -> Result<(Job, Vec<tasks::Task>), Failure> {
     let job = manifest::load(path).map_err(Failure::invalid)?;
     let plan = tasks::plan(&job).map_err(Failure::invalid)?;
+    tracing::debug!(
+        "{}: {} tasks planned from `{}`",
+        job.path.display(),
+        plan.len(),
+        job.resolve(&job.manifest.tasks.source).display()
+    );
     Ok((job, plan))
 }
 
-fn validate(path: &std::path::Path) -> Result<Exit, Failure> {
+fn validate(path: &std::path::Path, json: bool) -> Result<Exit, Failure> {
     let (job, plan) = load_plan(path)?;
     Llm::new(&job.manifest.llm).map_err(Failure::invalid)?;
     let ws = &job.manifest.workspace;
@@ -106,41 +159,40 @@ fn validate(path: &std::path::Path) -> Result<Exit, Failure> {
             })
             .map_err(workspace_failure)?;
     }
-    println!(
-        "{}: valid; {} tasks (first `{}`, last `{}`), workspace {:?}",
-        path.display(),
-        plan.len(),
-        plan.first().map_or("", |t| &t.id),
-        plan.last().map_or("", |t| &t.id),
-        job.manifest.workspace.kind
-    );
+    let summary = crate::report::PlanSummary::new(&job, &plan, None);
+    if json {
+        let text = serde_json::to_string_pretty(&summary).map_err(Failure::infra)?;
+        println!("{text}");
+    } else {
+        println!("{}", summary.one_line());
+    }
     Ok(Exit::Ok)
 }
 
 async fn run(args: RunArgs) -> Result<Exit, Failure> {
     let (mut job, mut plan) = load_plan(&args.manifest)?;
     if let Some(w) = args.workers {
-        if w == 0 {
-            return Err(Failure::invalid(anyhow::anyhow!(
-                "--workers must be at least 1"
-            )));
-        }
-        job.manifest.run.workers = w as u32;
+        job.manifest.run.workers = w;
     }
     if let Some(shard) = args.shard {
         plan.retain(|t| shard.contains(&t.id));
         tracing::info!("shard {shard}: {} tasks", plan.len());
     }
     if let Some(limit) = args.limit {
-        plan.truncate(limit);
+        plan.truncate(limit as usize);
+    }
+    if args.dry_run {
+        let out = run_dir(&args, &job);
+        print!(
+            "{}",
+            crate::report::PlanSummary::new(&job, &plan, Some(&out)).render()
+        );
+        println!("dry run: nothing was created");
+        return Ok(Exit::Ok);
     }
     let llm = Llm::new(&job.manifest.llm).map_err(Failure::invalid)?;
     raise_nofile(&job)?;
-    let out = match (&args.out, &job.manifest.run.out) {
-        (Some(o), _) => o.clone(),
-        (None, Some(o)) => job.resolve(o),
-        (None, None) => PathBuf::from("runs").join(&job.manifest.name),
-    };
+    let out = run_dir(&args, &job);
     let tools = tool_schemas();
     let (journal, previous) =
         Journal::open(&out, &job, tools.clone(), args.force).map_err(|e| match e {
@@ -236,12 +288,19 @@ async fn run(args: RunArgs) -> Result<Exit, Failure> {
     let recorder = spawn_recorder(journal, rx, tally.clone(), progress.clone(), ctl.clone());
     let ticker = {
         let (tally, progress) = (tally.clone(), progress.clone());
+        // Weak: the ticker must not keep the context alive past the run.
+        let ctx = Arc::downgrade(&ctx);
         tokio::spawn(async move {
             let mut every = tokio::time::interval(std::time::Duration::from_millis(500));
             loop {
                 every.tick().await;
                 let t = tally.lock().expect("tally lock").clone();
-                progress.lock().expect("progress lock").update(&t);
+                let retries = ctx.upgrade().map(|c| c.llm.report().retries_by_reason);
+                let mut p = progress.lock().expect("progress lock");
+                p.update(&t);
+                if let Some(r) = retries {
+                    p.retries(&r);
+                }
             }
         })
     };
@@ -249,8 +308,12 @@ async fn run(args: RunArgs) -> Result<Exit, Failure> {
     scheduler::run(plan, ctx.clone(), ctl.clone(), tx).await;
     let (journal, recorded) = recorder.await.expect("the recorder thread does not panic");
     ticker.abort();
+    let _ = ticker.await;
     let tally = tally.lock().expect("tally lock").clone();
-    progress.lock().expect("progress lock").finish(&tally);
+    progress
+        .lock()
+        .expect("progress lock")
+        .finish(&tally, &ctx.llm.report().retries_by_reason);
 
     stop_monitor.cancel();
     let mut monitor = match monitor_task {
@@ -541,16 +604,16 @@ fn spawn_signal_handler(ctl: Arc<Control>, grace: std::time::Duration) {
         }
         ctl.interrupt();
         ctl.drain();
-        eprintln!(
+        crate::report::term::eprint_line(&format!(
             "interrupted: no new tasks start; in-flight conversations get {} to finish (signal again to stop them now)",
             humantime::format_duration(grace)
-        );
+        ));
         tokio::select! {
             _ = tokio::time::sleep(grace) => {}
             _ = int.recv() => {}
             _ = term.recv() => {}
         }
-        eprintln!("cancelling in-flight conversations");
+        crate::report::term::eprint_line("cancelling in-flight conversations");
         ctl.cancel();
     });
 }

@@ -15,12 +15,39 @@ use clap::{Parser, Subcommand};
 /// 3 leak detected (monitor.on_leak = "fail"), 4 infrastructure failure,
 /// 130 interrupted.
 #[derive(Debug, Parser)]
-#[command(name = "convoy", version, about, long_about)]
+#[command(
+    name = "convoy",
+    version,
+    about,
+    long_about,
+    after_help = "Start a job: `convoy init myjob && convoy run myjob/job.toml` \
+                  (runs offline as written; edit job.toml to point it at a model).\n\
+                  Check one without running it: `convoy validate job.toml` or `convoy run job.toml --dry-run`."
+)]
 pub struct Cli {
-    /// Log level for diagnostics on stderr (error, warn, info, debug, trace).
-    /// RUST_LOG, if set, wins.
-    #[arg(long, global = true, default_value = "info")]
+    /// Log level of diagnostics on stderr. RUST_LOG, if set, wins.
+    #[arg(long, global = true, value_name = "LEVEL", default_value = "info",
+          value_parser = ["error", "warn", "info", "debug", "trace"])]
     pub log: String,
+
+    /// More diagnostics: -v is debug (each LLM retry, ...), -vv trace.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+
+    /// Fewer diagnostics: -q is warnings and errors only, -qq errors only.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub quiet: u8,
+
+    /// Colour in diagnostics and the progress bar. `auto`: only when stderr
+    /// is a terminal and NO_COLOR is not set.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        value_name = "WHEN",
+        default_value = "auto"
+    )]
+    pub color: Color,
 
     #[command(subcommand)]
     pub command: Command,
@@ -45,8 +72,37 @@ pub enum Command {
     /// Parse and validate a manifest, read every task row and render every
     /// prompt; runs nothing.
     Validate {
-        /// The job manifest (TOML).
+        /// The job manifest (TOML); `-` reads it from stdin (relative paths
+        /// in it are then relative to the current directory).
         manifest: PathBuf,
+        /// Print the plan's summary as JSON (tasks, first and last ids,
+        /// workspace, endpoint).
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// Write a starter job (job.toml, tasks.jsonl) that runs offline.
+    ///
+    /// An annotated job.toml and a three-row tasks.jsonl that run as they
+    /// are: `convoy run DIR/job.toml`. The job uses the script provider and the local workspace; every
+    /// other section of the manifest is there, commented, to switch to a
+    /// real model or a Docker workspace. Existing files are never
+    /// overwritten.
+    Init {
+        /// Directory to write into (created if missing).
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
+
+    /// Print a shell completion script.
+    ///
+    /// bash: `convoy completions bash > ~/.local/share/bash-completion/completions/convoy`;
+    /// zsh: `convoy completions zsh > ~/.zfunc/_convoy` (with ~/.zfunc in fpath);
+    /// fish: `convoy completions fish > ~/.config/fish/completions/convoy.fish`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
     },
 
     /// Summarise a run directory (finished, killed or still running).
@@ -138,23 +194,62 @@ pub enum Command {
     },
 }
 
+/// When to colour diagnostics and the progress bar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Color {
+    Auto,
+    Always,
+    Never,
+}
+
+impl Cli {
+    /// The log level after `-v`/`-q`: each step moves one level from
+    /// `--log`, clamped to error..trace.
+    pub fn log_level(&self) -> &'static str {
+        const LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
+        let base = LEVELS.iter().position(|l| *l == self.log).unwrap_or(2) as i32;
+        let level = (base + self.verbose as i32 - self.quiet as i32).clamp(0, 4);
+        LEVELS[level as usize]
+    }
+}
+
+/// A count flag: a whole number from 1 to u32::MAX, said in words a user
+/// reads (clap's own range error names Rust's bounds).
+fn at_least_one(text: &str) -> Result<u32, String> {
+    let n: u64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a whole number >= 1"))?;
+    match u32::try_from(n) {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("{n} is too large (at most {})", u32::MAX)),
+    }
+}
+
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// The job manifest (TOML).
+    /// The job manifest (TOML); `-` reads it from stdin (relative paths in
+    /// it are then relative to the current directory).
     pub manifest: PathBuf,
 
     /// Run directory; overrides `run.out` of the manifest.
-    #[arg(long)]
+    #[arg(long, env = "CONVOY_OUT")]
     pub out: Option<PathBuf>,
 
     /// Conversations in flight at once; overrides `run.workers`.
-    #[arg(long)]
-    pub workers: Option<usize>,
+    #[arg(long, env = "CONVOY_WORKERS", value_name = "N", value_parser = at_least_one)]
+    pub workers: Option<u32>,
 
-    /// Run only the first N tasks (after `repeat` and `--shard`), e.g. for
-    /// a dry run.
+    /// Run only the first N tasks (after `repeat` and `--shard`), e.g. a
+    /// quick look at a new job.
+    #[arg(long, env = "CONVOY_LIMIT", value_name = "N", value_parser = at_least_one)]
+    pub limit: Option<u32>,
+
+    /// Print the plan (tasks, first and last ids, the first prompt, the
+    /// workspace and the endpoint) and stop: nothing is created.
     #[arg(long)]
-    pub limit: Option<usize>,
+    pub dry_run: bool,
 
     /// Run only the tasks whose id hashes to shard I of N (0-based: 0/4 ..
     /// 3/4). Stable across machines: a Slurm array or Kubernetes Indexed

@@ -57,8 +57,38 @@ impl Failure {
     }
 }
 
+/// The error and its causes, each cause once: many of our messages already
+/// quote their cause ("cannot read `x`: No such file or directory"), and
+/// the OS error must not follow a second time.
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:#}", self.error)
+        let mut text = self.error.to_string();
+        for cause in self.error.chain().skip(1) {
+            let cause = cause.to_string();
+            if !text.contains(&cause) {
+                text.push_str(": ");
+                text.push_str(&cause);
+            }
+        }
+        f.write_str(&text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_os_error_is_printed_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("cannot read `x`: {source}")]
+        struct Read {
+            source: std::io::Error,
+        }
+        let os = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let f = Failure::invalid(Read { source: os });
+        assert_eq!(f.to_string(), "cannot read `x`: entity not found");
+        let f = Failure::infra(anyhow::anyhow!("inner").context("outer"));
+        assert_eq!(f.to_string(), "outer: inner");
     }
 }

@@ -13,6 +13,8 @@ use support::{http_manifest, observations, script, stderr, TestJob, KEY};
 
 // Retries are logged at info level.
 const ENV: &[(&str, &str)] = &[("CONVOY_TEST_KEY", KEY), ("RUST_LOG", "info")];
+/// Each retry is a debug line (info has a summary per monitor interval).
+const ENV_DEBUG: &[(&str, &str)] = &[("CONVOY_TEST_KEY", KEY), ("RUST_LOG", "info,convoy=debug")];
 
 /// One task whose conversation is `turns`.
 fn one_task(job: &TestJob, turns: Value) {
@@ -32,7 +34,7 @@ async fn a_429_with_retry_after_is_waited_out_before_the_retry() {
         json!([{"content": "fine", "faults": [{"status": 429, "retry_after": "2"}]}]),
     );
     job.manifest(&http_manifest(&llm, "", ""));
-    let out = job.run(ENV).await;
+    let out = job.run(ENV_DEBUG).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let reqs = llm.requests();
     assert_eq!(
@@ -70,7 +72,7 @@ async fn bursts_of_503_stalls_and_broken_connections_are_retried() {
             .collect::<Vec<_>>(),
     );
     job.manifest(&http_manifest(&llm, "timeout = \"1s\"", ""));
-    let out = job.run(ENV).await;
+    let out = job.run(ENV_DEBUG).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let results = job.results();
     let retries = |id: &str| {

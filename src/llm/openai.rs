@@ -232,12 +232,12 @@ impl OpenAiClient {
                 .or_default() += 1;
             retries += 1;
             if waiting_out_outage {
-                tracing::info!("LLM request waits for the endpoint to come back: {detail}");
+                tracing::debug!("LLM request waits for the endpoint to come back: {detail}");
                 continue;
             }
             let wait = after.unwrap_or_else(|| backoff(spent));
             spent += 1;
-            tracing::info!(
+            tracing::debug!(
                 "LLM request retry {spent}/{} in {:.1}s: {detail}",
                 self.max_retries,
                 wait.as_secs_f64()

@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 use super::schema::{ChannelKind, Manifest, Provider, WorkspaceKind};
+#[cfg(test)]
+use super::wording::MINIMUMS;
+use super::wording::{key_at_line, line_of, line_of_key, plain_words, with_caret};
 
 /// A loaded, validated manifest and where it came from.
 #[derive(Debug, Clone)]
@@ -24,13 +27,21 @@ pub struct Job {
 impl Job {
     /// A manifest-relative path made usable from the current directory.
     pub fn resolve(&self, path: &Path) -> PathBuf {
-        if path.is_absolute() {
+        if path.is_absolute() || self.dir == Path::new(".") {
             path.to_path_buf()
         } else {
             self.dir.join(path)
         }
     }
+
+    /// The line of the manifest where `key` (dotted) is written, if it is.
+    pub fn line_of(&self, key: &str) -> Option<usize> {
+        line_of_key(&self.text, key)
+    }
 }
+
+/// How `convoy run -` names a manifest read from stdin.
+pub const STDIN_NAME: &str = "<stdin>";
 
 /// One problem in a manifest, located as precisely as we can.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,12 +88,31 @@ fn list(problems: &[Problem]) -> String {
     out
 }
 
-/// Reads, parses and validates the manifest at `path`.
+/// Reads, parses and validates the manifest at `path`; `-` reads it from
+/// stdin, and its relative paths are then relative to the current directory.
 pub fn load(path: &Path) -> Result<Job, ManifestError> {
+    if path == Path::new("-") {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).map_err(|source| {
+            ManifestError::Read {
+                path: PathBuf::from(STDIN_NAME),
+                source,
+            }
+        })?;
+        return from_text(Path::new(STDIN_NAME), Path::new("."), text);
+    }
     let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
         path: path.to_path_buf(),
         source,
     })?;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    from_text(path, dir, text)
+}
+
+fn from_text(path: &Path, dir: &Path, text: String) -> Result<Job, ManifestError> {
     let invalid = |problems| ManifestError::Invalid {
         path: path.to_path_buf(),
         problems,
@@ -92,49 +122,60 @@ pub fn load(path: &Path) -> Result<Job, ManifestError> {
     if !problems.is_empty() {
         return Err(invalid(problems));
     }
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-        .to_path_buf();
     Ok(Job {
         path: path.to_path_buf(),
-        dir,
+        dir: dir.to_path_buf(),
         text,
         manifest,
     })
 }
 
 fn parse(text: &str) -> Result<Manifest, Problem> {
+    if text.trim().is_empty() {
+        return Err(Problem {
+            line: None,
+            key: None,
+            message: "the manifest is empty (`convoy init` writes a starter job)".to_string(),
+        });
+    }
+    // A syntax error first: the serde error would lose the key it is in.
+    if let Err(e) = toml_edit::ImDocument::parse(text) {
+        let line = e.span().map(|s| line_of(text, s.start));
+        return Err(Problem {
+            line,
+            key: line.and_then(|l| key_at_line(text, l)),
+            message: with_caret(text, e.span(), e.message().trim()),
+        });
+    }
     let de = toml::Deserializer::new(text);
     serde_path_to_error::deserialize(de).map_err(|err| {
-        let key = err.path().to_string();
+        let path = err.path().to_string();
+        let path = (path != "." && !path.is_empty()).then_some(path);
         let inner = err.into_inner();
+        let message = inner.message().trim();
+        // "missing field `x`" in table `t` is key `t.x`, required.
+        if let Some(field) = message
+            .strip_prefix("missing field `")
+            .and_then(|m| m.strip_suffix('`'))
+        {
+            let key = match &path {
+                Some(table) => format!("{table}.{field}"),
+                None => field.to_string(),
+            };
+            let line = path.as_deref().and_then(|t| line_of_key(text, t));
+            return Problem {
+                line,
+                key: Some(key),
+                message: "is required".to_string(),
+            };
+        }
+        let message = plain_words(message, path.as_deref().unwrap_or(""));
         Problem {
             line: inner.span().map(|s| line_of(text, s.start)),
-            key: (key != "." && !key.is_empty()).then_some(key),
-            message: inner.message().trim().to_string(),
+            key: path,
+            message: with_caret(text, inner.span(), &message),
         }
     })
-}
-
-/// 1-based line of a byte offset.
-fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].matches('\n').count() + 1
-}
-
-/// Line where `key` (dotted path) is written, if it is written at all.
-fn line_of_key(text: &str, key: &str) -> Option<usize> {
-    let doc: toml_edit::ImDocument<&str> = toml_edit::ImDocument::parse(text).ok()?;
-    let mut item: &toml_edit::Item = doc.as_item();
-    let mut span = None;
-    for part in key.split('.') {
-        let table = item.as_table_like()?;
-        let (k, next) = table.get_key_value(part)?;
-        span = k.span().or_else(|| next.span());
-        item = next;
-    }
-    span.map(|s| line_of(text, s.start))
 }
 
 fn validate(m: &Manifest, text: &str) -> Vec<Problem> {
@@ -416,6 +457,93 @@ provider = "script"
         let p = problems("[run]\ntask_timeout = \"ten minutes\"\n");
         assert_eq!(p[0].key.as_deref(), Some("run.task_timeout"));
         assert_eq!(p[0].line, Some(10));
+    }
+
+    #[test]
+    fn syntax_error_keeps_line_caret_and_key() {
+        let text = "name = \"t\"\n[tasks]\nsource = \"t.jsonl\n[prompt]\nuser = \"x\"\n";
+        let p = parse(text).unwrap_err();
+        assert_eq!(p.line, Some(3));
+        assert_eq!(p.key.as_deref(), Some("tasks.source"));
+        assert!(
+            p.message
+                .contains("\n  3 | source = \"t.jsonl\n    |                  ^"),
+            "{}",
+            p.message
+        );
+        let p = problems("[run\nworkers = 1\n");
+        assert_eq!(p[0].line, Some(9));
+        assert!(p[0].message.contains("\n  9 | [run\n"), "{}", p[0].message);
+    }
+
+    #[test]
+    fn type_errors_use_the_manifest_words_not_rusts() {
+        let p = problems("[run]\nworkers = \"many\"\n");
+        assert_eq!(p[0].key.as_deref(), Some("run.workers"));
+        assert!(
+            p[0].message
+                .starts_with("must be a whole number >= 1, found string \"many\""),
+            "{}",
+            p[0].message
+        );
+        let p = problems("[run]\nworkers = -1\n");
+        assert!(
+            p[0].message
+                .starts_with("must be a whole number >= 1, found integer `-1`"),
+            "{}",
+            p[0].message
+        );
+        let p = problems("[workspace]\nkeep = 1\n");
+        assert!(
+            p[0].message.starts_with("must be true or false"),
+            "{}",
+            p[0].message
+        );
+        for p in [
+            problems("[run]\nworkers = 1.5\n"),
+            problems("[llm]\nmax_retries = -2\n"),
+        ] {
+            assert!(!p[0].message.contains("u32"), "{}", p[0].message);
+        }
+    }
+
+    #[test]
+    fn an_empty_manifest_says_so() {
+        assert!(parse("\n  \n")
+            .unwrap_err()
+            .message
+            .starts_with("the manifest is empty"));
+    }
+
+    #[test]
+    fn a_missing_key_is_named_with_its_table() {
+        let p = parse("name = \"t\"\n[tasks]\nid = \"x\"\n[prompt]\nuser = \"x\"\n[llm]\n")
+            .unwrap_err();
+        assert_eq!(p.key.as_deref(), Some("tasks.source"));
+        assert_eq!(p.line, Some(2));
+        assert_eq!(p.message, "is required");
+    }
+
+    #[test]
+    fn the_minimums_agree_with_validation() {
+        for (key, min) in MINIMUMS {
+            let (table, field) = key.split_once('.').unwrap();
+            let setting = format!("{field} = {}\n", min - 1);
+            let text = match table {
+                "tasks" => BASE.replace("[tasks]\n", &format!("[tasks]\n{setting}")),
+                "llm" => format!("{BASE}{setting}"),
+                _ => format!("{BASE}[{table}]\n{setting}"),
+            };
+            let p = match parse(&text) {
+                Err(p) => vec![p],
+                Ok(m) => validate(&m, &text),
+            };
+            assert!(
+                p.iter().any(|p| p.key.as_deref() == Some(key)),
+                "{key} = {} was accepted: {p:?}",
+                min - 1
+            );
+        }
     }
 
     #[test]

@@ -7,6 +7,9 @@
 
 mod load;
 mod schema;
+mod starter;
+mod wording;
 
 pub use load::{load, Job, ManifestError, Problem};
 pub use schema::*;
+pub use starter::{write_starter, StarterError, JOB_TOML, TASKS_JSONL};

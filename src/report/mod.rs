@@ -3,13 +3,17 @@
 
 mod analyze;
 mod chart;
+mod plan;
 mod progress;
+mod retries;
 mod summary;
+pub mod term;
 
 pub use analyze::{
     analyze, FailureReason, LeakFinding, LeakReport, Percentiles, Report, ReportError, RunState,
     Tokens, TornLine,
 };
 pub use chart::write_chart;
+pub use plan::PlanSummary;
 pub use progress::Progress;
 pub use summary::{LeakVerdict, MetricsSummary, Summary, Tally};

@@ -1,114 +1,425 @@
-//! Live progress. On a terminal: an indicatif bar with done/ok/failed,
-//! in-flight and ETA. Otherwise (cron, CI, a pipe): one plain line every
-//! few seconds, so logs stay readable.
+//! Live progress. On a terminal: one indicatif line with the elapsed time,
+//! a bar, done/total, ok/failed, in-flight, the monitor's gauges and the
+//! ETA, sized to the terminal (80 columns hold it). Otherwise (cron, CI, a
+//! pipe): one plain line every `monitor.interval`, so logs stay readable.
+//! Either way, LLM retries are summed up at most once per interval.
 
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::io::IsTerminal;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use std::sync::{Arc, Mutex};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-
+use super::retries::RetryDigest;
 use super::summary::Tally;
+use super::term;
 use crate::monitor::Gauges;
+
+/// What one status line shows.
+#[derive(Debug, Clone, Default)]
+pub struct Status {
+    pub elapsed: Duration,
+    pub done: u64,
+    pub total: u64,
+    pub ok: u64,
+    pub failed: u64,
+    pub in_flight: u64,
+    pub gauges: Gauges,
+    /// None until a task of this invocation has finished.
+    pub eta: Option<Duration>,
+}
+
+/// Counts the bar's draw callback reads; the gauges it reads live.
+#[derive(Debug, Default)]
+struct Counts {
+    done: u64,
+    ok: u64,
+    failed: u64,
+    in_flight: u64,
+    /// Tasks done before this invocation started (a continued run).
+    baseline: Option<u64>,
+}
 
 pub struct Progress {
     bar: Option<ProgressBar>,
+    counts: Arc<Mutex<Counts>>,
     gauges: Arc<Mutex<Gauges>>,
     total: u64,
     started: Instant,
     last_line: Instant,
     every: Duration,
+    retries: RetryDigest,
 }
 
 impl Progress {
     /// A bar when stderr is a terminal, plain lines every `every` otherwise.
     pub fn new(total: u64, every: Duration, gauges: Arc<Mutex<Gauges>>) -> Progress {
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
-            bar.set_style(
-                ProgressStyle::with_template(
-                    "{elapsed_precise} [{bar:30.cyan/blue}] {pos}/{len} {msg} eta {eta}",
-                )
-                .expect("valid template")
-                .progress_chars("=> "),
-            );
-            bar.enable_steady_tick(Duration::from_millis(200));
-            bar
-        });
+        let counts = Arc::new(Mutex::new(Counts::default()));
+        let bar = std::io::stderr()
+            .is_terminal()
+            .then(|| bar(total, counts.clone(), gauges.clone()));
+        term::set_active_bar(bar.clone());
         let now = Instant::now();
         Progress {
             bar,
+            counts,
             gauges,
             total,
             started: now,
             last_line: now,
             every,
+            retries: RetryDigest::new(every),
         }
     }
 
-    /// Shows the current counts; plain mode prints at most every `every`.
+    /// Takes the current counts; plain mode prints at most every `every`.
+    /// The bar redraws on its own tick, reading the gauges live.
     pub fn update(&mut self, t: &Tally) {
-        let counts = self.counts(t);
+        {
+            let mut c = self.counts.lock().expect("counts lock");
+            c.baseline.get_or_insert(t.done);
+            c.done = t.done;
+            c.ok = t.ok();
+            c.failed = t.not_ok();
+            c.in_flight = t.in_flight;
+        }
         match &self.bar {
-            Some(bar) => {
-                bar.set_position(t.done);
-                bar.set_message(counts);
-            }
+            Some(bar) => bar.set_position(t.done),
             None => {
                 if self.last_line.elapsed() >= self.every {
                     self.last_line = Instant::now();
-                    self.print_line(t, &counts);
+                    self.print_line();
                 }
             }
         }
     }
 
-    /// Task counts, then what the monitor saw last: convoy's FDs, tmux
-    /// sessions and workspace processes, LLM requests in flight against the
-    /// adaptive limit, and a loud LEAK once a rule tripped.
-    fn counts(&self, t: &Tally) -> String {
-        let g = self.gauges.lock().expect("gauges lock").clone();
-        let mut s = format!(
-            "ok {} failed {} in-flight {} | fds {} sessions {} procs {}",
-            t.ok(),
-            t.not_ok(),
-            t.in_flight,
-            g.open_fds,
-            g.tmux_sessions,
-            g.workspace_procs
-        );
-        if g.llm_limit > 0 {
-            s.push_str(&format!(" | llm {}/{}", g.llm_in_flight, g.llm_limit));
+    /// Logs (info) the LLM retries by reason since the last such line, at
+    /// most once per interval; `totals` are the job's counts so far.
+    pub fn retries(&mut self, totals: &BTreeMap<String, u64>) {
+        if let Some(line) = self.retries.observe(Instant::now(), totals, false) {
+            tracing::info!("{line}");
         }
-        if g.leaks > 0 {
-            s.push_str(&format!(" | LEAK x{}", g.leaks));
-        }
-        s
     }
 
-    fn print_line(&self, t: &Tally, counts: &str) {
-        let elapsed = self.started.elapsed().as_secs_f64();
-        let rate = t.done as f64 / elapsed.max(1e-9);
-        let eta = if rate > 0.0 {
-            format!("{:.0}s", (self.total.saturating_sub(t.done)) as f64 / rate)
-        } else {
-            "?".into()
-        };
-        eprintln!(
-            "progress: {}/{} done, {counts}, {rate:.1}/s, elapsed {elapsed:.0}s, eta {eta}",
-            t.done, self.total
-        );
+    fn status(&self) -> Status {
+        let c = self.counts.lock().expect("counts lock");
+        let gauges = self.gauges.lock().expect("gauges lock").clone();
+        let elapsed = self.started.elapsed();
+        Status {
+            elapsed,
+            done: c.done,
+            total: self.total,
+            ok: c.ok,
+            failed: c.failed,
+            in_flight: c.in_flight,
+            gauges,
+            eta: eta(elapsed, c.done, c.baseline.unwrap_or(c.done), self.total),
+        }
     }
 
-    /// The last word: clears the bar, or prints a final plain line.
-    pub fn finish(&mut self, t: &Tally) {
+    fn print_line(&self) {
+        term::eprint_line(&plain_line(&self.status()));
+    }
+
+    /// The last word: the bar's final state stays on screen (or a final
+    /// plain line is printed), then the retries not yet summed up.
+    pub fn finish(&mut self, t: &Tally, retries: &BTreeMap<String, u64>) {
+        self.update(t);
         match self.bar.take() {
-            Some(bar) => bar.finish_and_clear(),
-            None => {
-                let counts = self.counts(t);
-                self.print_line(t, &counts);
+            Some(bar) => term::end_bar(&bar, false),
+            None => self.print_line(),
+        }
+        if let Some(line) = self.retries.observe(Instant::now(), retries, true) {
+            tracing::info!("{line}");
+        }
+    }
+}
+
+/// A run that ends without `finish` (an error on the way) must not leave
+/// the bar ticking on screen, nor log lines routed around it.
+impl Drop for Progress {
+    fn drop(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            term::end_bar(&bar, true);
+        }
+    }
+}
+
+fn bar(total: u64, counts: Arc<Mutex<Counts>>, gauges: Arc<Mutex<Gauges>>) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+    // The gauges lock may be held by the monitor; never wait for it while
+    // drawing (a log line needs the bar's lock): show the last values seen.
+    let last_gauges = Arc::new(Mutex::new(Gauges::default()));
+    let style = ProgressStyle::with_template("{status}")
+        .expect("valid template")
+        .with_key(
+            "status",
+            move |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+                let gauges = match gauges.try_lock() {
+                    Ok(g) => {
+                        let g = g.clone();
+                        *last_gauges.lock().expect("gauges copy") = g.clone();
+                        g
+                    }
+                    Err(_) => last_gauges.lock().expect("gauges copy").clone(),
+                };
+                // Never held while the bar is drawn or written to.
+                let c = counts.lock().expect("counts lock");
+                let status = Status {
+                    elapsed: state.elapsed(),
+                    done: c.done,
+                    total,
+                    ok: c.ok,
+                    failed: c.failed,
+                    in_flight: c.in_flight,
+                    gauges,
+                    eta: eta(state.elapsed(), c.done, c.baseline.unwrap_or(c.done), total),
+                };
+                drop(c);
+                let width = console::Term::stderr()
+                    .size_checked()
+                    .map_or(80, |(_, cols)| cols as usize);
+                let _ = w.write_str(&status_line(&status, width, term::color()));
+            },
+        );
+    bar.set_style(style);
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+/// Time left at the rate of this invocation's tasks; None until one of
+/// them finished (tasks of an earlier run of the directory do not count).
+fn eta(elapsed: Duration, done: u64, baseline: u64, total: u64) -> Option<Duration> {
+    let ran = done.saturating_sub(baseline);
+    if ran == 0 || elapsed.is_zero() {
+        return None;
+    }
+    let per_task = elapsed.as_secs_f64() / ran as f64;
+    Some(Duration::from_secs_f64(
+        per_task * total.saturating_sub(done) as f64,
+    ))
+}
+
+/// "45s", "7m05s", "12m", "3h07m": short enough for the status line.
+fn short_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..60 => format!("{s}s"),
+        60..600 => format!("{}m{:02}s", s / 60, s % 60),
+        600..3600 => format!("{}m", s / 60),
+        _ if s < 100 * 3600 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+        _ => ">99h".to_string(),
+    }
+}
+
+fn clock(d: Duration) -> String {
+    let s = d.as_secs();
+    if s < 3600 {
+        format!("{:02}:{:02}", s / 60, s % 60)
+    } else {
+        format!("{}:{:02}:{:02}", s / 3600, (s % 3600) / 60, s % 60)
+    }
+}
+
+const MIN_BAR: usize = 10;
+const MAX_BAR: usize = 30;
+
+/// The status line for a terminal `width` columns wide: elapsed, bar,
+/// done/total, then as many of the other fields as fit, most useful first
+/// (a leak, the ETA, ok/failed, in flight, the workspace gauges, the LLM
+/// limit); the bar takes what is left. Never wider than `width` when the
+/// essentials fit, so it never wraps (a wrapped line leaves stale copies).
+pub fn status_line(s: &Status, width: usize, color: bool) -> String {
+    let g = &s.gauges;
+    let eta = s.eta.map_or("?".to_string(), short_duration);
+    // (priority, text); shown in this order, admitted by priority.
+    let mut fields: Vec<(u8, String)> = vec![
+        (1, format!("ok {}", s.ok)),
+        (1, format!("fail {}", s.failed)),
+        (2, format!("run {}", s.in_flight)),
+        (3, format!("fd {}", g.open_fds)),
+        (3, format!("tmux {}", g.tmux_sessions)),
+        (4, format!("ps {}", g.workspace_procs)),
+    ];
+    if g.llm_limit > 0 {
+        fields.push((4, format!("llm {}/{}", g.llm_in_flight, g.llm_limit)));
+    }
+    if g.leaks > 0 {
+        fields.push((0, format!("LEAK x{}", g.leaks)));
+    }
+    fields.push((0, format!("eta {eta}")));
+
+    let head = format!("{} ", clock(s.elapsed));
+    let count = format!(" {}/{}", s.done, s.total);
+    let mut used = head.len() + 2 + MIN_BAR + count.len();
+    let mut shown = vec![false; fields.len()];
+    for priority in 0..=4 {
+        for (i, (p, text)) in fields.iter().enumerate() {
+            if *p == priority && used + 1 + text.len() <= width {
+                used += 1 + text.len();
+                shown[i] = true;
             }
         }
+    }
+    let bar_width = (MIN_BAR + width.saturating_sub(used)).min(MAX_BAR);
+    let filled = (bar_width as u64 * s.done.min(s.total))
+        .checked_div(s.total)
+        .map_or(bar_width, |f| f as usize);
+    let mut bar = "=".repeat(filled);
+    if filled < bar_width {
+        bar.push('>');
+        bar.push_str(&" ".repeat(bar_width - filled - 1));
+    }
+    let mut line = head;
+    if color {
+        let _ = write!(line, "[{}]", console::style(bar).cyan().for_stderr());
+    } else {
+        let _ = write!(line, "[{bar}]");
+    }
+    line.push_str(&count);
+    for ((_, text), show) in fields.iter().zip(shown) {
+        if !show {
+            continue;
+        }
+        line.push(' ');
+        if color && text.starts_with("LEAK") {
+            let _ = write!(line, "{}", console::style(text).red().bold().for_stderr());
+        } else {
+            line.push_str(text);
+        }
+    }
+    line
+}
+
+/// The plain line for logs (no width limit, no colour).
+pub fn plain_line(s: &Status) -> String {
+    let g = &s.gauges;
+    let mut line = format!(
+        "progress: {}/{} done, ok {} failed {} in-flight {} | fds {} sessions {} procs {}",
+        s.done,
+        s.total,
+        s.ok,
+        s.failed,
+        s.in_flight,
+        g.open_fds,
+        g.tmux_sessions,
+        g.workspace_procs
+    );
+    if g.llm_limit > 0 {
+        let _ = write!(line, " | llm {}/{}", g.llm_in_flight, g.llm_limit);
+    }
+    if g.leaks > 0 {
+        let _ = write!(line, " | LEAK x{}", g.leaks);
+    }
+    let _ = write!(
+        line,
+        ", elapsed {}, eta {}",
+        short_duration(s.elapsed),
+        s.eta.map_or("?".to_string(), short_duration)
+    );
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn big() -> Status {
+        Status {
+            elapsed: Duration::from_secs(3 * 3600 + 61),
+            done: 123_456,
+            total: 1_000_000,
+            ok: 120_000,
+            failed: 3_456,
+            in_flight: 1024,
+            gauges: Gauges {
+                open_fds: 2015,
+                tmux_sessions: 1024,
+                workspace_procs: 3072,
+                llm_in_flight: 1000,
+                llm_limit: 1024,
+                leaks: 3,
+            },
+            eta: Some(Duration::from_secs(20 * 3600)),
+        }
+    }
+
+    #[test]
+    fn the_line_fits_80_columns_even_with_big_numbers() {
+        let line = status_line(&big(), 80, false);
+        assert!(line.chars().count() <= 80, "{} columns: {line}", line.len());
+        // What matters most survives the squeeze.
+        assert!(line.contains("123456/1000000"), "{line}");
+        assert!(
+            line.contains("LEAK x3") && line.contains("eta 20h00m"),
+            "{line}"
+        );
+        assert!(line.contains("ok 120000 fail 3456"), "{line}");
+    }
+
+    #[test]
+    fn a_typical_job_shows_every_field_in_80_columns() {
+        let s = Status {
+            elapsed: Duration::from_secs(83),
+            done: 1200,
+            total: 10_000,
+            ok: 1190,
+            failed: 10,
+            in_flight: 128,
+            gauges: Gauges {
+                open_fds: 150,
+                tmux_sessions: 128,
+                workspace_procs: 400,
+                llm_in_flight: 100,
+                llm_limit: 256,
+                ..Gauges::default()
+            },
+            eta: Some(Duration::from_secs(605)),
+        };
+        let line = status_line(&s, 80, false);
+        assert!(line.len() <= 80, "{} columns: {line}", line.len());
+        for field in [
+            "01:23 [",
+            "1200/10000",
+            "ok 1190 fail 10",
+            "run 128",
+            "fd 150 tmux 128",
+            "eta 10m",
+        ] {
+            assert!(line.contains(field), "{field:?} missing: {line}");
+        }
+    }
+
+    #[test]
+    fn narrow_terminals_drop_fields_but_never_wrap() {
+        for width in [40, 50, 60, 100, 200] {
+            let line = status_line(&big(), width, false);
+            assert!(line.len() <= width, "{width}: {line}");
+        }
+        // With colour the visible width is the same.
+        let plain = status_line(&big(), 80, false);
+        let coloured = status_line(&big(), 80, true);
+        assert_eq!(console::measure_text_width(&coloured), plain.len());
+    }
+
+    #[test]
+    fn eta_is_unknown_until_a_task_of_this_run_finished() {
+        let s = Status {
+            total: 10,
+            ..Status::default()
+        };
+        assert!(status_line(&s, 80, false).ends_with("eta ?"));
+        assert!(plain_line(&s).ends_with("eta ?"));
+        // A continued run: 500 done before, none yet now.
+        assert_eq!(eta(Duration::from_secs(9), 500, 500, 1000), None);
+        // 10 tasks in 10 s, 490 left: 490 s (the 500 skipped ones do not
+        // make it look faster).
+        assert_eq!(
+            eta(Duration::from_secs(10), 510, 500, 1000),
+            Some(Duration::from_secs(490))
+        );
     }
 }

@@ -40,6 +40,15 @@ pub enum TaskError {
     },
     #[error("task source `{}` has no rows", path.display())]
     Empty { path: PathBuf },
+    /// The manifest's `tasks.source` names a file that cannot be read.
+    #[error("invalid manifest `{}`: {}key `tasks.source`: cannot read `{}`: {error}",
+        manifest.display(), line.map_or(String::new(), |l| format!("line {l}, ")), path.display())]
+    Source {
+        manifest: PathBuf,
+        line: Option<usize>,
+        path: PathBuf,
+        error: std::io::Error,
+    },
 }
 
 impl TaskError {
@@ -65,7 +74,15 @@ pub fn template_env() -> Environment<'static> {
 pub fn plan(job: &Job) -> Result<Vec<Task>, TaskError> {
     let m = &job.manifest;
     let path = job.resolve(&m.tasks.source);
-    let rows = read_rows(&path)?;
+    let rows = read_rows(&path).map_err(|e| match e {
+        TaskError::Read { path, source } => TaskError::Source {
+            manifest: job.path.clone(),
+            line: job.line_of("tasks.source"),
+            path,
+            error: source,
+        },
+        other => other,
+    })?;
     if rows.is_empty() {
         return Err(TaskError::Empty { path });
     }
@@ -86,8 +103,13 @@ pub fn plan(job: &Job) -> Result<Vec<Task>, TaskError> {
     }
     let render = |name: &str, key: &str, row: &super::Row| -> Result<String, TaskError> {
         let tpl = env.get_template(name).expect("template added above");
-        tpl.render(&row.vars)
-            .map_err(|e| TaskError::row(&path, row.line, format!("{key}: {}", describe(&e))))
+        tpl.render(&row.vars).map_err(|e| {
+            TaskError::row(
+                &path,
+                row.line,
+                format!("{key}: {}", describe(&e, &tpl, row)),
+            )
+        })
     };
 
     let repeat = m.tasks.repeat as usize;
@@ -140,14 +162,37 @@ pub fn plan(job: &Job) -> Result<Vec<Task>, TaskError> {
     Ok(tasks)
 }
 
-/// minijinja's error with its detail ("undefined value" alone does not say
-/// which variable).
-fn describe(e: &minijinja::Error) -> String {
+/// What went wrong rendering `tpl` for `row`. An undefined variable is
+/// named, with the variables the row does have (minijinja's own "undefined
+/// value" does not say which one); anything else is minijinja's error with
+/// its detail.
+fn describe(e: &minijinja::Error, tpl: &minijinja::Template, row: &super::Row) -> String {
+    let has = || {
+        let keys: Vec<&str> = row.vars.keys().map(String::as_str).collect();
+        format!("(row has: {})", keys.join(", "))
+    };
+    if e.kind() == minijinja::ErrorKind::UndefinedError {
+        let mut missing: Vec<String> = tpl
+            .undeclared_variables(false)
+            .into_iter()
+            .filter(|v| !row.vars.contains_key(v))
+            .collect();
+        missing.sort();
+        let names: Vec<String> = missing.iter().map(|v| format!("`{v}`")).collect();
+        match names.len() {
+            0 => {}
+            1 => return format!("undefined variable {} {}", names[0], has()),
+            _ => return format!("undefined variables {} {}", names.join(", "), has()),
+        }
+    }
     let mut s = e.to_string();
     if let Some(detail) = e.detail() {
         if !s.contains(detail) {
             s = format!("{s}: {detail}");
         }
+    }
+    if e.kind() == minijinja::ErrorKind::UndefinedError {
+        s = format!("{s} {}", has());
     }
     s
 }
@@ -198,8 +243,34 @@ mod tests {
             "{\"path\":\"a\"}\n{\"path\":\"b\"}\n{\"path\":\"c\"}\n{\"file\":\"d\"}\n",
         );
         let err = plan(&j).unwrap_err().to_string();
-        assert!(err.contains("t.jsonl:4: prompt.user"), "{err}");
-        assert!(err.contains("undefined"), "{err}");
+        assert!(
+            err.ends_with("t.jsonl:4: prompt.user: undefined variable `path` (row has: file)"),
+            "{err}"
+        );
+        // The same for the id template.
+        let j = job(
+            d.path(),
+            "id = \"{{ name }}-{{ path }}\"",
+            "{\"path\":\"a\",\"n\":1}\n",
+        );
+        let err = plan(&j).unwrap_err().to_string();
+        assert!(
+            err.ends_with("t.jsonl:1: tasks.id: undefined variable `name` (row has: path, n)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_missing_source_names_the_manifest_line_and_key() {
+        let d = tempfile::tempdir().unwrap();
+        let j = job(d.path(), "", "{}\n");
+        std::fs::remove_file(d.path().join("t.jsonl")).unwrap();
+        let err = plan(&j).unwrap_err().to_string();
+        assert!(
+            err.contains("job.toml`: line 3, key `tasks.source`: cannot read `"),
+            "{err}"
+        );
+        assert_eq!(err.matches("No such file").count(), 1, "{err}");
     }
 
     #[test]

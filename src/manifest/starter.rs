@@ -1,0 +1,239 @@
+//! The starter job `convoy init` writes: an annotated manifest and three
+//! task rows that run offline as they are (script provider, local
+//! workspace), with every other setting present and commented, so a new
+//! user edits a working job instead of reading the whole reference first.
+//!
+//! Commented-out settings are written `#key = value` (no space after `#`),
+//! prose comments `# text`: the tests uncomment every setting and check the
+//! result still fits the schema, so this file cannot drift from it.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+/// `job.toml` of the starter job.
+pub const JOB_TOML: &str = r##"# A convoy job. Run it:        convoy run job.toml
+# Check it without running:     convoy run job.toml --dry-run
+# Durations are strings such as "30s", "10m". Unknown keys are errors.
+# Lines starting with `#key = ...` are settings left at their default:
+# remove the `#` to set one.
+name = "starter"                 # letters, digits, - _ . ; the run directory is runs/{name}
+
+[tasks]
+source = "tasks.jsonl"           # .jsonl (one JSON object per line) or .csv (header = variable names)
+id = "{{ name }}"                # each task's id, rendered from its row (default: the line number)
+#repeat = 1                      # run each row N times; ids get "#1".."#N"
+
+[prompt]
+# Templates (minijinja); variables come from the task row. A variable the
+# row does not have is an error, never "".
+system = "You are a careful shell user. Use the bash tool, then call finish."
+user = "{{ question }}"
+
+[llm]
+# "script" needs no model and no network: it plays each row's `commands`
+# through the bash tool, then finishes with its `answer`. For a real model,
+# set provider = "openai" and the three keys below it.
+provider = "script"
+#base_url = "http://127.0.0.1:8000/v1"   # requests go to {base_url}/chat/completions
+#model = "qwen2.5-7b-instruct"
+#api_key_env = "OPENAI_API_KEY"          # the variable's NAME; the key never goes in a file
+#timeout = "600s"                        # per request, a slow generation included
+#connect_timeout = "10s"
+#max_retries = 8                         # per request: 429, 408, 5xx, connection errors, timeouts
+#max_in_flight = 256                     # ceiling of the adaptive in-flight limit, whole job
+#outage_after = 5                        # consecutive connection failures that mean "endpoint down"
+#outage_timeout = "10m"                  # give up on an outage after this long (exit 4)
+#requests_per_minute = 600               # rate caps for the whole job
+#tokens_per_minute = 2000000
+#max_total_tokens = 50000000             # budget: no new task once it would be passed
+#max_cost = 25.0                         # budget in the unit of `price` (needs it)
+#price = { prompt = 0.15, completion = 0.60 }   # per million tokens
+#reserve_tokens_per_task = 20000         # held back per running task by the budgets
+#temperature = 0.7
+#top_p = 0.95
+#max_tokens = 4096
+#seed = 1
+#tool_choice = "auto"                    # "auto", "required", "none" or a tool_choice table
+#parallel_tool_calls = true
+#extra_body = { reasoning_effort = "high" }     # merged into every request
+#extra_headers = { "X-Team" = "data" }          # not Authorization: use api_key_env
+
+[agent]
+max_steps = 10                   # model turns per conversation (default 30)
+#command_timeout = "120s"        # per shell command; the bash tool may ask for another
+#max_observation_chars = 30000   # longer command output keeps its head and tail
+
+[workspace]
+# "local": a private tmux server on this host. "docker": one shared
+# container for the whole job (build its image once with
+# scripts/build-workspace-image.sh), then the docker-only keys below apply.
+kind = "local"
+#workdir = "work"                # local: relative to this file (default: a fresh temp dir per run)
+#env = { LANG = "C.UTF-8" }      # set in every session
+#image = "convoy-workspace:bookworm"            # docker only
+#mounts = [{ host = "./repo", container = "/workspace", read_only = true }]   # docker only
+#nofile = 65536                  # docker only: the container's open-files limit
+#keep = false                    # docker only: keep the container after the job
+#channel = "helper"              # docker only: "helper" (fast) or "exec" (one docker exec per request)
+#memory = "4g"                   # docker only
+#cpus = 1.5                      # docker only
+#pids_limit = 4096               # docker only
+#network = "none"                # docker only: "bridge", "host", "none" or a network name
+#user = "1000:1000"              # docker only
+
+[run]
+workers = 4                      # conversations in flight at once (default 128; --workers N)
+#task_timeout = "30m"            # deadline of one attempt
+#max_attempts = 2                # only errors are retried, not timeout or max_steps
+#out = "runs/starter"            # run directory, relative to this file (--out DIR)
+#grace = "30s"                   # after the first Ctrl-C, before in-flight tasks are cancelled
+
+[monitor]
+#interval = "5s"                 # samples into metrics.csv; also the cadence of plain progress lines
+#on_leak = "warn"                # or "fail": exit 3 when a leak is detected
+"##;
+
+/// `tasks.jsonl` of the starter job: what the script provider plays.
+pub const TASKS_JSONL: &str = r#"{"name": "hello", "question": "Write a greeting to a file and read it back.", "commands": ["echo 'hello from convoy' > greeting.txt", "cat greeting.txt"], "answer": "greeting.txt says: hello from convoy"}
+{"name": "count", "question": "How many lines does a three-line file have?", "commands": ["printf 'a\\nb\\nc\\n' > three.txt && wc -l < three.txt"], "answer": "3"}
+{"name": "shell-state", "question": "Show that the shell keeps its directory and variables between commands.", "commands": ["mkdir -p sub && cd sub && export SEEN=yes", "echo \"$SEEN in $(basename \"$PWD\")\""], "answer": "yes in sub"}
+"#;
+
+#[derive(Debug, Error)]
+pub enum StarterError {
+    #[error("`{}` already exists; convoy init never overwrites a file (choose another directory or move it away)", .0.display())]
+    Exists(PathBuf),
+    #[error("cannot write `{}`: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Writes the starter job into `dir` (created if missing) and returns the
+/// files written. Refuses, writing nothing, if either file exists.
+pub fn write_starter(dir: &Path) -> Result<Vec<PathBuf>, StarterError> {
+    let files = [
+        (dir.join("job.toml"), JOB_TOML),
+        (dir.join("tasks.jsonl"), TASKS_JSONL),
+    ];
+    if let Some((path, _)) = files.iter().find(|(p, _)| p.exists()) {
+        return Err(StarterError::Exists(path.clone()));
+    }
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| StarterError::Write { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    for (path, text) in &files {
+        // create_new: a file that appeared since the check is not clobbered.
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::AlreadyExists => StarterError::Exists(path.clone()),
+                _ => io(path)(e),
+            })?;
+        f.write_all(text.as_bytes()).map_err(io(path))?;
+    }
+    Ok(files.into_iter().map(|(p, _)| p).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::Manifest;
+
+    #[test]
+    fn every_commented_setting_fits_the_schema() {
+        // Uncomment every `#key = value` line: the manifest must still parse
+        // (no unknown key, every value of the right type).
+        let all: String = JOB_TOML
+            .lines()
+            .map(|l| match l.strip_prefix('#') {
+                Some(rest) if rest.starts_with(|c: char| c.is_ascii_lowercase()) => rest,
+                _ => l,
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let uncommented = JOB_TOML
+            .lines()
+            .filter(|l| l.starts_with("#") && !l.starts_with("# "))
+            .count();
+        assert!(uncommented > 40, "only {uncommented} settings found");
+        let m: Manifest = toml::from_str(&all).unwrap_or_else(|e| panic!("{e}\n{all}"));
+        assert_eq!(m.llm.max_retries, 8);
+        assert_eq!(m.workspace.mounts.len(), 1);
+        // Each commented value is the documented default where there is one.
+        let d: Manifest = toml::from_str(JOB_TOML).unwrap();
+        assert_eq!(d.llm.timeout, m.llm.timeout);
+        assert_eq!(d.agent.command_timeout, m.agent.command_timeout);
+        assert_eq!(d.run.task_timeout, m.run.task_timeout);
+        assert_eq!(d.monitor.interval, m.monitor.interval);
+        assert_eq!(d.workspace.nofile, m.workspace.nofile);
+    }
+
+    /// Every key of every table, as serde's own "unknown field" error
+    /// lists them, appears in the starter (set or commented): a key added
+    /// to the schema must be added here too.
+    #[test]
+    fn every_key_of_the_schema_is_in_the_starter() {
+        let fields_of = |table: &str| -> Vec<String> {
+            let text = match table {
+                "" => format!("zzz_unknown = 1\n{JOB_TOML}"),
+                t => JOB_TOML.replace(&format!("[{t}]\n"), &format!("[{t}]\nzzz_unknown = 1\n")),
+            };
+            let err = toml::from_str::<Manifest>(&text).unwrap_err().to_string();
+            let list = err
+                .split("expected one of ")
+                .nth(1)
+                .or_else(|| err.split("expected ").nth(1))
+                .unwrap_or_else(|| panic!("{table}: {err}"));
+            list.split(", ")
+                .flat_map(|f| f.split(" or "))
+                .map(|f| {
+                    f.trim()
+                        .trim_matches(|c: char| c == '`' || c.is_whitespace())
+                        .to_string()
+                })
+                .filter(|f| !f.is_empty())
+                .collect()
+        };
+        for table in [
+            "",
+            "tasks",
+            "prompt",
+            "llm",
+            "agent",
+            "workspace",
+            "run",
+            "monitor",
+        ] {
+            let fields = fields_of(table);
+            assert!(!fields.is_empty(), "{table}");
+            for field in fields {
+                let written = JOB_TOML.lines().any(|l| {
+                    let l = l.strip_prefix('#').unwrap_or(l);
+                    l.starts_with(&format!("{field} ")) || l.starts_with(&format!("[{field}]"))
+                });
+                assert!(written, "`{table}.{field}` is not in the starter job.toml");
+            }
+        }
+    }
+
+    #[test]
+    fn refuses_to_overwrite_and_writes_nothing_then() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("tasks.jsonl"), "mine\n").unwrap();
+        let err = write_starter(d.path()).unwrap_err().to_string();
+        assert!(err.contains("tasks.jsonl` already exists"), "{err}");
+        assert!(!d.path().join("job.toml").exists());
+        assert_eq!(
+            std::fs::read_to_string(d.path().join("tasks.jsonl")).unwrap(),
+            "mine\n"
+        );
+    }
+}

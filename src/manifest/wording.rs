@@ -1,0 +1,159 @@
+//! Saying where and what in a manifest: the line of a key or a byte
+//! offset, the key a syntax error sits in, the offending line with a caret
+//! under the spot, and serde's type words ("expected u32") turned into the
+//! manifest's ("a whole number >= 1").
+
+/// 1-based line of a byte offset.
+pub(super) fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// Line where `key` (dotted path) is written, if it is written at all.
+pub(super) fn line_of_key(text: &str, key: &str) -> Option<usize> {
+    let doc: toml_edit::ImDocument<&str> = toml_edit::ImDocument::parse(text).ok()?;
+    let mut item: &toml_edit::Item = doc.as_item();
+    let mut span = None;
+    for part in key.split('.') {
+        let table = item.as_table_like()?;
+        let (k, next) = table.get_key_value(part)?;
+        span = k.span().or_else(|| next.span());
+        item = next;
+    }
+    span.map(|s| line_of(text, s.start))
+}
+
+/// The least value of each whole-number key; validation enforces the same
+/// (a test checks they agree). Used to say `a whole number >= 1` where
+/// serde would say `u32`.
+pub(super) const MINIMUMS: &[(&str, u64)] = &[
+    ("tasks.repeat", 1),
+    ("llm.max_in_flight", 1),
+    ("llm.outage_after", 1),
+    ("llm.requests_per_minute", 1),
+    ("llm.tokens_per_minute", 1),
+    ("llm.max_total_tokens", 1),
+    ("agent.max_steps", 1),
+    ("agent.max_observation_chars", 200),
+    ("run.workers", 1),
+    ("run.max_attempts", 1),
+    ("workspace.nofile", 64),
+    ("workspace.pids_limit", 16),
+];
+
+/// serde's words for types ("invalid type: string \"x\", expected u32")
+/// in the manifest's words ("must be a whole number >= 1, found string \"x\"").
+pub(super) fn plain_words(message: &str, key: &str) -> String {
+    let min = MINIMUMS
+        .iter()
+        .find(|(k, _)| *k == key)
+        .map_or(0, |(_, m)| *m);
+    // An integer too large for its type is "invalid value: integer `N`".
+    let too_large = |found: &str, max: u64| {
+        found
+            .strip_prefix("integer `")
+            .and_then(|n| n.strip_suffix('`'))
+            .and_then(|n| n.parse::<u128>().ok())
+            .is_some_and(|n| n > max as u128)
+    };
+    let wanted = |rust: &str, found: &str| -> Option<String> {
+        let unsigned = |max: u64| {
+            if too_large(found, max) {
+                format!("a whole number from {min} to {max}")
+            } else {
+                format!("a whole number >= {min}")
+            }
+        };
+        Some(match rust {
+            "u8" => unsigned(u8::MAX.into()),
+            "u16" => unsigned(u16::MAX.into()),
+            "u32" => unsigned(u32::MAX.into()),
+            "u64" | "usize" => unsigned(u64::MAX),
+            "i8" | "i16" | "i32" | "i64" | "isize" if min > 0 => {
+                format!("a whole number >= {min}")
+            }
+            "i8" | "i16" | "i32" | "i64" | "isize" => "a whole number".to_string(),
+            "f32" | "f64" => "a number".to_string(),
+            "a boolean" => "true or false".to_string(),
+            "a duration" => "a duration such as \"30s\" or \"10m\"".to_string(),
+            "a map" => "a table".to_string(),
+            "a sequence" => "a list".to_string(),
+            r if r.starts_with("struct ") => "a table".to_string(),
+            _ => return None,
+        })
+    };
+    let found_words = |found: &str| match found {
+        "sequence" => "a list".to_string(),
+        "map" => "a table".to_string(),
+        other => other.to_string(),
+    };
+    for prefix in ["invalid type: ", "invalid value: "] {
+        if let Some((found, expected)) = message
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.rsplit_once(", expected "))
+        {
+            let expected = wanted(expected, found).unwrap_or_else(|| expected.to_string());
+            return format!("must be {expected}, found {}", found_words(found));
+        }
+    }
+    message.to_string()
+}
+
+/// `message` and, under it, the line of `text` the span starts on with a
+/// caret at the column: what a syntax error needs to be found.
+pub(super) fn with_caret(
+    text: &str,
+    span: Option<std::ops::Range<usize>>,
+    message: &str,
+) -> String {
+    let Some(span) = span else {
+        return message.to_string();
+    };
+    let start = span.start.min(text.len());
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
+    let line_text = &text[line_start..line_end];
+    let number = line_of(text, start).to_string();
+    let column = text[line_start..start].chars().count();
+    let pad = " ".repeat(number.len());
+    format!(
+        "{message}\n  {pad} |\n  {number} | {line_text}\n  {pad} | {}^",
+        " ".repeat(column)
+    )
+}
+
+/// The dotted key written on `line` (1-based): the table header above it
+/// plus the key before its `=`; the header itself if `line` is one. A
+/// heuristic for syntax errors, where no parser can say.
+pub(super) fn key_at_line(text: &str, line: usize) -> Option<String> {
+    let unquote = |k: &str| {
+        k.split('.')
+            .map(|p| p.trim().trim_matches('"').trim_matches('\''))
+            .collect::<Vec<_>>()
+            .join(".")
+    };
+    let mut table = String::new();
+    for (i, l) in text.lines().enumerate().take(line) {
+        let l = l.trim();
+        let on_line = i + 1 == line;
+        if l.starts_with('[') {
+            let name = l.trim_start_matches('[');
+            let name = name.split(']').next().unwrap_or("");
+            table = unquote(name);
+            if on_line {
+                return (!table.is_empty()).then(|| table.clone());
+            }
+        } else if on_line {
+            let (key, _) = l.split_once('=')?;
+            if key.contains('#') || key.trim().is_empty() {
+                return None;
+            }
+            let key = unquote(key);
+            return Some(if table.is_empty() {
+                key
+            } else {
+                format!("{table}.{key}")
+            });
+        }
+    }
+    None
+}

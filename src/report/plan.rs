@@ -1,0 +1,166 @@
+//! The plan at a glance, before anything runs: what `convoy validate`
+//! (`--json`) and `convoy run --dry-run` print. How many tasks, which ids,
+//! what the first prompt looks like once rendered, where the commands run
+//! and which model answers.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::manifest::{Job, Provider, WorkspaceKind};
+use crate::tasks::Task;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanSummary {
+    /// The manifest as given (`-` for stdin).
+    pub manifest: String,
+    pub name: String,
+    pub tasks: usize,
+    pub first_id: Option<String>,
+    pub last_id: Option<String>,
+    /// The first task's rendered prompts.
+    pub first_prompt: Option<FirstPrompt>,
+    pub workspace: WorkspaceView,
+    pub endpoint: EndpointView,
+    pub workers: u32,
+    /// The run directory `convoy run` would write (when known).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_dir: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FirstPrompt {
+    pub system: Option<String>,
+    pub user: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkspaceView {
+    /// `docker` or `local`, as the manifest spells it.
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EndpointView {
+    /// `openai` or `script`.
+    pub provider: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// The variable the API key is read from (never the key).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_key_env: Option<String>,
+}
+
+/// A unit enum's name as the manifest spells it (its serde name), so
+/// messages never show Rust's `Local` for the user's `local`.
+fn spelled<T: Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+impl PlanSummary {
+    pub fn new(job: &Job, plan: &[Task], run_dir: Option<&Path>) -> PlanSummary {
+        let m = &job.manifest;
+        let ws = &m.workspace;
+        let docker = ws.kind == WorkspaceKind::Docker;
+        let openai = m.llm.provider == Provider::Openai;
+        PlanSummary {
+            manifest: job.path.display().to_string(),
+            name: m.name.clone(),
+            tasks: plan.len(),
+            first_id: plan.first().map(|t| t.id.clone()),
+            last_id: plan.last().map(|t| t.id.clone()),
+            first_prompt: plan.first().map(|t| FirstPrompt {
+                system: t.system.clone(),
+                user: t.user.clone(),
+            }),
+            workspace: WorkspaceView {
+                kind: spelled(&ws.kind),
+                image: docker.then(|| ws.image.clone()),
+                workdir: ws.workdir.clone(),
+            },
+            endpoint: EndpointView {
+                provider: spelled(&m.llm.provider),
+                base_url: m.llm.base_url.clone().filter(|_| openai),
+                model: m.llm.model.clone().filter(|_| openai),
+                api_key_env: m.llm.api_key_env.clone().filter(|_| openai),
+            },
+            workers: m.run.workers,
+            run_dir: run_dir.map(|d| d.display().to_string()),
+        }
+    }
+
+    /// `validate`'s one line: valid, how many tasks, which ids, where.
+    pub fn one_line(&self) -> String {
+        format!(
+            "{}: valid; {} tasks (first `{}`, last `{}`), workspace {}",
+            self.manifest,
+            self.tasks,
+            self.first_id.as_deref().unwrap_or(""),
+            self.last_id.as_deref().unwrap_or(""),
+            self.workspace.kind
+        )
+    }
+
+    /// The dry run's description of the plan, for people.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "plan of `{}` (job `{}`):", self.manifest, self.name);
+        let _ = writeln!(
+            s,
+            "  tasks:     {} (first `{}`, last `{}`)",
+            self.tasks,
+            self.first_id.as_deref().unwrap_or(""),
+            self.last_id.as_deref().unwrap_or("")
+        );
+        let ws = &self.workspace;
+        let mut where_ = ws.kind.clone();
+        if let Some(image) = &ws.image {
+            let _ = write!(where_, ", image {image}");
+        }
+        if let Some(dir) = &ws.workdir {
+            let _ = write!(where_, ", workdir {dir}");
+        }
+        let _ = writeln!(s, "  workspace: {where_}");
+        let e = &self.endpoint;
+        let endpoint = match (&e.base_url, &e.model) {
+            (Some(url), Some(model)) => format!(
+                "{url}/chat/completions, model {model}{}",
+                e.api_key_env
+                    .as_ref()
+                    .map_or(String::new(), |k| format!(", key from ${k}"))
+            ),
+            _ => format!("{} provider (no network)", e.provider),
+        };
+        let _ = writeln!(s, "  endpoint:  {endpoint}");
+        let _ = writeln!(s, "  workers:   {}", self.workers);
+        if let Some(dir) = &self.run_dir {
+            let _ = writeln!(s, "  run dir:   {dir}");
+        }
+        if let (Some(p), Some(id)) = (&self.first_prompt, &self.first_id) {
+            let _ = writeln!(s, "first prompt (task `{id}`):");
+            if let Some(system) = &p.system {
+                let _ = writeln!(s, "  [system]\n{}", indent(system));
+            }
+            let _ = writeln!(s, "  [user]\n{}", indent(&p.user));
+        }
+        s
+    }
+}
+
+fn indent(text: &str) -> String {
+    text.trim_end()
+        .lines()
+        .map(|l| format!("    {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
