@@ -291,6 +291,10 @@ pub fn status_line(s: &Status, width: usize, color: bool) -> String {
             line.push_str(text);
         }
     }
+    // Narrower than the essentials: cut (a wrapped line would stay behind).
+    if console::measure_text_width(&line) > width {
+        return console::truncate_str(&console::strip_ansi_codes(&line), width, "").into_owned();
+    }
     line
 }
 
@@ -395,9 +399,14 @@ mod tests {
 
     #[test]
     fn narrow_terminals_drop_fields_but_never_wrap() {
-        for width in [40, 50, 60, 100, 200] {
+        for width in [10, 25, 40, 50, 60, 100, 200] {
             let line = status_line(&big(), width, false);
             assert!(line.len() <= width, "{width}: {line}");
+            let coloured = status_line(&big(), width, true);
+            assert!(
+                console::measure_text_width(&coloured) <= width,
+                "{width}: {coloured}"
+            );
         }
         // With colour the visible width is the same.
         let plain = status_line(&big(), 80, false);
