@@ -86,7 +86,8 @@ impl ExportStats {
         s.push(')');
         if self.arguments_kept_as_string > 0 {
             s.push_str(&format!(
-                "; {} tool calls kept their arguments as a string: not a JSON object",
+                "; {} tool calls kept their arguments as a string: not a JSON object \
+                 (`datasets` before 5.0 cannot load a file mixing strings and objects there)",
                 self.arguments_kept_as_string
             ));
         }
