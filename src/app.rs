@@ -20,6 +20,10 @@ use crate::scheduler::{self, Budget, Control, RunCtx};
 use crate::tasks;
 use crate::workspace::{Workspace, WorkspaceError};
 
+mod commands;
+mod stdout;
+pub(crate) use stdout::say;
+
 /// Runs the command and returns the exit code; errors are printed here.
 pub fn main(cli: Cli) -> Exit {
     init_tracing(&cli);
@@ -36,15 +40,15 @@ pub fn main(cli: Cli) -> Exit {
     let result = match cli.command {
         Command::Run(args) => runtime.block_on(run(args)),
         Command::Validate { manifest, json } => validate(&manifest, json),
-        Command::Init { dir } => init(&dir),
-        Command::Completions { shell } => completions(shell),
+        Command::Init { dir } => commands::init(&dir),
+        Command::Completions { shell } => commands::completions(shell),
         Command::Report {
             run_dir,
             json,
             chart,
-        } => report(&run_dir, json, chart),
-        Command::Sweep => runtime.block_on(sweep()),
-        Command::Merge { out, run_dirs } => merge(&out, &run_dirs),
+        } => commands::report(&run_dir, json, chart),
+        Command::Sweep => runtime.block_on(commands::sweep()),
+        Command::Merge { out, run_dirs } => commands::merge(&out, &run_dirs),
         Command::Export {
             run_dir,
             only,
@@ -59,7 +63,7 @@ pub fn main(cli: Cli) -> Exit {
                 format,
                 arguments,
             };
-            export(&run_dir, &options, out.as_deref())
+            commands::export(&run_dir, &options, out.as_deref())
         }
         Command::Shim { root, keep_on_eof } => runtime
             .block_on(crate::workspace::channel::serve(root, keep_on_eof))
@@ -98,29 +102,6 @@ fn init_tracing(cli: &Cli) {
         .with_ansi(crate::report::term::init_color(cli.color))
         .with_target(false)
         .try_init();
-}
-
-/// `convoy init DIR`: the starter job.
-fn init(dir: &std::path::Path) -> Result<Exit, Failure> {
-    let files = manifest::write_starter(dir).map_err(|e| match e {
-        manifest::StarterError::Exists(_) => Failure::invalid(e),
-        other => Failure::infra(other),
-    })?;
-    for f in &files {
-        println!("wrote {}", f.display());
-    }
-    println!(
-        "run it: convoy run {}   (offline: script provider, local workspace)",
-        files[0].display()
-    );
-    Ok(Exit::Ok)
-}
-
-/// `convoy completions SHELL`: the completion script on stdout.
-fn completions(shell: clap_complete::Shell) -> Result<Exit, Failure> {
-    let mut cmd = <Cli as clap::CommandFactory>::command();
-    clap_complete::generate(shell, &mut cmd, "convoy", &mut std::io::stdout());
-    Ok(Exit::Ok)
 }
 
 /// The run directory: `--out`, else `run.out` (relative to the manifest),
@@ -162,9 +143,9 @@ fn validate(path: &std::path::Path, json: bool) -> Result<Exit, Failure> {
     let summary = crate::report::PlanSummary::new(&job, &plan, None);
     if json {
         let text = serde_json::to_string_pretty(&summary).map_err(Failure::infra)?;
-        println!("{text}");
+        say(&format!("{text}\n"));
     } else {
-        println!("{}", summary.one_line());
+        say(&format!("{}\n", summary.one_line()));
     }
     Ok(Exit::Ok)
 }
@@ -183,11 +164,8 @@ async fn run(args: RunArgs) -> Result<Exit, Failure> {
     }
     if args.dry_run {
         let out = run_dir(&args, &job);
-        print!(
-            "{}",
-            crate::report::PlanSummary::new(&job, &plan, Some(&out)).render()
-        );
-        println!("dry run: nothing was created");
+        say(&crate::report::PlanSummary::new(&job, &plan, Some(&out)).render());
+        say("dry run: nothing was created\n");
         return Ok(Exit::Ok);
     }
     let llm = Llm::new(&job.manifest.llm).map_err(Failure::invalid)?;
@@ -381,8 +359,8 @@ async fn run(args: RunArgs) -> Result<Exit, Failure> {
         exit_code: exit.as_u8(),
     };
     let written = journal.write_summary(&summary);
-    print!("{}", summary.render());
-    println!("run directory: {}", journal.dir().display());
+    say(&summary.render());
+    say(&format!("run directory: {}\n", journal.dir().display()));
     let closed = journal.close();
     if let Err(e) = recorded {
         return Err(Failure::infra(e));
@@ -413,94 +391,6 @@ fn resume_plan(
         })
         .collect();
     (plan, skipped)
-}
-
-/// Prints the report; writes nothing unless `chart` asks for the chart
-/// (`Some(None)`: RUN_DIR/metrics.svg).
-fn report(
-    dir: &std::path::Path,
-    json: bool,
-    chart: Option<Option<PathBuf>>,
-) -> Result<Exit, Failure> {
-    let report = crate::report::analyze(dir).map_err(Failure::invalid)?;
-    if json {
-        let text = serde_json::to_string_pretty(&report).map_err(Failure::infra)?;
-        println!("{text}");
-    } else {
-        print!("{}", report.render());
-    }
-    if let Some(path) = chart {
-        let path = path.unwrap_or_else(|| dir.join("metrics.svg"));
-        crate::report::write_chart(dir, &path).map_err(|e| match e {
-            crate::report::ReportError::Write { .. } => Failure::infra(e),
-            other => Failure::invalid(other),
-        })?;
-        eprintln!("chart: {}", path.display());
-    }
-    Ok(Exit::Ok)
-}
-
-async fn sweep() -> Result<Exit, Failure> {
-    let swept = crate::workspace::sweep::sweep().await;
-    print!("{}", swept.render());
-    if let Some(e) = &swept.docker_unreachable {
-        println!("Docker not checked (unreachable: {e})");
-    }
-    if swept.is_empty() {
-        println!("nothing left by crashed runs");
-    }
-    Ok(Exit::Ok)
-}
-
-fn merge(out: &std::path::Path, dirs: &[PathBuf]) -> Result<Exit, Failure> {
-    let stats = crate::journal::merge(out, dirs).map_err(|e| match e {
-        crate::journal::MergeError::Write { .. } => Failure::infra(e),
-        other => Failure::invalid(other),
-    })?;
-    let counts: Vec<String> = stats
-        .by_status
-        .iter()
-        .map(|(k, v)| format!("{k} {v}"))
-        .collect();
-    println!(
-        "merged {} run directories into {}: {} tasks ({}), {} duplicates dropped",
-        dirs.len(),
-        out.display(),
-        stats.tasks,
-        counts.join(", "),
-        stats.duplicates
-    );
-    Ok(Exit::Ok)
-}
-
-/// Exports to stdout, or to `out` through an `AtomicFile`: any error
-/// leaves an existing file as it was.
-fn export(
-    dir: &std::path::Path,
-    options: &crate::journal::ExportOptions,
-    out: Option<&std::path::Path>,
-) -> Result<Exit, Failure> {
-    let failure = |e: crate::journal::ExportError| match e {
-        crate::journal::ExportError::Write(_) => Failure::infra(e),
-        other => Failure::invalid(other),
-    };
-    let cannot_write = |path: &std::path::Path, e: std::io::Error| {
-        Failure::infra(anyhow::anyhow!("cannot write `{}`: {e}", path.display()))
-    };
-    let stats = match out {
-        Some(path) => {
-            let mut file =
-                crate::journal::AtomicFile::create(path).map_err(|e| cannot_write(path, e))?;
-            let stats = crate::journal::export(dir, options, file.file()).map_err(failure)?;
-            file.commit().map_err(|e| cannot_write(path, e))?;
-            stats
-        }
-        None => {
-            crate::journal::export(dir, options, &mut std::io::stdout().lock()).map_err(failure)?
-        }
-    };
-    eprintln!("{}", stats.render());
-    Ok(Exit::Ok)
 }
 
 /// Raises RLIMIT_NOFILE to what the job needs, as far as the hard limit

@@ -53,6 +53,61 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Environment variables that give flags their defaults (clap's `env`).
+const ENV_DEFAULTS: &[(&str, &str)] = &[
+    ("CONVOY_WORKERS", "--workers"),
+    ("CONVOY_OUT", "--out"),
+    ("CONVOY_LIMIT", "--limit"),
+];
+
+impl Cli {
+    /// Parses the command line, exiting with clap's message (exit 2) on a
+    /// bad one. An empty `CONVOY_*` variable counts as unset (as a shell's
+    /// `CONVOY_LIMIT= convoy run ...` means); a bad value in one is named
+    /// as the variable, not as a flag the user never typed.
+    pub fn parse_args() -> Cli {
+        for (var, _) in ENV_DEFAULTS {
+            if std::env::var_os(var).is_some_and(|v| v.is_empty()) {
+                // Before any thread exists: the first thing main does.
+                std::env::remove_var(var);
+            }
+        }
+        let error = match Cli::try_parse() {
+            Ok(cli) => return cli,
+            Err(e) => e,
+        };
+        if let Some(message) = env_value_error(&error) {
+            eprintln!("error: {message}");
+            std::process::exit(2);
+        }
+        error.exit()
+    }
+}
+
+/// The message for a bad value that came from a `CONVOY_*` variable, if
+/// that is where clap's rejected value came from.
+fn env_value_error(error: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !matches!(
+        error.kind(),
+        ErrorKind::ValueValidation | ErrorKind::InvalidValue
+    ) {
+        return None;
+    }
+    let Some(ContextValue::String(arg)) = error.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let (var, flag) = ENV_DEFAULTS
+        .iter()
+        .find(|(_, flag)| arg.split_whitespace().next() == Some(*flag))?;
+    let typed = std::env::args().any(|a| a == *flag || a.starts_with(&format!("{flag}=")));
+    let value = std::env::var(var).ok().filter(|_| !typed)?;
+    let reason = std::error::Error::source(error)
+        .map(|e| e.to_string())
+        .unwrap_or_else(|| "not a valid value".into());
+    Some(format!("{var}=`{value}` (the default of {flag}): {reason}"))
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a job: validate everything, boot the workspace, run every task,

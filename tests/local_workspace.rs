@@ -226,7 +226,7 @@ async fn bad_input_exits_2_naming_file_line_and_key() {
     let cases = [
         (
             format!("{base}[run]\nwrkers = 4\n"),
-            "unknown field `wrkers`",
+            "key `run.wrkers`: unknown key `wrkers` (did you mean `workers`?)",
         ),
         (
             format!("{base}[run]\nworkers = 0\n"),

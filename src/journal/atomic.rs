@@ -23,12 +23,30 @@ pub struct AtomicFile {
 }
 
 impl AtomicFile {
-    /// Starts writing `path`: creates the temporary file beside it.
+    /// Starts writing `path`: creates the temporary file beside it. A
+    /// symbolic link is followed (its target is replaced, the link stays).
+    /// Errors name `path`'s directory, never the temporary file.
     pub fn create(path: &Path) -> std::io::Result<AtomicFile> {
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
+        let path = match std::fs::canonicalize(path) {
+            Ok(target) if path.is_symlink() => target,
+            _ => path.to_path_buf(),
         };
+        let dir = parent_dir(&path);
+        match std::fs::metadata(dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::NotADirectory,
+                    format!("`{}` is not a directory", dir.display()),
+                ))
+            }
+            Err(e) => {
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!("no directory `{}`", dir.display()),
+                ))
+            }
+        }
         let name = path
             .file_name()
             .map_or_else(|| "out".into(), |n| n.to_string_lossy());
@@ -38,11 +56,16 @@ impl AtomicFile {
             // What `File::create` would give (0666 less the umask), not
             // tempfile's private 0600: an export is usually shared.
             .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
-            .tempfile_in(dir)?;
-        Ok(AtomicFile {
-            path: path.to_path_buf(),
-            tmp,
-        })
+            .tempfile_in(dir)
+            // tempfile's error names its random file; ours names the
+            // directory the user chose.
+            .map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("cannot create a file in `{}`: {}", dir.display(), e.kind()),
+                )
+            })?;
+        Ok(AtomicFile { path, tmp })
     }
 
     /// Where the file will be once committed.
@@ -59,11 +82,15 @@ impl AtomicFile {
     pub fn commit(self) -> std::io::Result<()> {
         self.tmp.as_file().sync_all()?;
         self.tmp.persist(&self.path).map_err(|e| e.error)?;
-        let dir = match self.path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        File::open(dir)?.sync_all()
+        File::open(parent_dir(&self.path))?.sync_all()
+    }
+}
+
+/// The directory `path` is in (`.` for a bare file name).
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
     }
 }
 
@@ -116,11 +143,27 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_directory_is_an_error() {
-        let f = AtomicFile::create(Path::new("no-such-dir/x.json"));
-        assert!(
-            f.is_err(),
-            "a missing directory is an error, not a surprise"
-        );
+    fn a_missing_directory_is_named_not_the_temporary_file() {
+        let e = AtomicFile::create(Path::new("no-such-dir/x.json")).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
+        assert_eq!(e.to_string(), "no directory `no-such-dir`");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("afile");
+        std::fs::write(&file, "x").unwrap();
+        let e = AtomicFile::create(&file.join("x.json")).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::NotADirectory);
+        assert!(e.to_string().ends_with("afile` is not a directory"), "{e}");
+    }
+
+    #[test]
+    fn a_symbolic_link_stays_and_its_target_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target.jsonl");
+        let link = dir.path().join("link.jsonl");
+        std::fs::write(&target, "old\n").unwrap();
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        write_atomically(&link, b"new\n").unwrap();
+        assert!(link.is_symlink(), "the link was replaced by a file");
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "new\n");
     }
 }

@@ -86,6 +86,12 @@ pub(super) fn plain_words(message: &str, key: &str) -> String {
         "map" => "a table".to_string(),
         other => other.to_string(),
     };
+    if let Some(rest) = message.strip_prefix("unknown field ") {
+        return unknown_word(rest, "key");
+    }
+    if let Some(rest) = message.strip_prefix("unknown variant ") {
+        return unknown_word(rest, "value");
+    }
     for prefix in ["invalid type: ", "invalid value: "] {
         if let Some((found, expected)) = message
             .strip_prefix(prefix)
@@ -96,6 +102,44 @@ pub(super) fn plain_words(message: &str, key: &str) -> String {
         }
     }
     message.to_string()
+}
+
+/// serde's "`x`, expected one of `a`, `b`" (after "unknown field " or
+/// "unknown variant ") in the manifest's words: a key gets the closest
+/// known key as a suggestion, a value the list it must come from.
+fn unknown_word(rest: &str, what: &str) -> String {
+    let quoted = |s: &str| -> Vec<String> {
+        s.split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_string)
+            .collect()
+    };
+    let Some((found, expected)) = rest.split_once(", expected ") else {
+        return format!("unknown {what} {rest}");
+    };
+    let found = found.trim_matches('`');
+    let known = quoted(expected);
+    if what == "value" {
+        let list: Vec<String> = known.iter().map(|k| format!("\"{k}\"")).collect();
+        return match list.as_slice() {
+            [] => format!("unknown value \"{found}\""),
+            [one] => format!("must be {one}, found \"{found}\""),
+            [init @ .., last] => {
+                format!("must be {} or {last}, found \"{found}\"", init.join(", "))
+            }
+        };
+    }
+    let closest = known
+        .iter()
+        .map(|k| (strsim::jaro_winkler(found, k), k))
+        .filter(|(score, _)| *score > 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    match closest {
+        Some((_, k)) => format!("unknown key `{found}` (did you mean `{k}`?)"),
+        None if known.is_empty() => format!("unknown key `{found}` (this table takes no keys)"),
+        None => format!("unknown key `{found}` (known here: {})", known.join(", ")),
+    }
 }
 
 /// `message` and, under it, the line of `text` the span starts on with a
@@ -156,4 +200,39 @@ pub(super) fn key_at_line(text: &str, line: usize) -> Option<String> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plain_words;
+
+    #[test]
+    fn unknown_keys_get_the_closest_known_key_or_the_list() {
+        assert_eq!(
+            plain_words(
+                "unknown field `max_step`, expected one of `max_steps`, `command_timeout`",
+                "agent.max_step"
+            ),
+            "unknown key `max_step` (did you mean `max_steps`?)"
+        );
+        assert_eq!(
+            plain_words("unknown field `zz`, expected `host` or `container`", "x"),
+            "unknown key `zz` (known here: host, container)"
+        );
+    }
+
+    #[test]
+    fn unknown_values_list_the_accepted_ones_in_the_manifests_words() {
+        assert_eq!(
+            plain_words(
+                "unknown variant `locl`, expected `docker` or `local`",
+                "workspace.kind"
+            ),
+            "must be \"docker\" or \"local\", found \"locl\""
+        );
+        assert_eq!(
+            plain_words("unknown variant `x`, expected one of `a`, `b`, `c`", "k"),
+            "must be \"a\", \"b\" or \"c\", found \"x\""
+        );
+    }
 }

@@ -51,14 +51,18 @@ pub struct Progress {
     last_line: Instant,
     every: Duration,
     retries: RetryDigest,
+    /// Below the info level: no progress at all.
+    quiet: bool,
 }
 
 impl Progress {
-    /// A bar when stderr is a terminal, plain lines every `every` otherwise.
+    /// A bar when stderr is a terminal, plain lines every `every` otherwise;
+    /// neither below the info level (`-q`), where stderr carries only
+    /// warnings and errors.
     pub fn new(total: u64, every: Duration, gauges: Arc<Mutex<Gauges>>) -> Progress {
         let counts = Arc::new(Mutex::new(Counts::default()));
-        let bar = std::io::stderr()
-            .is_terminal()
+        let quiet = !tracing::enabled!(tracing::Level::INFO);
+        let bar = (std::io::stderr().is_terminal() && !quiet)
             .then(|| bar(total, counts.clone(), gauges.clone()));
         term::set_active_bar(bar.clone());
         let now = Instant::now();
@@ -71,6 +75,7 @@ impl Progress {
             last_line: now,
             every,
             retries: RetryDigest::new(every),
+            quiet,
         }
     }
 
@@ -121,6 +126,9 @@ impl Progress {
     }
 
     fn print_line(&self) {
+        if self.quiet {
+            return;
+        }
         term::eprint_line(&plain_line(&self.status()));
     }
 
