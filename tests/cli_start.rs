@@ -123,6 +123,9 @@ fn completions_print_a_script_for_each_shell() {
             "{shell}"
         );
     }
+    // The helper command is convoy's own business, not the user's.
+    let bash = ok(&convoy_in(&job, &["completions", "bash"], &[], None));
+    assert!(!bash.contains("shim"), "{bash}");
     let bad = convoy_in(&job, &["completions", "tcsh"], &[], None);
     assert_eq!(bad.status.code(), Some(2));
 }
@@ -266,7 +269,21 @@ fn convoy_variables_set_the_flags_defaults() {
     // A bad value in a variable is exit 2 with the reason.
     let out = convoy_in(&job, &["run", "job.toml"], &[("CONVOY_LIMIT", "0")], None);
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("must be at least 1"));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "error: CONVOY_LIMIT=`0` (the default of --limit): must be at least 1"
+    );
+    // An empty variable is unset (the manifest's workers, 4, apply).
+    ok(&convoy_in(
+        &job,
+        &["run", "job.toml", "--out", "empty-out"],
+        &[("CONVOY_WORKERS", "")],
+        None,
+    ));
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(job.path("empty-out/summary.json")).unwrap())
+            .unwrap();
+    assert_ne!(summary["workers"], 0);
     // --help documents them.
     let help = ok(&convoy_in(&job, &["run", "--help"], &[], None));
     for var in [
@@ -275,5 +292,80 @@ fn convoy_variables_set_the_flags_defaults() {
         "[env: CONVOY_LIMIT=]",
     ] {
         assert!(help.contains(var), "{var} missing:\n{help}");
+    }
+}
+
+/// `convoy report | head`: the reader leaving early is not an error and
+/// never a panic; output to it just stops.
+#[test]
+fn a_closed_stdout_ends_output_quietly() {
+    let job = TestJob::new();
+    script_job(&job);
+    ok(&convoy_in(
+        &job,
+        &["run", "job.toml", "--out", "r"],
+        &[],
+        None,
+    ));
+    for args in [
+        &["report", "r", "--json"][..],
+        &["export", "r"][..],
+        &["run", "job.toml", "--dry-run"][..],
+        &["completions", "zsh"][..],
+    ] {
+        let mut child = Command::new(convoy_bin())
+            .args(args)
+            .current_dir(job.dir.path())
+            .env("TMPDIR", job.path("tmp"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Close the read end before convoy writes a byte.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+        assert!(
+            !err.contains("panicked") && !err.contains("Broken pipe"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+/// An output path that cannot be (no such directory, a file where a
+/// directory must be) is the user's to fix: exit 2, naming the directory,
+/// never convoy's temporary file.
+#[test]
+fn an_output_path_that_cannot_be_is_exit_2_naming_it() {
+    let job = TestJob::new();
+    script_job(&job);
+    ok(&convoy_in(
+        &job,
+        &["run", "job.toml", "--out", "r"],
+        &[],
+        None,
+    ));
+    job.write("afile", "x");
+    for (args, says) in [
+        (
+            &["export", "r", "--out", "nodir/x.jsonl"][..],
+            "no directory `nodir`",
+        ),
+        (
+            &["export", "r", "--out", "afile/x.jsonl"][..],
+            "`afile` is not a directory",
+        ),
+        (
+            &["report", "r", "--chart=nodir/m.svg"][..],
+            "no directory `nodir`",
+        ),
+        (&["init", "afile"][..], "`afile` is not a directory"),
+    ] {
+        let out = convoy_in(&job, args, &[], None);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert!(!err.contains(".tmp"), "{args:?}: {err}");
     }
 }

@@ -436,7 +436,8 @@ provider = "script"
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].key.as_deref(), Some("run.wrkers"));
         assert!(
-            p[0].message.starts_with("unknown key `wrkers` (did you mean `workers`?)"),
+            p[0].message
+                .starts_with("unknown key `wrkers` (did you mean `workers`?)"),
             "{}",
             p[0].message
         );
