@@ -129,7 +129,9 @@ fn load_plan(path: &std::path::Path) -> Result<(Job, Vec<tasks::Task>), Failure>
 
 fn validate(path: &std::path::Path, json: bool) -> Result<Exit, Failure> {
     let (job, plan) = load_plan(path)?;
-    Llm::new(&job.manifest.llm).map_err(Failure::invalid)?;
+    if let Some(warning) = Llm::check(&job.manifest.llm).map_err(Failure::invalid)? {
+        eprintln!("warning: {warning}");
+    }
     let ws = &job.manifest.workspace;
     if ws.kind == crate::manifest::WorkspaceKind::Docker {
         let runtime = tokio::runtime::Runtime::new().map_err(Failure::infra)?;
@@ -203,6 +205,7 @@ async fn run(args: RunArgs) -> Result<Exit, Failure> {
     let ctl = Arc::new(Control::default());
     spawn_signal_handler(ctl.clone(), job.manifest.run.grace);
 
+    llm.preflight().await.map_err(Failure::infra)?;
     let run_label = std::path::absolute(&out).unwrap_or_else(|_| out.clone());
     let workspace = Workspace::boot(&job, &run_label.display().to_string())
         .await
@@ -216,6 +219,8 @@ async fn run(args: RunArgs) -> Result<Exit, Failure> {
             max_steps: m.agent.max_steps,
             command_timeout: m.agent.command_timeout,
             max_observation_chars: m.agent.max_observation_chars as usize,
+            on_text: m.agent.on_text,
+            continue_prompt: m.agent.continue_prompt.as_str().into(),
         },
         task_timeout: m.run.task_timeout,
         max_attempts: m.run.max_attempts,
@@ -298,8 +303,13 @@ async fn run(args: RunArgs) -> Result<Exit, Failure> {
         Some(t) => t.await.ok(),
         None => None,
     };
-    let ctx = Arc::into_inner(ctx).expect("every conversation has ended");
+    let mut ctx = Arc::into_inner(ctx).expect("every conversation has ended");
     let shutdown = ctx.workspace.finish().await;
+    // The pool's idle connections are not a leak, but they would read as
+    // one in the final sample.
+    if let Err(e) = ctx.llm.drop_idle_connections().await {
+        tracing::warn!("cannot drop the idle LLM connections: {e}");
+    }
     // The final sample, after cleanup: the end state of the workspace.
     if let Some(mon) = monitor.as_mut() {
         mon.sample(&ctx.workspace, &tally, &ctx.llm).await;

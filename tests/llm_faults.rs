@@ -31,7 +31,7 @@ async fn a_429_with_retry_after_is_waited_out_before_the_retry() {
     let job = TestJob::new();
     one_task(
         &job,
-        json!([{"content": "fine", "faults": [{"status": 429, "retry_after": "2"}]}]),
+        json!([{"calls": [["finish", {"message": "fine"}]], "faults": [{"status": 429, "retry_after": "2"}]}]),
     );
     job.manifest(&http_manifest(&llm, "", ""));
     let out = job.run(ENV_DEBUG).await;
@@ -112,7 +112,12 @@ async fn replies_as_real_endpoints_send_them() {
         json!({"id": "messy", "script": script(messy)}),
         json!({"id": "cut", "script": script(cut)}),
     ]);
-    job.manifest(&http_manifest(&llm, "", "[run]\nworkers = 1\n"));
+    // A cut text reply is an error only where text is the answer.
+    job.manifest(&http_manifest(
+        &llm,
+        "",
+        "[run]\nworkers = 1\n[agent]\non_text = \"finish\"\n",
+    ));
     let out = job.run(ENV).await;
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let results = job.results();
@@ -294,7 +299,7 @@ async fn an_outage_longer_than_outage_timeout_exits_4_and_keeps_results() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_endpoint_that_never_answers_is_reported_as_a_wrong_base_url() {
+async fn an_endpoint_that_never_answers_is_reported_before_the_workspace_boots() {
     let llm = FakeLlm::start().await;
     let job = TestJob::new();
     job.tasks(&slow_rows(5));
@@ -304,11 +309,13 @@ async fn an_endpoint_that_never_answers_is_reported_as_a_wrong_base_url() {
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     let log = stderr(&out);
     assert!(
-        log.contains("has not answered once since the job started: check llm.base_url"),
+        log.contains("cannot reach the LLM endpoint")
+            && log.contains("check llm.base_url and that the server is running"),
         "{log}"
     );
     assert!(job.results().is_empty());
-    assert_eq!(job.summary()["not_run"], 5);
+    // Nothing was booted, so nothing ran and nothing is left.
+    assert!(job.tmp_entries().is_empty(), "{:?}", job.tmp_entries());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -320,7 +327,7 @@ async fn the_token_budget_stops_dispatch_and_lets_running_tasks_finish() {
         .map(|i| {
             let turns = json!([
                 {"calls": [["bash", {"command": "true"}]]},
-                {"content": format!("answer {i}")}
+                {"calls": [["finish", {"message": format!("answer {i}")}]]}
             ]);
             json!({"id": format!("t{i}"), "script": script(turns)})
         })
@@ -352,7 +359,10 @@ async fn requests_per_minute_spaces_requests() {
     let llm = FakeLlm::start().await;
     let job = TestJob::new();
     let rows: Vec<Value> = (0..30)
-        .map(|i| json!({"id": format!("t{i}"), "script": script(json!([{"content": "ok"}]))}))
+        .map(|i| {
+            let turns = json!([{"calls": [["finish", {"message": "ok"}]]}]);
+            json!({"id": format!("t{i}"), "script": script(turns)})
+        })
         .collect();
     job.tasks(&rows);
     // 10 per second, bursts of at most 10.

@@ -21,7 +21,8 @@ pub struct Conversation {
 pub enum Next {
     /// Run these tool calls in order, answering each under its id.
     Calls(Vec<ToolCall>),
-    /// The reply had no tool calls: its text is the final answer.
+    /// The reply had no tool calls: its text (the final answer, unless the
+    /// driver asks the model to go on).
     Final(String),
 }
 
@@ -69,6 +70,12 @@ impl Conversation {
         } else {
             Next::Calls(calls)
         }
+    }
+
+    /// Asks the model to go on after a reply without tool calls.
+    pub fn on_nudge(&mut self, prompt: &str) {
+        self.messages
+            .push(json!({ "role": "user", "content": prompt }));
     }
 
     /// Answers one tool call.

@@ -1,6 +1,9 @@
 //! The I/O loop around a `Conversation`: ask the model, run its tool calls
 //! in the session, repeat until a final answer, an error or the step limit.
+//! A reply with only text is the answer (`agent.on_text = "finish"`) or is
+//! answered with `agent.continue_prompt` (`"continue"`).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -9,14 +12,19 @@ use thiserror::Error;
 use super::conversation::{Conversation, Next};
 use super::tools::{observation, Action};
 use crate::llm::{Llm, LlmError};
+use crate::manifest::OnText;
 use crate::tasks::Task;
 use crate::workspace::{Session, WorkspaceError};
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct DriveLimits {
     pub max_steps: u32,
     pub command_timeout: Duration,
     pub max_observation_chars: usize,
+    /// A reply with text and no tool call: go on or finish.
+    pub on_text: OnText,
+    /// The user message that asks the model to go on.
+    pub continue_prompt: Arc<str>,
 }
 
 #[derive(Debug, Error)]
@@ -42,7 +50,7 @@ pub async fn drive(
     llm: &Llm,
     session: &Session,
     tools: &Value,
-    limits: DriveLimits,
+    limits: &DriveLimits,
     mut on_turn: impl FnMut(u32, &[Value]),
 ) -> Result<String, AgentError> {
     // Output beyond this is cut by the helper already; the model sees at
@@ -63,6 +71,12 @@ pub async fn drive(
         let cut = reply.finish_reason.as_deref() == Some("length");
         let next = conv.on_reply(reply.message, &reply.usage);
         let calls = match next {
+            // The text stays in the trajectory; the model is asked to go
+            // on, cut or not, until it calls a tool or `finish`.
+            Next::Final(_) if limits.on_text == OnText::Continue => {
+                conv.on_nudge(&limits.continue_prompt);
+                continue;
+            }
             Next::Final(_) if cut => return Err(AgentError::Truncated),
             Next::Final(text) => return Ok(text),
             Next::Calls(calls) => calls,

@@ -67,11 +67,8 @@ pub fn tool_schemas() -> Value {
 
 /// Parses one entry of an assistant message's `tool_calls`.
 pub fn parse_call(index: usize, call: &Value) -> ToolCall {
-    let id = call
-        .get("id")
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .unwrap_or_else(|| format!("call_{index}"));
+    // The same id the canonical message sent back carries.
+    let id = crate::llm::call_id(call, index);
     let action = parse_action(call);
     ToolCall { id, action }
 }

@@ -52,7 +52,7 @@ impl Fingerprint {
                     "provider": l.provider, "model": l.model, "temperature": l.temperature,
                     "top_p": l.top_p, "max_tokens": l.max_tokens, "seed": l.seed,
                     "tool_choice": l.tool_choice, "parallel_tool_calls": l.parallel_tool_calls,
-                    "extra_body": l.extra_body,
+                    "extra_body": l.extra_body, "send_reasoning_content": l.send_reasoning_content,
                 })),
             ),
             ("tools", digest_json(tools)),

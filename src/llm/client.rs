@@ -97,6 +97,34 @@ impl Llm {
         })
     }
 
+    /// Checks the `[llm]` table as `new` does, but a missing API key is a
+    /// warning (returned), not an error: `convoy validate` runs where the
+    /// key is not set.
+    pub fn check(spec: &LlmSpec) -> Result<Option<String>, LlmError> {
+        match spec.provider {
+            Provider::Openai => OpenAiClient::check(spec),
+            Provider::Script => Ok(None),
+        }
+    }
+
+    /// One look at the endpoint before the job: unreachable, wrong path or
+    /// rejected key is an error saying what to check. Nothing for `script`.
+    pub async fn preflight(&self) -> Result<(), LlmError> {
+        match &self.backend {
+            Backend::OpenAi(c) => c.preflight().await,
+            Backend::Script => Ok(()),
+        }
+    }
+
+    /// Closes the idle HTTP connections, so the job ends with the file
+    /// descriptors it started with. For after the last request.
+    pub async fn drop_idle_connections(&mut self) -> Result<(), LlmError> {
+        match &mut self.backend {
+            Backend::OpenAi(c) => c.drop_idle_connections().await,
+            Backend::Script => Ok(()),
+        }
+    }
+
     /// Requests in flight to the endpoint now.
     pub fn in_flight(&self) -> u64 {
         match &self.backend {

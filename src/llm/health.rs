@@ -39,12 +39,11 @@ pub struct Health {
     timeout: Duration,
     outages: AtomicU64,
     outage_ms: AtomicU64,
-    http: reqwest::Client,
     probe_url: String,
 }
 
 impl Health {
-    pub fn new(http: reqwest::Client, base_url: &str, threshold: u32, timeout: Duration) -> Health {
+    pub fn new(base_url: &str, threshold: u32, timeout: Duration) -> Health {
         Health {
             state: watch::Sender::new(State::Up),
             consecutive: AtomicU32::new(0),
@@ -53,7 +52,6 @@ impl Health {
             timeout,
             outages: AtomicU64::new(0),
             outage_ms: AtomicU64::new(0),
-            http,
             probe_url: format!("{}/models", base_url.trim_end_matches('/')),
         }
     }
@@ -84,8 +82,8 @@ impl Health {
     }
 
     /// A request could not reach the endpoint. The `threshold`-th in a row
-    /// declares an outage and starts the probe.
-    pub fn on_connection_failure(self: &Arc<Self>) {
+    /// declares an outage and starts the probe, which asks through `http`.
+    pub fn on_connection_failure(self: &Arc<Self>, http: &reqwest::Client) {
         let n = self.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
         if n < self.threshold {
             return;
@@ -101,24 +99,42 @@ impl Health {
         if went_down {
             self.outages.fetch_add(1, Ordering::Relaxed);
             tracing::error!(
-                "the LLM endpoint is down ({n} connection failures in a row): no new requests; probing {} (giving up after {})",
+                "the LLM endpoint is down ({n} connection failures in a row): no new requests; probing {} (giving up after {}{})",
                 self.probe_url,
-                humantime::format_duration(self.timeout)
+                humantime::format_duration(self.give_up_after()),
+                if self.ever_answered.load(Ordering::Relaxed) {
+                    ", llm.outage_timeout"
+                } else {
+                    ": it has not answered since the job started"
+                }
             );
-            tokio::spawn(self.clone().probe());
+            tokio::spawn(self.clone().probe(http.clone()));
         }
     }
 
-    async fn probe(self: Arc<Self>) {
+    /// How long an outage may last: `outage_timeout`, or less for an
+    /// endpoint that never answered (most likely a wrong `base_url`).
+    fn give_up_after(&self) -> Duration {
+        if self.ever_answered.load(Ordering::Relaxed) {
+            self.timeout
+        } else {
+            NEVER_ANSWERED_TIMEOUT.min(self.timeout)
+        }
+    }
+
+    /// Probes with growing pauses; the last probe lands on the deadline,
+    /// so the job gives up when the log said it would, not a pause later.
+    async fn probe(self: Arc<Self>, http: reqwest::Client) {
         let since = Instant::now();
         let mut every = PROBE_FIRST;
         loop {
-            tokio::time::sleep(every).await;
+            let left = self.give_up_after().saturating_sub(since.elapsed());
+            tokio::time::sleep(every.min(left)).await;
             every = (every * 2).min(PROBE_MAX);
-            let answered = self
-                .http
+            let left = self.give_up_after().saturating_sub(since.elapsed());
+            let answered = http
                 .get(&self.probe_url)
-                .timeout(PROBE_MAX)
+                .timeout(PROBE_MAX.min(left).max(PROBE_FIRST))
                 .send()
                 .await
                 .is_ok();
@@ -134,26 +150,25 @@ impl Health {
                 self.state.send_replace(State::Up);
                 return;
             }
-            let never = !self.ever_answered.load(Ordering::Relaxed);
-            let why = if never && down_for >= NEVER_ANSWERED_TIMEOUT.min(self.timeout) {
-                Some(format!(
-                    "the LLM endpoint {} has not answered once since the job started: check llm.base_url and that the server is running",
-                    self.probe_url.trim_end_matches("/models")
-                ))
-            } else if down_for >= self.timeout {
-                Some(format!(
+            if down_for < self.give_up_after() {
+                continue;
+            }
+            let why = if self.ever_answered.load(Ordering::Relaxed) {
+                format!(
                     "the LLM endpoint has been unreachable for {} (llm.outage_timeout); results so far are kept",
                     humantime::format_duration(Duration::from_secs(down_for.as_secs()))
-                ))
+                )
             } else {
-                None
+                format!(
+                    "the LLM endpoint {} has not answered once in {}s since the job started: check llm.base_url and that the server is running",
+                    self.probe_url.trim_end_matches("/models"),
+                    down_for.as_secs()
+                )
             };
-            if let Some(why) = why {
-                self.outage_ms
-                    .fetch_add(down_for.as_millis() as u64, Ordering::Relaxed);
-                self.state.send_replace(State::Gone(why));
-                return;
-            }
+            self.outage_ms
+                .fetch_add(down_for.as_millis() as u64, Ordering::Relaxed);
+            self.state.send_replace(State::Gone(why));
+            return;
         }
     }
 

@@ -1,17 +1,21 @@
 //! The model side of a conversation: an OpenAI-compatible Chat Completions
 //! client (one shared reqwest client, retries, error classes, an adaptive
-//! in-flight limit, rate buckets, outage handling) and the `script`
-//! provider that needs no network.
+//! in-flight limit, rate buckets, outage handling, the check before a job)
+//! and the `script` provider that needs no network.
 
 mod bucket;
 mod client;
+mod failure;
 mod health;
 mod limiter;
 mod openai;
+mod preflight;
+mod request;
 pub mod script;
 mod types;
 
 pub use client::{Llm, LlmReport};
 pub use limiter::LimiterStats;
 pub use openai::OpenAiClient;
+pub use request::{call_id, TOOL_CHOICE_OMIT};
 pub use types::{ChatReply, LlmError, Usage};

@@ -2,26 +2,32 @@
 //!
 //! Retries: 429, 408, 5xx, connection errors, timeouts and replies without
 //! a usable choice, with exponential backoff and full jitter, honouring
-//! `Retry-After`. 401/403 are fatal for the job; a context-length 400 ends
-//! the task as `context_limit`; any other 4xx fails the task with the
-//! endpoint's message. Before each attempt a request passes, in order: the
-//! outage gate (`health`), the rate buckets, the adaptive in-flight limit.
+//! `Retry-After`; a 5xx that repeats its body for the same request is not
+//! retried further (`failure`). 401/403 are fatal for the job; a
+//! context-length 400 ends the task as `context_limit`; any other 4xx fails
+//! the task with the endpoint's message. Before each attempt a request
+//! passes, in order: the outage gate (`health`), the rate buckets, the
+//! adaptive in-flight limit. The body is built in `request`.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::StatusCode;
-use serde::ser::{SerializeMap, SerializeSeq};
-use serde::{Serialize, Serializer};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use super::bucket::Bucket;
+use super::failure::{
+    backoff, error_message, first_line, is_context_limit, may_be_deterministic, parse_reply,
+    retry_after, transport_failure, Attempt, Reason,
+};
 use super::health::Health;
 use super::limiter::{Limiter, LimiterStats};
-use super::types::{ChatReply, LlmError, Usage};
+use super::preflight;
+use super::request::{self, Body, Outgoing};
+use super::types::{ChatReply, LlmError};
 use crate::manifest::LlmSpec;
 
 /// An API key. Its `Debug` never shows it.
@@ -34,26 +40,46 @@ impl fmt::Debug for Secret {
     }
 }
 
-const BACKOFF_BASE: Duration = Duration::from_millis(500);
-const BACKOFF_CAP: Duration = Duration::from_secs(60);
 /// A Retry-After longer than this is capped: a misconfigured proxy must not
 /// park a conversation for hours.
 const RETRY_AFTER_CAP: Duration = Duration::from_secs(600);
 
-/// Keys of a received assistant message that are not sent back: DeepSeek-
-/// style endpoints refuse a request that carries them. The trajectory keeps
-/// them.
-const NOT_SENT_BACK: &[&str] = &["reasoning_content"];
+/// What the HTTP client is built from, kept to build it again when the
+/// idle connections are dropped.
+#[derive(Debug)]
+struct HttpConfig {
+    connect_timeout: Duration,
+    timeout: Duration,
+    headers: HeaderMap,
+}
+
+impl HttpConfig {
+    /// No pool cap: the limiter is the only bound on connections, so 256
+    /// workers get 256 connections, not 100.
+    fn build(&self) -> Result<reqwest::Client, LlmError> {
+        reqwest::Client::builder()
+            .connect_timeout(self.connect_timeout)
+            .timeout(self.timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .default_headers(self.headers.clone())
+            .build()
+            .map_err(|e| LlmError::Config(format!("cannot build the HTTP client: {e}")))
+    }
+}
 
 #[derive(Debug)]
 pub struct OpenAiClient {
     http: reqwest::Client,
+    http_config: HttpConfig,
+    base: String,
     url: String,
     model: String,
     key: Option<Secret>,
+    key_env: Option<String>,
     max_retries: u32,
     /// Sampling and extra fields, merged into every request body.
     options: Map<String, Value>,
+    send_reasoning: bool,
     limiter: Limiter,
     health: Arc<Health>,
     requests_bucket: Option<Bucket>,
@@ -61,23 +87,45 @@ pub struct OpenAiClient {
     retries: Mutex<BTreeMap<String, u64>>,
 }
 
+/// The number of this process's open files, where the OS tells (Linux).
+fn open_files() -> Option<usize> {
+    std::fs::read_dir("/proc/self/fd").ok().map(Iterator::count)
+}
+
+/// The key named by `llm.api_key_env`; an error when the variable is unset.
+fn read_key(spec: &LlmSpec) -> Result<Option<Secret>, LlmError> {
+    let Some(var) = &spec.api_key_env else {
+        return Ok(None);
+    };
+    match std::env::var(var) {
+        Ok(k) if !k.is_empty() => Ok(Some(Secret(k))),
+        _ => Err(LlmError::Config(format!(
+            "the environment variable `{var}` (llm.api_key_env) is not set"
+        ))),
+    }
+}
+
 impl OpenAiClient {
     pub fn new(spec: &LlmSpec) -> Result<OpenAiClient, LlmError> {
+        let key = read_key(spec)?;
+        OpenAiClient::build(spec, key)
+    }
+
+    /// Checks everything `new` checks but the key, for `convoy validate`,
+    /// which must work where the key is not set: a missing key is a warning.
+    pub fn check(spec: &LlmSpec) -> Result<Option<String>, LlmError> {
+        OpenAiClient::build(spec, None)?;
+        Ok(read_key(spec)
+            .err()
+            .map(|e| format!("{e}: `convoy run` will need it")))
+    }
+
+    fn build(spec: &LlmSpec, key: Option<Secret>) -> Result<OpenAiClient, LlmError> {
         let base = spec
             .base_url
             .as_deref()
-            .ok_or_else(|| LlmError::Config("llm.base_url is required".into()))?;
-        let key = match &spec.api_key_env {
-            Some(var) => match std::env::var(var) {
-                Ok(k) if !k.is_empty() => Some(Secret(k)),
-                _ => {
-                    return Err(LlmError::Config(format!(
-                        "the environment variable `{var}` (llm.api_key_env) is not set"
-                    )))
-                }
-            },
-            None => None,
-        };
+            .ok_or_else(|| LlmError::Config("llm.base_url is required".into()))?
+            .trim_end_matches('/');
         let mut headers = HeaderMap::new();
         for (name, value) in &spec.extra_headers {
             let bad =
@@ -87,48 +135,24 @@ impl OpenAiClient {
                 HeaderValue::from_str(value).map_err(|_| bad())?,
             );
         }
-        // No pool cap: the limiter is the only bound on connections, so 256
-        // workers get 256 connections, not 100.
-        let http = reqwest::Client::builder()
-            .connect_timeout(spec.connect_timeout)
-            .timeout(spec.timeout)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .default_headers(headers)
-            .build()
-            .map_err(|e| LlmError::Config(format!("cannot build the HTTP client: {e}")))?;
-        let mut options = Map::new();
-        let mut set = |k: &str, v: Option<Value>| {
-            if let Some(v) = v {
-                options.insert(k.to_string(), v);
-            }
+        let http_config = HttpConfig {
+            connect_timeout: spec.connect_timeout,
+            timeout: spec.timeout,
+            headers,
         };
-        set("temperature", spec.temperature.map(|v| json!(v)));
-        set("top_p", spec.top_p.map(|v| json!(v)));
-        set("max_tokens", spec.max_tokens.map(|v| json!(v)));
-        set("seed", spec.seed.map(|v| json!(v)));
-        set("tool_choice", spec.tool_choice.clone());
-        set(
-            "parallel_tool_calls",
-            spec.parallel_tool_calls.map(|v| json!(v)),
-        );
-        for (k, v) in &spec.extra_body {
-            options.insert(k.clone(), v.clone());
-        }
-        let health = Arc::new(Health::new(
-            http.clone(),
-            base,
-            spec.outage_after,
-            spec.outage_timeout,
-        ));
         Ok(OpenAiClient {
-            http,
-            url: format!("{}/chat/completions", base.trim_end_matches('/')),
+            http: http_config.build()?,
+            http_config,
+            base: base.to_string(),
+            url: format!("{base}/chat/completions"),
             model: spec.model.clone().unwrap_or_default(),
             key,
+            key_env: spec.api_key_env.clone(),
             max_retries: spec.max_retries,
-            options,
+            options: request::options(spec),
+            send_reasoning: spec.send_reasoning_content,
             limiter: Limiter::new(spec.max_in_flight as usize),
-            health,
+            health: Arc::new(Health::new(base, spec.outage_after, spec.outage_timeout)),
             requests_bucket: spec
                 .requests_per_minute
                 .map(|n| Bucket::per_minute(n as f64)),
@@ -167,10 +191,65 @@ impl OpenAiClient {
         self.health.wait_up().await
     }
 
+    /// One look at the endpoint before the job starts (see `preflight`).
+    pub async fn preflight(&self) -> Result<(), LlmError> {
+        let key = self.key.as_ref().map(|Secret(k)| k.as_str());
+        let probe = preflight::Probe {
+            http: &self.http,
+            base: &self.base,
+            model: &self.model,
+            key,
+            key_env: self.key_env.as_deref(),
+            connect_timeout: self.http_config.connect_timeout,
+        };
+        probe.run().await?;
+        self.health.on_answer();
+        Ok(())
+    }
+
+    /// Closes every idle connection by replacing the client (and with it
+    /// its pool). Taking `&mut self` proves no request is in flight.
+    ///
+    /// Each connection is closed by its own task once its handle is gone,
+    /// a moment later; returns when the process's open files stop falling
+    /// (checked every 10 ms, for at most a second), so a measurement
+    /// right after sees them closed.
+    pub async fn drop_idle_connections(&mut self) -> Result<(), LlmError> {
+        const STEP: Duration = Duration::from_millis(10);
+        const STABLE_STEPS: u32 = 5;
+        self.http = self.http_config.build()?;
+        let Some(mut last) = open_files() else {
+            return Ok(());
+        };
+        let mut stable = 0;
+        for _ in 0..100 {
+            tokio::time::sleep(STEP).await;
+            let now = open_files().unwrap_or(last);
+            stable = if now < last { 0 } else { stable + 1 };
+            last = now;
+            if stable >= STABLE_STEPS {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn count_retry(&self, key: String) {
+        *self
+            .retries
+            .lock()
+            .expect("retries lock")
+            .entry(key)
+            .or_default() += 1;
+    }
+
     pub async fn complete(&self, messages: &[Value], tools: &Value) -> Result<ChatReply, LlmError> {
         let body = Body {
             model: &self.model,
-            messages: Outgoing(messages),
+            messages: Outgoing {
+                messages,
+                send_reasoning: self.send_reasoning,
+            },
             tools,
             options: &self.options,
         };
@@ -178,6 +257,9 @@ impl OpenAiClient {
         // `spent` only those charged to llm.max_retries: waiting out an
         // outage is not.
         let (mut retries, mut spent) = (0u32, 0u32);
+        // The previous attempt's error (status, body), when it may have
+        // been deterministic.
+        let mut previous: Option<(u16, String)> = None;
         loop {
             self.health.wait_up().await?;
             if let Some(b) = &self.requests_bucket {
@@ -199,7 +281,7 @@ impl OpenAiClient {
                 }
                 outcome
             };
-            let (reason, detail, after) = match outcome {
+            let (reason, detail, after, error_body) = match outcome {
                 Attempt::Done(mut reply) => {
                     reply.usage.retries = retries as u64;
                     if let Some(b) = &self.tokens_bucket {
@@ -212,10 +294,23 @@ impl OpenAiClient {
                     reason,
                     detail,
                     after,
-                } => (reason, detail, after),
+                    body,
+                } => (reason, detail, after, body),
             };
+            let this = match (reason, error_body) {
+                (Reason::Status(s), Some(b)) => Some((s, b)),
+                _ => None,
+            };
+            if let Some((status, text)) = this.as_ref().filter(|t| previous.as_ref() == Some(*t)) {
+                self.count_retry(format!("deterministic_{}", reason.key()));
+                return Err(LlmError::Deterministic {
+                    status: *status,
+                    message: first_line(&error_message(text)),
+                });
+            }
+            previous = this;
             if reason == Reason::Connection {
-                self.health.on_connection_failure();
+                self.health.on_connection_failure(&self.http);
             }
             let waiting_out_outage = reason == Reason::Connection && self.health.is_down();
             if !waiting_out_outage && spent >= self.max_retries {
@@ -224,12 +319,7 @@ impl OpenAiClient {
                     last: detail,
                 });
             }
-            *self
-                .retries
-                .lock()
-                .expect("retries lock")
-                .entry(reason.key())
-                .or_default() += 1;
+            self.count_retry(reason.key());
             retries += 1;
             if waiting_out_outage {
                 tracing::debug!("LLM request waits for the endpoint to come back: {detail}");
@@ -269,6 +359,7 @@ impl OpenAiClient {
                     reason: Reason::Malformed,
                     detail: format!("the reply is malformed: {why}"),
                     after: None,
+                    body: None,
                 },
             };
         }
@@ -284,8 +375,9 @@ impl OpenAiClient {
             {
                 Attempt::Retry {
                     reason: Reason::Status(s.as_u16()),
-                    detail: format!("HTTP {}: {message}", s.as_u16()),
+                    detail: format!("HTTP {}: {}", s.as_u16(), first_line(&message)),
                     after,
+                    body: may_be_deterministic(s.as_u16()).then_some(text),
                 }
             }
             StatusCode::BAD_REQUEST if is_context_limit(&message) => {
@@ -296,244 +388,5 @@ impl OpenAiClient {
                 message,
             }),
         }
-    }
-}
-
-/// The request body, serialized straight from the conversation's messages.
-#[derive(Serialize)]
-struct Body<'a> {
-    model: &'a str,
-    messages: Outgoing<'a>,
-    tools: &'a Value,
-    #[serde(flatten)]
-    options: &'a Map<String, Value>,
-}
-
-/// The messages as sent: each as received, minus `NOT_SENT_BACK` keys.
-struct Outgoing<'a>(&'a [Value]);
-
-impl Serialize for Outgoing<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut seq = s.serialize_seq(Some(self.0.len()))?;
-        for m in self.0 {
-            match m.as_object() {
-                Some(o) if NOT_SENT_BACK.iter().any(|k| o.contains_key(*k)) => {
-                    seq.serialize_element(&Stripped(o))?
-                }
-                _ => seq.serialize_element(m)?,
-            }
-        }
-        seq.end()
-    }
-}
-
-struct Stripped<'a>(&'a Map<String, Value>);
-
-impl Serialize for Stripped<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut map = s.serialize_map(None)?;
-        for (k, v) in self.0 {
-            if !NOT_SENT_BACK.contains(&k.as_str()) {
-                map.serialize_entry(k, v)?;
-            }
-        }
-        map.end()
-    }
-}
-
-/// Why a request is sent again; `key()` names it in the summary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Reason {
-    Status(u16),
-    Timeout,
-    Connection,
-    Malformed,
-}
-
-impl Reason {
-    fn key(self) -> String {
-        match self {
-            Reason::Status(s) => format!("http_{s}"),
-            Reason::Timeout => "timeout".into(),
-            Reason::Connection => "connection".into(),
-            Reason::Malformed => "malformed_reply".into(),
-        }
-    }
-}
-
-enum Attempt {
-    Done(ChatReply),
-    Retry {
-        reason: Reason,
-        detail: String,
-        after: Option<Duration>,
-    },
-    Fail(LlmError),
-}
-
-/// A request that never got an HTTP answer. Timeouts are the model being
-/// slow, not the endpoint being gone, so they do not count toward an outage.
-fn transport_failure(e: &reqwest::Error) -> Attempt {
-    let (reason, detail) = if e.is_timeout() {
-        (
-            Reason::Timeout,
-            "the request timed out (llm.timeout)".to_string(),
-        )
-    } else if e.is_connect() {
-        (
-            Reason::Connection,
-            "cannot connect to the endpoint".to_string(),
-        )
-    } else {
-        // Reset or closed mid-request: the chain says which.
-        let mut detail = format!("the connection broke: {e}");
-        let mut source = std::error::Error::source(e);
-        while let Some(inner) = source {
-            detail.push_str(&format!(": {inner}"));
-            source = inner.source();
-        }
-        (Reason::Connection, detail)
-    };
-    Attempt::Retry {
-        reason,
-        detail,
-        after: None,
-    }
-}
-
-/// Full jitter: a random wait in [0, min(cap, base * 2^n)].
-fn backoff(retry: u32) -> Duration {
-    let ceiling = BACKOFF_BASE
-        .saturating_mul(1u32 << retry.min(16))
-        .min(BACKOFF_CAP);
-    ceiling.mul_f64(fastrand::f64())
-}
-
-/// `Retry-After` as seconds or an HTTP date.
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let v = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
-    if let Ok(secs) = v.parse::<f64>() {
-        return (secs >= 0.0 && secs.is_finite()).then(|| Duration::from_secs_f64(secs));
-    }
-    let when = httpdate::parse_http_date(v).ok()?;
-    Some(
-        when.duration_since(std::time::SystemTime::now())
-            .unwrap_or_default(),
-    )
-}
-
-fn error_message(body: &str) -> String {
-    serde_json::from_str::<Value>(body)
-        .ok()
-        .and_then(|v| {
-            v.pointer("/error/message")
-                .or_else(|| v.get("message"))
-                .or_else(|| v.get("detail"))
-                .and_then(Value::as_str)
-                .map(str::to_string)
-        })
-        .unwrap_or_else(|| body.chars().take(500).collect())
-}
-
-fn is_context_limit(message: &str) -> bool {
-    let m = message.to_ascii_lowercase();
-    [
-        "context length",
-        "context_length",
-        "maximum context",
-        "context window",
-        "too many tokens",
-    ]
-    .iter()
-    .any(|p| m.contains(p))
-}
-
-/// The first choice's message. A reply without one (empty `choices`, a
-/// proxy's HTML page) is retried: endpoints send those under load.
-fn parse_reply(text: &str) -> Result<ChatReply, String> {
-    let v: Value = serde_json::from_str(text).map_err(|e| format!("not JSON ({e})"))?;
-    let choice = v
-        .get("choices")
-        .and_then(Value::as_array)
-        .and_then(|c| c.first())
-        .ok_or("no choices")?;
-    let message = choice
-        .get("message")
-        .filter(|m| m.is_object())
-        .cloned()
-        .ok_or("the choice has no message")?;
-    Ok(ChatReply {
-        message,
-        finish_reason: choice
-            .get("finish_reason")
-            .and_then(Value::as_str)
-            .map(str::to_string),
-        usage: Usage::from_json(v.get("usage")),
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn retry_after_seconds_and_date() {
-        let mut h = HeaderMap::new();
-        h.insert(RETRY_AFTER, "2".parse().unwrap());
-        assert_eq!(retry_after(&h), Some(Duration::from_secs(2)));
-        let later = std::time::SystemTime::now() + Duration::from_secs(30);
-        h.insert(RETRY_AFTER, httpdate::fmt_http_date(later).parse().unwrap());
-        let d = retry_after(&h).unwrap();
-        assert!(
-            d > Duration::from_secs(25) && d <= Duration::from_secs(30),
-            "{d:?}"
-        );
-    }
-
-    #[test]
-    fn backoff_stays_under_its_ceiling() {
-        for n in 0..20 {
-            assert!(backoff(n) <= BACKOFF_CAP);
-        }
-        assert!(backoff(0) <= BACKOFF_BASE);
-    }
-
-    #[test]
-    fn reasoning_content_is_kept_but_not_sent_back() {
-        let messages = vec![
-            json!({"role": "user", "content": "hi"}),
-            json!({"role": "assistant", "content": "x", "reasoning_content": "think"}),
-        ];
-        let mut options = Map::new();
-        options.insert("reasoning_effort".into(), json!("high"));
-        let body = Body {
-            model: "m",
-            messages: Outgoing(&messages),
-            tools: &json!([]),
-            options: &options,
-        };
-        let sent = serde_json::to_value(&body).unwrap();
-        assert_eq!(
-            sent["messages"][1],
-            json!({"role": "assistant", "content": "x"})
-        );
-        assert_eq!(sent["reasoning_effort"], "high");
-        assert_eq!(messages[1]["reasoning_content"], "think");
-    }
-
-    #[test]
-    fn replies_without_a_choice_are_refused() {
-        assert_eq!(parse_reply(r#"{"choices": []}"#).unwrap_err(), "no choices");
-        assert!(parse_reply("<html>").is_err());
-        let ok = parse_reply(r#"{"choices":[{"message":{"role":"assistant","content":null,"tool_calls":[]},"finish_reason":"length"}]}"#).unwrap();
-        assert_eq!(ok.finish_reason.as_deref(), Some("length"));
-    }
-
-    #[test]
-    fn context_limit_is_recognised() {
-        assert!(is_context_limit(
-            "This model's maximum context length is 8192 tokens"
-        ));
-        assert!(!is_context_limit("invalid tool schema"));
     }
 }

@@ -69,6 +69,14 @@ pub enum LlmError {
     ContextLimit(String),
     #[error("the LLM endpoint refused the request (HTTP {status}): {message}")]
     Rejected { status: u16, message: String },
+    /// A 5xx that came back with the same body for the same request: the
+    /// server fails on this input, and more attempts would too.
+    #[error("the LLM endpoint answered HTTP {status} twice with the same error, so it is not retried: {message}")]
+    Deterministic { status: u16, message: String },
+    /// The check before the job found the endpoint unusable; the message
+    /// says what to check.
+    #[error("{0}")]
+    Preflight(String),
     #[error("the LLM request failed after {attempts} attempts: {last}")]
     Exhausted { attempts: u32, last: String },
     /// The endpoint stayed unreachable past `llm.outage_timeout`.

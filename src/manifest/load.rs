@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-use super::schema::{ChannelKind, Manifest, Provider, WorkspaceKind};
+use super::schema::{ChannelKind, Manifest, OnText, Provider, WorkspaceKind};
 #[cfg(test)]
 use super::wording::MINIMUMS;
 use super::wording::{key_at_line, line_of, line_of_key, plain_words, with_caret};
@@ -297,9 +297,9 @@ fn validate(m: &Manifest, text: &str) -> Vec<Problem> {
     );
     if let Some(tc) = &llm.tool_choice {
         check(
-            matches!(tc.as_str(), Some("auto" | "required" | "none")) || tc.is_object(),
+            matches!(tc.as_str(), Some("auto" | "required" | "none" | "omit")) || tc.is_object(),
             "llm.tool_choice",
-            "must be \"auto\", \"required\", \"none\" or a tool_choice table",
+            "must be \"auto\", \"required\", \"none\", \"omit\" or a tool_choice table",
         );
     }
     for key in llm.extra_body.keys() {
@@ -332,6 +332,11 @@ fn validate(m: &Manifest, text: &str) -> Vec<Problem> {
         m.agent.max_observation_chars >= 200,
         "agent.max_observation_chars",
         "must be at least 200",
+    );
+    check(
+        m.agent.on_text == OnText::Finish || !m.agent.continue_prompt.trim().is_empty(),
+        "agent.continue_prompt",
+        "must not be empty with agent.on_text = \"continue\"",
     );
 
     check(m.run.workers >= 1, "run.workers", "must be at least 1");

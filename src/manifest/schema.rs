@@ -133,11 +133,18 @@ pub struct LlmSpec {
     pub max_tokens: Option<u32>,
     #[serde(default)]
     pub seed: Option<i64>,
-    /// `"auto"`, `"required"`, `"none"` or an OpenAI tool_choice object.
+    /// `"auto"`, `"required"`, `"none"` or an OpenAI tool_choice object;
+    /// `"omit"` sends no `tool_choice` (for a server that rejects the
+    /// field). Not set: `"auto"`.
     #[serde(default)]
     pub tool_choice: Option<serde_json::Value>,
     #[serde(default)]
     pub parallel_tool_calls: Option<bool>,
+    /// Send each assistant message's `reasoning_content` back, for
+    /// endpoints that want it (interleaved thinking). Default: it stays in
+    /// the trajectory only, as most endpoints reject it.
+    #[serde(default)]
+    pub send_reasoning_content: bool,
     /// More fields for the request body, as given (e.g.
     /// `reasoning_effort = "high"`). They cannot replace `model`,
     /// `messages`, `tools` or `stream`.
@@ -201,6 +208,27 @@ pub struct AgentSpec {
     /// Longer observations keep their head and tail and say how much was cut.
     #[serde(default = "AgentSpec::default_max_observation_chars")]
     pub max_observation_chars: u32,
+    /// A reply with text and no tool call: `continue` asks the model to go
+    /// on (`continue_prompt`), `finish` takes the text as the answer.
+    #[serde(default)]
+    pub on_text: OnText,
+    /// The user message that answers a text-only reply (`on_text =
+    /// "continue"`).
+    #[serde(default = "AgentSpec::default_continue_prompt")]
+    pub continue_prompt: String,
+}
+
+/// What a reply with text and no tool call means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnText {
+    /// The text stays in the trajectory; a user message asks the model to
+    /// call a tool or `finish`, within `max_steps` (as agent evaluation
+    /// harnesses do).
+    #[default]
+    Continue,
+    /// The text is the final answer.
+    Finish,
 }
 
 impl AgentSpec {
@@ -213,6 +241,9 @@ impl AgentSpec {
     fn default_max_observation_chars() -> u32 {
         30_000
     }
+    fn default_continue_prompt() -> String {
+        "Continue. When you are done, call the `finish` tool with your answer.".to_string()
+    }
 }
 
 impl Default for AgentSpec {
@@ -221,6 +252,8 @@ impl Default for AgentSpec {
             max_steps: Self::default_max_steps(),
             command_timeout: Self::default_command_timeout(),
             max_observation_chars: Self::default_max_observation_chars(),
+            on_text: OnText::default(),
+            continue_prompt: Self::default_continue_prompt(),
         }
     }
 }

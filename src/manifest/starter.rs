@@ -55,7 +55,8 @@ provider = "script"
 #top_p = 0.95
 #max_tokens = 4096
 #seed = 1
-#tool_choice = "auto"                    # "auto", "required", "none" or a tool_choice table
+#tool_choice = "auto"                    # "auto", "required", "none", a tool_choice table, or "omit" (no field)
+#send_reasoning_content = false          # true: reasoning_content goes back to the endpoint
 #parallel_tool_calls = true
 #extra_body = { reasoning_effort = "high" }     # merged into every request
 #extra_headers = { "X-Team" = "data" }          # not Authorization: use api_key_env
@@ -64,6 +65,8 @@ provider = "script"
 max_steps = 10                   # model turns per conversation (default 30)
 #command_timeout = "120s"        # per shell command; the bash tool may ask for another
 #max_observation_chars = 30000   # longer command output keeps its head and tail
+#on_text = "continue"            # a reply with text and no tool call: "continue" or "finish" (the text is the answer)
+#continue_prompt = "Continue. When you are done, call the `finish` tool with your answer."
 
 [workspace]
 # "local": a private tmux server on this host. "docker": one shared

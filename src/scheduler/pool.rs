@@ -197,6 +197,7 @@ fn classify(e: &Attempt) -> (Status, bool) {
         Attempt::Agent(AgentError::Truncated) => (Status::Failed, false),
         Attempt::Agent(AgentError::Llm(LlmError::ContextLimit(_))) => (Status::ContextLimit, false),
         Attempt::Agent(AgentError::Llm(LlmError::Rejected { .. })) => (Status::Failed, false),
+        Attempt::Agent(AgentError::Llm(LlmError::Deterministic { .. })) => (Status::Failed, false),
         Attempt::Agent(_) => (Status::Failed, true),
     }
 }
@@ -224,7 +225,13 @@ async fn run_attempt(
     let driven = tokio::time::timeout(
         ctx.task_timeout,
         drive(
-            conv, task, &ctx.llm, &session, &ctx.tools, ctx.limits, on_turn,
+            conv,
+            task,
+            &ctx.llm,
+            &session,
+            &ctx.tools,
+            &ctx.limits,
+            on_turn,
         ),
     )
     .await;

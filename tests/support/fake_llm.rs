@@ -1,19 +1,29 @@
 //! A fake OpenAI-compatible Chat Completions server for tests and
 //! benchmarks, on 127.0.0.1 with an ephemeral port.
 //!
+//! It is as strict as llama.cpp's server about what comes back (see
+//! `check_request`): an assistant message with `content: null` gets HTTP
+//! 500, as llama-cpp-python answers it; other keys than the canonical ones,
+//! a tool message without a known `tool_call_id`, `reasoning_content`
+//! (unless `accept_reasoning`) or a bad `tool_choice` get HTTP 400. Both
+//! with an OpenAI-style JSON error.
+//!
 //! It plays a script carried by the conversation itself: the first user
 //! message must be a JSON object `{"turns": [TURN, ...]}`. The reply to a
 //! request is `turns[k]`, where k is the number of assistant messages the
-//! request already holds; past the end it answers with the text "done".
+//! request already holds; past the end it calls `finish` with the text of
+//! the last assistant message if that had no tool calls (a model obeying
+//! convoy's request to go on), else with "done".
 //! A TURN is `{"content": "text" | null, "calls": [["bash", {"command": "ls"}], ...],
 //! "delay_ms": 0}` (each call becomes a tool call with id `call_{k}_{i}`;
 //! a call's arguments given as a string are sent verbatim, so they can be
 //! invalid JSON; `delay_ms` makes the model that slow for this turn;
 //! `"status": 400` makes the endpoint fail this turn with that HTTP status;
 //! `"reasoning": "..."` adds `reasoning_content`; `"finish_reason"`
-//! overrides it). `"faults": [FAULT, ...]` answers the first attempts at
+//! overrides it; `"raw": {...}` is the whole assistant message, verbatim,
+//! e.g. with a provider's extra fields). `"faults": [FAULT, ...]` answers the first attempts at
 //! this turn with those faults, in order, then the turn itself. A FAULT is
-//! `{"status": 429, "retry_after": "1"}`, `{"stall_ms": 3000}` (answers,
+//! `{"status": 429, "retry_after": "1", "message": "..."}`, `{"stall_ms": 3000}` (answers,
 //! but that late), `{"reset": true}` (the connection breaks mid-reply) or
 //! `{"body": {...}}` (a 200 with that body, e.g. `{"choices": []}`).
 //!
@@ -21,7 +31,7 @@
 //! 503) and `go_down` (every connection breaks and the port closes).
 //!
 //! A user message that is not such JSON gets `"bash" {"command": <text>}`
-//! once, then a final text answer: the "instant LLM" used by benchmarks.
+//! once, then `finish` with "done": the "instant LLM" used by benchmarks.
 //!
 //! Every request is recorded (headers, body, time) for assertions.
 
@@ -70,6 +80,12 @@ struct Shared {
     attempts: Arc<Mutex<HashMap<(String, usize), usize>>>,
     storm: Arc<Mutex<Option<(Storm, fastrand::Rng)>>>,
     down: Arc<std::sync::atomic::AtomicBool>,
+    /// Accept `reasoning_content` in assistant messages sent back.
+    accept_reasoning: Arc<std::sync::atomic::AtomicBool>,
+    /// When set, both routes answer 401 to any other bearer key.
+    key: Arc<Mutex<Option<String>>>,
+    /// `/v1/models` answers 404, as on servers without it.
+    no_models: Arc<std::sync::atomic::AtomicBool>,
 }
 
 pub struct FakeLlm {
@@ -135,6 +151,25 @@ impl FakeLlm {
         self.task.abort();
     }
 
+    /// Both routes answer 401 unless the request carries `Bearer key`.
+    pub fn require_key(&self, key: &str) {
+        *self.shared.key.lock().unwrap() = Some(key.to_string());
+    }
+
+    /// `/v1/models` answers 404 from now on.
+    pub fn without_models(&self) {
+        self.shared
+            .no_models
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Accept `reasoning_content` sent back (an endpoint that wants it).
+    pub fn accept_reasoning(&self) {
+        self.shared
+            .accept_reasoning
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Answer every request with `status` and an OpenAI-style error.
     pub fn fail_with(&self, status: u16, message: &str) {
         *self.shared.fail_with.lock().unwrap() = Some((status, message.to_string()));
@@ -147,9 +182,22 @@ impl Drop for FakeLlm {
     }
 }
 
-async fn models(State(shared): State<Shared>) -> Response {
+/// The 401 a server with a key gives a request without it.
+fn key_refused(shared: &Shared, headers: &HeaderMap) -> Option<Response> {
+    let key = shared.key.lock().unwrap().clone()?;
+    let sent = headers.get("authorization").and_then(|v| v.to_str().ok());
+    (sent != Some(format!("Bearer {key}").as_str())).then(|| error_reply(401, "Invalid API Key"))
+}
+
+async fn models(State(shared): State<Shared>, headers: HeaderMap) -> Response {
     if shared.down.load(std::sync::atomic::Ordering::SeqCst) {
         return broken_reply();
+    }
+    if let Some(refused) = key_refused(&shared, &headers) {
+        return refused;
+    }
+    if shared.no_models.load(std::sync::atomic::Ordering::SeqCst) {
+        return StatusCode::NOT_FOUND.into_response();
     }
     Json(json!({"object": "list", "data": [{"id": "fake-model", "object": "model"}]}))
         .into_response()
@@ -177,7 +225,10 @@ async fn complete(
     headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> Response {
-    let (status, response) = answer(&shared, &body).await;
+    let (status, response) = match key_refused(&shared, &headers) {
+        Some(refused) => (401, refused),
+        None => answer(&shared, &body).await,
+    };
     shared.requests.lock().unwrap().push(Recorded {
         at: Instant::now(),
         authorization: headers
@@ -197,6 +248,9 @@ async fn answer(shared: &Shared, body: &Value) -> (u16, Response) {
         return (0, broken_reply());
     }
     if let Some((status, message)) = shared.fail_with.lock().unwrap().clone() {
+        return (status, error_reply(status, &message));
+    }
+    if let Err((status, message)) = check_request(body, shared.accept_reasoning.load(SeqCst)) {
         return (status, error_reply(status, &message));
     }
     if let Some((storm, rng)) = shared.storm.lock().unwrap().as_mut() {
@@ -226,6 +280,7 @@ async fn answer(shared: &Shared, body: &Value) -> (u16, Response) {
         _ if k == 0 => Some(json!({"content": null, "calls": [["bash", {"command": user}]]})),
         _ => None,
     };
+    let turn = turn.or_else(|| Some(finish_turn(&messages)));
     let attempt = {
         let mut a = shared.attempts.lock().unwrap();
         let n = a.entry((user.clone(), k)).or_default();
@@ -241,7 +296,8 @@ async fn answer(shared: &Shared, body: &Value) -> (u16, Response) {
             return (0, broken_reply());
         }
         if let Some(status) = f["status"].as_u64() {
-            let mut r = error_reply(status as u16, "scripted fault");
+            let message = f["message"].as_str().unwrap_or("scripted fault");
+            let mut r = error_reply(status as u16, message);
             if let Some(after) = f["retry_after"].as_str() {
                 r.headers_mut()
                     .insert("retry-after", after.parse().unwrap());
@@ -271,6 +327,7 @@ async fn answer(shared: &Shared, body: &Value) -> (u16, Response) {
         shared.in_flight.fetch_sub(1, SeqCst);
     }
     let message = match &turn {
+        Some(turn) if turn.get("raw").is_some() => turn["raw"].clone(),
         Some(turn) => {
             let calls: Vec<Value> = turn["calls"]
                 .as_array()
@@ -311,4 +368,117 @@ async fn answer(shared: &Shared, body: &Value) -> (u16, Response) {
         "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
     });
     (200, (StatusCode::OK, Json(reply)).into_response())
+}
+
+/// Past the end of a script: `finish` with the last assistant text when
+/// that reply had no tool calls (the model answers convoy's request to go
+/// on), else with "done".
+fn finish_turn(messages: &[Value]) -> Value {
+    let last = messages.iter().rev().find(|m| m["role"] == "assistant");
+    let answer = match last {
+        Some(m) if m.get("tool_calls").is_none() => m["content"].as_str().unwrap_or("done"),
+        _ => "done",
+    };
+    json!({"content": "", "calls": [["finish", {"message": answer}]]})
+}
+
+/// What llama.cpp's server (through llama-cpp-python) and OpenAI refuse in
+/// a request, as (status, message). `content: null` in an assistant
+/// message is a 500, as llama-cpp-python's chat templates crash on it.
+fn check_request(body: &Value, accept_reasoning: bool) -> Result<(), (u16, String)> {
+    let bad = |m: String| Err((400, m));
+    if let Some(tc) = body.get("tool_choice") {
+        let ok = matches!(tc.as_str(), Some("auto" | "none" | "required")) || tc.is_object();
+        if !ok {
+            return bad(format!("invalid tool_choice: {tc}"));
+        }
+    }
+    let Some(messages) = body["messages"].as_array().filter(|m| !m.is_empty()) else {
+        return bad("'messages' must be a non-empty array".into());
+    };
+    let mut call_ids = std::collections::HashSet::new();
+    for (i, m) in messages.iter().enumerate() {
+        let Some(o) = m.as_object() else {
+            return bad(format!("messages[{i}] is not an object"));
+        };
+        let role = o.get("role").and_then(Value::as_str).unwrap_or("");
+        let allowed: &[&str] = match role {
+            "system" | "user" => &["role", "content", "name"],
+            "assistant" if accept_reasoning => {
+                &["role", "content", "tool_calls", "reasoning_content"]
+            }
+            "assistant" => &["role", "content", "tool_calls"],
+            "tool" => &["role", "content", "tool_call_id", "name"],
+            other => return bad(format!("messages[{i}]: unknown role `{other}`")),
+        };
+        if let Some(k) = o.keys().find(|k| !allowed.contains(&k.as_str())) {
+            return bad(format!("messages[{i}] ({role}): unexpected key `{k}`"));
+        }
+        match o.get("content") {
+            Some(Value::String(_)) => {}
+            Some(Value::Null) if role == "assistant" => {
+                return Err((
+                    500,
+                    format!("messages[{i}]: can only concatenate str (not \"NoneType\") to str"),
+                ))
+            }
+            _ => {
+                return bad(format!(
+                    "messages[{i}] ({role}): `content` must be a string"
+                ))
+            }
+        }
+        if role == "assistant" {
+            if let Some(calls) = o.get("tool_calls") {
+                let Some(calls) = calls.as_array().filter(|c| !c.is_empty()) else {
+                    return bad(format!(
+                        "messages[{i}]: `tool_calls` must be a non-empty array"
+                    ));
+                };
+                for c in calls {
+                    check_call(c).map_err(|e| (400, format!("messages[{i}]: {e}")))?;
+                    call_ids.insert(c["id"].as_str().unwrap_or_default().to_string());
+                }
+            }
+        }
+        if role == "tool" {
+            match o.get("tool_call_id").and_then(Value::as_str) {
+                Some(id) if call_ids.contains(id) => {}
+                Some(id) => return bad(format!("messages[{i}]: no tool call has id `{id}`")),
+                None => {
+                    return bad(format!(
+                        "messages[{i}]: a tool message needs `tool_call_id`"
+                    ))
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A tool call sent back: exactly `id`, `type: "function"`, and
+/// `function` with `name` and string `arguments`.
+fn check_call(c: &Value) -> Result<(), String> {
+    let keys = |v: &Value| -> Vec<String> {
+        let mut k: Vec<String> = v
+            .as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default();
+        k.sort();
+        k
+    };
+    if keys(c) != ["function", "id", "type"] || !c["id"].is_string() || c["type"] != "function" {
+        return Err(format!(
+            "a tool call must be {{id, type: \"function\", function}}: {c}"
+        ));
+    }
+    if keys(&c["function"]) != ["arguments", "name"]
+        || !c["function"]["name"].is_string()
+        || !c["function"]["arguments"].is_string()
+    {
+        return Err(format!(
+            "a tool call's function must be {{name, arguments (a string)}}: {c}"
+        ));
+    }
+    Ok(())
 }
