@@ -284,6 +284,12 @@ async fn an_outage_longer_than_outage_timeout_exits_4_and_keeps_results() {
     let (job, child, _) = run_into_an_outage("outage_after = 3\noutage_timeout = \"2s\"").await;
     let out = child.wait_with_output().await.unwrap();
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    // The log names the deadline that applies.
+    let log = stderr(&out);
+    assert!(
+        log.contains("(giving up after 2s, llm.outage_timeout)"),
+        "{log}"
+    );
     let results = job.results();
     assert!(results.len() >= 2 && results.len() < 20, "{results:?}");
     assert!(results.iter().all(|r| r["status"] == "ok"));

@@ -110,6 +110,23 @@ mod tests {
     }
 
     #[test]
+    fn on_text_and_continue_prompt_are_part_of_agent() {
+        let dir = tempfile::tempdir().unwrap();
+        let of = |agent: &str| {
+            let path = dir.path().join("job.toml");
+            let text = format!(
+                "name = \"j\"\n[tasks]\nsource = \"t.jsonl\"\n[prompt]\nuser = \"go\"\n[llm]\nprovider = \"script\"\n[agent]\n{agent}\n"
+            );
+            std::fs::write(&path, text).unwrap();
+            Fingerprint::of(&crate::manifest::load(&path).unwrap(), &json!([]))
+        };
+        let base = of("");
+        assert_eq!(base.changed(&of("on_text = \"finish\"")), ["agent"]);
+        assert_eq!(base.changed(&of("continue_prompt = \"Go on.\"")), ["agent"]);
+        assert!(base.changed(&of("on_text = \"continue\"")).is_empty());
+    }
+
+    #[test]
     fn changed_names_each_differing_part_once() {
         let a = fp(&[("agent", "1"), ("prompt", "1"), ("tasks", "1")]);
         let b = fp(&[("agent", "1"), ("prompt", "2"), ("tasks", "2")]);
