@@ -171,6 +171,9 @@ async fn run(args: RunArgs) -> Result<Exit, Failure> {
         return Ok(Exit::Ok);
     }
     let llm = Llm::new(&job.manifest.llm).map_err(Failure::invalid)?;
+    // Before anything is created: a dead endpoint, a wrong path or a
+    // rejected key leaves no run directory and boots no workspace.
+    llm.preflight().await.map_err(Failure::infra)?;
     raise_nofile(&job)?;
     let out = run_dir(&args, &job);
     let tools = tool_schemas();
@@ -205,7 +208,6 @@ async fn run(args: RunArgs) -> Result<Exit, Failure> {
     let ctl = Arc::new(Control::default());
     spawn_signal_handler(ctl.clone(), job.manifest.run.grace);
 
-    llm.preflight().await.map_err(Failure::infra)?;
     let run_label = std::path::absolute(&out).unwrap_or_else(|_| out.clone());
     let workspace = Workspace::boot(&job, &run_label.display().to_string())
         .await
