@@ -209,8 +209,8 @@ async fn run(args: RunArgs) -> Result<Exit, Failure> {
         let every = m.monitor.interval;
         tokio::spawn(async move {
             loop {
-                let t = tally.lock().expect("tally lock").clone();
-                mon.sample(&ctx.workspace, &t, &ctx.llm).await;
+                let window = || tally.lock().expect("tally lock").take_window();
+                mon.sample(&ctx.workspace, window, &ctx.llm).await;
                 tokio::select! {
                     _ = stop.cancelled() => return mon,
                     _ = tokio::time::sleep(every) => {}
@@ -246,7 +246,7 @@ async fn run(args: RunArgs) -> Result<Exit, Failure> {
     let shutdown = ctx.workspace.finish().await;
     // The final sample, after cleanup: the end state of the workspace.
     if let Some(mon) = monitor.as_mut() {
-        mon.sample(&ctx.workspace, &tally, &ctx.llm).await;
+        mon.sample(&ctx.workspace, || tally.clone(), &ctx.llm).await;
     }
     let findings = monitor
         .as_ref()
@@ -294,7 +294,7 @@ async fn run(args: RunArgs) -> Result<Exit, Failure> {
         started_at: humantime::format_rfc3339_millis(started_at).to_string(),
         finished_at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
         duration_s: duration,
-        conversations_per_s: tally.done as f64 / duration.max(1e-9),
+        conversations_per_s: tally.rate(duration),
         workers,
         llm: ctx.llm.report(),
         leaks,
@@ -315,7 +315,7 @@ async fn run(args: RunArgs) -> Result<Exit, Failure> {
 
 /// The tasks still to run in a continued run directory, and how many are
 /// skipped: those with a final result (with `retry_failed`, only `ok`
-/// ones). Skipped tasks are counted into `tally` as they ended.
+/// ones). Skipped tasks are counted into `tally` as earlier runs' work.
 fn resume_plan(
     plan: Vec<tasks::Task>,
     previous: &Previous,
@@ -327,7 +327,7 @@ fn resume_plan(
         .into_iter()
         .filter(|t| match previous.records.get(&t.id) {
             Some(r) if r.status == Status::Ok || !retry_failed => {
-                tally.count(r);
+                tally.count_earlier(r);
                 skipped += 1;
                 false
             }

@@ -52,6 +52,12 @@ impl Progress {
         let counts = self.counts(t);
         match &self.bar {
             Some(bar) => {
+                if bar.position() < t.earlier {
+                    // Tasks earlier runs finished are not this run's
+                    // progress: the bar starts there, its rate from zero.
+                    bar.set_position(t.earlier);
+                    bar.reset_eta();
+                }
                 bar.set_position(t.done);
                 bar.set_message(counts);
             }
@@ -89,14 +95,10 @@ impl Progress {
 
     fn print_line(&self, t: &Tally, counts: &str) {
         let elapsed = self.started.elapsed().as_secs_f64();
-        let rate = t.done as f64 / elapsed.max(1e-9);
-        let eta = if rate > 0.0 {
-            format!("{:.0}s", (self.total.saturating_sub(t.done)) as f64 / rate)
-        } else {
-            "?".into()
-        };
+        let (rate, eta) = rate_and_eta(t, self.total, elapsed);
+        let rate = rate.map_or(String::new(), |r| format!(", {r:.1}/s"));
         eprintln!(
-            "progress: {}/{} done, {counts}, {rate:.1}/s, elapsed {elapsed:.0}s, eta {eta}",
+            "progress: {}/{} done, {counts}{rate}, elapsed {elapsed:.0}s, eta {eta}",
             t.done, self.total
         );
     }
@@ -110,5 +112,48 @@ impl Progress {
                 self.print_line(t, &counts);
             }
         }
+    }
+}
+
+/// This run's rate (tasks it finished per second; none before it finished
+/// one) and the ETA it gives for what is left (`?` while there is no rate).
+pub fn rate_and_eta(t: &Tally, total: u64, elapsed_s: f64) -> (Option<f64>, String) {
+    let rate = t.rate(elapsed_s);
+    let left = total.saturating_sub(t.done);
+    let eta = match rate {
+        _ if left == 0 => "0s".to_string(),
+        Some(r) => format!("{:.0}s", left as f64 / r),
+        None => "?".to_string(),
+    };
+    (rate, eta)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tally of `earlier` tasks from earlier runs and `now` of this one.
+    fn tally(earlier: u64, now: u64) -> Tally {
+        Tally {
+            done: earlier + now,
+            earlier,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn rate_and_eta_count_only_this_runs_tasks() {
+        // Resumed, nothing finished yet: no rate, ETA unknown.
+        assert_eq!(rate_and_eta(&tally(90, 0), 100, 5.0), (None, "?".into()));
+        // 5 tasks in 10 s, 5 left: 0.5/s and 10 s (not 9.5/s and 1 s).
+        assert_eq!(
+            rate_and_eta(&tally(90, 5), 100, 10.0),
+            (Some(0.5), "10s".into())
+        );
+    }
+
+    #[test]
+    fn a_resumed_run_with_nothing_left_has_no_rate_and_no_wait() {
+        assert_eq!(rate_and_eta(&tally(1, 0), 1, 3.0), (None, "0s".into()));
     }
 }
