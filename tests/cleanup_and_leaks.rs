@@ -186,49 +186,58 @@ async fn a_descriptor_every_conversation_leaves_open_is_caught() {
 
 /// Regression: over HTTP the connection pool grows each time the job
 /// reaches a new high of requests in flight, which `fd_growth` took for a
-/// leak (at workers 256 it fired at 15 s). Here the tool calls get faster
-/// and the model slower as the job goes on, so requests in flight, and
-/// the pool, climb in steps well after the warm-up.
+/// leak (at workers 256 it fired at 15 s). Here the endpoint closes every
+/// connection after its reply for the first 300 conversations, then keeps
+/// them open: convoy's FDs climb by a pool's worth well after the warm-up
+/// (100 conversations), with no leak.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_http_pool_warming_up_is_not_a_leak() {
     let llm = FakeLlm::start().await;
     let job = TestJob::new();
-    let rows: Vec<Value> = (0..700)
+    let rows: Vec<Value> = (0..800)
         .map(|i| {
-            let step = i / 100;
-            let delay_ms = step * 60;
-            let command = format!("sleep 0.{}", 6 - step);
+            // Closing: few requests at once (a quick model, a slow tool);
+            // then many (a slow model, a quick tool), on kept connections.
+            let close = i < 300;
+            let (command, delay_ms) = if close {
+                ("sleep 0.2", 0)
+            } else {
+                ("true", 100)
+            };
             let turns = json!([
-                {"calls": [["bash", {"command": command}]], "delay_ms": delay_ms},
-                {"calls": [["finish", {"message": "ok"}]], "delay_ms": delay_ms},
+                {"calls": [["bash", {"command": command}]], "delay_ms": delay_ms, "close": close},
+                {"calls": [["finish", {"message": "ok"}]], "delay_ms": delay_ms, "close": close},
             ]);
-            json!({"id": format!("t{i}"), "script": script(turns)})
+            json!({"id": format!("t{i:03}"), "script": script(turns)})
         })
         .collect();
     job.tasks(&rows);
     job.manifest(&support::http_manifest(
         &llm,
         "",
-        "[run]\nworkers = 48\n[monitor]\ninterval = \"200ms\"\non_leak = \"fail\"\n",
+        "[run]\nworkers = 32\n[monitor]\ninterval = \"200ms\"\non_leak = \"fail\"\n",
     ));
     let out = job.run(&[("CONVOY_TEST_KEY", support::KEY)]).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let s = summary(&job);
     assert_eq!(s["leaks"]["verdict"], "clean", "{s}");
-    // The pool did grow after the warm-up (100 conversations): what the
-    // rule must not take for a leak happened.
+    // What the rule must not take for a leak did happen: the pool grew
+    // once connections were kept, after the warm-up.
     let csv = std::fs::read_to_string(job.path("out/metrics.csv")).unwrap();
-    let mut lines = csv.lines();
-    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
     let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
     let (done, fds) = (col("done"), col("open_fds"));
-    let after_warmup: Vec<u64> = lines
-        .map(|l| l.split(',').collect::<Vec<_>>())
-        .filter(|r| r[done].parse::<u64>().unwrap() >= 100)
-        .map(|r| r[fds].parse().unwrap())
-        .collect();
-    let grew = after_warmup.iter().max().unwrap() - after_warmup[0];
-    assert!(grew >= 16, "FDs after the warm-up: {after_warmup:?}");
+    let fds_at = |range: std::ops::Range<u64>| -> Vec<u64> {
+        csv.lines()
+            .skip(1)
+            .map(|l| l.split(',').collect::<Vec<_>>())
+            .filter(|r| range.contains(&r[done].parse::<u64>().unwrap()))
+            .map(|r| r[fds].parse().unwrap())
+            .collect()
+    };
+    let (closing, kept) = (fds_at(100..240), fds_at(400..800));
+    let (low, high) = (closing.iter().max().unwrap(), kept.iter().max().unwrap());
+    assert!(high >= &(low + 16), "FDs {closing:?} then {kept:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,11 +7,15 @@
 //!   open (or that shed its session marker), in two samples in a row.
 //! - `fd_growth` / `rss_growth`: convoy's open FDs or RSS growing with the
 //!   number of finished conversations (least-squares slope after warm-up).
-//!   The HTTP pool is not a leak: it keeps one connection per request that
-//!   was ever in flight at once, so it grows in steps each time the job
-//!   reaches a new high of requests in flight, until that high stops
-//!   rising. So FDs are judged net of that high (`pooled`): a pool warming
-//!   up moves both together, a leak moves FDs alone.
+//!   The HTTP pool is not a leak: it holds at most one connection per
+//!   request that was ever in flight at once, so it grows in steps each
+//!   time the job reaches a new high of requests in flight, until that
+//!   high stops rising (and shrinks when idle connections close). So FDs
+//!   are judged by their excess over the first sample plus that high
+//!   (`pooled`): a pool warming up, or closing and reopening connections,
+//!   never takes the excess above zero; a leak takes it up without bound.
+//!   The rule trips when the excess grows with conversations and has
+//!   reached `FD_MIN_GROWTH`.
 
 use std::collections::{BTreeSet, HashSet};
 
@@ -23,8 +27,8 @@ use crate::workspace::channel::protocol::WorkspaceStats;
 const FD_SLOPE: f64 = 0.01;
 /// Bytes of RSS per finished conversation above which convoy leaks memory.
 const RSS_SLOPE: f64 = 32.0 * 1024.0;
-/// FDs the fitted growth must add over the judged span: a few FDs that
-/// come and go (a log file, the Docker API) are not a trend.
+/// FDs beyond the first sample and the pool that make a leak: a few that
+/// come and go (a log file, the Docker API) are not one.
 const FD_MIN_GROWTH: f64 = 16.0;
 /// Conversations a slope must span before it is judged.
 const FD_SPAN: f64 = 500.0;
@@ -41,7 +45,7 @@ pub struct Finding {
 /// convoy's own figures at one sample, for the growth rules.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Own {
-    /// Conversations finished.
+    /// Conversations this run finished.
     pub done: u64,
     pub fds: u64,
     /// The most requests in flight to the endpoint so far: the HTTP
@@ -55,7 +59,11 @@ pub struct LeakRules {
     warmup: u64,
     prev_sessions: BTreeSet<String>,
     prev_procs: BTreeSet<u32>,
-    /// (done, open FDs net of the HTTP pool, rss bytes) after warm-up.
+    /// Open FDs net of the HTTP pool while warming up (the most), or at
+    /// the first sample if that is later.
+    fd_base: Option<f64>,
+    /// (done, open FDs beyond `fd_base` and the pool, rss bytes) after
+    /// warm-up.
     points: Vec<(f64, f64, f64)>,
     pub findings: Vec<Finding>,
 }
@@ -141,16 +149,21 @@ impl LeakRules {
             pooled,
             rss,
         } = own;
+        let net = fds as f64 - pooled as f64;
+        if done < self.warmup || self.fd_base.is_none() {
+            self.fd_base = Some(self.fd_base.map_or(net, |b| b.max(net)));
+        }
+        let excess = net - self.fd_base.unwrap_or(net);
         if done >= self.warmup {
-            self.points
-                .push((done as f64, fds as f64 - pooled as f64, rss as f64));
+            self.points.push((done as f64, excess, rss as f64));
             if let Some((slope, span)) = slope(&self.points, |p| p.1) {
-                if span >= FD_SPAN && slope > FD_SLOPE && slope * span >= FD_MIN_GROWTH {
+                if span >= FD_SPAN && slope > FD_SLOPE && excess >= FD_MIN_GROWTH {
                     new.extend(self.fire(
                         "fd_growth",
                         format!(
-                            "convoy's open FDs grow by {:.1} per 1000 finished conversations \
-                             (beyond the {pooled} HTTP connections its most requests in flight explain)",
+                            "convoy's open FDs grow by {:.1} per 1000 finished conversations: \
+                             {fds} open, {excess:.0} more than at the start and the {pooled} \
+                             HTTP connections its most requests in flight explain",
                             slope * 1000.0
                         ),
                         at_s,
@@ -333,6 +346,27 @@ mod tests {
         }
         assert_eq!(tripped.len(), 1, "{tripped:?}");
         assert_eq!(tripped[0].rule, "fd_growth");
+    }
+
+    /// A server that closes idle connections: the pool empties while the
+    /// model is quiet and fills again up to the high it had reached.
+    #[test]
+    fn connections_closed_and_opened_again_are_not_a_leak() {
+        let mut r = LeakRules::new(100);
+        for i in 0..40u64 {
+            // Full while warming up, closed in the middle, open again.
+            let connections = if (10..20).contains(&i) { 0 } else { 48 };
+            let o = Own {
+                done: i * 50,
+                fds: 16 + connections,
+                pooled: 48,
+                rss: 50 << 20,
+            };
+            assert!(
+                r.observe(i as f64, &open(&[]), None, o).is_empty(),
+                "at {i}"
+            );
+        }
     }
 
     #[test]

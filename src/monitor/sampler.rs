@@ -141,7 +141,9 @@ impl Monitor {
         self.peak.threads = self.peak.threads.max(own_peak.1);
         self.peak.rss_bytes = self.peak.rss_bytes.max(own_peak.2);
         let own = Own {
-            done: s.done,
+            // Growth is per conversation of this run: a resumed run's
+            // earlier tasks did not pass through this process.
+            done: tally.ran(),
             fds: s.open_fds,
             pooled: self.pooled,
             rss: s.rss_bytes,

@@ -11,7 +11,9 @@
 //! invalid JSON; `delay_ms` makes the model that slow for this turn;
 //! `"status": 400` makes the endpoint fail this turn with that HTTP status;
 //! `"reasoning": "..."` adds `reasoning_content`; `"finish_reason"`
-//! overrides it). `"faults": [FAULT, ...]` answers the first attempts at
+//! overrides it; `"close": true` answers with `Connection: close`, so the
+//! connection ends after the reply, as with a server whose keep-alive
+//! timeout is short). `"faults": [FAULT, ...]` answers the first attempts at
 //! this turn with those faults, in order, then the turn itself. A FAULT is
 //! `{"status": 429, "retry_after": "1"}`, `{"stall_ms": 3000}` (answers,
 //! but that late), `{"reset": true}` (the connection breaks mid-reply) or
@@ -310,5 +312,11 @@ async fn answer(shared: &Shared, body: &Value) -> (u16, Response) {
         "choices": [{"index": 0, "message": message, "finish_reason": finish}],
         "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
     });
-    (200, (StatusCode::OK, Json(reply)).into_response())
+    let mut response = (StatusCode::OK, Json(reply)).into_response();
+    if turn.as_ref().is_some_and(|t| t["close"] == true) {
+        response
+            .headers_mut()
+            .insert("connection", "close".parse().unwrap());
+    }
+    (200, response)
 }
