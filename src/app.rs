@@ -239,7 +239,14 @@ async fn run(args: RunArgs) -> Result<Exit, Failure> {
 
     stop_monitor.cancel();
     let mut monitor = match monitor_task {
-        Some(t) => t.await.ok(),
+        Some(t) => t
+            .await
+            .map_err(|e| {
+                tracing::error!(
+                    "the monitor stopped early ({e}): metrics.csv ends at its last sample"
+                )
+            })
+            .ok(),
         None => None,
     };
     let ctx = Arc::into_inner(ctx).expect("every conversation has ended");
