@@ -12,5 +12,5 @@ mod sampler;
 
 pub use leaks::{Finding, LeakRules, Own};
 pub use own::own_usage;
-pub use peaks::{LiveCount, Peak};
+pub use peaks::LiveCount;
 pub use sampler::{Gauges, Monitor, Sample};
