@@ -62,7 +62,7 @@ async fn run(
     let dir = tempfile::tempdir().unwrap();
     let turns: Vec<Value> = (0..calls)
         .map(|_| json!({"calls": [["bash", {"command": command}]], "delay_ms": think_ms}))
-        .chain([json!({"content": "done"})])
+        .chain([json!({"calls": [["finish", {"message": "done"}]]})])
         .collect();
     let mut rows = String::new();
     for i in 0..convos {
@@ -229,10 +229,12 @@ async fn main() {
     println!("|---|---:|---:|---:|");
     // Warm-up (image layers, page cache, the daemon): not measured.
     run(&llm, Channel::Helper, 8, 5, 8, "true", 0).await;
-    // Sequential 3-call conversations: every gap is one tool call.
-    let (hn, en) = if quick { (30, 10) } else { (100, 30) };
-    let h = run(&llm, Channel::Helper, hn, 3, 1, "true", 0).await;
-    let e = run(&llm, Channel::Exec, en, 3, 1, "true", 0).await;
+    // Every row runs the same conversations through both channels: as
+    // many, with as many tool calls each. At 1, sequential 3-call
+    // conversations, where every gap between requests is one tool call.
+    let sequential = if quick { 10 } else { 40 };
+    let h = run(&llm, Channel::Helper, sequential, 3, 1, "true", 0).await;
+    let e = run(&llm, Channel::Exec, sequential, 3, 1, "true", 0).await;
     let (hg, eg) = (call_gaps(&h.requests), call_gaps(&e.requests));
     for (label, p) in [
         ("overhead per tool call, median (ms)", 0.5),
@@ -242,18 +244,24 @@ async fn main() {
         println!("| {label} | {a:.2} | {b:.2} | {:.1}x |", b / a);
     }
     for conc in [1usize, 64, 512] {
-        // At 1, the sequential runs above; otherwise `conc` conversations
-        // at once, each a few calls long.
+        // Otherwise `conc` conversations at once, each `calls` long (the
+        // exec path manages about a dozen calls a second, which bounds
+        // how long they can be).
+        let calls = match conc {
+            1 => 3,
+            64 if !quick => 10,
+            _ => 3,
+        };
         let (a, b) = if conc == 1 {
             (calls_per_s(&h), calls_per_s(&e))
         } else {
-            let (hc, ec) = if quick { (5, 2) } else { (20, 3) };
-            let h = run(&llm, Channel::Helper, conc, hc, conc, "true", 0).await;
-            let e = run(&llm, Channel::Exec, conc, ec, conc, "true", 0).await;
+            let h = run(&llm, Channel::Helper, conc, calls, conc, "true", 0).await;
+            let e = run(&llm, Channel::Exec, conc, calls, conc, "true", 0).await;
             (calls_per_s(&h), calls_per_s(&e))
         };
+        let convos = if conc == 1 { sequential } else { conc };
         println!(
-            "| tool calls/s, {conc} concurrent conversations | {a:.0} | {b:.1} | {:.1}x |",
+            "| tool calls/s, {conc} concurrent conversations ({convos} of {calls} calls, both) | {a:.0} | {b:.1} | {:.1}x |",
             a / b
         );
     }

@@ -1,60 +1,109 @@
 #!/usr/bin/env bash
 # The leak soak: N conversations (default 10,000) through one Docker
-# container at 256 workers with the `script` provider (3 shell commands
-# each, one of them leaving a background job), then the figures the leak
-# monitor recorded: wall time, convoy FDs start/peak/end, tmux sessions
-# peak/end, workspace processes at the end, RSS peak, the leak verdict.
-#   scripts/soak.sh [N] [WORKERS]
+# container over HTTP, the path users take: an OpenAI-compatible endpoint
+# on this machine (the tests' fake, examples/fake_llm_server.rs, answering
+# at once) plays 3 bash calls per conversation (one leaving a background
+# job) and then `finish`. It runs once per worker count (default 256 and
+# 1024, with llm.max_in_flight = workers so every worker can hold an HTTP
+# connection) and prints what the leak monitor recorded, one row each.
+#   scripts/soak.sh [N] [WORKERS...]
+#   SOAK_PROVIDER=script scripts/soak.sh ...   the `script` provider (no HTTP)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-10000}
-workers=${2:-256}
-cargo build --release --quiet
+shift || true
+workers=("${@:-256 1024}")
+read -r -a workers <<<"${workers[*]}"
+provider=${SOAK_PROVIDER:-http}
+cargo build --release --quiet --bin convoy --example fake_llm_server
 dir=$(mktemp -d /tmp/convoy-soak.XXXXXX)
-trap 'rm -rf "$dir"' EXIT
+srv=
+cleanup() {
+  # Closing the server's stdin stops it.
+  exec 9>&- 2>/dev/null || true
+  [ -n "$srv" ] && wait "$srv" 2>/dev/null || true
+  rm -rf "$dir"
+}
+trap cleanup EXIT
 python3 - "$dir" "$n" <<'PY'
 import json, sys
 d, n = sys.argv[1], int(sys.argv[2])
 with open(f"{d}/tasks.jsonl", "w") as f:
     for i in range(n):
-        f.write(json.dumps({"id": f"s{i}", "answer": "ok", "commands": [
+        commands = [
             f"export N={i}; cd /tmp && sleep 1000 & echo $N",
             "ls /proc | wc -l > /dev/null; echo $N",
             "cat /etc/hostname",
-        ]}) + "\n")
+        ]
+        turns = [{"calls": [["bash", {"command": c}]]} for c in commands]
+        turns.append({"calls": [["finish", {"message": "ok"}]]})
+        f.write(json.dumps({"id": f"s{i}", "answer": "ok", "commands": commands,
+                            "script": json.dumps({"turns": turns})}) + "\n")
 PY
-cat > "$dir/job.toml" <<TOML
+if [ "$provider" = http ]; then
+  mkfifo "$dir/server.in"
+  target/release/examples/fake_llm_server <"$dir/server.in" >"$dir/server.url" &
+  srv=$!
+  exec 9>"$dir/server.in"
+  for _ in $(seq 300); do [ -s "$dir/server.url" ] && break; sleep 0.1; done
+  url=$(head -n 1 "$dir/server.url")
+  [ -n "$url" ] || { echo "the fake endpoint did not start" >&2; exit 1; }
+fi
+
+echo "soak: $n conversations per row, $provider provider, Docker workspace"
+scripts/provenance.sh
+echo
+echo "| workers | wall (s) | conversations/s | convoy FDs start / peak / end | LLM requests in flight, peak | tmux sessions peak / end | workspace processes peak / end | RSS peak (MB) | leak verdict |"
+echo "|---:|---:|---:|---|---:|---|---|---:|---|"
+for w in "${workers[@]}"; do
+  if [ "$provider" = http ]; then
+    llm="base_url = \"$url\"
+model = \"soak\"
+max_in_flight = $w"
+    user="{{ script }}"
+  else
+    llm='provider = "script"'
+    user="go"
+  fi
+  cat >"$dir/job.toml" <<TOML
 name = "soak"
 [tasks]
 source = "tasks.jsonl"
 id = "{{ id }}"
 [prompt]
-user = "go"
+user = "$user"
 [llm]
-provider = "script"
+$llm
+[agent]
+max_steps = 5
 [workspace]
 kind = "docker"
 nofile = 65536
 [run]
-workers = $workers
+workers = $w
 [monitor]
 interval = "2s"
 TOML
-start=$(date +%s.%N)
-target/release/convoy run "$dir/job.toml" --out "$dir/out" 2>"$dir/stderr" | tail -n 8
-end=$(date +%s.%N)
-python3 - "$dir/out/summary.json" "$start" "$end" "$n" "$workers" <<'PY'
+  rm -rf "$dir/out"
+  start=$(date +%s.%N)
+  status=0
+  target/release/convoy run "$dir/job.toml" --out "$dir/out" >"$dir/stdout" 2>"$dir/stderr" || status=$?
+  end=$(date +%s.%N)
+  python3 - "$dir/out/summary.json" "$start" "$end" "$w" "$status" <<'PY'
 import json, sys
 s = json.load(open(sys.argv[1]))
-m = s["metrics"]
-print()
-print("| measure | value |")
-print("|---|---:|")
-print(f"| conversations | {s['done']} ({s['counts']}) at workers {sys.argv[5]} |")
-print(f"| wall time | {float(sys.argv[3]) - float(sys.argv[2]):.1f} s ({s['conversations_per_s']:.1f} conversations/s) |")
-print(f"| convoy open FDs start / peak / end | {m['open_fds_start']} / {m['open_fds_peak']} / {m['open_fds_end']} |")
-print(f"| tmux sessions peak / end | {m['tmux_sessions_peak']} / {m['tmux_sessions_end']} |")
-print(f"| workspace processes peak / end | {m['workspace_procs_peak']} / {m['workspace_procs_end']} |")
-print(f"| convoy RSS peak | {m['rss_bytes_peak'] / 1048576:.1f} MB |")
-print(f"| leak verdict | {s['leaks']['verdict']} (findings: {len(s['leaks']['findings'])}, reaped {s['leaks']['reaped']}, stray sessions {len(s['leaks']['stray_sessions'])}, stray processes {len(s['leaks']['stray_processes'])}) |")
+m, leaks = s["metrics"], s["leaks"]
+wall = float(sys.argv[3]) - float(sys.argv[2])
+verdict = leaks["verdict"]
+if leaks["findings"]:
+    verdict += " (" + "; ".join(f"{f['rule']}: {f['detail']}" for f in leaks["findings"]) + ")"
+if s["done"] != s["total_tasks"] or sys.argv[5] != "0":
+    verdict += f" [exit {sys.argv[5]}, {s['counts']}]"
+print(f"| {sys.argv[4]} | {wall:.1f} | {s['conversations_per_s'] or 0:.1f} "
+      f"| {m['open_fds_start']} / {m['open_fds_peak']} / {m['open_fds_end']} "
+      f"| {m['llm_in_flight_peak']} "
+      f"| {m['tmux_sessions_peak']} / {m['tmux_sessions_end']} "
+      f"| {m['workspace_procs_peak']} / {m['workspace_procs_end']} "
+      f"| {m['rss_bytes_peak'] / 1048576:.1f} | {verdict} |")
 PY
+done

@@ -261,8 +261,8 @@ async fn run(args: RunArgs) -> Result<Exit, Failure> {
         let every = m.monitor.interval;
         tokio::spawn(async move {
             loop {
-                let t = tally.lock().expect("tally lock").clone();
-                mon.sample(&ctx.workspace, &t, &ctx.llm).await;
+                let window = || tally.lock().expect("tally lock").take_window();
+                mon.sample(&ctx.workspace, window, &ctx.llm).await;
                 tokio::select! {
                     _ = stop.cancelled() => return mon,
                     _ = tokio::time::sleep(every) => {}
@@ -295,14 +295,17 @@ async fn run(args: RunArgs) -> Result<Exit, Failure> {
     ticker.abort();
     let _ = ticker.await;
     let tally = tally.lock().expect("tally lock").clone();
-    progress
-        .lock()
-        .expect("progress lock")
-        .finish(&tally, &ctx.llm.report().retries_by_reason);
 
     stop_monitor.cancel();
     let mut monitor = match monitor_task {
-        Some(t) => t.await.ok(),
+        Some(t) => t
+            .await
+            .map_err(|e| {
+                tracing::error!(
+                    "the monitor stopped early ({e}): metrics.csv ends at its last sample"
+                )
+            })
+            .ok(),
         None => None,
     };
     let mut ctx = Arc::into_inner(ctx).expect("every conversation has ended");
@@ -314,8 +317,14 @@ async fn run(args: RunArgs) -> Result<Exit, Failure> {
     }
     // The final sample, after cleanup: the end state of the workspace.
     if let Some(mon) = monitor.as_mut() {
-        mon.sample(&ctx.workspace, &tally, &ctx.llm).await;
+        mon.sample(&ctx.workspace, || tally.clone(), &ctx.llm).await;
     }
+    // The last progress line after the final sample: its gauges are the
+    // end state (sessions closed, connections dropped), not the last tick's.
+    progress
+        .lock()
+        .expect("progress lock")
+        .finish(&tally, &ctx.llm.report().retries_by_reason);
     let findings = monitor
         .as_ref()
         .map(|m| m.rules.findings.clone())
@@ -362,7 +371,7 @@ async fn run(args: RunArgs) -> Result<Exit, Failure> {
         started_at: humantime::format_rfc3339_millis(started_at).to_string(),
         finished_at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
         duration_s: duration,
-        conversations_per_s: tally.done as f64 / duration.max(1e-9),
+        conversations_per_s: tally.rate(duration),
         workers,
         llm: ctx.llm.report(),
         leaks,
@@ -383,7 +392,7 @@ async fn run(args: RunArgs) -> Result<Exit, Failure> {
 
 /// The tasks still to run in a continued run directory, and how many are
 /// skipped: those with a final result (with `retry_failed`, only `ok`
-/// ones). Skipped tasks are counted into `tally` as they ended.
+/// ones). Skipped tasks are counted into `tally` as earlier runs' work.
 fn resume_plan(
     plan: Vec<tasks::Task>,
     previous: &Previous,
@@ -395,7 +404,7 @@ fn resume_plan(
         .into_iter()
         .filter(|t| match previous.records.get(&t.id) {
             Some(r) if r.status == Status::Ok || !retry_failed => {
-                tally.count(r);
+                tally.count_earlier(r);
                 skipped += 1;
                 false
             }

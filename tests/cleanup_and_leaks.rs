@@ -113,33 +113,44 @@ fn leak_manifest(extra: &str) -> String {
     )
 }
 
+/// `n` scripted tasks that each run `command`, then answer.
+fn command_rows(n: usize, command: &str) -> Vec<Value> {
+    (0..n)
+        .map(|i| json!({"id": format!("t{i}"), "commands": [command], "answer": "ok"}))
+        .collect()
+}
+
+/// Runs a job whose leak must be caught by `rule`: exit 3 (`on_leak =
+/// "fail"`), verdict `leak`, the rule logged. Returns the summary and the
+/// rule's finding.
+async fn run_caught(job: &TestJob, envs: &[(&str, &str)], rule: &str) -> (Value, Value) {
+    let out = job.run(envs).await;
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let s = summary(job);
+    assert_eq!(s["leaks"]["verdict"], "leak");
+    let finding = s["leaks"]["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["rule"] == rule)
+        .unwrap_or_else(|| panic!("no {rule} finding: {s}"))
+        .clone();
+    let logged = format!("leak detected ({rule})");
+    assert!(stderr(&out).contains(&logged), "{}", stderr(&out));
+    (s, finding)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_nobody_closes_is_caught_and_named() {
     let job = TestJob::new();
-    let rows: Vec<Value> = (0..3)
-        .map(|i| json!({"id": format!("t{i}"), "commands": ["sleep 0.5"], "answer": "ok"}))
-        .collect();
-    job.tasks(&rows);
+    job.tasks(&command_rows(3, "sleep 0.5"));
     job.manifest(&leak_manifest("[run]\nworkers = 1\n"));
-    let out = job.run(&[("CONVOY_TEST_LEAK", "session")]).await;
-    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    let s = summary(&job);
-    assert_eq!(s["leaks"]["verdict"], "leak");
-    let findings = s["leaks"]["findings"].as_array().unwrap();
-    let orphan = findings
-        .iter()
-        .find(|f| f["rule"] == "orphan_session")
-        .expect("orphan_session");
+    let (s, orphan) = run_caught(&job, &[("CONVOY_TEST_LEAK", "session")], "orphan_session").await;
     assert!(
         orphan["detail"].as_str().unwrap().contains("c0"),
         "{orphan}"
     );
     assert!(!s["leaks"]["stray_sessions"].as_array().unwrap().is_empty());
-    assert!(
-        stderr(&out).contains("leak detected (orphan_session)"),
-        "{}",
-        stderr(&out)
-    );
     assert_nothing_left(&job, "CONVOY_NOTHING");
 }
 
@@ -152,20 +163,81 @@ async fn a_process_that_escapes_its_session_is_caught_and_killed_at_the_end() {
         "answer": "ok"
     })]);
     job.manifest(&leak_manifest(""));
-    let out = job.run(&[]).await;
-    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    let s = summary(&job);
-    let findings = s["leaks"]["findings"].as_array().unwrap();
-    let orphan = findings
-        .iter()
-        .find(|f| f["rule"] == "orphan_process")
-        .expect("orphan_process");
+    let (s, orphan) = run_caught(&job, &[], "orphan_process").await;
     assert!(
         orphan["detail"].as_str().unwrap().contains("(no session)"),
         "{orphan}"
     );
     assert_eq!(s["leaks"]["stray_processes"].as_array().unwrap().len(), 1);
     assert_nothing_left(&job, "sleep 1000.91");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_descriptor_every_conversation_leaves_open_is_caught() {
+    let job = TestJob::new();
+    job.tasks(&command_rows(700, "true"));
+    job.manifest(&leak_manifest("[run]\nworkers = 16\n"));
+    let (_, growth) = run_caught(&job, &[("CONVOY_TEST_LEAK", "fd")], "fd_growth").await;
+    assert!(
+        growth["detail"].as_str().unwrap().contains("grow by"),
+        "{growth}"
+    );
+}
+
+/// Regression: over HTTP the connection pool grows each time the job
+/// reaches a new high of requests in flight, which `fd_growth` took for a
+/// leak (at workers 256 it fired at 15 s). Here the endpoint closes every
+/// connection after its reply for the first 300 conversations, then keeps
+/// them open: convoy's FDs climb by a pool's worth well after the warm-up
+/// (100 conversations), with no leak.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_pool_warming_up_is_not_a_leak() {
+    let llm = FakeLlm::start().await;
+    let job = TestJob::new();
+    let rows: Vec<Value> = (0..800)
+        .map(|i| {
+            // Closing: few requests at once (a quick model, a slow tool);
+            // then many (a slow model, a quick tool), on kept connections.
+            let close = i < 300;
+            let (command, delay_ms) = if close {
+                ("sleep 0.2", 0)
+            } else {
+                ("true", 100)
+            };
+            let turns = json!([
+                {"calls": [["bash", {"command": command}]], "delay_ms": delay_ms, "close": close},
+                {"calls": [["finish", {"message": "ok"}]], "delay_ms": delay_ms, "close": close},
+            ]);
+            json!({"id": format!("t{i:03}"), "script": script(turns)})
+        })
+        .collect();
+    job.tasks(&rows);
+    job.manifest(&support::http_manifest(
+        &llm,
+        "",
+        "[run]\nworkers = 32\n[monitor]\ninterval = \"200ms\"\non_leak = \"fail\"\n",
+    ));
+    let out = job.run(&[("CONVOY_TEST_KEY", support::KEY)]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let s = summary(&job);
+    assert_eq!(s["leaks"]["verdict"], "clean", "{s}");
+    // What the rule must not take for a leak did happen: the pool grew
+    // once connections were kept, after the warm-up.
+    let csv = std::fs::read_to_string(job.path("out/metrics.csv")).unwrap();
+    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    let (done, fds) = (col("done"), col("open_fds"));
+    let fds_at = |range: std::ops::Range<u64>| -> Vec<u64> {
+        csv.lines()
+            .skip(1)
+            .map(|l| l.split(',').collect::<Vec<_>>())
+            .filter(|r| range.contains(&r[done].parse::<u64>().unwrap()))
+            .map(|r| r[fds].parse().unwrap())
+            .collect()
+    };
+    let (closing, kept) = (fds_at(100..240), fds_at(400..800));
+    let (low, high) = (closing.iter().max().unwrap(), kept.iter().max().unwrap());
+    assert!(high >= &(low + 16), "FDs {closing:?} then {kept:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

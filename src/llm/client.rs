@@ -133,6 +133,14 @@ impl Llm {
         }
     }
 
+    /// The most requests in flight since the last call (for the monitor).
+    pub fn take_in_flight_peak(&self) -> u64 {
+        match &self.backend {
+            Backend::OpenAi(c) => c.take_in_flight_peak() as u64,
+            Backend::Script => 0,
+        }
+    }
+
     /// Requests allowed in flight now (0 for the script provider).
     pub fn limit(&self) -> u64 {
         match &self.backend {

@@ -32,6 +32,8 @@ pub struct Limiter {
 struct State {
     limit: f64,
     in_flight: usize,
+    /// The most in flight since the monitor last took it.
+    peak: usize,
     last_cut: Option<Instant>,
     cuts: u64,
     lowest: f64,
@@ -54,6 +56,7 @@ impl Limiter {
             state: Mutex::new(State {
                 limit: ceiling,
                 in_flight: 0,
+                peak: 0,
                 last_cut: None,
                 cuts: 0,
                 lowest: ceiling,
@@ -76,6 +79,7 @@ impl Limiter {
                 let mut s = self.lock();
                 if s.in_flight < s.limit as usize {
                     s.in_flight += 1;
+                    s.peak = s.peak.max(s.in_flight);
                     return Permit { limiter: self };
                 }
             }
@@ -85,6 +89,14 @@ impl Limiter {
 
     pub fn in_flight(&self) -> usize {
         self.lock().in_flight
+    }
+
+    /// The most requests in flight since the last call (each holds one
+    /// HTTP connection, so this bounds what the pool can have opened).
+    pub fn take_peak(&self) -> usize {
+        let mut s = self.lock();
+        let in_flight = s.in_flight;
+        std::mem::replace(&mut s.peak, in_flight)
     }
 
     /// The allowed requests in flight now.
@@ -174,6 +186,22 @@ mod tests {
         assert_eq!(l.limit(), 64, "grows back to the ceiling, never past it");
         let s = l.stats();
         assert_eq!((s.lowest, s.cuts), (32, 1));
+    }
+
+    #[tokio::test]
+    async fn the_peak_holds_the_most_in_flight_between_takes() {
+        let l = Limiter::new(8);
+        let a = l.acquire().await;
+        let b = l.acquire().await;
+        drop(a);
+        drop(b);
+        let _c = l.acquire().await;
+        assert_eq!(l.take_peak(), 2);
+        assert_eq!(
+            l.take_peak(),
+            1,
+            "the next window starts from what is in flight"
+        );
     }
 
     #[tokio::test]

@@ -166,6 +166,11 @@ impl OpenAiClient {
         self.limiter.in_flight()
     }
 
+    /// The most requests in flight since the last call.
+    pub fn take_in_flight_peak(&self) -> usize {
+        self.limiter.take_peak()
+    }
+
     /// Requests allowed in flight now (the adaptive limit).
     pub fn limit(&self) -> usize {
         self.limiter.limit()

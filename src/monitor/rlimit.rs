@@ -1,8 +1,9 @@
 //! RLIMIT_NOFILE at startup: a job with 256 workers needs more than the
 //! 1024 descriptors many shells hand out, so convoy raises its own soft
 //! limit to what the job needs (up to the hard limit) before it starts.
+//! The system calls are the `rlimit` crate's.
 
-use nix::sys::resource::{getrlimit, setrlimit, Resource};
+use ::rlimit::Resource;
 
 /// Descriptors convoy needs: a fixed base (runtime, journal, helper
 /// stream, Docker API) plus, per conversation that can be in flight, one
@@ -38,13 +39,11 @@ pub struct TooLow {
 /// Raises the soft limit towards `needed` (never lowers it). A hard limit
 /// below `needed` is a warning; below the bare minimum the job cannot run.
 pub fn raise(needed: u64) -> Result<Raised, TooLow> {
-    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap_or((1024, 1024));
-    let target = needed.max(soft).min(hard);
-    if target > soft {
-        // Only fails if target > hard, which min() rules out.
-        let _ = setrlimit(Resource::RLIMIT_NOFILE, target, hard);
-    }
-    let (after, _) = getrlimit(Resource::RLIMIT_NOFILE).unwrap_or((soft, hard));
+    let (soft, hard) = Resource::NOFILE.get().unwrap_or((1024, 1024));
+    // Raises the soft limit to min(needed, hard), never lowers it. An error
+    // leaves the limit as it was, which the reading below reports.
+    let _ = ::rlimit::increase_nofile_limit(needed);
+    let (after, _) = Resource::NOFILE.get().unwrap_or((soft, hard));
     let minimum = 256 + 16;
     if after < minimum.min(needed) {
         return Err(TooLow { needed, hard });
@@ -70,8 +69,9 @@ mod tests {
 
     #[test]
     fn raising_never_lowers_the_limit() {
-        let (soft, _) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        let (soft, _) = Resource::NOFILE.get().unwrap();
         let r = raise(64).unwrap();
-        assert_eq!(r.after, soft.max(r.before));
+        assert_eq!(r.before, soft);
+        assert_eq!(r.after, soft);
     }
 }

@@ -1,4 +1,9 @@
-//! Sampling and `metrics.csv`.
+//! Sampling and `metrics.csv`. Each row is what was there at the sample
+//! and, in the `*_peak` columns, the most there was since the row before:
+//! convoy's FDs (read every 100 ms), sessions and in-flight conversations
+//! and requests (counted as they open and close). Workspace processes
+//! between samples are counted as one per open session (its shell), a
+//! floor: what those shells started is only seen by the samples.
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -9,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::leaks::{Finding, LeakRules};
+use super::leaks::{Finding, LeakRules, Own};
+use super::own::{OwnSampler, FAST};
 use crate::llm::Llm;
 use crate::report::Tally;
 use crate::workspace::Workspace;
@@ -31,9 +37,15 @@ pub struct Sample {
     /// The adaptive limit on requests in flight (0: no HTTP endpoint).
     pub llm_limit: u64,
     pub leaks: u64,
+    /// The most since the previous row (this one included).
+    pub open_fds_peak: u64,
+    pub tmux_sessions_peak: u64,
+    pub workspace_procs_peak: u64,
+    pub in_flight_peak: u64,
+    pub llm_in_flight_peak: u64,
 }
 
-const HEADER: &str = "elapsed_s,open_fds,threads,rss_bytes,tmux_sessions,workspace_procs,workspace_fds,in_flight,done,failed,llm_in_flight,llm_limit,leaks\n";
+const HEADER: &str = "elapsed_s,open_fds,threads,rss_bytes,tmux_sessions,workspace_procs,workspace_fds,in_flight,done,failed,llm_in_flight,llm_limit,leaks,open_fds_peak,tmux_sessions_peak,workspace_procs_peak,in_flight_peak,llm_in_flight_peak\n";
 
 /// The latest figures, for the progress line.
 #[derive(Debug, Clone, Default)]
@@ -46,28 +58,20 @@ pub struct Gauges {
     pub leaks: u64,
 }
 
-/// convoy's own open FDs, threads and RSS (bytes), from /proc/self.
-pub fn own_usage() -> (u64, u64, u64) {
-    let fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64);
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    (fds, field("Threads:"), field("VmRSS:") * 1024)
-}
-
 pub struct Monitor {
     started: Instant,
     csv: BufWriter<File>,
     pub rules: LeakRules,
     pub gauges: Arc<Mutex<Gauges>>,
+    /// The highest of every column over the run, peaks between samples
+    /// included (RSS and threads too: the FD thread reads them).
     pub peak: Sample,
     pub first: Option<Sample>,
     pub last: Sample,
+    own: OwnSampler,
+    /// The most requests in flight to the endpoint so far: each holds one
+    /// HTTP connection, which the pool keeps for the next request.
+    pooled: u64,
 }
 
 impl Monitor {
@@ -82,18 +86,21 @@ impl Monitor {
             peak: Sample::default(),
             first: None,
             last: Sample::default(),
+            own: OwnSampler::start(FAST),
+            pooled: 0,
         })
     }
 
-    /// Takes one sample, applies the leak rules, appends the row. New
-    /// findings are logged here, the first time each rule trips.
+    /// Takes one sample, applies the leak rules, appends the row. The
+    /// counts come from `tally`, read once the workspace has answered so
+    /// that they are as fresh as the rest of the row. New findings are
+    /// logged here, the first time each rule trips.
     pub async fn sample(
         &mut self,
         workspace: &Workspace,
-        tally: &Tally,
+        tally: impl FnOnce() -> Tally,
         llm: &Llm,
     ) -> Vec<Finding> {
-        let (open_fds, threads, rss_bytes) = own_usage();
         // Take ownership first: a session opened after this snapshot but
         // before the workspace answers would otherwise look unowned (the
         // rules also want it to last two samples).
@@ -102,29 +109,46 @@ impl Monitor {
             .await
             .ok()
             .and_then(Result::ok);
+        let ((open_fds, threads, rss_bytes), own_peak) = self.own.take();
+        let sessions_peak = workspace.take_sessions_peak();
+        let llm_in_flight = llm.in_flight();
+        let llm_peak = llm.take_in_flight_peak().max(llm_in_flight);
+        self.pooled = self.pooled.max(llm_peak);
+        let tally = tally();
+        let tmux_sessions = ws.as_ref().map_or(0, |w| w.sessions.len() as u64);
+        let workspace_procs = ws.as_ref().map_or(0, |w| w.processes.len() as u64);
         let s = Sample {
             elapsed_s: self.started.elapsed().as_secs_f64(),
             open_fds,
             threads,
             rss_bytes,
-            tmux_sessions: ws.as_ref().map_or(0, |w| w.sessions.len() as u64),
-            workspace_procs: ws.as_ref().map_or(0, |w| w.processes.len() as u64),
+            tmux_sessions,
+            workspace_procs,
             workspace_fds: ws.as_ref().map_or(0, |w| w.fds),
             in_flight: tally.in_flight,
             done: tally.done,
             failed: tally.not_ok(),
-            llm_in_flight: llm.in_flight(),
+            llm_in_flight,
             llm_limit: llm.limit(),
             leaks: 0,
+            open_fds_peak: own_peak.0,
+            tmux_sessions_peak: tmux_sessions.max(sessions_peak),
+            // Each open session has at least its shell.
+            workspace_procs_peak: workspace_procs.max(sessions_peak),
+            in_flight_peak: tally.in_flight_peak.max(tally.in_flight),
+            llm_in_flight_peak: llm_peak,
         };
-        let new = self.rules.observe(
-            s.elapsed_s,
-            &open,
-            ws.as_ref(),
-            s.done,
-            s.open_fds,
-            s.rss_bytes,
-        );
+        self.peak.threads = self.peak.threads.max(own_peak.1);
+        self.peak.rss_bytes = self.peak.rss_bytes.max(own_peak.2);
+        let own = Own {
+            // Growth is per conversation of this run: a resumed run's
+            // earlier tasks did not pass through this process.
+            done: tally.ran(),
+            fds: s.open_fds,
+            pooled: self.pooled,
+            rss: s.rss_bytes,
+        };
+        let new = self.rules.observe(s.elapsed_s, &open, ws.as_ref(), own);
         for f in &new {
             tracing::warn!("leak detected ({}): {}", f.rule, f.detail);
         }
@@ -138,7 +162,7 @@ impl Monitor {
 
     fn record(&mut self, s: Sample) {
         let row = format!(
-            "{:.1},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+            "{:.1},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
             s.elapsed_s,
             s.open_fds,
             s.threads,
@@ -151,7 +175,12 @@ impl Monitor {
             s.failed,
             s.llm_in_flight,
             s.llm_limit,
-            s.leaks
+            s.leaks,
+            s.open_fds_peak,
+            s.tmux_sessions_peak,
+            s.workspace_procs_peak,
+            s.in_flight_peak,
+            s.llm_in_flight_peak
         );
         if self
             .csv
@@ -162,11 +191,13 @@ impl Monitor {
             tracing::warn!("cannot write metrics.csv");
         }
         let p = &mut self.peak;
-        p.open_fds = p.open_fds.max(s.open_fds);
+        p.open_fds = p.open_fds.max(s.open_fds_peak);
         p.threads = p.threads.max(s.threads);
         p.rss_bytes = p.rss_bytes.max(s.rss_bytes);
-        p.tmux_sessions = p.tmux_sessions.max(s.tmux_sessions);
-        p.workspace_procs = p.workspace_procs.max(s.workspace_procs);
+        p.tmux_sessions = p.tmux_sessions.max(s.tmux_sessions_peak);
+        p.workspace_procs = p.workspace_procs.max(s.workspace_procs_peak);
+        p.in_flight = p.in_flight.max(s.in_flight_peak);
+        p.llm_in_flight = p.llm_in_flight.max(s.llm_in_flight_peak);
         *self.gauges.lock().expect("gauges lock") = Gauges {
             open_fds: s.open_fds,
             tmux_sessions: s.tmux_sessions,

@@ -38,7 +38,8 @@ struct Counts {
     ok: u64,
     failed: u64,
     in_flight: u64,
-    /// Tasks done before this invocation started (a continued run).
+    /// Tasks done before this invocation started (a continued run): not
+    /// this run's progress, so not in its ETA.
     baseline: Option<u64>,
 }
 
@@ -84,7 +85,7 @@ impl Progress {
     pub fn update(&mut self, t: &Tally) {
         {
             let mut c = self.counts.lock().expect("counts lock");
-            c.baseline.get_or_insert(t.done);
+            c.baseline = Some(t.earlier);
             c.done = t.done;
             c.ok = t.ok();
             c.failed = t.not_ok();

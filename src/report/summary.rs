@@ -18,8 +18,13 @@ pub struct Tally {
     pub done: u64,
     pub cancelled: u64,
     pub in_flight: u64,
+    /// The most in flight since the monitor last took it (`take_window`).
+    pub in_flight_peak: u64,
     pub usage: Usage,
     pub steps: u64,
+    /// Of `done`: tasks an earlier run of this directory finished, which
+    /// this run skips. Rates count only the others.
+    pub earlier: u64,
 }
 
 impl Tally {
@@ -28,6 +33,7 @@ impl Tally {
             Event::TaskStarted { attempt, .. } => {
                 if *attempt == 1 {
                     self.in_flight += 1;
+                    self.in_flight_peak = self.in_flight_peak.max(self.in_flight);
                 }
             }
             Event::StepDone { .. } => {}
@@ -49,6 +55,32 @@ impl Tally {
         *self.by_status.entry(r.status).or_default() += 1;
         self.usage.add(&r.usage);
         self.steps += r.steps as u64;
+    }
+
+    /// Counts a task an earlier run of the directory finished.
+    pub fn count_earlier(&mut self, r: &TaskRecord) {
+        self.count(r);
+        self.earlier += 1;
+    }
+
+    /// Tasks this run finished (what rates are made of).
+    pub fn ran(&self) -> u64 {
+        self.done - self.earlier
+    }
+
+    /// Tasks finished per second by this run over `elapsed_s`; `None`
+    /// before it finished any (a resumed run with nothing left to do has
+    /// no rate).
+    pub fn rate(&self, elapsed_s: f64) -> Option<f64> {
+        (self.ran() > 0 && elapsed_s > 0.0).then(|| self.ran() as f64 / elapsed_s)
+    }
+
+    /// A copy for one monitor sample; the in-flight peak starts again from
+    /// what is in flight now, so each sample holds the peak since the last.
+    pub fn take_window(&mut self) -> Tally {
+        let t = self.clone();
+        self.in_flight_peak = self.in_flight;
+        t
     }
 
     pub fn ok(&self) -> u64 {
@@ -78,7 +110,9 @@ pub struct Summary {
     pub started_at: String,
     pub finished_at: String,
     pub duration_s: f64,
-    pub conversations_per_s: f64,
+    /// Tasks this run finished per second (not those `skipped`); `null`
+    /// when it finished none.
+    pub conversations_per_s: Option<f64>,
     pub workers: usize,
     /// Requests, tokens, cost, retries by reason, the in-flight limiter and
     /// outages.
@@ -113,7 +147,8 @@ impl LeakVerdict {
     }
 }
 
-/// Start, peak and end of the monitor's samples.
+/// Start, peak and end of the monitor's samples; peaks include what
+/// happened between samples.
 #[derive(Debug, Serialize)]
 pub struct MetricsSummary {
     pub open_fds_start: u64,
@@ -125,6 +160,10 @@ pub struct MetricsSummary {
     pub tmux_sessions_end: u64,
     pub workspace_procs_peak: u64,
     pub workspace_procs_end: u64,
+    /// Conversations in flight at once, at most.
+    pub in_flight_peak: u64,
+    /// Requests in flight to the endpoint at once, at most.
+    pub llm_in_flight_peak: u64,
     pub samples_csv: &'static str,
 }
 
@@ -140,6 +179,8 @@ impl MetricsSummary {
             tmux_sessions_end: m.last.tmux_sessions,
             workspace_procs_peak: m.peak.workspace_procs,
             workspace_procs_end: m.last.workspace_procs,
+            in_flight_peak: m.peak.in_flight,
+            llm_in_flight_peak: m.peak.llm_in_flight,
             samples_csv: "metrics.csv",
         }
     }
@@ -154,7 +195,7 @@ impl Summary {
             .map(|(k, v)| format!("{k} {v}"))
             .collect();
         let mut s = format!(
-            "{}: {}/{} tasks done ({}) in {:.1}s, {:.1} conversations/s\n",
+            "{}: {}/{} tasks done ({}) in {:.1}s",
             self.name,
             self.done,
             self.total_tasks,
@@ -164,8 +205,11 @@ impl Summary {
                 counts.join(", ")
             },
             self.duration_s,
-            self.conversations_per_s
         );
+        if let Some(rate) = self.conversations_per_s {
+            s.push_str(&format!(", {rate:.1} conversations/s"));
+        }
+        s.push('\n');
         s.push_str(&format!(
             "tokens: {} prompt, {} completion; {} model turns; {} LLM retries\n",
             self.usage.prompt_tokens, self.usage.completion_tokens, self.steps, self.usage.retries
@@ -188,14 +232,16 @@ impl Summary {
         }
         if let Some(m) = &self.metrics {
             s.push_str(&format!(
-                "convoy FDs {} -> peak {} -> {}; RSS peak {:.1} MB; tmux sessions peak {}, end {}; workspace processes end {}\n",
+                "convoy FDs {} -> peak {} -> {}; RSS peak {:.1} MB; tmux sessions peak {}, end {}; workspace processes peak {}, end {}; in flight peak {}\n",
                 m.open_fds_start,
                 m.open_fds_peak,
                 m.open_fds_end,
                 m.rss_bytes_peak as f64 / 1048576.0,
                 m.tmux_sessions_peak,
                 m.tmux_sessions_end,
-                m.workspace_procs_end
+                m.workspace_procs_peak,
+                m.workspace_procs_end,
+                m.in_flight_peak
             ));
         }
         s.push_str(&format!("leaks: {}", self.leaks.verdict));

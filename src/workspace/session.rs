@@ -49,6 +49,7 @@ impl Session {
             self.closed = true;
             return Ok(());
         }
+        self.inner.leak_fd_on_purpose();
         self.inner.close_session(&self.name).await?;
         self.closed = true;
         Ok(())

@@ -19,6 +19,7 @@ use super::docker::DockerBackend;
 use super::local::LocalBackend;
 use super::session::Session;
 use crate::manifest::{Job, WorkspaceKind};
+use crate::monitor::LiveCount;
 
 #[derive(Debug, Error)]
 pub enum WorkspaceError {
@@ -67,8 +68,14 @@ pub(super) struct Inner {
     open: Mutex<HashSet<String>>,
     /// Sessions closed by the reaper rather than by their conversation.
     reaped: AtomicUsize,
+    /// Sessions alive in the workspace (opened and not yet closed), with
+    /// their peak between the monitor's samples.
+    sessions: LiveCount,
     /// Test-only: never close sessions (CONVOY_TEST_LEAK=session).
     leak_sessions: bool,
+    /// Test-only: leak one file descriptor per closed session
+    /// (CONVOY_TEST_LEAK=fd).
+    leak_fds: bool,
 }
 
 impl Inner {
@@ -111,10 +118,17 @@ impl Inner {
     }
 
     pub(super) async fn close_session(&self, name: &str) -> Result<(), WorkspaceError> {
-        let reply = self.call(Op::Close {
-            session: name.to_string(),
-        });
-        let result = match reply.await? {
+        let reply = self
+            .call(Op::Close {
+                session: name.to_string(),
+            })
+            .await;
+        // Gone unless the helper answered that it failed: a broken or lost
+        // link means the helper that held it is gone, and its sessions too.
+        if !matches!(reply, Ok(Reply::Error { .. })) {
+            self.sessions.dec();
+        }
+        let result = match reply? {
             Reply::Done => Ok(()),
             other => Err(WorkspaceError::unexpected(other)),
         };
@@ -130,6 +144,16 @@ impl Inner {
             self.open.lock().expect("open lock").remove(name);
         }
         self.leak_sessions
+    }
+
+    /// Test-only (CONVOY_TEST_LEAK=fd): each closed session leaves an
+    /// open file behind, so the `fd_growth` rule has something to find.
+    pub(super) fn leak_fd_on_purpose(&self) {
+        if self.leak_fds {
+            if let Ok(f) = std::fs::File::open("/dev/null") {
+                std::mem::forget(f);
+            }
+        }
     }
 
     pub(super) fn reap(&self, name: String) {
@@ -222,7 +246,9 @@ impl Workspace {
             reap_tx,
             open: Mutex::default(),
             reaped: AtomicUsize::new(0),
+            sessions: LiveCount::default(),
             leak_sessions: std::env::var("CONVOY_TEST_LEAK").is_ok_and(|v| v == "session"),
+            leak_fds: std::env::var("CONVOY_TEST_LEAK").is_ok_and(|v| v == "fd"),
         });
         let reaper = tokio::spawn(reap(Arc::downgrade(&inner), reap_rx));
         let backend = Arc::new(tokio::sync::Mutex::new(backend));
@@ -254,7 +280,10 @@ impl Workspace {
             })
             .await;
         match reply {
-            Ok(Reply::Done) => Ok(Session::new(name, self.inner.clone())),
+            Ok(Reply::Done) => {
+                self.inner.sessions.inc();
+                Ok(Session::new(name, self.inner.clone()))
+            }
             other => {
                 self.inner.open.lock().expect("open lock").remove(&name);
                 match other {
@@ -276,6 +305,12 @@ impl Workspace {
     /// Sessions that conversations own right now.
     pub fn open_sessions(&self) -> HashSet<String> {
         self.inner.open.lock().expect("open lock").clone()
+    }
+
+    /// The most sessions alive at once since the last call (the monitor's
+    /// samples miss what opens and closes between them).
+    pub fn take_sessions_peak(&self) -> u64 {
+        self.inner.sessions.take_peak()
     }
 
     /// A sample of the workspace for the monitor.

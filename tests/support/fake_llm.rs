@@ -21,7 +21,9 @@
 //! `"status": 400` makes the endpoint fail this turn with that HTTP status;
 //! `"reasoning": "..."` adds `reasoning_content`; `"finish_reason"`
 //! overrides it; `"raw": {...}` is the whole assistant message, verbatim,
-//! e.g. with a provider's extra fields). `"faults": [FAULT, ...]` answers the first attempts at
+//! e.g. with a provider's extra fields; `"close": true` answers with
+//! `Connection: close`, so the connection ends after the reply, as with a
+//! server whose keep-alive timeout is short). `"faults": [FAULT, ...]` answers the first attempts at
 //! this turn with those faults, in order, then the turn itself. A FAULT is
 //! `{"status": 429, "retry_after": "1", "message": "..."}`, `{"stall_ms": 3000}` (answers,
 //! but that late), `{"reset": true}` (the connection breaks mid-reply) or
@@ -367,7 +369,13 @@ async fn answer(shared: &Shared, body: &Value) -> (u16, Response) {
         "choices": [{"index": 0, "message": message, "finish_reason": finish}],
         "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
     });
-    (200, (StatusCode::OK, Json(reply)).into_response())
+    let mut response = (StatusCode::OK, Json(reply)).into_response();
+    if turn.as_ref().is_some_and(|t| t["close"] == true) {
+        response
+            .headers_mut()
+            .insert("connection", "close".parse().unwrap());
+    }
+    (200, response)
 }
 
 /// Past the end of a script: `finish` with the last assistant text when
