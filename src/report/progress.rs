@@ -202,6 +202,9 @@ fn bar(total: u64, counts: Arc<Mutex<Counts>>, gauges: Arc<Mutex<Gauges>>) -> Pr
 /// Time left at the rate of this invocation's tasks; None until one of
 /// them finished (tasks of an earlier run of the directory do not count).
 fn eta(elapsed: Duration, done: u64, baseline: u64, total: u64) -> Option<Duration> {
+    if done >= total {
+        return Some(Duration::ZERO);
+    }
     let ran = done.saturating_sub(baseline);
     if ran == 0 || elapsed.is_zero() {
         return None;
@@ -431,6 +434,8 @@ mod tests {
         };
         assert!(status_line(&s, 80, false).ends_with("eta ?"));
         assert!(plain_line(&s).ends_with("eta ?"));
+        // Nothing left (a continued run that had nothing to do): no wait.
+        assert_eq!(eta(Duration::from_secs(1), 7, 7, 7), Some(Duration::ZERO));
         // A continued run: 500 done before, none yet now.
         assert_eq!(eta(Duration::from_secs(9), 500, 500, 1000), None);
         // 10 tasks in 10 s, 490 left: 490 s (the 500 skipped ones do not
