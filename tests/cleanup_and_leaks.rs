@@ -235,9 +235,12 @@ async fn the_http_pool_warming_up_is_not_a_leak() {
             .map(|r| r[fds].parse().unwrap())
             .collect()
     };
-    let (closing, kept) = (fds_at(100..240), fds_at(400..800));
-    let (low, high) = (closing.iter().max().unwrap(), kept.iter().max().unwrap());
-    assert!(high >= &(low + 16), "FDs {closing:?} then {kept:?}");
+    let (mut closing, kept) = (fds_at(100..240), fds_at(400..800));
+    // The typical FD count while connections close (its median: a sample
+    // can catch closing ones still open), against the kept pool's high.
+    closing.sort_unstable();
+    let (typical, high) = (closing[closing.len() / 2], kept.iter().max().unwrap());
+    assert!(*high >= typical + 16, "FDs {closing:?} then {kept:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
