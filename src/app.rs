@@ -241,8 +241,10 @@ async fn run(args: RunArgs) -> Result<Exit, Failure> {
         },
         task_timeout: m.run.task_timeout,
         max_attempts: m.run.max_attempts,
+        max_infra_retries: m.run.max_infra_retries,
         workers: m.run.workers as usize,
         budget: Budget::new(&m.llm),
+        infra: Default::default(),
     });
     tracing::info!(
         "running {} tasks of `{}` with {} workers into {}",
