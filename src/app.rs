@@ -617,5 +617,7 @@ fn spawn_signal_handler(ctl: Arc<Control>, grace: std::time::Duration) {
         }
         crate::report::term::eprint_line("cancelling in-flight conversations");
         ctl.cancel();
+        crate::scheduler::exit_after(crate::scheduler::SHUTDOWN_BOUND, Exit::Interrupted.as_u8())
+            .await;
     });
 }

@@ -9,5 +9,5 @@ mod infra;
 mod pool;
 
 pub use budget::Budget;
-pub use control::Control;
+pub use control::{exit_after, Control, SHUTDOWN_BOUND};
 pub use pool::{run, RunCtx};

@@ -62,7 +62,7 @@ const QUICK_WAIT: Duration = Duration::from_secs(10);
 /// The whole of `finish` (reaper flush, stray sessions and processes).
 const FINISH_WAIT: Duration = Duration::from_secs(20);
 /// The helper's own shutdown, before its process is killed.
-const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 
 /// State shared by the workspace and its sessions.
 pub(super) struct Inner {
