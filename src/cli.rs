@@ -263,8 +263,8 @@ pub struct RunArgs {
     pub shard: Option<crate::tasks::Shard>,
 
     /// When continuing a run directory, also run again the tasks that
-    /// ended failed, timeout, max_steps or context_limit (default: only
-    /// tasks with no final result run).
+    /// ended failed, timeout, max_steps, context_limit or workspace_crash
+    /// (default: only tasks with no final result run).
     #[arg(long)]
     pub retry_failed: bool,
 

@@ -394,3 +394,48 @@ async fn a_forged_owner_file_does_not_make_sweep_remove_a_live_run() {
     assert_eq!(obs, ["forged\n", "", "still-here\n"]);
     assert_nothing_left(&job);
 }
+
+/// Kills the run's tmux server (found through /proc; in its container
+/// for `docker`) with SIGKILL, as the OOM killer would, once a task has
+/// finished: the helper ends, a new one brings up a new server, and the
+/// tasks the kill cut short run again without spending attempts.
+async fn kill_the_tmux_server_mid_job(job: &TestJob, docker: bool) {
+    job.tasks(&canaries(9));
+    let child = spawn_run(job);
+    job.wait_for_results(1).await;
+    let server = if docker {
+        let id = the_container(job).await;
+        the_pid_of(&["tmux", "start-server"], Some(&id)).await
+    } else {
+        let tmp = job.path("tmp").display().to_string();
+        the_pid_of(&["tmux", &tmp, "start-server"], None).await
+    };
+    kill(Pid::from_raw(server), Signal::SIGKILL).unwrap();
+    let out = wait(child).await;
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("the tmux server (pid"), "{err}");
+    assert_canaries_ok(job, 9);
+    assert!(
+        job.results()
+            .iter()
+            .any(|r| r["infra_retries"].as_u64() > Some(0)),
+        "the kill cut nothing short: {:?}",
+        job.results()
+    );
+    assert_nothing_left(job);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_local_tmux_server_is_replaced_and_the_job_goes_on() {
+    let job = TestJob::new();
+    local_manifest(&job, "[run]\nworkers = 3\nmax_attempts = 1\n");
+    kill_the_tmux_server_mid_job(&job, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_docker_tmux_server_is_replaced_and_the_job_goes_on() {
+    let job = TestJob::new();
+    docker_manifest(&job, "[run]\nworkers = 3\nmax_attempts = 1\n");
+    kill_the_tmux_server_mid_job(&job, true).await;
+}
