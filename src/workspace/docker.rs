@@ -545,7 +545,8 @@ async fn start_helper(docker: &Docker, id: &str) -> Result<ShimClient, Workspace
             }
         }
     });
-    ShimClient::connect(rx, input)
+    tokio::time::timeout(super::shared::HELLO_WAIT, ShimClient::connect(rx, input))
         .await
+        .map_err(|_| boot("the workspace helper did not say hello within 30s"))?
         .map_err(|e| boot(e.to_string()))
 }

@@ -68,9 +68,18 @@ impl LocalBackend {
     async fn connect(&mut self) -> Result<ShimClient, WorkspaceError> {
         let stdin = self.child.stdin.take().expect("piped");
         let stdout = self.child.stdout.take().expect("piped");
-        ShimClient::connect(stdout, stdin)
-            .await
-            .map_err(|e| WorkspaceError::Boot(e.to_string()))
+        tokio::time::timeout(
+            super::shared::HELLO_WAIT,
+            ShimClient::connect(stdout, stdin),
+        )
+        .await
+        .map_err(|_| {
+            boot(
+                "the workspace helper did not say hello",
+                "no answer within 30s",
+            )
+        })?
+        .map_err(|e| WorkspaceError::Boot(e.to_string()))
     }
 
     /// A new helper on the same root; it adopts the sessions the old one

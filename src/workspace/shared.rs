@@ -61,6 +61,9 @@ pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(10);
 const QUICK_WAIT: Duration = Duration::from_secs(10);
 /// The whole of `finish` (reaper flush, stray sessions and processes).
 const FINISH_WAIT: Duration = Duration::from_secs(20);
+/// A new helper must say hello within this (a stopped tmux server can hold
+/// its start), or the recovery attempt fails.
+pub(super) const HELLO_WAIT: Duration = Duration::from_secs(30);
 /// The helper's own shutdown, before its process is killed.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 
@@ -474,22 +477,29 @@ async fn heartbeat(link: &Link) {
     }
 }
 
+/// Closes dropped sessions, all at once: after a cancel hundreds may come
+/// together, and each close is bounded (`QUICK_WAIT`), not their sum.
 async fn reap(inner: std::sync::Weak<Inner>, mut rx: mpsc::UnboundedReceiver<ReapMsg>) {
+    let mut closing = tokio::task::JoinSet::new();
     while let Some(msg) = rx.recv().await {
         match msg {
             ReapMsg::Close(name) => {
                 let Some(inner) = inner.upgrade() else { return };
-                match inner.close_session(&name).await {
-                    Ok(()) => {
-                        inner.reaped.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!("reaper closed session `{name}`");
+                closing.spawn(async move {
+                    match inner.close_session(&name).await {
+                        Ok(()) => {
+                            inner.reaped.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!("reaper closed session `{name}`");
+                        }
+                        Err(e) => tracing::warn!("reaper could not close session `{name}`: {e}"),
                     }
-                    Err(e) => tracing::warn!("reaper could not close session `{name}`: {e}"),
-                }
+                });
             }
             ReapMsg::Flush(done) => {
+                while closing.join_next().await.is_some() {}
                 let _ = done.send(());
             }
         }
+        while closing.try_join_next().is_some() {}
     }
 }

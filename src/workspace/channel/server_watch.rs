@@ -17,13 +17,17 @@ use super::tmux::Tmux;
 /// mistaken for a dead one.
 const EVERY: Duration = Duration::from_millis(250);
 
-/// The pid of the tmux server behind `tmux`, if it answers.
+/// The pid of the tmux server behind `tmux`, if it answers within
+/// `ASK_WAIT` (a stopped server must not keep the helper from starting).
 pub async fn server_pid(tmux: &Tmux) -> Option<i32> {
-    tmux.call(&["display-message", "-p", "#{pid}"])
+    tokio::time::timeout(ASK_WAIT, tmux.call(&["display-message", "-p", "#{pid}"]))
         .await
+        .ok()?
         .ok()
         .and_then(|p| p.trim().parse().ok())
 }
+
+const ASK_WAIT: Duration = Duration::from_secs(5);
 
 /// Returns once the server `pid` is gone.
 pub async fn gone(pid: i32) {
