@@ -210,21 +210,27 @@ async fn a_task_that_kills_the_local_helper_is_quarantined() {
     assert_nothing_left(&job);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stopped_local_helper_misses_its_heartbeat_and_is_replaced() {
-    let job = TestJob::new();
+/// Stops the run's helper (found through /proc; in its container for
+/// `docker`) with SIGSTOP once a task has finished: the heartbeat finds
+/// it, it is replaced, the tasks it held run again without spending
+/// attempts.
+async fn stop_the_helper_mid_job(job: &TestJob, docker: bool) {
     job.tasks(&canaries(12));
-    local_manifest(&job, "[run]\nworkers = 3\nmax_attempts = 1\n");
-    let child = spawn_run(&job);
-    let tmp = job.path("tmp").display().to_string();
-    let helper = the_pid_of(&["shim", "--root", &tmp], None).await;
+    let child = spawn_run(job);
     job.wait_for_results(1).await;
+    let helper = if docker {
+        let id = the_container(job).await;
+        the_pid_of(&["/opt/convoy/convoy", "shim"], Some(&id)).await
+    } else {
+        let tmp = job.path("tmp").display().to_string();
+        the_pid_of(&["shim", "--root", &tmp], None).await
+    };
     kill(Pid::from_raw(helper), Signal::SIGSTOP).unwrap();
     let out = wait(child).await;
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(err.contains("did not answer a heartbeat"), "{err}");
-    assert_canaries_ok(&job, 12);
+    assert_canaries_ok(job, 12);
     assert!(
         job.results()
             .iter()
@@ -232,7 +238,21 @@ async fn a_stopped_local_helper_misses_its_heartbeat_and_is_replaced() {
         "the stop cut nothing short: {:?}",
         job.results()
     );
-    assert_nothing_left(&job);
+    assert_nothing_left(job);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_local_helper_misses_its_heartbeat_and_is_replaced() {
+    let job = TestJob::new();
+    local_manifest(&job, "[run]\nworkers = 3\nmax_attempts = 1\n");
+    stop_the_helper_mid_job(&job, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_docker_helper_misses_its_heartbeat_and_is_replaced() {
+    let job = TestJob::new();
+    docker_manifest(&job, "[run]\nworkers = 3\nmax_attempts = 1\n");
+    stop_the_helper_mid_job(&job, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
