@@ -226,8 +226,10 @@ async fn run(args: RunArgs) -> Result<Exit, Failure> {
         },
         task_timeout: m.run.task_timeout,
         max_attempts: m.run.max_attempts,
+        max_infra_retries: m.run.max_infra_retries,
         workers: m.run.workers as usize,
         budget: Budget::new(&m.llm),
+        infra: Default::default(),
     });
     tracing::info!(
         "running {} tasks of `{}` with {} workers into {}",
@@ -526,5 +528,7 @@ fn spawn_signal_handler(ctl: Arc<Control>, grace: std::time::Duration) {
         }
         crate::report::term::eprint_line("cancelling in-flight conversations");
         ctl.cancel();
+        crate::scheduler::exit_after(crate::scheduler::SHUTDOWN_BOUND, Exit::Interrupted.as_u8())
+            .await;
     });
 }

@@ -122,6 +122,11 @@ pub enum Command {
     /// result are skipped (with --retry-failed only `ok` ones), the rest
     /// run. A changed prompt, model, tool set, agent setting or task row is
     /// refused unless --force.
+    ///
+    /// Ctrl-C (SIGINT/SIGTERM): no new task starts, in-flight ones get
+    /// run.grace, then they are cancelled; convoy then exits within 90 s
+    /// more whatever the workspace does (a stopped helper or tmux server),
+    /// removing the container. A second signal cancels at once.
     Run(RunArgs),
 
     /// Parse and validate a manifest, read every task row and render every
@@ -313,8 +318,8 @@ pub struct RunArgs {
     pub shard: Option<crate::tasks::Shard>,
 
     /// When continuing a run directory, also run again the tasks that
-    /// ended failed, timeout, max_steps or context_limit (default: only
-    /// tasks with no final result run).
+    /// ended failed, timeout, max_steps, context_limit or workspace_crash
+    /// (default: only tasks with no final result run).
     #[arg(long)]
     pub retry_failed: bool,
 

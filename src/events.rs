@@ -16,7 +16,9 @@ pub struct Finished {
 /// Something that happened in a run, in the order it happened.
 #[derive(Debug)]
 pub enum Event {
-    /// A conversation started (or started again, for a retry).
+    /// A conversation started (or started again, for a retry). `attempt`
+    /// numbers every run of the task, re-runs after a workspace failure
+    /// included (the record's `attempt` does not count those).
     TaskStarted { id: String, attempt: u32 },
     /// A conversation finished a turn (the prompt, or a model reply and
     /// its tool results): the messages it added, for the partial journal.

@@ -46,7 +46,7 @@ async fn export_errors_leave_an_existing_out_file_untouched() {
     let cases: [(&[&str], &str); 5] = [
         (
             &["export", "out", "--only", "okk", "--out", "sft.jsonl"],
-            "possible values: ok, failed, timeout, max_steps, context_limit",
+            "possible values: ok, failed, timeout, max_steps, context_limit, workspace_crash",
         ),
         (
             &["export", "missing-run", "--out", "sft.jsonl"],

@@ -13,16 +13,20 @@ pub enum Status {
     Timeout,
     MaxSteps,
     ContextLimit,
+    /// The task brought the workspace down at repeated failures (with
+    /// different other tasks in flight each time) and was not run again.
+    WorkspaceCrash,
 }
 
 impl Status {
     /// Every status, in the order messages list them.
-    pub const ALL: [Status; 5] = [
+    pub const ALL: [Status; 6] = [
         Status::Ok,
         Status::Failed,
         Status::Timeout,
         Status::MaxSteps,
         Status::ContextLimit,
+        Status::WorkspaceCrash,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -32,6 +36,7 @@ impl Status {
             Status::Timeout => "timeout",
             Status::MaxSteps => "max_steps",
             Status::ContextLimit => "context_limit",
+            Status::WorkspaceCrash => "workspace_crash",
         }
     }
 }
@@ -46,11 +51,20 @@ pub struct TaskRecord {
     /// Model turns in the recorded attempt.
     pub steps: u32,
     pub usage: Usage,
-    /// Which attempt this is (1-based).
+    /// Which attempt this is (1-based). Attempts cut short by a failure of
+    /// the workspace (helper or container) are not counted here.
     pub attempt: u32,
+    /// Attempts cut short by a failure of the workspace and run again
+    /// (`run.max_infra_retries` bounds them).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub infra_retries: u32,
     /// RFC 3339, UTC.
     pub started_at: String,
     pub finished_at: String,
     pub duration_s: f64,
     pub error: Option<String>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }

@@ -395,6 +395,11 @@ pub struct RunSpec {
     /// error (not on `max_steps` or `timeout`).
     #[serde(default = "RunSpec::default_max_attempts")]
     pub max_attempts: u32,
+    /// Re-runs of a task whose attempt a failure of the workspace (its
+    /// helper or container died or stopped answering) cut short; they do
+    /// not count against `max_attempts`.
+    #[serde(default = "RunSpec::default_max_infra_retries")]
+    pub max_infra_retries: u32,
     /// Run directory, relative to the manifest. Default: `runs/{name}`.
     #[serde(default)]
     pub out: Option<PathBuf>,
@@ -414,6 +419,9 @@ impl RunSpec {
     fn default_max_attempts() -> u32 {
         2
     }
+    fn default_max_infra_retries() -> u32 {
+        5
+    }
     fn default_grace() -> Duration {
         Duration::from_secs(30)
     }
@@ -425,6 +433,7 @@ impl Default for RunSpec {
             workers: Self::default_workers(),
             task_timeout: Self::default_task_timeout(),
             max_attempts: Self::default_max_attempts(),
+            max_infra_retries: Self::default_max_infra_retries(),
             out: None,
             grace: Self::default_grace(),
         }

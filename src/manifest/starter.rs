@@ -90,6 +90,7 @@ kind = "local"
 workers = 4                      # conversations in flight at once (default 128; --workers N)
 #task_timeout = "30m"            # deadline of one attempt
 #max_attempts = 2                # only errors are retried, not timeout or max_steps
+#max_infra_retries = 5           # re-runs after the workspace failed under a task (not attempts)
 #out = "runs/starter"            # run directory, relative to this file (--out DIR; default:
                                  # runs/starter under the current directory)
 #grace = "30s"                   # after the first Ctrl-C, before in-flight tasks are cancelled

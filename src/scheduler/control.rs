@@ -1,6 +1,7 @@
 //! How a run is stopped. Two levels, in order: `drain` stops dispatching new
 //! tasks (in-flight conversations go on), `cancel` stops in-flight ones too.
-//! A fatal error (credentials rejected) drains and remembers why.
+//! A fatal error (credentials rejected) drains and remembers why. After a
+//! cancel, `exit_after` bounds how long the workspace may take to shut down.
 
 use std::sync::Mutex;
 
@@ -68,4 +69,29 @@ impl Control {
     pub fn fatal_reason(&self) -> Option<String> {
         self.fatal.lock().expect("fatal lock").clone()
     }
+}
+
+/// After cancelling, the workspace's own cleanup is bounded step by step
+/// (well within this); past it, whatever the workspace does, convoy removes
+/// what it owns and exits.
+pub const SHUTDOWN_BOUND: std::time::Duration = std::time::Duration::from_secs(75);
+/// The forced removal itself (a container, or the local workspace).
+const FORCED_CLEANUP_BOUND: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Sleeps `bound`, then removes what this convoy owns and exits with
+/// `code`: the last resort, for a workspace that does not shut down.
+pub async fn exit_after(bound: std::time::Duration, code: u8) {
+    tokio::time::sleep(bound).await;
+    tracing::error!(
+        "the workspace did not shut down within {}s of the cancel; removing it and exiting",
+        bound.as_secs()
+    );
+    match tokio::time::timeout(FORCED_CLEANUP_BOUND, crate::workspace::sweep::remove_own()).await {
+        Ok(()) => {}
+        Err(_) => tracing::error!(
+            "removing the workspace took more than {}s; it may be left behind (`convoy sweep` removes it)",
+            FORCED_CLEANUP_BOUND.as_secs()
+        ),
+    }
+    std::process::exit(i32::from(code));
 }

@@ -13,12 +13,17 @@ use tokio::task::JoinSet;
 
 use super::budget::Budget;
 use super::control::Control;
+use super::infra::{self, InfraLedger};
 use crate::agent::{drive, AgentError, Conversation, DriveLimits};
 use crate::events::{Event, Finished};
 use crate::journal::{Status, TaskRecord};
 use crate::llm::{Llm, LlmError};
 use crate::tasks::Task;
 use crate::workspace::{Workspace, WorkspaceError};
+
+/// How long a task waits for its session to close after its end (a
+/// stuck workspace must not hold it past `task_timeout` for longer).
+pub const CLEANUP_WAIT: Duration = Duration::from_secs(10);
 
 /// Everything a conversation needs, shared by all of them.
 pub struct RunCtx {
@@ -28,8 +33,12 @@ pub struct RunCtx {
     pub limits: DriveLimits,
     pub task_timeout: Duration,
     pub max_attempts: u32,
+    /// Re-runs of a task after failures of the workspace, beyond its
+    /// attempts (`run.max_infra_retries`).
+    pub max_infra_retries: u32,
     pub workers: usize,
     pub budget: Budget,
+    pub infra: InfraLedger,
 }
 
 /// Runs every task (until drained) and returns when the last conversation
@@ -88,7 +97,9 @@ fn log_join_error(r: Result<(), tokio::task::JoinError>) {
     }
 }
 
-/// One task: attempts until one ends in a final state.
+/// One task: attempts until one ends in a final state. An attempt cut
+/// short by a failure of the workspace is run again without counting (see
+/// `infra`), unless the task itself keeps breaking the workspace.
 async fn run_task(
     task: Task,
     ctx: Arc<RunCtx>,
@@ -96,26 +107,40 @@ async fn run_task(
     events: mpsc::UnboundedSender<Event>,
     _permit: OwnedSemaphorePermit,
 ) {
-    for attempt in 1..=ctx.max_attempts {
+    let mut attempt = 1;
+    let mut infra_retries = 0;
+    loop {
+        // Events number every run of the task, infrastructure re-runs too,
+        // so that partial turns of two runs never share a number.
+        let run = attempt + infra_retries;
         let _ = events.send(Event::TaskStarted {
             id: task.id.clone(),
-            attempt,
+            attempt: run,
         });
         let started = SystemTime::now();
         let clock = Instant::now();
         let mut conv = Conversation::new(task.system.as_deref(), &task.user);
+        let ledger = &ctx.infra;
+        let _alone = if ledger.is_suspect(&task.id, ctx.workspace.failures()) {
+            Some(ledger.isolate().await)
+        } else {
+            None
+        };
+        let in_flight = ledger.begin(&task.id, ctx.workspace.failures());
         let result = {
             let attempt_fut =
-                AssertUnwindSafe(run_attempt(&task, attempt, &ctx, &mut conv, &events))
-                    .catch_unwind();
+                AssertUnwindSafe(run_attempt(&task, run, &ctx, &mut conv, &events)).catch_unwind();
             tokio::select! {
                 r = attempt_fut => r,
                 _ = ctl.cancel.cancelled() => {
+                    ledger.end(in_flight, ctx.workspace.failures());
                     let _ = events.send(Event::TaskCancelled { id: task.id.clone() });
                     return;
                 }
             }
         };
+        let failures = ctx.workspace.failures();
+        let hit = ledger.end(in_flight, failures) > 0;
         let (status, final_answer, error, retry) = match result {
             Ok(Ok(text)) => (Status::Ok, Some(text), None, false),
             Ok(Err(e)) => {
@@ -137,8 +162,31 @@ async fn run_task(
                     });
                     return;
                 }
-                let (status, retry) = classify(&e);
-                (status, None, Some(e.to_string()), retry)
+                if hit && matches!(e, Attempt::Agent(AgentError::Workspace(_))) {
+                    match infra_outcome(&task.id, &ctx, failures, infra_retries, &e) {
+                        InfraOutcome::Retry if !ctl.drain.is_cancelled() => {
+                            infra_retries += 1;
+                            tracing::info!(
+                                "task {}: the workspace failed under it, running it again (not counted as an attempt; {infra_retries} of run.max_infra_retries = {}): {e}",
+                                task.id,
+                                ctx.max_infra_retries
+                            );
+                            continue;
+                        }
+                        InfraOutcome::Retry => {
+                            // Draining: not the task's failure, so not
+                            // recorded; a later run does it.
+                            let _ = events.send(Event::TaskCancelled {
+                                id: task.id.clone(),
+                            });
+                            return;
+                        }
+                        InfraOutcome::Final(status, why) => (status, None, Some(why), false),
+                    }
+                } else {
+                    let (status, retry) = classify(&e);
+                    (status, None, Some(e.to_string()), retry)
+                }
             }
             Err(panic) => (
                 Status::Failed,
@@ -157,6 +205,7 @@ async fn run_task(
                 task.id,
                 error.as_deref().unwrap_or("")
             );
+            attempt += 1;
             continue;
         }
         let record = TaskRecord {
@@ -166,6 +215,7 @@ async fn run_task(
             steps: conv.steps,
             usage: conv.usage,
             attempt,
+            infra_retries,
             started_at: humantime::format_rfc3339_millis(started).to_string(),
             finished_at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
             duration_s: clock.elapsed().as_secs_f64(),
@@ -178,6 +228,45 @@ async fn run_task(
         })));
         return;
     }
+}
+
+enum InfraOutcome {
+    Retry,
+    Final(Status, String),
+}
+
+/// What follows an attempt that a failure of the workspace cut short.
+fn infra_outcome(
+    task: &str,
+    ctx: &RunCtx,
+    failures: u64,
+    infra_retries: u32,
+    e: &Attempt,
+) -> InfraOutcome {
+    if ctx.infra.is_poison(task, failures) {
+        tracing::error!(
+            "task {task} was in flight at each of {} or more workspace failures, with other tasks around it changing: it is not run again (workspace_crash)",
+            infra::POISON_STRIKES
+        );
+        return InfraOutcome::Final(
+            Status::WorkspaceCrash,
+            format!(
+                "the workspace failed {} or more times while this task ran, with different other tasks each time: this task brings it down, so it was not run again (last: {e})",
+                infra::POISON_STRIKES
+            ),
+        );
+    }
+    if infra_retries >= ctx.max_infra_retries {
+        return InfraOutcome::Final(
+            Status::Failed,
+            format!(
+                "the workspace failed under this task {} times (run.max_infra_retries = {}); last: {e}",
+                infra_retries + 1,
+                ctx.max_infra_retries
+            ),
+        );
+    }
+    InfraOutcome::Retry
 }
 
 /// Why an attempt did not end with an answer.
@@ -209,11 +298,6 @@ async fn run_attempt(
     conv: &mut Conversation,
     events: &mpsc::UnboundedSender<Event>,
 ) -> Result<String, Attempt> {
-    let session = ctx
-        .workspace
-        .open_session()
-        .await
-        .map_err(|e| Attempt::Agent(e.into()))?;
     let on_turn = |step, messages: &[Value]| {
         let _ = events.send(Event::StepDone {
             id: task.id.clone(),
@@ -222,22 +306,31 @@ async fn run_attempt(
             messages: messages.to_vec(),
         });
     };
-    let driven = tokio::time::timeout(
-        ctx.task_timeout,
-        drive(
-            conv,
-            task,
-            &ctx.llm,
-            &session,
-            &ctx.tools,
-            &ctx.limits,
-            on_turn,
-        ),
-    )
+    // The deadline covers opening the session too: a workspace that does
+    // not answer (a stopped tmux server) must not hold a task past it.
+    let mut session = None;
+    let driven = tokio::time::timeout(ctx.task_timeout, async {
+        let s = session.insert(
+            ctx.workspace
+                .open_session()
+                .await
+                .map_err(AgentError::from)?,
+        );
+        drive(conv, task, &ctx.llm, s, &ctx.tools, &ctx.limits, on_turn).await
+    })
     .await;
-    if let Err(e) = session.close().await {
-        // The session's guard already handed it to the reaper.
-        tracing::warn!("task {}: closing its session failed: {e}", task.id);
+    if let Some(session) = session {
+        // Bounded: past it the session is dropped, and its guard hands it
+        // to the reaper.
+        match tokio::time::timeout(CLEANUP_WAIT, session.close()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("task {}: closing its session failed: {e}", task.id),
+            Err(_) => tracing::warn!(
+                "task {}: its session did not close within {}s; left to the reaper",
+                task.id,
+                CLEANUP_WAIT.as_secs()
+            ),
+        }
     }
     match driven {
         Err(_) => Err(Attempt::Deadline(ctx.task_timeout)),

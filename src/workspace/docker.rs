@@ -32,6 +32,8 @@ use crate::manifest::{ChannelKind, Job};
 /// Where the helper binary and its root live inside the container.
 const HELPER_BIN: &str = "/opt/convoy/convoy";
 const HELPER_ROOT: &str = "/tmp/convoy-shim";
+/// How long the end of a job waits for Docker to remove the container.
+const REMOVE_WAIT: Duration = Duration::from_secs(20);
 
 /// The container and how requests reach it. Dropping it without `stop`
 /// still removes the container (in the background).
@@ -44,10 +46,16 @@ pub struct DockerBackend {
     nofile: u64,
     /// The helper runs in this image (else: one exec per request).
     helper_ok: bool,
+    /// Held while the backend lives: `convoy sweep` leaves its containers
+    /// alone. The file is on the host, out of the sessions' reach.
+    lock: Option<(sweep::RunLock, PathBuf)>,
 }
 
 impl Drop for DockerBackend {
     fn drop(&mut self) {
+        if let Some((_lock, path)) = self.lock.take() {
+            let _ = std::fs::remove_file(path);
+        }
         if let Some(id) = self.container.take() {
             if !self.job.manifest.workspace.keep {
                 let docker = self.docker.clone();
@@ -94,7 +102,15 @@ impl DockerBackend {
             run_label: run_label.to_string(),
             nofile: spec.nofile,
             helper_ok: spec.channel == ChannelKind::Helper,
+            lock: None,
         };
+        let name = format!("{}-{:08x}", job.manifest.name, fastrand::u32(..));
+        backend.lock = Some(sweep::RunLock::create(&name).map_err(|e| {
+            boot(format!(
+                "cannot create the run's lock file in {}: {e}",
+                sweep::lock_dir().display()
+            ))
+        })?);
         backend.boot_container().await?;
         let link = backend.connect_link().await?;
         let workdir = spec.workdir.clone().unwrap_or_else(|| "/workspace".into());
@@ -270,6 +286,11 @@ impl DockerBackend {
             (sweep::LABEL_HOST.to_string(), sweep::hostname()),
         ]
         .into_iter()
+        .chain(
+            self.lock
+                .as_ref()
+                .map(|(_, path)| (sweep::LABEL_LOCK.to_string(), path.display().to_string())),
+        )
         .collect();
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
@@ -307,7 +328,8 @@ impl DockerBackend {
         Ok(created.id)
     }
 
-    /// Removes the container (unless `keep`).
+    /// Removes the container (unless `keep`), at most `REMOVE_WAIT`, and
+    /// its lock file.
     pub async fn stop(mut self) {
         if let Some(id) = self.container.take() {
             if self.job.manifest.workspace.keep {
@@ -315,8 +337,15 @@ impl DockerBackend {
                     "keeping workspace container {} (workspace.keep = true)",
                     short(&id)
                 );
-            } else {
-                remove(&self.docker, &id).await;
+            } else if tokio::time::timeout(REMOVE_WAIT, remove(&self.docker, &id))
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    "Docker did not remove workspace container {} within {}s; `convoy sweep` removes it",
+                    short(&id),
+                    REMOVE_WAIT.as_secs()
+                );
             }
         }
     }
@@ -516,7 +545,8 @@ async fn start_helper(docker: &Docker, id: &str) -> Result<ShimClient, Workspace
             }
         }
     });
-    ShimClient::connect(rx, input)
+    tokio::time::timeout(super::shared::HELLO_WAIT, ShimClient::connect(rx, input))
         .await
+        .map_err(|_| boot("the workspace helper did not say hello within 30s"))?
         .map_err(|e| boot(e.to_string()))
 }

@@ -12,11 +12,17 @@ use super::shared::WorkspaceError;
 
 /// The helper process and the directory it owns. The helper removes that
 /// directory itself when its stdin closes, so even if convoy is killed the
-/// tmux server and every session process go with it.
+/// tmux server and every session process go with it. Convoy holds the
+/// directory's lock until it is gone: `convoy sweep` leaves it alone while
+/// this convoy lives, whatever a session writes into its `owner` file.
 pub struct LocalBackend {
     child: tokio::process::Child,
     root: PathBuf,
+    _lock: super::sweep::RunLock,
 }
+
+/// How long `stop` waits for the helper's own exit.
+const STOP_WAIT: Duration = Duration::from_secs(5);
 
 fn boot(what: &str, e: impl std::fmt::Display) -> WorkspaceError {
     WorkspaceError::Boot(format!("{what}: {e}"))
@@ -31,6 +37,9 @@ impl LocalBackend {
             .tempdir()
             .map_err(|e| boot("cannot create a temporary directory", e))?
             .keep();
+        super::sweep::register_own(&root);
+        let lock = super::sweep::RunLock::acquire(&root)
+            .map_err(|e| boot("cannot lock the workspace directory", e))?;
         // Who owns this directory, for `convoy sweep` after a crash.
         let (pid, start) = super::sweep::me();
         std::fs::write(
@@ -42,7 +51,11 @@ impl LocalBackend {
         std::fs::create_dir_all(&workdir)
             .map_err(|e| boot("cannot create the work directory", e))?;
         let child = spawn_helper(&root)?;
-        let mut backend = LocalBackend { child, root };
+        let mut backend = LocalBackend {
+            child,
+            root,
+            _lock: lock,
+        };
         match backend.connect().await {
             Ok(client) => Ok((backend, Link::Shim(client), workdir)),
             Err(e) => {
@@ -55,9 +68,18 @@ impl LocalBackend {
     async fn connect(&mut self) -> Result<ShimClient, WorkspaceError> {
         let stdin = self.child.stdin.take().expect("piped");
         let stdout = self.child.stdout.take().expect("piped");
-        ShimClient::connect(stdout, stdin)
-            .await
-            .map_err(|e| WorkspaceError::Boot(e.to_string()))
+        tokio::time::timeout(
+            super::shared::HELLO_WAIT,
+            ShimClient::connect(stdout, stdin),
+        )
+        .await
+        .map_err(|_| {
+            boot(
+                "the workspace helper did not say hello",
+                "no answer within 30s",
+            )
+        })?
+        .map_err(|e| WorkspaceError::Boot(e.to_string()))
     }
 
     /// A new helper on the same root; it adopts the sessions the old one
@@ -71,17 +93,33 @@ impl LocalBackend {
         Ok(Link::Shim(self.connect().await?))
     }
 
-    /// Waits for the helper to exit (its stdin must be closed already) and
-    /// removes whatever it could not.
+    /// Waits (at most `STOP_WAIT`) for the helper to exit (its stdin must
+    /// be closed already), then kills whatever still names the directory
+    /// (a stopped tmux server, say) and removes it.
     pub async fn stop(mut self) {
-        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+        if tokio::time::timeout(STOP_WAIT, self.child.wait())
             .await
             .is_err()
         {
-            tracing::warn!("workspace helper did not exit in 10s; killing it");
+            tracing::warn!(
+                "workspace helper did not exit in {}s; killing it",
+                STOP_WAIT.as_secs()
+            );
             let _ = self.child.kill().await;
         }
-        let _ = std::fs::remove_dir_all(&self.root);
+        let root = self.root.clone();
+        let killed = tokio::task::spawn_blocking(move || {
+            let n = super::sweep::kill_mentioning(&root);
+            let _ = std::fs::remove_dir_all(&root);
+            n
+        })
+        .await
+        .unwrap_or(0);
+        if killed > 0 {
+            tracing::warn!(
+                "killed {killed} processes of the local workspace that outlived its helper"
+            );
+        }
     }
 }
 

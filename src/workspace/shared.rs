@@ -53,11 +53,27 @@ enum ReapMsg {
 const RECOVERY_WAIT: Duration = Duration::from_secs(120);
 /// Recovery attempts before the workspace counts as lost.
 const RECOVERY_ATTEMPTS: u32 = 5;
+/// The helper is asked for a sign of life this often...
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
+/// ...and is replaced like a broken one when it does not answer in this.
+pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Requests that should be quick (list, stats, close) give up after this:
+/// a stopped tmux server must not hold the monitor or the cleanup.
+const QUICK_WAIT: Duration = Duration::from_secs(10);
+/// The whole of `finish` (reaper flush, stray sessions and processes).
+const FINISH_WAIT: Duration = Duration::from_secs(20);
+/// A new helper must say hello within this (a stopped tmux server can hold
+/// its start), or the recovery attempt fails.
+pub(super) const HELLO_WAIT: Duration = Duration::from_secs(30);
+/// The helper's own shutdown, before its process is killed.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 
 /// State shared by the workspace and its sessions.
 pub(super) struct Inner {
     /// The current link; the supervisor replaces it after a break.
     link: watch::Sender<Arc<Link>>,
+    /// Links replaced so far; changed only with the link's lock held.
+    replaced: AtomicU64,
     /// Set when recovery gave up.
     lost: Mutex<Option<String>>,
     counter: AtomicU64,
@@ -85,6 +101,28 @@ impl Inner {
     pub(super) async fn call(&self, op: Op) -> Result<Reply, WorkspaceError> {
         let link = self.healthy_link().await?;
         Ok(link.call(op).await?)
+    }
+
+    /// `call` for requests that answer at once when the workspace is well:
+    /// past `QUICK_WAIT` they fail instead of waiting on a stuck one.
+    async fn quick_call(&self, op: Op) -> Result<Reply, WorkspaceError> {
+        let what = format!("{op:?}");
+        tokio::time::timeout(QUICK_WAIT, self.call(op))
+            .await
+            .unwrap_or_else(|_| {
+                Err(WorkspaceError::Helper(format!(
+                    "no answer within {}s to {what}",
+                    QUICK_WAIT.as_secs()
+                )))
+            })
+    }
+
+    /// Failures of the workspace so far: links replaced, plus one while
+    /// the current link is broken. Monotone: a waiting request that failed
+    /// because the link broke sees the count include that break.
+    fn failures(&self) -> u64 {
+        let link = self.link.borrow();
+        self.replaced.load(Ordering::SeqCst) + u64::from(link.is_broken())
     }
 
     async fn healthy_link(&self) -> Result<Arc<Link>, WorkspaceError> {
@@ -119,7 +157,7 @@ impl Inner {
 
     pub(super) async fn close_session(&self, name: &str) -> Result<(), WorkspaceError> {
         let reply = self
-            .call(Op::Close {
+            .quick_call(Op::Close {
                 session: name.to_string(),
             })
             .await;
@@ -235,6 +273,7 @@ impl Workspace {
         let (reap_tx, reap_rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             link: watch::Sender::new(Arc::new(link)),
+            replaced: AtomicU64::new(0),
             lost: Mutex::default(),
             counter: AtomicU64::new(0),
             workdir: Some(workdir.display().to_string()),
@@ -296,10 +335,17 @@ impl Workspace {
 
     /// Names of the tmux sessions alive in the workspace.
     pub async fn list_sessions(&self) -> Result<Vec<String>, WorkspaceError> {
-        match self.inner.call(Op::List).await? {
+        match self.inner.quick_call(Op::List).await? {
             Reply::Sessions { names } => Ok(names),
             other => Err(WorkspaceError::unexpected(other)),
         }
+    }
+
+    /// How many times the workspace failed so far (its helper or container
+    /// died or stopped answering). An attempt during which this grew was
+    /// cut short by the workspace, not by its task.
+    pub fn failures(&self) -> u64 {
+        self.inner.failures()
     }
 
     /// Sessions that conversations own right now.
@@ -315,32 +361,48 @@ impl Workspace {
 
     /// A sample of the workspace for the monitor.
     pub async fn stats(&self) -> Result<WorkspaceStats, WorkspaceError> {
-        match self.inner.call(Op::Stats).await? {
+        match self.inner.quick_call(Op::Stats).await? {
             Reply::Stats(s) => Ok(s),
             other => Err(WorkspaceError::unexpected(other)),
         }
     }
 
-    /// Closes what the reaper still holds, sweeps sessions nobody owns,
-    /// stops the helper and releases the backend.
     /// The end of the job's work: closes what the reaper still holds,
     /// then sweeps what nobody owns: sessions still alive, and processes of
     /// this workspace's sessions still running. Both are leaks and are
-    /// reported.
+    /// reported. At most `FINISH_WAIT`: a workspace that does not answer
+    /// leaves the rest to `shutdown`, which kills it.
     pub async fn finish(&self) -> ShutdownReport {
-        let mut report = ShutdownReport::default();
+        let report = Mutex::new(ShutdownReport::default());
+        if tokio::time::timeout(FINISH_WAIT, self.finish_into(&report))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "the workspace did not finish its cleanup within {}s; shutting it down as it is",
+                FINISH_WAIT.as_secs()
+            );
+        }
+        report.into_inner().expect("report lock")
+    }
+
+    /// `finish`, writing each finding into `out` as soon as it is known.
+    async fn finish_into(&self, out: &Mutex<ShutdownReport>) {
         let (tx, rx) = oneshot::channel();
         if self.inner.reap_tx.send(ReapMsg::Flush(tx)).is_ok() {
             let _ = rx.await;
         }
-        report.reaped = self.inner.reaped.load(Ordering::Relaxed);
+        out.lock().expect("report lock").reaped = self.inner.reaped.load(Ordering::Relaxed);
         if let Ok(names) = self.list_sessions().await {
             for name in names {
                 tracing::warn!(
                     "leak: tmux session `{name}` was still alive at the end of the job; closing it"
                 );
+                out.lock()
+                    .expect("report lock")
+                    .stray_sessions
+                    .push(name.clone());
                 let _ = self.inner.close_session(&name).await;
-                report.stray_sessions.push(name);
             }
         }
         if let Ok(stats) = self.stats().await {
@@ -349,10 +411,9 @@ impl Workspace {
                 tracing::warn!(
                     "leak: process {pid} ({owner}) outlived its conversation; killing it"
                 );
-                report.stray_processes.push(pid);
+                out.lock().expect("report lock").stray_processes.push(pid);
             }
         }
-        report
     }
 
     /// Stops the helper (killing every process any session started) and
@@ -361,7 +422,15 @@ impl Workspace {
         // The helper's exit must not look like a break to recover from.
         self.supervisor.abort();
         let _ = self.supervisor.await;
-        let _ = tokio::time::timeout(Duration::from_secs(30), self.inner.call(Op::Shutdown)).await;
+        if tokio::time::timeout(SHUTDOWN_WAIT, self.inner.call(Op::Shutdown))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "the workspace helper did not shut down within {}s; killing it",
+                SHUTDOWN_WAIT.as_secs()
+            );
+        }
         self.reaper.abort();
         let Workspace { inner, backend, .. } = self;
         // Dropping the last handle to the link closes the helper's stdin.
@@ -373,17 +442,26 @@ impl Workspace {
     }
 }
 
-/// Watches the link; when it breaks, recovers it through the backend (a
-/// new helper, or a new container if the old one died). After
-/// `RECOVERY_ATTEMPTS` failures in a row the workspace is lost.
+/// Watches the link; when it breaks, or its helper stops answering the
+/// heartbeat, recovers it through the backend (a new helper, or a new
+/// container if the old one died). After `RECOVERY_ATTEMPTS` failures in a
+/// row the workspace is lost.
 async fn supervise(inner: std::sync::Weak<Inner>, backend: Arc<tokio::sync::Mutex<Backend>>) {
     loop {
         let Some(link) = inner.upgrade().map(|i| i.link.borrow().clone()) else {
             return;
         };
-        link.closed().await;
+        tokio::select! {
+            _ = link.closed() => tracing::warn!("the workspace link broke; recovering"),
+            _ = heartbeat(&link) => {
+                tracing::warn!(
+                    "the workspace helper did not answer a heartbeat within {}s (stopped or wedged); replacing it",
+                    HEARTBEAT_TIMEOUT.as_secs()
+                );
+                link.abandon();
+            }
+        }
         drop(link);
-        tracing::warn!("the workspace link broke; recovering");
         let mut backend = backend.lock().await;
         let mut delay = Duration::from_secs(1);
         let mut attempt = 1;
@@ -391,7 +469,10 @@ async fn supervise(inner: std::sync::Weak<Inner>, backend: Arc<tokio::sync::Mute
             match backend.recover().await {
                 Ok(new) => {
                     let Some(inner) = inner.upgrade() else { return };
-                    inner.link.send_replace(Arc::new(new));
+                    inner.link.send_modify(|l| {
+                        *l = Arc::new(new);
+                        inner.replaced.fetch_add(1, Ordering::SeqCst);
+                    });
                     tracing::info!("the workspace is back");
                     break;
                 }
@@ -416,22 +497,44 @@ async fn supervise(inner: std::sync::Weak<Inner>, backend: Arc<tokio::sync::Mute
     }
 }
 
+/// Returns when the helper leaves a ping unanswered for
+/// `HEARTBEAT_TIMEOUT`. A ping that fails because the link broke is left
+/// to `closed`.
+async fn heartbeat(link: &Link) {
+    loop {
+        tokio::time::sleep(HEARTBEAT_EVERY).await;
+        if tokio::time::timeout(HEARTBEAT_TIMEOUT, link.ping())
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// Closes dropped sessions, all at once: after a cancel hundreds may come
+/// together, and each close is bounded (`QUICK_WAIT`), not their sum.
 async fn reap(inner: std::sync::Weak<Inner>, mut rx: mpsc::UnboundedReceiver<ReapMsg>) {
+    let mut closing = tokio::task::JoinSet::new();
     while let Some(msg) = rx.recv().await {
         match msg {
             ReapMsg::Close(name) => {
                 let Some(inner) = inner.upgrade() else { return };
-                match inner.close_session(&name).await {
-                    Ok(()) => {
-                        inner.reaped.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!("reaper closed session `{name}`");
+                closing.spawn(async move {
+                    match inner.close_session(&name).await {
+                        Ok(()) => {
+                            inner.reaped.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!("reaper closed session `{name}`");
+                        }
+                        Err(e) => tracing::warn!("reaper could not close session `{name}`: {e}"),
                     }
-                    Err(e) => tracing::warn!("reaper could not close session `{name}`: {e}"),
-                }
+                });
             }
             ReapMsg::Flush(done) => {
+                while closing.join_next().await.is_some() {}
                 let _ = done.send(());
             }
         }
+        while closing.try_join_next().is_some() {}
     }
 }

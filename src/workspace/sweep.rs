@@ -9,6 +9,15 @@
 //! alive is removed: containers (forced), and for local workspaces every
 //! process that names the directory (its helper, tmux server and the
 //! sessions' processes) and then the directory itself.
+//!
+//! The owner file can be rewritten by a session (same user, in the
+//! workspace), so it alone never condemns a run: a live convoy holds an
+//! exclusive lock (flock) for as long as its workspace exists, and the
+//! sweep takes that lock before it removes anything. A lock is released
+//! only by its holder closing it (or dying); no session can release it.
+//! Locally the lock is on the workspace directory itself; for a container
+//! it is on a file on the host (`convoy.lock` label names it), out of
+//! every session's reach.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -20,6 +29,8 @@ use nix::unistd::Pid;
 pub const LABEL_PID: &str = "convoy.pid";
 pub const LABEL_PID_START: &str = "convoy.pid_start";
 pub const LABEL_HOST: &str = "convoy.host";
+/// The host file whose lock a live convoy holds for its container.
+pub const LABEL_LOCK: &str = "convoy.lock";
 /// The owner file of a local workspace directory: `PID START`.
 pub const OWNER_FILE: &str = "owner";
 
@@ -52,6 +63,121 @@ fn start_time(pid: u32) -> Option<u64> {
 /// Is the process that wrote (pid, start) still running?
 fn alive(pid: u32, start: u64) -> bool {
     start_time(pid).is_some_and(|s| start == 0 || s == start)
+}
+
+/// A held exclusive lock on a workspace (its directory, or a container's
+/// lock file): proof that its convoy is alive. Released on drop.
+#[derive(Debug)]
+pub struct RunLock {
+    _file: std::fs::File,
+}
+
+impl RunLock {
+    /// Locks `path` (a directory or a file that exists), failing at once
+    /// if another holder has it.
+    pub fn acquire(path: &Path) -> std::io::Result<RunLock> {
+        let file = std::fs::File::open(path)?;
+        file.try_lock().map_err(std::io::Error::from)?;
+        Ok(RunLock { _file: file })
+    }
+
+    /// Creates (mode 0600) and locks a container's lock file in
+    /// `lock_dir()`.
+    pub fn create(name: &str) -> std::io::Result<(RunLock, PathBuf)> {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        let dir = lock_dir();
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)?;
+        let path = dir.join(format!("{name}.lock"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)?;
+        file.try_lock().map_err(std::io::Error::from)?;
+        Ok((RunLock { _file: file }, path))
+    }
+}
+
+/// Where containers' lock files live: on the host, in the temp dir, a
+/// directory only this user can enter.
+pub fn lock_dir() -> PathBuf {
+    std::env::temp_dir().join(format!(".convoy-locks-{}", nix::unistd::getuid()))
+}
+
+/// Is the lock at `path` held by a live convoy? A missing path holds no
+/// lock. On `Ok(None)` nobody held it; on `Ok(Some(lock))` the caller now
+/// holds it.
+fn held_by_other(path: &Path) -> Result<Option<RunLock>, ()> {
+    match RunLock::acquire(path) {
+        Ok(lock) => Ok(Some(lock)),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Err(()),
+        Err(_) => Ok(None),
+    }
+}
+
+/// Local workspace directories this process created, for `remove_own`.
+static OWN_DIRS: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// Records a local workspace directory this process owns.
+pub fn register_own(dir: &Path) {
+    OWN_DIRS
+        .lock()
+        .expect("own dirs lock")
+        .push(dir.to_path_buf());
+}
+
+/// The last resort when this convoy must exit and its workspace did not
+/// shut down: forcibly removes its own containers (by label) and local
+/// workspaces (by what it recorded, not by owner files), killing their
+/// processes. Logs what it removed.
+pub async fn remove_own() {
+    let (pid, start) = me();
+    if let Ok(docker) = bollard::Docker::connect_with_defaults() {
+        let filters: HashMap<String, Vec<String>> = [(
+            "label".to_string(),
+            vec![
+                format!("{LABEL_PID}={pid}"),
+                format!("{LABEL_PID_START}={start}"),
+            ],
+        )]
+        .into();
+        let opts = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        for c in docker.list_containers(Some(opts)).await.unwrap_or_default() {
+            let Some(id) = c.id else { continue };
+            let opts = RemoveContainerOptionsBuilder::new()
+                .force(true)
+                .v(true)
+                .build();
+            match docker.remove_container(&id, Some(opts)).await {
+                Ok(()) => tracing::warn!("removed workspace container {}", &id[..12.min(id.len())]),
+                Err(e) => tracing::error!("could not remove workspace container {id}: {e}"),
+            }
+        }
+    }
+    let dirs = std::mem::take(&mut *OWN_DIRS.lock().expect("own dirs lock"));
+    for dir in dirs {
+        let killed = tokio::task::spawn_blocking({
+            let dir = dir.clone();
+            move || {
+                let n = kill_mentioning(&dir);
+                let _ = std::fs::remove_dir_all(&dir);
+                n
+            }
+        })
+        .await
+        .unwrap_or(0);
+        tracing::warn!(
+            "removed local workspace {} ({killed} processes killed)",
+            dir.display()
+        );
+    }
 }
 
 /// What a sweep removed.
@@ -127,7 +253,15 @@ async fn sweep_containers() -> Result<Vec<String>, String> {
             continue;
         };
         // Another host's convoy (a shared daemon): its pids mean nothing here.
-        if labels.get(LABEL_HOST).is_some_and(|h| *h != host) || alive(pid as u32, start) {
+        if labels.get(LABEL_HOST).is_some_and(|h| *h != host) {
+            continue;
+        }
+        // Held while the container goes, so no other sweep races us.
+        let lock_path = labels.get(LABEL_LOCK).map(PathBuf::from);
+        let Ok(lock) = lock_path.as_deref().map_or(Ok(None), held_by_other) else {
+            continue;
+        };
+        if alive(pid as u32, start) {
             continue;
         }
         let Some(id) = c.id else { continue };
@@ -141,7 +275,12 @@ async fn sweep_containers() -> Result<Vec<String>, String> {
             .v(true)
             .build();
         match docker.remove_container(&id, Some(opts)).await {
-            Ok(()) => removed.push(name),
+            Ok(()) => {
+                removed.push(name);
+                if let (Some(_held), Some(path)) = (lock, lock_path) {
+                    let _ = std::fs::remove_file(path);
+                }
+            }
             Err(e) => tracing::warn!("could not remove orphaned container {name}: {e}"),
         }
     }
@@ -165,11 +304,16 @@ pub fn sweep_local(tmp: &Path) -> (Vec<PathBuf>, usize) {
             continue;
         };
         let mut it = owner.split_whitespace().map(|v| v.parse::<u64>().ok());
-        let (Some(Some(pid)), Some(Some(start))) = (it.next(), it.next()) else {
+        let owner = (it.next().flatten(), it.next().flatten());
+        // A live convoy holds its directory's lock, whatever the owner
+        // file says; ours is held until the directory is gone.
+        let Ok(_lock) = held_by_other(&dir) else {
             continue;
         };
-        if alive(pid as u32, start) {
-            continue;
+        if let (Some(pid), Some(start)) = owner {
+            if alive(pid as u32, start) {
+                continue;
+            }
         }
         killed += kill_mentioning(&dir);
         match std::fs::remove_dir_all(&dir) {
@@ -182,7 +326,7 @@ pub fn sweep_local(tmp: &Path) -> (Vec<PathBuf>, usize) {
 
 /// SIGKILLs every process whose command line or environment names `dir`
 /// (until none is left: a process may fork while we look). Blocking.
-fn kill_mentioning(dir: &Path) -> usize {
+pub fn kill_mentioning(dir: &Path) -> usize {
     let needle = dir.as_os_str().as_encoded_bytes();
     let me = std::process::id();
     let mut killed = std::collections::HashSet::new();
@@ -256,5 +400,20 @@ mod tests {
         assert_eq!(killed, 1);
         assert!(!orphan.wait().unwrap().success());
         assert!(live.exists() && !dead.exists());
+    }
+
+    #[test]
+    fn a_locked_directory_stays_whatever_its_owner_file_says() {
+        let tmp = tempfile::tempdir().unwrap();
+        let forged = tmp.path().join("convoy-forged");
+        std::fs::create_dir(&forged).unwrap();
+        let lock = RunLock::acquire(&forged).unwrap();
+        // A session rewrote the owner file with a dead owner.
+        std::fs::write(forged.join(OWNER_FILE), "1 1").unwrap();
+        assert_eq!(sweep_local(tmp.path()), (vec![], 0));
+        assert!(forged.exists());
+        drop(lock);
+        assert_eq!(sweep_local(tmp.path()), (vec![forged.clone()], 0));
+        assert!(!forged.exists());
     }
 }

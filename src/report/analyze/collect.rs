@@ -114,6 +114,11 @@ pub fn analyze(dir: &Path) -> Result<Report, ReportError> {
         result_lines,
         counts: count_statuses(&finals),
         failure_reasons: failure_reasons(&finals),
+        quarantined: finals
+            .iter()
+            .filter(|r| r.status == crate::journal::Status::WorkspaceCrash.as_str())
+            .map(|r| r.id.clone())
+            .collect(),
         tokens: tokens(&finals),
         retries: finals.iter().map(|r| r.usage.retries).sum(),
         invalid_tool_calls: finals

@@ -67,6 +67,9 @@ pub struct Report {
     /// Final status per id, counted.
     pub counts: BTreeMap<String, u64>,
     pub failure_reasons: Vec<FailureReason>,
+    /// Tasks that ended `workspace_crash`: they kept bringing the
+    /// workspace down and were not run again.
+    pub quarantined: Vec<String>,
     pub tokens: Tokens,
     pub retries: u64,
     /// Present only if some result recorded it (older runs did not).

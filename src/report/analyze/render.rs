@@ -48,6 +48,12 @@ impl Report {
                 ));
             }
         }
+        if !self.quarantined.is_empty() {
+            s.push_str(&format!(
+                "brought the workspace down (not run again): {}\n",
+                self.quarantined.join(", ")
+            ));
+        }
         let t = &self.tokens;
         s.push_str(&format!(
             "tokens: {} prompt, {} completion, {} total; per task {:.0} prompt, {:.0} completion, {:.0} total\n",

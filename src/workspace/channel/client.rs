@@ -89,6 +89,29 @@ impl ShimClient {
     /// Sends one request and waits for its reply.
     pub async fn call(&self, op: Op) -> Result<Reply, ChannelError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let line = serde_json::to_vec(&Request { id, op }).expect("requests serialize");
+        self.exchange(id, line).await
+    }
+
+    /// Proves the helper still reads and answers requests, without
+    /// touching tmux: an op it does not know gets an error reply at once
+    /// from its read loop, and any reply will do.
+    pub async fn ping(&self) -> Result<(), ChannelError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let line = format!(r#"{{"id":{id},"op":"ping"}}"#).into_bytes();
+        self.exchange(id, line).await.map(|_| ())
+    }
+
+    /// Gives up on the helper (it stopped answering): every waiting call
+    /// fails as broken, and the link counts as broken from now on.
+    pub fn abandon(&self) {
+        break_stream(&Stream {
+            pending: self.pending.clone(),
+            broken: self.broken.clone(),
+        });
+    }
+
+    async fn exchange(&self, id: u64, mut line: Vec<u8>) -> Result<Reply, ChannelError> {
         let (tx, rx) = oneshot::channel();
         {
             let mut guard = self.pending.lock().expect("pending lock");
@@ -103,7 +126,6 @@ impl ShimClient {
             pending: &self.pending,
             id,
         };
-        let mut line = serde_json::to_vec(&Request { id, op }).expect("requests serialize");
         line.push(b'\n');
         self.lines
             .send(line)

@@ -19,6 +19,23 @@ impl Link {
         }
     }
 
+    /// Any answer from the helper; never resolves for exec (there is no
+    /// helper to hang, and each request has its own exec).
+    pub async fn ping(&self) -> Result<(), ChannelError> {
+        match self {
+            Link::Shim(c) => c.ping().await,
+            Link::Exec(_) => std::future::pending().await,
+        }
+    }
+
+    /// Marks the link broken (its helper stopped answering); waiting calls
+    /// fail as retryable.
+    pub fn abandon(&self) {
+        if let Link::Shim(c) = self {
+            c.abandon();
+        }
+    }
+
     /// A broken link needs recovery before it serves again.
     pub fn is_broken(&self) -> bool {
         match self {

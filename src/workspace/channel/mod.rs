@@ -6,6 +6,7 @@ mod client;
 pub mod exec;
 mod link;
 pub mod protocol;
+mod server_watch;
 mod shim;
 mod tmux;
 

@@ -105,6 +105,18 @@ struct Shim {
 /// `keep_on_eof`, a closed stdin leaves the sessions for the next helper.
 pub async fn serve(root: PathBuf, keep_on_eof: bool) -> anyhow::Result<()> {
     let shim = Arc::new(Shim::start(root).await?);
+    // A dead tmux server takes every session with it: clean up and end
+    // this helper, so convoy starts a new one (see `server_watch`).
+    let server = super::server_watch::server_pid(&shim.tmux).await;
+    let watch = server.map(|pid| {
+        let shim = shim.clone();
+        tokio::spawn(async move {
+            super::server_watch::gone(pid).await;
+            eprintln!("the tmux server (pid {pid}) died; this helper ends so that a new one starts a new server");
+            shim.shutdown().await;
+            std::process::exit(3);
+        })
+    });
 
     let (tx, mut rx) = mpsc::unbounded_channel::<Response>();
     let mut stdout = stdio_writer();
@@ -164,10 +176,20 @@ pub async fn serve(root: PathBuf, keep_on_eof: bool) -> anyhow::Result<()> {
         let tx = tx.clone();
         tokio::spawn(async move {
             let reply = shim.handle(req.op).await;
+            // A reply made while the server died (a shell that "exited"
+            // by its hangup) is not the command's: the helper is ending,
+            // and the broken stream fails the request as retryable.
+            if server.is_some_and(super::server_watch::is_gone) {
+                return;
+            }
             let _ = tx.send(Response { id: req.id, reply });
         });
     }
 
+    // From here on the server goes on purpose.
+    if let Some(w) = watch {
+        w.abort();
+    }
     if shutdown_id.is_some() || !keep_on_eof {
         shim.shutdown().await;
     }
