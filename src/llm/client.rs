@@ -141,6 +141,15 @@ impl Llm {
         }
     }
 
+    /// The ceiling of the in-flight limit (`llm.max_in_flight`; 0 for the
+    /// script provider): the most connections the HTTP pool can need.
+    pub fn in_flight_ceiling(&self) -> u64 {
+        match &self.backend {
+            Backend::OpenAi(c) => c.limiter_stats().ceiling as u64,
+            Backend::Script => 0,
+        }
+    }
+
     /// Requests allowed in flight now (0 for the script provider).
     pub fn limit(&self) -> u64 {
         match &self.backend {

@@ -10,9 +10,10 @@
 //!   The HTTP pool is not a leak: it holds at most one connection per
 //!   request that was ever in flight at once, so it grows in steps each
 //!   time the job reaches a new high of requests in flight, until that
-//!   high stops rising (and shrinks when idle connections close). So FDs
-//!   are judged by their excess over the first sample plus that high
-//!   (`pooled`): a pool warming up, or closing and reopening connections,
+//!   high stops rising (and shrinks when idle connections close), and a
+//!   few more while connections go back to the pool. So FDs are judged by
+//!   their excess over the first sample plus the larger of that high and
+//!   the TCP connections open (at most `llm.max_in_flight`): a pool warming up, or closing and reopening connections,
 //!   never takes the excess above zero; a leak takes it up without bound.
 //!   The rule trips when the excess grows with conversations and has
 //!   reached `FD_MIN_GROWTH`.

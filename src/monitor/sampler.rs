@@ -70,7 +70,8 @@ pub struct Monitor {
     pub last: Sample,
     own: OwnSampler,
     /// The most requests in flight to the endpoint so far: each holds one
-    /// HTTP connection, which the pool keeps for the next request.
+    /// HTTP connection, which the pool keeps for the next request (the
+    /// leak rules also count the TCP connections open at each sample).
     pooled: u64,
 }
 
@@ -114,6 +115,13 @@ impl Monitor {
         let llm_in_flight = llm.in_flight();
         let llm_peak = llm.take_in_flight_peak().max(llm_in_flight);
         self.pooled = self.pooled.max(llm_peak);
+        // The pool can hold a few more connections than requests were ever
+        // in flight at once (a connection goes back to the pool a moment
+        // after its reply, and a request at that moment opens another), so
+        // the connections actually open count too, up to the most the pool
+        // can need: a leak of connections still shows past that ceiling.
+        let connections = super::own::tcp_connections().min(llm.in_flight_ceiling());
+        let pooled = self.pooled.max(connections);
         let tally = tally();
         let tmux_sessions = ws.as_ref().map_or(0, |w| w.sessions.len() as u64);
         let workspace_procs = ws.as_ref().map_or(0, |w| w.processes.len() as u64);
@@ -145,7 +153,7 @@ impl Monitor {
             // earlier tasks did not pass through this process.
             done: tally.ran(),
             fds: s.open_fds,
-            pooled: self.pooled,
+            pooled,
             rss: s.rss_bytes,
         };
         let new = self.rules.observe(s.elapsed_s, &open, ws.as_ref(), own);
