@@ -136,6 +136,22 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    pub const ALL: [ErrorKind; 13] = [
+        ErrorKind::BadRequest,
+        ErrorKind::NoSuchSession,
+        ErrorKind::SessionExists,
+        ErrorKind::BadWorkdir,
+        ErrorKind::ShellDidNotStart,
+        ErrorKind::OutOfResources,
+        ErrorKind::SessionClosed,
+        ErrorKind::Tmux,
+        ErrorKind::Internal,
+        ErrorKind::HelperLost,
+        ErrorKind::Boot,
+        ErrorKind::WorkspaceLost,
+        ErrorKind::MissingImage,
+    ];
+
     /// Would the same work, tried again (in a new session, after the link
     /// recovered), plausibly succeed? True for what depends on the moment
     /// (resources, a helper or tmux that broke, a slow shell start); false
@@ -301,25 +317,10 @@ mod tests {
 
     #[test]
     fn every_kind_round_trips_by_its_wire_name() {
-        use ErrorKind::*;
-        for k in [
-            BadRequest,
-            NoSuchSession,
-            SessionExists,
-            BadWorkdir,
-            ShellDidNotStart,
-            OutOfResources,
-            SessionClosed,
-            Tmux,
-            Internal,
-            HelperLost,
-            Boot,
-            WorkspaceLost,
-            MissingImage,
-        ] {
+        for k in ErrorKind::ALL {
             assert_eq!(ErrorKind::from_wire(k.as_str()), k);
             assert_eq!(serde_json::to_string(&k).unwrap(), format!("\"{k}\""));
         }
-        assert_eq!(ErrorKind::from_wire("from_the_future"), Internal);
+        assert_eq!(ErrorKind::from_wire("from_the_future"), ErrorKind::Internal);
     }
 }

@@ -29,7 +29,7 @@ impl Shim {
         let mut st = state.lock().await;
         let mut out = RunOutput::default();
         if st.dead {
-            self.spawn_shell(name, &st).await?;
+            self.restart_shell(name, &st).await?;
             st.dead = false;
             out.shell_restarted = true;
         }
@@ -54,7 +54,7 @@ impl Shim {
             // The shell is gone (killed from outside) or its session
             // does not take keys: start a new one and type again.
             eprintln!("session `{name}`: cannot type into it ({e}); starting a new shell");
-            self.spawn_shell(name, &st).await?;
+            self.restart_shell(name, &st).await?;
             out.shell_restarted = true;
             sent = self.send_line(&target, &line).await;
         }

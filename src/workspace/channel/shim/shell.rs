@@ -16,6 +16,23 @@ pub const RC: &str = include_str!("rc.bash");
 const SHELL_START_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Shim {
+    /// A new shell for a session whose shell exited or stopped taking
+    /// keys. The old tmux session goes first: a shell that just exited
+    /// leaves its session behind until tmux notices, and creating the new
+    /// one before that fails with `duplicate session`.
+    pub(super) async fn restart_shell(
+        &self,
+        name: &str,
+        state: &SessionState,
+    ) -> Result<(), OpError> {
+        // Gone already is fine: either way no session of that name is left.
+        let _ = self
+            .tmux
+            .call(&["kill-session", "-t", &format!("={name}")])
+            .await;
+        self.spawn_shell(name, state).await
+    }
+
     pub(super) async fn spawn_shell(
         &self,
         name: &str,
