@@ -237,11 +237,7 @@ impl Workspace {
             lost: Mutex::default(),
             counter: AtomicU64::new(0),
             workdir: Some(workdir.display().to_string()),
-            env: spec
-                .env
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            env: session_env(spec),
             reap_tx,
             open: Mutex::default(),
             reaped: AtomicUsize::new(0),
@@ -359,6 +355,26 @@ impl Workspace {
             None => tracing::warn!("the workspace backend is still in use at shutdown"),
         }
     }
+}
+
+/// What every session gets on top of the bare minimum the helper gives it
+/// (PATH, HOME, LANG, USER, LOGNAME, SHELL; TERM from tmux): the variables
+/// of convoy's own environment named in `workspace.pass_env`, then
+/// `workspace.env` (which wins). Validation refused `llm.api_key_env` in
+/// `pass_env`; a named variable convoy does not have is said once.
+fn session_env(spec: &crate::manifest::WorkspaceSpec) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = Vec::new();
+    for name in &spec.pass_env {
+        match std::env::var(name) {
+            Ok(v) if !spec.env.contains_key(name) => env.push((name.clone(), v)),
+            Ok(_) => {}
+            Err(_) => tracing::warn!(
+                "workspace.pass_env names `{name}`, which convoy's environment does not have (or not as UTF-8); sessions get none"
+            ),
+        }
+    }
+    env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    env
 }
 
 /// Watches the link; when it breaks, recovers it through the backend (a

@@ -46,12 +46,16 @@ struct Control {
 
 /// Sessions are created with a small scrollback: nobody reads the screen
 /// (output goes to a file), and thousands of sessions share one server.
+/// No client's environment is copied into a session (`update-environment`):
+/// a session's environment is the server's plus what `new-session -e`
+/// names.
 pub const CONF: &str = "\
 set -s exit-empty off
 set -g history-limit 100
 set -g status off
 set -g remain-on-exit off
 set -g default-terminal screen
+set -g update-environment \"\"
 ";
 
 impl Tmux {
