@@ -37,17 +37,14 @@ impl Shim {
         let k = st.seq;
         let cmd_file = st.dir.join(format!("{k}.cmd"));
         let out_file = st.dir.join(format!("{k}.out"));
-        std::fs::write(&cmd_file, command)
-            .map_err(|e| OpError::io("cannot write the command", &e))?;
+        write_new(&cmd_file, command).map_err(|e| OpError::io("cannot write the command", &e))?;
 
         let (tx, mut rx) = oneshot::channel();
         self.waiters
             .lock()
             .expect("waiters lock")
             .insert((name.to_string(), k), tx);
-        let line = format!(
-            " __convoy_seq={k}; {{ . \"$__convoy_dir/{k}.cmd\"; }} </dev/null >\"$__convoy_dir/{k}.out\" 2>&1"
-        );
+        let line = typed_line(k, &cmd_file, &out_file);
         let target = format!("={name}:");
         let mut sent = self.send_line(&target, &line).await;
         if let Err(e) = &sent {
@@ -152,19 +149,79 @@ impl Shim {
     }
 }
 
+/// The line typed into the shell to run command `k`. It must work in any
+/// state a previous command left the shell in: every word is quoted (no
+/// alias applies), paths are literal (no variable of the session's is
+/// read), and the builtins it runs are found as builtins even when a
+/// function shadows them or they were disabled: in posix mode (set by a
+/// plain assignment, which nothing can shadow) special builtins such as
+/// `unset` and `.` come before functions; `unset -f` removes functions
+/// named `.`, `source`, `builtin`, `command` and `enable`, `enable`
+/// brings `.` and `source` back, and posix mode ends before the command
+/// runs. The EXIT trap that reports a command ending the shell is set
+/// again. A state this cannot undo (a DEBUG trap that skips commands,
+/// `enable -n enable`) costs that conversation its next command, which
+/// times out, and the shell is replaced.
+fn typed_line(k: u64, cmd_file: &Path, out_file: &Path) -> String {
+    format!(
+        " __convoy_seq={k}; POSIXLY_CORRECT=1; \\unset -f . source builtin command enable; \\enable . source; \\trap -- '__convoy_done exit' EXIT; \\unset POSIXLY_CORRECT; \\. {} </dev/null >{} 2>&1",
+        quote(cmd_file),
+        quote(out_file)
+    )
+}
+
+/// A path as one single-quoted shell word.
+fn quote(path: &Path) -> String {
+    format!("'{}'", path.display().to_string().replace('\'', r"'\''"))
+}
+
+/// Writes a file that must be ours: whatever a command left at that path
+/// (a symlink to elsewhere, say) goes first, and the new file is created,
+/// never opened through a link.
+fn write_new(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let _ = std::fs::remove_file(path);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)?
+        .write_all(text.as_bytes())
+}
+
+/// Said instead of the output when the command replaced its output file
+/// with something that is not a plain file.
+const NOT_A_FILE: &str =
+    "[convoy: the command replaced its output file with something that is not a file; output not read]\n";
+
 /// The file's text, keeping head and tail when it is longer than `max`;
-/// returns the text and how many bytes were left out.
+/// returns the text and how many bytes were left out. The command may
+/// have replaced the file: a symlink is not followed, a FIFO or device is
+/// not read (it could block or never end), and no more than the size it
+/// had when opened is read (a background process may still be writing).
 fn read_capped(path: &Path, max: u64) -> (String, u64) {
     use std::io::{Read, Seek, SeekFrom};
-    let Ok(mut f) = std::fs::File::open(path) else {
+    use std::os::unix::fs::OpenOptionsExt;
+    let Ok(f) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path)
+    else {
         return (String::new(), 0);
     };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let Ok(meta) = f.metadata() else {
+        return (String::new(), 0);
+    };
+    if !meta.file_type().is_file() {
+        return (NOT_A_FILE.to_string(), 0);
+    }
+    let len = meta.len();
+    let mut f = f.take(len);
     if len <= max {
         let mut buf = Vec::with_capacity(len as usize);
         let _ = f.read_to_end(&mut buf);
         return (String::from_utf8_lossy(&buf).into_owned(), 0);
     }
+    let mut f = f.into_inner();
     let half = max / 2;
     let mut head = vec![0; half as usize];
     let mut tail = vec![0; (max - half) as usize];
@@ -179,4 +236,49 @@ fn read_capped(path: &Path, max: u64) -> (String, u64) {
     text.push_str(&format!("\n[... {omitted} bytes of output omitted ...]\n"));
     text.push_str(&String::from_utf8_lossy(&tail));
     (text, omitted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_output_file_replaced_by_a_link_or_a_fifo_is_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join("1.out");
+        std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
+        assert_eq!(read_capped(&link, 100), (String::new(), 0));
+        let fifo = dir.path().join("2.out");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        assert_eq!(read_capped(&fifo, 100), (NOT_A_FILE.to_string(), 0));
+        let file = dir.path().join("3.out");
+        std::fs::write(&file, "0123456789").unwrap();
+        assert_eq!(read_capped(&file, 100), ("0123456789".to_string(), 0));
+        let (text, omitted) = read_capped(&file, 4);
+        assert_eq!(
+            (text.as_str(), omitted),
+            ("01\n[... 6 bytes of output omitted ...]\n89", 6)
+        );
+    }
+
+    #[test]
+    fn a_command_file_is_created_not_written_through_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("elsewhere");
+        std::fs::write(&target, "keep").unwrap();
+        let cmd = dir.path().join("4.cmd");
+        std::os::unix::fs::symlink(&target, &cmd).unwrap();
+        write_new(&cmd, "echo hi").unwrap();
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
+        assert_eq!(std::fs::read_to_string(&cmd).unwrap(), "echo hi");
+    }
+
+    #[test]
+    fn the_typed_line_quotes_its_paths() {
+        let line = typed_line(3, Path::new("/r/s/c1/3.cmd"), Path::new("/r/it's/3.out"));
+        assert!(
+            line.ends_with(r"\. '/r/s/c1/3.cmd' </dev/null >'/r/it'\''s/3.out' 2>&1"),
+            "{line}"
+        );
+    }
 }
