@@ -191,3 +191,188 @@ async fn a_session_sees_neither_the_api_key_nor_convoys_environment_docker() {
     assert!(!env.contains("convoy-only-value"), "{env}");
     assert!(env.lines().any(|l| l == "PASS_ME=passed-value"), "{env}");
 }
+
+/// Hostile conversations, each leaving its shell in a state meant to break
+/// the runner or the helper, then running `echo next`; and the exact
+/// observations each must get. What a hostile state may cost is its own
+/// conversation's next command (which then times out and gets a new
+/// shell), never the helper, never another conversation.
+fn hostile_cases() -> Vec<(&'static str, Vec<&'static str>, Vec<String>)> {
+    let next = "next\n".to_string();
+    let timed_out = format!("[command timed out after 3s; interrupted with C-c]\n{EXITED}");
+    vec![
+        (
+            "aliases",
+            vec!["alias .='echo HIJACK' source='echo HIJACK' cd='echo HIJACK' unset='echo HIJACK' trap='echo HIJACK' builtin='echo HIJACK'", "echo next"],
+            vec![String::new(), next.clone()],
+        ),
+        (
+            "functions",
+            vec![
+                ".() { echo HIJACK; }; source() { echo HIJACK; }; builtin() { echo HIJACK; }; command() { echo HIJACK; }; printf() { echo HIJACK; }; enable() { echo HIJACK; }; unset() { echo HIJACK; }; trap() { echo HIJACK; }; cd() { echo HIJACK; }",
+                "echo next",
+            ],
+            vec![String::new(), next.clone()],
+        ),
+        (
+            "disabled_builtins",
+            vec!["enable -n . source printf trap", "echo next"],
+            vec![String::new(), next.clone()],
+        ),
+        (
+            "ifs_ps1_nounset",
+            vec!["IFS=/; PS1='> '; PS2='x'; PS4='+'; set -u; set -o noclobber", "echo next"],
+            vec![String::new(), next.clone()],
+        ),
+        (
+            "prompt_command",
+            vec!["unset PROMPT_COMMAND", "PROMPT_COMMAND='echo HIJACK'", "echo next"],
+            vec![
+                "bash: unset: PROMPT_COMMAND: cannot unset: readonly variable\n[exit code: 1]"
+                    .to_string(),
+                "bash: PROMPT_COMMAND: readonly variable\n[exit code: 1]".to_string(),
+                next.clone(),
+            ],
+        ),
+        (
+            "set_e",
+            vec!["set -e", "false", "echo next"],
+            vec![
+                String::new(),
+                format!("[exit code: 1]\n{EXITED}"),
+                format!("{RESTARTED}\nnext\n"),
+            ],
+        ),
+        (
+            "debug_trap_that_skips_everything",
+            vec!["shopt -s extdebug; trap false DEBUG", "echo lost", "echo next"],
+            // The trap skips the hook that reports the very command that
+            // set it: that one times out, and the shell is replaced.
+            vec![timed_out, format!("{RESTARTED}\nlost\n"), next.clone()],
+        ),
+        (
+            "garbage_records",
+            vec![
+                r#"printf '\xff\xfe\n' >"$CONVOY_FIFO"; printf '%01000d\n' 0 >"$CONVOY_FIFO"; printf 'c999999 1 0 prompt\n' >"$CONVOY_FIFO""#,
+                "echo next",
+            ],
+            vec![String::new(), next.clone()],
+        ),
+        (
+            "output_file_becomes_dev_zero",
+            vec![r#"ln -sf /dev/zero "$__convoy_dir/$__convoy_seq.out""#, "echo next"],
+            vec![String::new(), next.clone()],
+        ),
+        (
+            "output_file_becomes_a_fifo",
+            vec![
+                r#"rm "$__convoy_dir/$__convoy_seq.out"; mkfifo "$__convoy_dir/$__convoy_seq.out""#,
+                "echo next",
+            ],
+            vec![
+                "[convoy: the command replaced its output file with something that is not a file; output not read]\n".to_string(),
+                next,
+            ],
+        ),
+    ]
+}
+
+/// Canary `i`: shell state and output it checks exactly.
+fn canary(i: usize) -> (Vec<String>, Vec<String>) {
+    (
+        vec![
+            format!("cd /tmp && export CANARY=c{i}"),
+            "echo \"$CANARY $(basename \"$PWD\")\"".to_string(),
+            format!("printf '%s\\n' canary-{i}; . /dev/null; source /dev/null; echo done-{i}"),
+        ],
+        vec![
+            String::new(),
+            format!("c{i} tmp\n"),
+            format!("canary-{i}\ndone-{i}\n"),
+        ],
+    )
+}
+
+fn hostile_rows() -> Vec<Value> {
+    let mut rows: Vec<Value> = hostile_cases()
+        .into_iter()
+        .map(|(id, commands, _)| row(id, &commands))
+        .collect();
+    for i in 0..10 {
+        let (commands, _) = canary(i);
+        let commands: Vec<&str> = commands.iter().map(String::as_str).collect();
+        rows.push(row(&format!("canary{i}"), &commands));
+    }
+    rows
+}
+
+fn assert_hostile_contained(job: &TestJob, out: &std::process::Output) {
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(out));
+    for r in job.results() {
+        assert_eq!(r["status"], "ok", "{r}");
+        assert_eq!(r["attempt"], 1, "{r}");
+    }
+    for (id, _, expected) in hostile_cases() {
+        assert_eq!(
+            observations(&job.trajectory(id)),
+            expected,
+            "hostile case {id}"
+        );
+    }
+    for i in 0..10 {
+        let (_, expected) = canary(i);
+        assert_eq!(
+            observations(&job.trajectory(&format!("canary{i}"))),
+            expected,
+            "canary {i}"
+        );
+    }
+}
+
+const HOSTILE_RUN: &str =
+    "[agent]\ncommand_timeout = \"3s\"\n[run]\nworkers = 20\nmax_attempts = 1\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_shell_states_break_nothing_but_their_own_next_command_local() {
+    let job = TestJob::new();
+    job.tasks(&hostile_rows());
+    job.manifest(&local_job("", HOSTILE_RUN));
+    let out = job.run(&[]).await;
+    assert_hostile_contained(&job, &out);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_shell_states_break_nothing_but_their_own_next_command_docker() {
+    let job = TestJob::new();
+    job.tasks(&hostile_rows());
+    job.manifest(&docker_job("", HOSTILE_RUN));
+    let out = job.run(&[]).await;
+    assert_hostile_contained(&job, &out);
+}
+
+/// A shell that cannot start says why, in true words: here `bash` is not
+/// on the sessions' PATH (convoy runs with a PATH that has tmux only), so
+/// the shell exits with 127 before it is ready. Before, every such
+/// failure blamed processes or open files after 30 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shell_that_cannot_start_says_why() {
+    let job = TestJob::new();
+    let bin = job.path("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::os::unix::fs::symlink("/usr/bin/tmux", bin.join("tmux")).unwrap();
+    job.tasks(&[row("nobash", &["echo never"])]);
+    job.manifest(&local_job("", "[run]\nmax_attempts = 1\n"));
+    let path = bin.display().to_string();
+    let out = job.run(&[("PATH", &path), ("SHELL", "/bin/sh")]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let r = &job.results()[0];
+    assert_eq!(r["status"], "failed", "{r}");
+    assert_eq!(
+        r["error"],
+        format!(
+            "workspace helper: the shell of session `c0` did not start: it exited with status 127 \
+             before it was ready: `bash` was not found on the session's PATH ({path})"
+        ),
+        "{r}"
+    );
+}

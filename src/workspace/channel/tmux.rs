@@ -120,7 +120,12 @@ impl Tmux {
         let control = self.control.lock().expect("control lock").clone();
         if let Some(c) = control {
             if !c.is_dead() {
-                return c.call(args).await;
+                let answer = c.call(args).await;
+                // A control client that died during the call did not
+                // answer it: ask a client of our own instead.
+                if answer.is_ok() || !c.is_dead() {
+                    return answer;
+                }
             }
         }
         self.spawn_call(args).await

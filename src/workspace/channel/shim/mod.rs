@@ -27,9 +27,10 @@
 //! and serves each op; [`shell`] starts a session's shell (with the rc
 //! script, `rc.bash`); [`run`] runs one command and interrupts it on
 //! timeout; [`completions`] reads the completion records; [`sweep`] kills
-//! what a closed session left.
+//! what a closed session left; [`diagnose`] says why a shell did not start.
 
 mod completions;
+mod diagnose;
 mod run;
 mod sessions;
 mod shell;

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 
 use super::super::protocol::{ErrorKind, Op, OpError, Reply, WorkspaceStats};
 use super::super::tmux::{self, Tmux};
-use super::completions::{read_completions, Waiters};
+use super::completions::{read_completions, SharedDeaths, Waiters};
 use super::shell::{check_name, RC};
 use super::sweep::{kill_group, kill_marked, sweep_processes, SweepRequest};
 use crate::workspace::procfs;
@@ -43,6 +43,7 @@ pub(super) struct Shim {
     pub rc: PathBuf,
     sessions: Registry,
     pub waiters: Waiters,
+    pub deaths: SharedDeaths,
     /// Markers of closed sessions whose processes must die; answered once
     /// the sweep is done.
     pub sweeps: mpsc::UnboundedSender<SweepRequest>,
@@ -62,18 +63,64 @@ impl Shim {
         tmux.spawn_call(&["start-server"])
             .await
             .map_err(|e| anyhow::anyhow!("tmux does not start: {e}"))?;
+        // A pane whose process ended stays until the hook has reported its
+        // status (a shell that died while starting says why); then the
+        // helper removes exactly that pane (by its id: a hook's own
+        // default target may be another session's pane by then).
+        let died = format!(
+            "run-shell \"printf '%s %s %s died\\\\n' '#{{session_name}}' '#{{pane_id}}' '#{{pane_dead_status}}' >'{}'\"",
+            fifo.display()
+        );
+        for args in [
+            vec!["set-option", "-g", "remain-on-exit", "on"],
+            vec!["set-hook", "-g", "pane-died", died.as_str()],
+        ] {
+            if let Err(e) = tmux.spawn_call(&args).await {
+                eprintln!(
+                    "tmux {}: {e}; a shell that dies while starting will be reported late",
+                    args[0]
+                );
+            }
+        }
+
         if let Err(e) = tmux.start_control().await {
             eprintln!("{e}; falling back to one tmux client per call");
         }
 
         let waiters: Waiters = Arc::default();
+        let deaths: SharedDeaths = Arc::default();
         // Read-write, so the FIFO never reports EOF when no shell has it
         // open and writers never block for lack of a reader.
         let receiver = tokio::net::unix::pipe::OpenOptions::new()
             .read_write(true)
             .open_receiver(&fifo)
             .with_context(|| format!("cannot open FIFO {}", fifo.display()))?;
-        tokio::spawn(read_completions(receiver, waiters.clone()));
+        let (dead_tx, mut dead_rx) = mpsc::unbounded_channel::<u32>();
+        tokio::spawn(read_completions(
+            receiver,
+            waiters.clone(),
+            deaths.clone(),
+            dead_tx,
+        ));
+        let reaper = tmux.clone();
+        tokio::spawn(async move {
+            while let Some(pane) = dead_rx.recv().await {
+                // Any session can write a record: remove the pane only if
+                // tmux says it is dead. Gone already (a restart removed its
+                // session) is fine.
+                let pane = format!("%{pane}");
+                let _ = reaper
+                    .call(&[
+                        "if-shell",
+                        "-F",
+                        "-t",
+                        &pane,
+                        "#{pane_dead}",
+                        &format!("kill-pane -t {pane}"),
+                    ])
+                    .await;
+            }
+        });
 
         let (sweeps, sweep_rx) = mpsc::unbounded_channel();
         tokio::spawn(sweep_processes(sweep_rx));
@@ -84,6 +131,7 @@ impl Shim {
             rc,
             sessions: Mutex::default(),
             waiters,
+            deaths,
             sweeps,
         };
         shim.replace_previous()?;

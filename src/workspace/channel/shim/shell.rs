@@ -6,6 +6,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use super::super::protocol::{ErrorKind, OpError};
+use super::diagnose::{no_shell, NoShell};
 use super::sessions::{SessionState, Shim};
 
 /// The rc script every session's shell runs (also copied into the
@@ -41,6 +42,11 @@ impl Shim {
         let mut args: Vec<String> = vec![
             "new-session".into(),
             "-d".into(),
+            // The pane's id (`%N`, never reused by the server): its death,
+            // if it dies, is told by it.
+            "-P".into(),
+            "-F".into(),
+            "#{pane_id}".into(),
             "-s".into(),
             name.into(),
             "-x".into(),
@@ -69,37 +75,72 @@ impl Shim {
             self.rc.display()
         ));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        // The shell announces itself once its rc file ran; a shell that
-        // cannot start (no processes or file handles left in the
-        // workspace) is an error here, not a mystery on the first command.
-        let (tx, rx) = oneshot::channel();
+        // The shell announces itself once its rc file ran; tmux's
+        // pane-died hook reports a shell that ended before (see
+        // `Shim::start`). Either way a shell that cannot start is an error
+        // here that says why, not a mystery on the first command.
+        let (tx, mut rx) = oneshot::channel();
         let key = (name.to_string(), 0);
         self.waiters
             .lock()
             .expect("waiters lock")
             .insert(key.clone(), tx);
-        if let Err(e) = self.tmux.call(&args).await {
-            self.waiters.lock().expect("waiters lock").remove(&key);
-            return Err(OpError::new(
-                ErrorKind::ShellDidNotStart,
-                format!("tmux could not create session `{name}`: {e}"),
-            ));
-        }
-        match tokio::time::timeout(SHELL_START_TIMEOUT, rx).await {
-            Ok(Ok(_)) => Ok(()),
-            _ => {
+        let pane = match self.tmux.call(&args).await {
+            Ok(out) => out.trim().trim_start_matches('%').parse::<u32>().ok(),
+            Err(e) => {
                 self.waiters.lock().expect("waiters lock").remove(&key);
-                let _ = self.kill_tree(name).await;
-                Err(OpError::new(
-                    ErrorKind::ShellDidNotStart,
-                    format!(
-                    "the shell of session `{name}` did not start within {}s; the workspace may be \
-                     out of processes or open files (see README, \"Docker workspace\")",
-                    SHELL_START_TIMEOUT.as_secs()
-                ),
-                ))
+                return Err(no_shell(name, state, NoShell::Tmux(e)));
             }
+        };
+        let death = pane.map(|p| self.deaths.lock().expect("deaths lock").expect(name, p));
+        let died = async {
+            match death {
+                Some(rx) => rx.await.ok(),
+                None => None,
+            }
+        };
+        let how = tokio::select! {
+            ready = tokio::time::timeout(SHELL_START_TIMEOUT, &mut rx) => match ready {
+                Ok(Ok(_)) => None,
+                _ => Some(NoShell::Silent(SHELL_START_TIMEOUT.as_secs())),
+            },
+            Some(status) = died => {
+                // Any session can write a death record: believe tmux.
+                if self.pane_is_dead(pane).await {
+                    Some(NoShell::Died(status))
+                } else {
+                    match tokio::time::timeout(SHELL_START_TIMEOUT, &mut rx).await {
+                        Ok(Ok(_)) => None,
+                        _ => Some(NoShell::Silent(SHELL_START_TIMEOUT.as_secs())),
+                    }
+                }
+            }
+        };
+        if let Some(p) = pane {
+            self.deaths.lock().expect("deaths lock").cancel(name, p);
         }
+        let Some(how) = how else { return Ok(()) };
+        self.waiters.lock().expect("waiters lock").remove(&key);
+        let _ = self.kill_tree(name).await;
+        Err(no_shell(name, state, how))
+    }
+}
+
+impl Shim {
+    /// Whether tmux does not report the pane `%pane` alive.
+    async fn pane_is_dead(&self, pane: Option<u32>) -> bool {
+        let Some(pane) = pane else { return false };
+        self.tmux
+            .call(&[
+                "display-message",
+                "-p",
+                "-t",
+                &format!("%{pane}"),
+                "#{pane_dead}",
+            ])
+            .await
+            // A gone pane answers an error or nothing: dead too.
+            .map_or(true, |out| out.trim() != "0")
     }
 }
 
