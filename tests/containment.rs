@@ -244,6 +244,16 @@ fn hostile_cases() -> Vec<(&'static str, Vec<&'static str>, Vec<String>)> {
             ],
         ),
         (
+            // No EXIT trap runs: tmux's word that the pane died ends the
+            // command (before: it waited for command_timeout).
+            "killed_shell",
+            vec!["kill -9 $$", "echo next"],
+            vec![
+                format!("[exit code: -1]\n{EXITED}"),
+                format!("{RESTARTED}\nnext\n"),
+            ],
+        ),
+        (
             "debug_trap_that_skips_everything",
             vec!["shopt -s extdebug; trap false DEBUG", "echo lost", "echo next"],
             // The trap skips the hook that reports the very command that

@@ -147,12 +147,14 @@ fn parse_record(line: &[u8]) -> Option<Record> {
     let line = std::str::from_utf8(line).ok()?.trim_end_matches('\n');
     let mut parts = line.split(' ');
     let (name, seq, status) = (parts.next()?, parts.next()?, parts.next()?);
-    let status = status.parse::<i32>().ok()?;
     if let Some(pane) = seq.strip_prefix('%') {
         let pane = pane.parse::<u32>().ok()?;
+        // tmux has no exit status for a shell killed by a signal.
+        let status = status.parse::<i32>().unwrap_or(-1);
         return (parts.next() == Some("died"))
             .then(|| Record::Died((name.to_string(), pane), status));
     }
+    let status = status.parse::<i32>().ok()?;
     let seq = seq.parse::<u64>().ok()?;
     Some(Record::Done(
         (name.to_string(), seq),
@@ -181,6 +183,10 @@ mod tests {
             Some(Record::Died((n, 4242), 127)) if n == "c3"
         ));
         assert!(parse_record(b"c3 %42 127 prompt\n").is_none());
+        assert!(matches!(
+            parse_record(b"c3 %42  died\n"),
+            Some(Record::Died(_, -1))
+        ));
         assert!(parse_record(b"\xff\xfe 1 0\n").is_none());
         assert!(parse_record(b"c3 x 0\n").is_none());
         assert!(parse_record(b"\n").is_none());

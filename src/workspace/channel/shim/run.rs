@@ -29,7 +29,7 @@ impl Shim {
         let mut st = state.lock().await;
         let mut out = RunOutput::default();
         if st.dead {
-            self.restart_shell(name, &st).await?;
+            st.pane = self.restart_shell(name, &st).await?;
             st.dead = false;
             out.shell_restarted = true;
         }
@@ -51,7 +51,7 @@ impl Shim {
             // The shell is gone (killed from outside) or its session
             // does not take keys: start a new one and type again.
             eprintln!("session `{name}`: cannot type into it ({e}); starting a new shell");
-            self.restart_shell(name, &st).await?;
+            st.pane = self.restart_shell(name, &st).await?;
             out.shell_restarted = true;
             sent = self.send_line(&target, &line).await;
         }
@@ -66,13 +66,14 @@ impl Shim {
             ));
         }
 
-        let done = match tokio::time::timeout(timeout, &mut rx).await {
-            Ok(done) => done.ok(),
-            Err(_) => {
-                out.timed_out = true;
-                self.interrupt(&target, &mut rx, &mut out).await
-            }
-        };
+        let done =
+            match tokio::time::timeout(timeout, self.completion(name, st.pane, &mut rx)).await {
+                Ok(done) => done,
+                Err(_) => {
+                    out.timed_out = true;
+                    self.interrupt(&target, &mut rx, &mut out).await
+                }
+            };
         match done {
             Some(c) => {
                 out.exit_code = c.status;
@@ -104,6 +105,38 @@ impl Shim {
         let _ = std::fs::remove_file(&cmd_file);
         let _ = std::fs::remove_file(&out_file);
         Ok(out)
+    }
+
+    /// The command's completion record, or, if its shell's process ends
+    /// first (killed: no EXIT trap runs), the word of tmux's hook, once
+    /// tmux confirms the pane is dead (any session can write a record).
+    async fn completion(
+        &self,
+        name: &str,
+        pane: Option<u32>,
+        rx: &mut oneshot::Receiver<Completion>,
+    ) -> Option<Completion> {
+        let death = pane.map(|p| self.deaths.lock().expect("deaths lock").expect(name, p));
+        let died = async {
+            match death {
+                Some(d) => d.await.ok(),
+                None => None,
+            }
+        };
+        let done = tokio::select! {
+            done = &mut *rx => done.ok(),
+            Some(status) = died => {
+                if self.pane_is_dead(pane).await {
+                    Some(Completion { status, shell_exited: true })
+                } else {
+                    (&mut *rx).await.ok()
+                }
+            }
+        };
+        if let Some(p) = pane {
+            self.deaths.lock().expect("deaths lock").cancel(name, p);
+        }
+        done
     }
 
     async fn send_line(&self, target: &str, line: &str) -> Result<(), String> {

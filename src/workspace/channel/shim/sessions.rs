@@ -32,6 +32,8 @@ pub(super) struct SessionState {
     pub env: Vec<(String, String)>,
     /// The shell exited during the last command; start a new one first.
     pub dead: bool,
+    /// The tmux pane id (`%N`) of its shell, to learn of its death.
+    pub pane: Option<u32>,
 }
 
 type Registry = Mutex<HashMap<String, Arc<tokio::sync::Mutex<SessionState>>>>;
@@ -109,8 +111,11 @@ impl Shim {
                 // tmux says it is dead. Gone already (a restart removed its
                 // session) is fine.
                 let pane = format!("%{pane}");
+                // A client of its own: if-shell answers in more than one
+                // block, which would put the control client's answers out
+                // of step with its requests.
                 let _ = reaper
-                    .call(&[
+                    .spawn_call(&[
                         "if-shell",
                         "-F",
                         "-t",
@@ -183,6 +188,7 @@ impl Shim {
                     workdir: meta.workdir,
                     env: meta.env,
                     dead: false,
+                    pane: None,
                 })),
             );
         }
@@ -271,6 +277,7 @@ impl Shim {
                     workdir,
                     env,
                     dead: false,
+                    pane: None,
                 })),
             );
         }
@@ -283,13 +290,18 @@ impl Shim {
             })
             .map_err(|e| OpError::io(format!("cannot create {}", dir.display()), &e))?;
         let state = self.state(&name)?;
-        let state = state.lock().await;
-        let result = self.spawn_shell(&name, &state).await;
-        if result.is_err() {
-            drop(state);
-            self.forget(&name);
+        let mut state = state.lock().await;
+        match self.spawn_shell(&name, &state).await {
+            Ok(pane) => {
+                state.pane = pane;
+                Ok(())
+            }
+            Err(e) => {
+                drop(state);
+                self.forget(&name);
+                Err(e)
+            }
         }
-        result
     }
 
     pub(super) fn state(

@@ -25,7 +25,7 @@ impl Shim {
         &self,
         name: &str,
         state: &SessionState,
-    ) -> Result<(), OpError> {
+    ) -> Result<Option<u32>, OpError> {
         // Gone already is fine: either way no session of that name is left.
         let _ = self
             .tmux
@@ -34,11 +34,12 @@ impl Shim {
         self.spawn_shell(name, state).await
     }
 
+    /// Starts the session's shell; returns its pane id when tmux told it.
     pub(super) async fn spawn_shell(
         &self,
         name: &str,
         state: &SessionState,
-    ) -> Result<(), OpError> {
+    ) -> Result<Option<u32>, OpError> {
         let mut args: Vec<String> = vec![
             "new-session".into(),
             "-d".into(),
@@ -119,7 +120,7 @@ impl Shim {
         if let Some(p) = pane {
             self.deaths.lock().expect("deaths lock").cancel(name, p);
         }
-        let Some(how) = how else { return Ok(()) };
+        let Some(how) = how else { return Ok(pane) };
         self.waiters.lock().expect("waiters lock").remove(&key);
         let _ = self.kill_tree(name).await;
         Err(no_shell(name, state, how))
@@ -128,10 +129,12 @@ impl Shim {
 
 impl Shim {
     /// Whether tmux does not report the pane `%pane` alive.
-    async fn pane_is_dead(&self, pane: Option<u32>) -> bool {
+    pub(super) async fn pane_is_dead(&self, pane: Option<u32>) -> bool {
         let Some(pane) = pane else { return false };
+        // A client of its own: for a pane that is gone, the control
+        // client's answer is not to be relied on. Rare: only on a death.
         self.tmux
-            .call(&[
+            .spawn_call(&[
                 "display-message",
                 "-p",
                 "-t",
