@@ -167,6 +167,18 @@ impl Shim {
     /// Takes over the sessions a previous helper left in the tmux server.
     async fn adopt(&self) {
         let Ok(names) = self.list().await else { return };
+        // Each session's pane, so that its shell's death is noticed.
+        let panes: HashMap<String, u32> = self
+            .tmux
+            .call(&["list-panes", "-a", "-F", "#{session_name} #{pane_id}"])
+            .await
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let (name, pane) = l.split_once(' ')?;
+                Some((name.to_string(), pane.strip_prefix('%')?.parse().ok()?))
+            })
+            .collect();
         // Sequence numbers continue above anything the old helper used.
         let seq = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -180,6 +192,7 @@ impl Shim {
             else {
                 continue;
             };
+            let pane = panes.get(&name).copied();
             sessions.insert(
                 name,
                 Arc::new(tokio::sync::Mutex::new(SessionState {
@@ -188,7 +201,7 @@ impl Shim {
                     workdir: meta.workdir,
                     env: meta.env,
                     dead: false,
-                    pane: None,
+                    pane,
                 })),
             );
         }
