@@ -112,6 +112,25 @@ const ALLOWED_ENV: [&str; 19] = [
     "FROM_MANIFEST",
 ];
 
+/// Runs task `e1` (whose first command is `env`) with the key, another
+/// variable of convoy's and `PASS_ME` in convoy's environment; the
+/// session's `env` output, checked for what must and must not be there.
+async fn run_env_job(job: &TestJob) -> String {
+    let out = job
+        .run(&[
+            ("CONVOY_TEST_KEY", support::KEY),
+            ("CONVOY_TEST_OTHER", "convoy-only-value"),
+            ("PASS_ME", "passed-value"),
+        ])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let env = observations(&job.trajectory("e1")).remove(0);
+    assert!(!env.contains(support::KEY), "{env}");
+    assert!(!env.contains("convoy-only-value"), "{env}");
+    assert!(env.lines().any(|l| l == "PASS_ME=passed-value"), "{env}");
+    env
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_sees_neither_the_api_key_nor_convoys_environment_local() {
     let llm = support::fake_llm::FakeLlm::start().await;
@@ -126,18 +145,7 @@ async fn a_session_sees_neither_the_api_key_nor_convoys_environment_local() {
         "max_retries = 0",
         "env = { FROM_MANIFEST = \"m\" }\npass_env = [\"PASS_ME\"]\n",
     ));
-    let out = job
-        .run(&[
-            ("CONVOY_TEST_KEY", support::KEY),
-            ("CONVOY_TEST_OTHER", "convoy-only-value"),
-            ("PASS_ME", "passed-value"),
-        ])
-        .await;
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let env = observations(&job.trajectory("e1")).remove(0);
-    assert!(!env.contains(support::KEY), "{env}");
-    assert!(!env.contains("convoy-only-value"), "{env}");
-    assert!(env.lines().any(|l| l == "PASS_ME=passed-value"), "{env}");
+    let env = run_env_job(&job).await;
     assert!(env.lines().any(|l| l == "FROM_MANIFEST=m"), "{env}");
     for line in env.lines() {
         let name = line.split('=').next().unwrap();
@@ -178,18 +186,7 @@ async fn a_session_sees_neither_the_api_key_nor_convoys_environment_docker() {
     let job = TestJob::new();
     job.tasks(&[row("e1", &["env"])]);
     job.manifest(&docker_job("pass_env = [\"PASS_ME\"]\n", ""));
-    let out = job
-        .run(&[
-            ("CONVOY_TEST_KEY", support::KEY),
-            ("CONVOY_TEST_OTHER", "convoy-only-value"),
-            ("PASS_ME", "passed-value"),
-        ])
-        .await;
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let env = observations(&job.trajectory("e1")).remove(0);
-    assert!(!env.contains(support::KEY), "{env}");
-    assert!(!env.contains("convoy-only-value"), "{env}");
-    assert!(env.lines().any(|l| l == "PASS_ME=passed-value"), "{env}");
+    run_env_job(&job).await;
 }
 
 /// Hostile conversations, each leaving its shell in a state meant to break
@@ -361,7 +358,7 @@ async fn hostile_shell_states_break_nothing_but_their_own_next_command_docker() 
 }
 
 /// A shell that cannot start says why, in true words: here `bash` is not
-/// on the sessions' PATH (convoy runs with a PATH that has tmux only), so
+/// on the sessions' PATH (convoy runs with a PATH of tmux and tail), so
 /// the shell exits with 127 before it is ready. Before, every such
 /// failure blamed processes or open files after 30 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -369,7 +366,10 @@ async fn a_shell_that_cannot_start_says_why() {
     let job = TestJob::new();
     let bin = job.path("bin");
     std::fs::create_dir_all(&bin).unwrap();
-    std::os::unix::fs::symlink("/usr/bin/tmux", bin.join("tmux")).unwrap();
+    // tmux, and `tail` for the helper's control session; no bash.
+    for tool in ["tmux", "tail"] {
+        std::os::unix::fs::symlink(format!("/usr/bin/{tool}"), bin.join(tool)).unwrap();
+    }
     job.tasks(&[row("nobash", &["echo never"])]);
     job.manifest(&local_job("", "[run]\nmax_attempts = 1\n"));
     let path = bin.display().to_string();

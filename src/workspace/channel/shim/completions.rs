@@ -90,27 +90,12 @@ pub(super) async fn read_completions(
 ) {
     let mut reader = BufReader::new(receiver);
     let mut line = Vec::new();
-    loop {
-        line.clear();
-        match (&mut reader)
-            .take(MAX_RECORD)
-            .read_until(b'\n', &mut line)
-            .await
-        {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
+    while read_bounded(&mut reader, &mut line).await {
         if line.last() != Some(&b'\n') {
             // Too long: drop the rest of it, in bounded pieces.
             while !line.ends_with(b"\n") {
-                line.clear();
-                match (&mut reader)
-                    .take(MAX_RECORD)
-                    .read_until(b'\n', &mut line)
-                    .await
-                {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {}
+                if !read_bounded(&mut reader, &mut line).await {
+                    return;
                 }
             }
             continue;
@@ -140,6 +125,19 @@ enum Record {
     /// tmux's: (session, pane id without its `%`), and the shell's exit
     /// status.
     Died((String, u32), i32),
+}
+
+/// Reads into `line` (cleared first) up to a newline or `MAX_RECORD`
+/// bytes; false at the end of the stream or on an error.
+async fn read_bounded<R: tokio::io::AsyncBufRead + Unpin>(
+    reader: &mut R,
+    line: &mut Vec<u8>,
+) -> bool {
+    line.clear();
+    matches!(
+        reader.take(MAX_RECORD).read_until(b'\n', line).await,
+        Ok(n) if n > 0
+    )
 }
 
 /// `NAME K STATUS prompt|exit|ready\n` or `NAME %PANE STATUS died\n`.

@@ -30,7 +30,9 @@ pub(super) fn no_shell(name: &str, state: &SessionState, how: NoShell) -> OpErro
         NoShell::Died(126) => {
             "it exited with status 126 before it was ready: `bash` could not be executed".into()
         }
-        NoShell::Died(-1) => "it was killed by a signal before it was ready".into(),
+        NoShell::Died(-1) => {
+            "it ended before it was ready (killed by a signal, or tmux saw no exit status)".into()
+        }
         NoShell::Died(status) => format!("it exited with status {status} before it was ready"),
         NoShell::Silent(secs) => format!("it did not finish its rc file within {secs}s"),
     };

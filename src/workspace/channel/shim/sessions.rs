@@ -75,6 +75,8 @@ impl Shim {
         );
         for args in [
             vec!["set-option", "-g", "remain-on-exit", "on"],
+            // The shell's start line is POSIX sh, whatever the user's SHELL.
+            vec!["set-option", "-g", "default-shell", "/bin/sh"],
             vec!["set-hook", "-g", "pane-died", died.as_str()],
         ] {
             if let Err(e) = tmux.spawn_call(&args).await {

@@ -71,8 +71,11 @@ impl Shim {
         {
             args.extend(["-e".into(), format!("{k}={v}")]);
         }
+        // Without bash the shell says so itself (tmux does not always learn
+        // the exit status of a pane that ends at once).
         args.push(format!(
-            "exec bash --noprofile --rcfile '{}' -i",
+            "command -v bash >/dev/null 2>&1 || {{ printf '%s %s 127 died\\n' \"$CONVOY_SESSION\" \"$TMUX_PANE\" >\"$CONVOY_FIFO\"; exit 127; }}; \
+             exec bash --noprofile --rcfile '{}' -i",
             self.rc.display()
         ));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -87,7 +90,23 @@ impl Shim {
             .expect("waiters lock")
             .insert(key.clone(), tx);
         let pane = match self.tmux.call(&args).await {
-            Ok(out) => out.trim().trim_start_matches('%').parse::<u32>().ok(),
+            Ok(out) => match pane_id(&out) {
+                Some(p) => Some(p),
+                // An answer that is not a pane id (a control client that
+                // went away mid-call): ask with a client of our own.
+                None => self
+                    .tmux
+                    .spawn_call(&[
+                        "display-message",
+                        "-p",
+                        "-t",
+                        &format!("={name}:"),
+                        "#{pane_id}",
+                    ])
+                    .await
+                    .ok()
+                    .and_then(|out| pane_id(&out)),
+            },
             Err(e) => {
                 self.waiters.lock().expect("waiters lock").remove(&key);
                 return Err(no_shell(name, state, NoShell::Tmux(e)));
@@ -105,14 +124,24 @@ impl Shim {
                 Ok(Ok(_)) => None,
                 _ => Some(NoShell::Silent(SHELL_START_TIMEOUT.as_secs())),
             },
+            // The hook's word has been seen to go missing under load:
+            // a start that takes long also asks tmux itself.
+            status = self.dead_pane_status(pane) => Some(NoShell::Died(status)),
             Some(status) = died => {
-                // Any session can write a death record: believe tmux.
+                // Any session can write a death record: believe tmux,
+                // which may take a moment to see the pane end (and may
+                // have no status of its own for it).
                 if self.pane_is_dead(pane).await {
                     Some(NoShell::Died(status))
                 } else {
-                    match tokio::time::timeout(SHELL_START_TIMEOUT, &mut rx).await {
-                        Ok(Ok(_)) => None,
-                        _ => Some(NoShell::Silent(SHELL_START_TIMEOUT.as_secs())),
+                    tokio::select! {
+                        ready = tokio::time::timeout(SHELL_START_TIMEOUT, &mut rx) => match ready {
+                            Ok(Ok(_)) => None,
+                            _ => Some(NoShell::Silent(SHELL_START_TIMEOUT.as_secs())),
+                        },
+                        polled = self.dead_pane_status(pane) => {
+                            Some(NoShell::Died(if polled == -1 { status } else { polled }))
+                        }
                     }
                 }
             }
@@ -128,6 +157,41 @@ impl Shim {
 }
 
 impl Shim {
+    /// Resolves with the exit status (-1: tmux has none) once tmux
+    /// reports the pane `%pane` dead, asking every second; never without a
+    /// pane. Only a shell start slower than a second asks at all.
+    async fn dead_pane_status(&self, pane: Option<u32>) -> i32 {
+        let Some(pane) = pane else {
+            return std::future::pending().await;
+        };
+        let target = format!("%{pane}");
+        // tmux may see the pane end before it has the process's status:
+        // ask again a few times for the status before saying "none".
+        let mut unknown = 0;
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            let answer = self
+                .tmux
+                .spawn_call(&[
+                    "display-message",
+                    "-p",
+                    "-t",
+                    &target,
+                    "#{pane_dead} #{pane_dead_status}",
+                ])
+                .await;
+            if let Ok(out) = answer {
+                if let Some(status) = out.trim().strip_prefix("1") {
+                    match status.trim().parse() {
+                        Ok(status) => return status,
+                        Err(_) if unknown >= 3 => return -1,
+                        Err(_) => unknown += 1,
+                    }
+                }
+            }
+        }
+    }
+
     /// Whether tmux does not report the pane `%pane` alive.
     pub(super) async fn pane_is_dead(&self, pane: Option<u32>) -> bool {
         let Some(pane) = pane else { return false };
@@ -145,6 +209,11 @@ impl Shim {
             // A gone pane answers an error or nothing: dead too.
             .map_or(true, |out| out.trim() != "0")
     }
+}
+
+/// `%N` as printed by tmux.
+fn pane_id(out: &str) -> Option<u32> {
+    out.trim().strip_prefix('%')?.parse().ok()
 }
 
 /// Session names become tmux targets and directory names.
