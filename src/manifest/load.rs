@@ -388,20 +388,35 @@ fn validate(m: &Manifest, text: &str) -> Vec<Problem> {
         "must be at least 16",
     );
     check(
-        ws.env.keys().all(|k| {
-            !k.is_empty()
-                && !k.starts_with(|c: char| c.is_ascii_digit())
-                && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-        }),
+        ws.env.keys().all(|k| is_env_name(k)),
         "workspace.env",
         "variable names must be letters, digits and '_', not starting with a digit",
     );
+    check(
+        ws.pass_env.iter().all(|k| is_env_name(k)),
+        "workspace.pass_env",
+        "variable names must be letters, digits and '_', not starting with a digit",
+    );
+    if let Some(key) = m.llm.api_key_env.as_deref() {
+        check(
+            !ws.pass_env.iter().any(|k| k == key),
+            "workspace.pass_env",
+            &format!("`{key}` is llm.api_key_env: the API key never reaches a session"),
+        );
+    }
     check(
         ws.kind == WorkspaceKind::Docker || ws.workdir.as_deref().is_none_or(|w| !w.is_empty()),
         "workspace.workdir",
         "must not be empty",
     );
     problems
+}
+
+/// A name a shell can hold as a variable.
+fn is_env_name(k: &str) -> bool {
+    !k.is_empty()
+        && !k.starts_with(|c: char| c.is_ascii_digit())
+        && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 #[cfg(test)]

@@ -312,6 +312,10 @@ pub struct WorkspaceSpec {
     /// Environment variables of every session.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Variables of convoy's own environment copied into every session.
+    /// Nothing else of it reaches a session; `llm.api_key_env` never does.
+    #[serde(default)]
+    pub pass_env: Vec<String>,
     /// Keep the container after the job (docker only), for inspection.
     #[serde(default)]
     pub keep: bool,
@@ -371,6 +375,7 @@ impl Default for WorkspaceSpec {
             mounts: Vec::new(),
             nofile: Self::default_nofile(),
             env: BTreeMap::new(),
+            pass_env: Vec::new(),
             keep: false,
             channel: ChannelKind::default(),
             memory: None,

@@ -75,6 +75,7 @@ max_steps = 10                   # model turns per conversation (default 30)
 kind = "local"
 #workdir = "work"                # local: relative to this file (default: a fresh temp dir per run)
 #env = { LANG = "C.UTF-8" }      # set in every session
+#pass_env = ["HF_TOKEN"]         # of convoy's own variables, only these reach sessions (never the API key)
 #image = "convoy-workspace:bookworm"            # docker only
 #mounts = [{ host = "./repo", container = "/workspace", read_only = true }]   # docker only
 #nofile = 65536                  # docker only: the container's open-files limit

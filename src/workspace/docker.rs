@@ -164,20 +164,21 @@ impl DockerBackend {
         let image = self.job.manifest.workspace.image.clone();
         let id = match self.create_and_start(self.nofile).await {
             Ok(id) => id,
-            Err(e) if is_rlimit_denied(&e) => {
+            Err(e) => {
+                // Whether the daemon refused the open-files limit is told by
+                // the most it grants, not by the wording of its error.
                 let asked = self.nofile;
-                let max = daemon_nofile_limit(&self.docker, &image).await.ok_or_else(|| {
-                    boot(format!(
-                        "the Docker daemon refused workspace.nofile = {asked} and its own limit could not be read: {e}"
-                    ))
-                })?;
-                tracing::warn!(
-                    "workspace.nofile = {asked} is more than the Docker daemon allows ({max}); using {max}"
-                );
-                self.nofile = max;
-                self.create_and_start(max).await?
+                match daemon_nofile_limit(&self.docker, &image).await {
+                    Some(max) if max < asked => {
+                        tracing::warn!(
+                            "workspace.nofile = {asked} is more than the Docker daemon allows ({max}); using {max}"
+                        );
+                        self.nofile = max;
+                        self.create_and_start(max).await?
+                    }
+                    _ => return Err(e),
+                }
             }
-            Err(e) => return Err(e),
         };
         tracing::info!(
             "workspace container {} booted from {image} (nofile {})",
@@ -373,11 +374,6 @@ pub async fn check_image(docker: &Docker, image: &str) -> Result<(), WorkspaceEr
         }) => Err(WorkspaceError::MissingImage(image.to_string())),
         Err(e) => Err(boot(format!("cannot inspect image `{image}`: {e}"))),
     }
-}
-
-fn is_rlimit_denied(e: &WorkspaceError) -> bool {
-    let s = e.to_string();
-    s.contains("rlimit") && s.contains("operation not permitted")
 }
 
 /// The open-files hard limit a container gets when it asks for none: the

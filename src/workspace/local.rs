@@ -32,6 +32,13 @@ impl LocalBackend {
     /// Starts the helper; returns it with its link and the default working
     /// directory for sessions.
     pub async fn start() -> Result<(LocalBackend, Link, PathBuf), WorkspaceError> {
+        // Sessions run as this user, and a process of the same user may
+        // read another's /proc/PID/environ, where the API key is, unless
+        // that process is not dumpable. (Root reads it anyway: see README,
+        // "Containment".)
+        if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+            tracing::warn!("cannot hide convoy's environment from sessions (prctl): {e}");
+        }
         let root = tempfile::Builder::new()
             .prefix("convoy-")
             .tempdir()
@@ -123,9 +130,20 @@ impl LocalBackend {
     }
 }
 
+/// Of convoy's own environment, only these reach the helper, its tmux
+/// server and so every session; `workspace.pass_env` and `workspace.env`
+/// come per session through the protocol. TERM is tmux's own.
+const HELPER_ENV: [&str; 6] = ["PATH", "HOME", "LANG", "USER", "LOGNAME", "SHELL"];
+
 fn spawn_helper(root: &Path) -> Result<tokio::process::Child, WorkspaceError> {
     let exe = std::env::current_exe().map_err(|e| boot("cannot find the convoy binary", e))?;
     let mut child = tokio::process::Command::new(exe)
+        .env_clear()
+        .envs(
+            HELPER_ENV
+                .iter()
+                .filter_map(|k| Some((k, std::env::var_os(k)?))),
+        )
         .arg("shim")
         .arg("--root")
         .arg(root)

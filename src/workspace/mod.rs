@@ -5,10 +5,11 @@
 pub mod channel;
 pub mod docker;
 mod local;
+pub mod procfs;
 mod session;
 mod shared;
 pub mod sweep;
 
-pub use channel::protocol::RunOutput;
+pub use channel::protocol::{ErrorKind, RunOutput};
 pub use session::Session;
 pub use shared::{ShutdownReport, Workspace, WorkspaceError};

@@ -13,7 +13,7 @@ use thiserror::Error;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::channel::protocol::{Op, Reply, WorkspaceStats};
+use super::channel::protocol::{ErrorKind, Op, Reply, WorkspaceStats};
 use super::channel::{ChannelError, Link};
 use super::docker::DockerBackend;
 use super::local::LocalBackend;
@@ -27,8 +27,9 @@ pub enum WorkspaceError {
     Boot(String),
     #[error(transparent)]
     Channel(#[from] ChannelError),
-    #[error("workspace helper: {0}")]
-    Helper(String),
+    /// The helper answered with an error of this kind.
+    #[error("workspace helper: {message}")]
+    Helper { kind: ErrorKind, message: String },
     #[error("the workspace is lost: {0}")]
     Lost(String),
     #[error("workspace image `{0}` does not exist locally (convoy never pulls); build it with `scripts/build-workspace-image.sh {0}`")]
@@ -38,9 +39,31 @@ pub enum WorkspaceError {
 impl WorkspaceError {
     pub(super) fn unexpected(reply: Reply) -> Self {
         match reply {
-            Reply::Error { message } => WorkspaceError::Helper(message),
-            other => WorkspaceError::Helper(format!("unexpected reply {other:?}")),
+            Reply::Error { kind, message } => WorkspaceError::Helper { kind, message },
+            other => WorkspaceError::Helper {
+                kind: ErrorKind::Internal,
+                message: format!("unexpected reply {other:?}"),
+            },
         }
+    }
+
+    /// What went wrong, as a kind a caller can act on (see
+    /// [`ErrorKind`]); never derived from the message.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            WorkspaceError::Boot(_) => ErrorKind::Boot,
+            WorkspaceError::Channel(ChannelError::Broken(_)) => ErrorKind::HelperLost,
+            WorkspaceError::Channel(ChannelError::Handshake(_)) => ErrorKind::Boot,
+            WorkspaceError::Helper { kind, .. } => *kind,
+            WorkspaceError::Lost(_) => ErrorKind::WorkspaceLost,
+            WorkspaceError::MissingImage(_) => ErrorKind::MissingImage,
+        }
+    }
+
+    /// Whether the same work, tried again (a new attempt in a new
+    /// session), may succeed: see [`ErrorKind::is_retryable`].
+    pub fn is_retryable(&self) -> bool {
+        self.kind().is_retryable()
     }
 }
 
@@ -110,10 +133,12 @@ impl Inner {
         tokio::time::timeout(QUICK_WAIT, self.call(op))
             .await
             .unwrap_or_else(|_| {
-                Err(WorkspaceError::Helper(format!(
-                    "no answer within {}s to {what}",
-                    QUICK_WAIT.as_secs()
-                )))
+                // A helper that does not answer is as good as lost; the
+                // heartbeat replaces it.
+                Err(WorkspaceError::Helper {
+                    kind: ErrorKind::HelperLost,
+                    message: format!("no answer within {}s to {what}", QUICK_WAIT.as_secs()),
+                })
             })
     }
 
@@ -277,11 +302,7 @@ impl Workspace {
             lost: Mutex::default(),
             counter: AtomicU64::new(0),
             workdir: Some(workdir.display().to_string()),
-            env: spec
-                .env
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            env: session_env(spec),
             reap_tx,
             open: Mutex::default(),
             reaped: AtomicUsize::new(0),
@@ -440,6 +461,26 @@ impl Workspace {
             None => tracing::warn!("the workspace backend is still in use at shutdown"),
         }
     }
+}
+
+/// What every session gets on top of the bare minimum the helper gives it
+/// (PATH, HOME, LANG, USER, LOGNAME, SHELL; TERM from tmux): the variables
+/// of convoy's own environment named in `workspace.pass_env`, then
+/// `workspace.env` (which wins). Validation refused `llm.api_key_env` in
+/// `pass_env`; a named variable convoy does not have is said once.
+fn session_env(spec: &crate::manifest::WorkspaceSpec) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = Vec::new();
+    for name in &spec.pass_env {
+        match std::env::var(name) {
+            Ok(v) if !spec.env.contains_key(name) => env.push((name.clone(), v)),
+            Ok(_) => {}
+            Err(_) => tracing::warn!(
+                "workspace.pass_env names `{name}`, which convoy's environment does not have (or not as UTF-8); sessions get none"
+            ),
+        }
+    }
+    env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    env
 }
 
 /// Watches the link; when it breaks, or its helper stops answering the

@@ -26,6 +26,8 @@ use bollard::query_parameters::{ListContainersOptionsBuilder, RemoveContainerOpt
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use super::procfs;
+
 pub const LABEL_PID: &str = "convoy.pid";
 pub const LABEL_PID_START: &str = "convoy.pid_start";
 pub const LABEL_HOST: &str = "convoy.host";
@@ -38,7 +40,7 @@ pub const OWNER_FILE: &str = "owner";
 /// boot, from /proc).
 pub fn me() -> (u32, u64) {
     let pid = std::process::id();
-    (pid, start_time(pid).unwrap_or(0))
+    (pid, procfs::start_time(pid).unwrap_or(0))
 }
 
 pub fn hostname() -> String {
@@ -48,21 +50,9 @@ pub fn hostname() -> String {
         .unwrap_or_default()
 }
 
-fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces and parentheses: fields start after
-    // the last ')'. State is field 3, start time field 22.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    if fields.first() == Some(&"Z") {
-        return None;
-    }
-    fields.get(19)?.parse().ok()
-}
-
 /// Is the process that wrote (pid, start) still running?
 fn alive(pid: u32, start: u64) -> bool {
-    start_time(pid).is_some_and(|s| start == 0 || s == start)
+    procfs::start_time(pid).is_some_and(|s| start == 0 || s == start)
 }
 
 /// A held exclusive lock on a workspace (its directory, or a container's
@@ -331,22 +321,9 @@ pub fn kill_mentioning(dir: &Path) -> usize {
     let me = std::process::id();
     let mut killed = std::collections::HashSet::new();
     for _ in 0..5 {
-        let Ok(procs) = std::fs::read_dir("/proc") else {
-            break;
-        };
-        let found: Vec<u32> = procs
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-            // Not ourselves, and not the dead: a killed process stays a
-            // zombie until its parent reaps it.
-            .filter(|&pid| pid != me && start_time(pid).is_some())
-            .filter(|pid| {
-                ["cmdline", "environ"].iter().any(|f| {
-                    std::fs::read(format!("/proc/{pid}/{f}"))
-                        .is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle))
-                })
-            })
-            .collect();
+        // Not ourselves, and not the dead: a killed process stays a
+        // zombie until its parent reaps it.
+        let found = procfs::mentioning(needle, me);
         if found.is_empty() {
             break;
         }

@@ -13,14 +13,15 @@ use bollard::Docker;
 use futures::StreamExt;
 
 use super::client::ChannelError;
-use super::protocol::{Op, Reply, RunOutput, WorkspaceStats};
+use super::protocol::{ErrorKind, Op, Reply, RunOutput, WorkspaceStats};
 
 /// Where the exec channel keeps its tmux socket and sessions (a tmpfs).
 pub const EXEC_ROOT: &str = "/tmp/convoy-exec";
 /// Where its rc file and tmux config are copied at boot.
 pub const EXEC_FILES: &str = "/opt/convoy/exec";
 
-/// Ops as bash. Output: one header line, then the payload.
+/// Ops as bash. Output: one header line (`OK ...`, or `ERR KIND MESSAGE`
+/// with KIND a wire name of [`ErrorKind`]), then the payload.
 const SCRIPT: &str = r#"
 set -u
 root=/tmp/convoy-exec; files=/opt/convoy/exec; sock=$root/tmux.sock; conf=$files/tmux.conf
@@ -35,17 +36,17 @@ open)
   exec 3<>"$dir/done.fifo"
   out=$(t new-session -d -s "$name" -x 250 -y 50 "${args[@]}" -e "CONVOY_SESSION=$name" \
         -e "CONVOY_SESSION_DIR=$dir" -e "CONVOY_FIFO=$dir/done.fifo" \
-        "exec bash --noprofile --rcfile '$files/rc.bash' -i" 2>&1) || { echo "ERR $out"; exit 0; }
-  read -r -t 30 n s rest <&3 || { t kill-session -t "=$name"; echo "ERR the shell of session $name did not start within 30s"; exit 0; }
+        "exec bash --noprofile --rcfile '$files/rc.bash' -i" 2>&1) || { echo "ERR shell_did_not_start $out"; exit 0; }
+  read -r -t 30 n s rest <&3 || { t kill-session -t "=$name"; echo "ERR shell_did_not_start the shell of session $name did not start within 30s"; exit 0; }
   echo OK ;;
 run)
   name=$1; timeout=$2; max=$3; cmd=$4
   dir=$root/s/$name; k=$(date +%s%N)
-  [ -d "$dir" ] || { echo "ERR no session $name"; exit 0; }
+  [ -d "$dir" ] || { echo "ERR no_such_session no session $name"; exit 0; }
   printf '%s' "$cmd" > "$dir/$k.cmd"
   exec 3<>"$dir/done.fifo"
   line=" __convoy_seq=$k; { . \"\$__convoy_dir/$k.cmd\"; } </dev/null >\"\$__convoy_dir/$k.out\" 2>&1"
-  out=$(t send-keys -t "=$name:" -l "$line" \; send-keys -t "=$name:" Enter 2>&1) || { echo "ERR $out"; exit 0; }
+  out=$(t send-keys -t "=$name:" -l "$line" \; send-keys -t "=$name:" Enter 2>&1) || { echo "ERR tmux $out"; exit 0; }
   rec() { local n s rc how; while read -r -t "$1" n s rc how <&3; do
             [ "$s" = "$k" ] && { echo "$rc $how"; return 0; }; done; return 1; }
   timed_out=0; killed=0
@@ -136,8 +137,10 @@ impl ExecClient {
         };
         let out = self.exec(&args).await?;
         let (header, payload) = out.split_once('\n').unwrap_or((out.as_str(), ""));
-        if let Some(message) = header.strip_prefix("ERR ") {
+        if let Some(error) = header.strip_prefix("ERR ") {
+            let (kind, message) = error.split_once(' ').unwrap_or((error, ""));
             return Ok(Reply::Error {
+                kind: ErrorKind::from_wire(kind),
                 message: message.to_string(),
             });
         }

@@ -1,4 +1,4 @@
-//! The helper protocol, version 1.
+//! The helper protocol, version 2 (1 plus a kind on every error).
 //!
 //! Transport: the helper's stdin carries requests, its stdout carries
 //! responses, one JSON object per line (UTF-8, `\n`-terminated). Its stderr
@@ -20,10 +20,15 @@
 //! shell and return its output), `close` (kill a session and its
 //! processes), `list` (names of the live sessions), `stats` (sessions,
 //! processes and their open files, for the monitor), `shutdown`.
+//!
+//! A failed op answers `{"kind":"error","error":KIND,"message":TEXT}`:
+//! [`ErrorKind`] says what went wrong in words a caller can act on (retry
+//! or not), the message says it to a person. Nobody reads the message to
+//! decide anything.
 
 use serde::{Deserialize, Serialize};
 
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 pub const HELLO: &str = "convoy-shim";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -84,9 +89,165 @@ pub struct Response {
 pub enum Reply {
     Done,
     Ran(RunOutput),
-    Sessions { names: Vec<String> },
+    Sessions {
+        names: Vec<String>,
+    },
     Stats(WorkspaceStats),
-    Error { message: String },
+    Error {
+        #[serde(rename = "error")]
+        kind: ErrorKind,
+        message: String,
+    },
+}
+
+/// Why a workspace request failed. The helper sends the first group; the
+/// others arise on convoy's side of the link.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The request was malformed or named an invalid session (a bug, not
+    /// bad luck).
+    BadRequest,
+    /// The helper has no session of that name (it was closed, or the
+    /// helper restarted without it).
+    NoSuchSession,
+    /// A session of that name is open already.
+    SessionExists,
+    /// The working directory is missing or not a directory.
+    BadWorkdir,
+    /// The session's shell did not come up; the message says what it did.
+    ShellDidNotStart,
+    /// The workspace is out of processes, open files, memory or disk.
+    OutOfResources,
+    /// The session was closed while its command ran.
+    SessionClosed,
+    /// The private tmux server did not do what it was asked.
+    Tmux,
+    /// Anything else inside the helper.
+    Internal,
+    /// The stream to the helper broke; the request may or may not have run.
+    HelperLost,
+    /// The workspace could not be booted or recovered.
+    Boot,
+    /// Recovery gave up: the job cannot go on.
+    WorkspaceLost,
+    /// The workspace image does not exist (user input).
+    MissingImage,
+}
+
+impl ErrorKind {
+    pub const ALL: [ErrorKind; 13] = [
+        ErrorKind::BadRequest,
+        ErrorKind::NoSuchSession,
+        ErrorKind::SessionExists,
+        ErrorKind::BadWorkdir,
+        ErrorKind::ShellDidNotStart,
+        ErrorKind::OutOfResources,
+        ErrorKind::SessionClosed,
+        ErrorKind::Tmux,
+        ErrorKind::Internal,
+        ErrorKind::HelperLost,
+        ErrorKind::Boot,
+        ErrorKind::WorkspaceLost,
+        ErrorKind::MissingImage,
+    ];
+
+    /// Would the same work, tried again (in a new session, after the link
+    /// recovered), plausibly succeed? True for what depends on the moment
+    /// (resources, a helper or tmux that broke, a slow shell start); false
+    /// for what is wrong every time (bad input, a bug, a lost workspace).
+    pub fn is_retryable(self) -> bool {
+        match self {
+            ErrorKind::NoSuchSession
+            | ErrorKind::ShellDidNotStart
+            | ErrorKind::OutOfResources
+            | ErrorKind::Tmux
+            | ErrorKind::HelperLost => true,
+            ErrorKind::BadRequest
+            | ErrorKind::SessionExists
+            | ErrorKind::BadWorkdir
+            | ErrorKind::SessionClosed
+            | ErrorKind::Internal
+            | ErrorKind::Boot
+            | ErrorKind::WorkspaceLost
+            | ErrorKind::MissingImage => false,
+        }
+    }
+
+    /// The wire name (`no_such_session`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::BadRequest => "bad_request",
+            ErrorKind::NoSuchSession => "no_such_session",
+            ErrorKind::SessionExists => "session_exists",
+            ErrorKind::BadWorkdir => "bad_workdir",
+            ErrorKind::ShellDidNotStart => "shell_did_not_start",
+            ErrorKind::OutOfResources => "out_of_resources",
+            ErrorKind::SessionClosed => "session_closed",
+            ErrorKind::Tmux => "tmux",
+            ErrorKind::Internal => "internal",
+            ErrorKind::HelperLost => "helper_lost",
+            ErrorKind::Boot => "boot",
+            ErrorKind::WorkspaceLost => "workspace_lost",
+            ErrorKind::MissingImage => "missing_image",
+        }
+    }
+
+    /// The kind named `name` on the wire; an unknown name (a newer
+    /// helper) is `internal`.
+    pub fn from_wire(name: &str) -> ErrorKind {
+        serde_json::from_value(serde_json::Value::String(name.to_string()))
+            .unwrap_or(ErrorKind::Internal)
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A failed op inside the helper: what kind, and what happened.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct OpError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl OpError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> OpError {
+        OpError {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// A failed file or process operation: out of resources when the
+    /// system says so (by errno, never by message), else internal.
+    pub fn io(what: impl std::fmt::Display, e: &std::io::Error) -> OpError {
+        let exhausted = [
+            nix::libc::EAGAIN,
+            nix::libc::ENOMEM,
+            nix::libc::EMFILE,
+            nix::libc::ENFILE,
+            nix::libc::ENOSPC,
+            nix::libc::EDQUOT,
+        ];
+        let kind = if e.raw_os_error().is_some_and(|n| exhausted.contains(&n)) {
+            ErrorKind::OutOfResources
+        } else {
+            ErrorKind::Internal
+        };
+        OpError::new(kind, format!("{what}: {e}"))
+    }
+
+    pub fn into_reply(self) -> Reply {
+        Reply::Error {
+            kind: self.kind,
+            message: self.message,
+        }
+    }
 }
 
 /// A sample of the workspace, for the leak monitor.
@@ -144,5 +305,22 @@ mod tests {
                 names: vec!["a".into()]
             }
         );
+        let err = Reply::Error {
+            kind: ErrorKind::NoSuchSession,
+            message: "no session `c1`".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&err).unwrap(),
+            r#"{"kind":"error","error":"no_such_session","message":"no session `c1`"}"#
+        );
+    }
+
+    #[test]
+    fn every_kind_round_trips_by_its_wire_name() {
+        for k in ErrorKind::ALL {
+            assert_eq!(ErrorKind::from_wire(k.as_str()), k);
+            assert_eq!(serde_json::to_string(&k).unwrap(), format!("\"{k}\""));
+        }
+        assert_eq!(ErrorKind::from_wire("from_the_future"), ErrorKind::Internal);
     }
 }

@@ -1,14 +1,12 @@
-//! Calls to the private tmux server, and the process bookkeeping around it
-//! (/proc scans for the processes a session started).
+//! Calls to the private tmux server: one long-lived control-mode client,
+//! or a tmux client process per call when it is not up.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::oneshot;
 
@@ -48,12 +46,16 @@ struct Control {
 
 /// Sessions are created with a small scrollback: nobody reads the screen
 /// (output goes to a file), and thousands of sessions share one server.
+/// No client's environment is copied into a session (`update-environment`):
+/// a session's environment is the server's plus what `new-session -e`
+/// names.
 pub const CONF: &str = "\
 set -s exit-empty off
 set -g history-limit 100
 set -g status off
 set -g remain-on-exit off
 set -g default-terminal screen
+set -g update-environment \"\"
 ";
 
 impl Tmux {
@@ -118,10 +120,28 @@ impl Tmux {
         let control = self.control.lock().expect("control lock").clone();
         if let Some(c) = control {
             if !c.is_dead() {
-                return c.call(args).await;
+                let answer = c.call(args).await;
+                // A control client that died during the call did not
+                // answer it: ask a client of our own instead.
+                if answer.is_ok() || !c.is_dead() {
+                    return answer;
+                }
             }
         }
         self.spawn_call(args).await
+    }
+
+    /// Whether the session exists (tmux's exit status, not its message).
+    pub async fn has_session(&self, name: &str) -> bool {
+        self.call(&["has-session", "-t", &format!("={name}")])
+            .await
+            .is_ok()
+    }
+
+    /// Whether a server listens on the socket: a refused or missing socket
+    /// means no server (and so no sessions), whatever tmux prints.
+    pub fn server_answers(&self) -> bool {
+        std::os::unix::net::UnixStream::connect(&self.socket).is_ok()
     }
 
     /// One tmux client process for one command line.
@@ -260,104 +280,4 @@ async fn read_control(
     }
     // Dropping the pending senders fails their calls.
     queue.lock().expect("queue lock").take();
-}
-
-/// True for tmux's "that session or server is not there" errors.
-pub fn is_missing(err: &str) -> bool {
-    err.contains("can't find")
-        || err.contains("no server running")
-        || err.contains("no sessions")
-        || err.contains("error connecting")
-        || err.contains("server exited")
-        || err.contains("no current target")
-}
-
-/// The terminal's foreground process group of the shell `pid`
-/// (`/proc/PID/stat` field 8), if it is not the shell's own.
-pub fn foreground_group(shell: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{shell}/stat")).ok()?;
-    // Fields after the parenthesised command name, which may hold spaces.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split(' ').collect();
-    let pgrp: i32 = fields.get(2)?.parse().ok()?;
-    let tpgid: i32 = fields.get(5)?.parse().ok()?;
-    (tpgid > 0 && tpgid != pgrp).then_some(tpgid)
-}
-
-pub fn kill_group(pgid: i32) {
-    let _ = kill(Pid::from_raw(-pgid), Signal::SIGKILL);
-}
-
-/// SIGKILLs every process whose environment holds one of the entries
-/// `markers` (`NAME=value`), until none is left (a process may fork while
-/// we scan). One /proc pass serves every marker, so closes that arrive
-/// together share it. Returns how many were killed. Blocking: reads /proc.
-pub fn kill_marked(markers: &HashSet<String>) -> usize {
-    let me = std::process::id() as i32;
-    let mut killed = 0;
-    for _ in 0..5 {
-        let found = marked_processes(markers, me);
-        if found.is_empty() {
-            break;
-        }
-        for pid in found {
-            if kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok() {
-                killed += 1;
-            }
-        }
-    }
-    killed
-}
-
-/// Pids (other than `me`) whose environment holds one of `markers`.
-pub fn marked_processes(markers: &HashSet<String>, me: i32) -> Vec<i32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|&pid| pid != me)
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/environ"))
-                .map(|env| {
-                    env.split(|&b| b == 0)
-                        .any(|entry| std::str::from_utf8(entry).is_ok_and(|e| markers.contains(e)))
-                })
-                .unwrap_or(false)
-        })
-        .collect()
-}
-
-/// Every process whose environment holds `run_marker`: its pid, the value
-/// of its `CONVOY_SESSION_DIR` (if any), and how many files it has open.
-/// Blocking: reads /proc.
-pub fn run_processes(run_marker: &str) -> Vec<(u32, Option<String>, u64)> {
-    let me = std::process::id();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| pid != me)
-        .filter_map(|pid| {
-            let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
-            let mut marked = false;
-            let mut session = None;
-            for entry in env.split(|&b| b == 0) {
-                let Ok(entry) = std::str::from_utf8(entry) else {
-                    continue;
-                };
-                if entry == run_marker {
-                    marked = true;
-                } else if let Some(dir) = entry.strip_prefix("CONVOY_SESSION_DIR=") {
-                    session = Some(dir.to_string());
-                }
-            }
-            marked.then(|| {
-                let fds =
-                    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count() as u64);
-                (pid, session, fds)
-            })
-        })
-        .collect()
 }

@@ -1,0 +1,41 @@
+//! The workspace helper (`convoy shim`): serves the protocol of
+//! [`super::protocol`] for one private tmux server.
+//!
+//! How a command runs: the command text goes to `s/NAME/K.cmd`; the helper
+//! types one line into the session's shell:
+//!
+//! ```text
+//!  __convoy_seq=K; { . "$__convoy_dir/K.cmd"; } </dev/null >"$__convoy_dir/K.out" 2>&1
+//! ```
+//!
+//! The shell sources the file in its own process, so `cd` and `export`
+//! persist; stdin is /dev/null; stdout and stderr go to a file byte for
+//! byte. When the shell is back at its prompt, its `PROMPT_COMMAND` writes
+//! the completion record `NAME K STATUS` to one FIFO shared by all sessions
+//! (one short write is atomic). The helper reads that FIFO and wakes the
+//! request waiting for `(NAME, K)`. That works the same after C-c, since the
+//! prompt comes back, and the shell's EXIT trap writes the record if the
+//! command ends the shell.
+//!
+//! Every process a session starts carries `CONVOY_SESSION_DIR=ROOT/s/NAME`
+//! and `CONVOY_FIFO=ROOT/done.fifo` in its environment (unique to this
+//! helper); closing the session kills the tmux session, then every process
+//! with that marker (so `nohup` and `setsid` children go too).
+//!
+//! Where things live: [`stdio`] frames requests and responses on the
+//! helper's stdin and stdout; [`sessions`] keeps the registry of sessions
+//! and serves each op; [`shell`] starts a session's shell (with the rc
+//! script, `rc.bash`); [`run`] runs one command and interrupts it on
+//! timeout; [`completions`] reads the completion records; [`sweep`] kills
+//! what a closed session left; [`diagnose`] says why a shell did not start.
+
+mod completions;
+mod diagnose;
+mod run;
+mod sessions;
+mod shell;
+mod stdio;
+mod sweep;
+
+pub use shell::RC;
+pub use stdio::serve;

@@ -1,0 +1,233 @@
+//! A session's shell: bash with convoy's rc script (`rc.bash`), started in
+//! its tmux session and waited for until it announces itself.
+
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use super::super::protocol::{ErrorKind, OpError};
+use super::diagnose::{no_shell, NoShell};
+use super::sessions::{SessionState, Shim};
+
+/// The rc script every session's shell runs (also copied into the
+/// container for the exec channel).
+pub const RC: &str = include_str!("rc.bash");
+
+/// How long a new session's shell may take to start.
+const SHELL_START_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Shim {
+    /// A new shell for a session whose shell exited or stopped taking
+    /// keys. The old tmux session goes first: a shell that just exited
+    /// leaves its session behind until tmux notices, and creating the new
+    /// one before that fails with `duplicate session`.
+    pub(super) async fn restart_shell(
+        &self,
+        name: &str,
+        state: &SessionState,
+    ) -> Result<Option<u32>, OpError> {
+        // Gone already is fine: either way no session of that name is left.
+        let _ = self
+            .tmux
+            .call(&["kill-session", "-t", &format!("={name}")])
+            .await;
+        self.spawn_shell(name, state).await
+    }
+
+    /// Starts the session's shell; returns its pane id when tmux told it.
+    pub(super) async fn spawn_shell(
+        &self,
+        name: &str,
+        state: &SessionState,
+    ) -> Result<Option<u32>, OpError> {
+        let mut args: Vec<String> = vec![
+            "new-session".into(),
+            "-d".into(),
+            // The pane's id (`%N`, never reused by the server): its death,
+            // if it dies, is told by it.
+            "-P".into(),
+            "-F".into(),
+            "#{pane_id}".into(),
+            "-s".into(),
+            name.into(),
+            "-x".into(),
+            "250".into(),
+            "-y".into(),
+            "50".into(),
+        ];
+        if let Some(w) = &state.workdir {
+            args.extend(["-c".into(), w.clone()]);
+        }
+        let fixed = [
+            ("CONVOY_SESSION", name.to_string()),
+            ("CONVOY_SESSION_DIR", state.dir.display().to_string()),
+            ("CONVOY_FIFO", self.fifo.display().to_string()),
+        ];
+        for (k, v) in state
+            .env
+            .iter()
+            .cloned()
+            .chain(fixed.map(|(k, v)| (k.to_string(), v)))
+        {
+            args.extend(["-e".into(), format!("{k}={v}")]);
+        }
+        // Without bash the shell says so itself (tmux does not always learn
+        // the exit status of a pane that ends at once).
+        args.push(format!(
+            "command -v bash >/dev/null 2>&1 || {{ printf '%s %s 127 died\\n' \"$CONVOY_SESSION\" \"$TMUX_PANE\" >\"$CONVOY_FIFO\"; exit 127; }}; \
+             exec bash --noprofile --rcfile '{}' -i",
+            self.rc.display()
+        ));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        // The shell announces itself once its rc file ran; tmux's
+        // pane-died hook reports a shell that ended before (see
+        // `Shim::start`). Either way a shell that cannot start is an error
+        // here that says why, not a mystery on the first command.
+        let (tx, mut rx) = oneshot::channel();
+        let key = (name.to_string(), 0);
+        self.waiters
+            .lock()
+            .expect("waiters lock")
+            .insert(key.clone(), tx);
+        let pane = match self.tmux.call(&args).await {
+            Ok(out) => match pane_id(&out) {
+                Some(p) => Some(p),
+                // An answer that is not a pane id (a control client that
+                // went away mid-call): ask with a client of our own.
+                None => self
+                    .tmux
+                    .spawn_call(&[
+                        "display-message",
+                        "-p",
+                        "-t",
+                        &format!("={name}:"),
+                        "#{pane_id}",
+                    ])
+                    .await
+                    .ok()
+                    .and_then(|out| pane_id(&out)),
+            },
+            Err(e) => {
+                self.waiters.lock().expect("waiters lock").remove(&key);
+                return Err(no_shell(name, state, NoShell::Tmux(e)));
+            }
+        };
+        let death = pane.map(|p| self.deaths.lock().expect("deaths lock").expect(name, p));
+        let died = async {
+            match death {
+                Some(rx) => rx.await.ok(),
+                None => None,
+            }
+        };
+        let how = tokio::select! {
+            ready = tokio::time::timeout(SHELL_START_TIMEOUT, &mut rx) => match ready {
+                Ok(Ok(_)) => None,
+                _ => Some(NoShell::Silent(SHELL_START_TIMEOUT.as_secs())),
+            },
+            // The hook's word has been seen to go missing under load:
+            // a start that takes long also asks tmux itself.
+            status = self.dead_pane_status(pane) => Some(NoShell::Died(status)),
+            Some(status) = died => {
+                // Any session can write a death record: believe tmux,
+                // which may take a moment to see the pane end (and may
+                // have no status of its own for it).
+                if self.pane_is_dead(pane).await {
+                    Some(NoShell::Died(status))
+                } else {
+                    tokio::select! {
+                        ready = tokio::time::timeout(SHELL_START_TIMEOUT, &mut rx) => match ready {
+                            Ok(Ok(_)) => None,
+                            _ => Some(NoShell::Silent(SHELL_START_TIMEOUT.as_secs())),
+                        },
+                        polled = self.dead_pane_status(pane) => {
+                            Some(NoShell::Died(if polled == -1 { status } else { polled }))
+                        }
+                    }
+                }
+            }
+        };
+        if let Some(p) = pane {
+            self.deaths.lock().expect("deaths lock").cancel(name, p);
+        }
+        let Some(how) = how else { return Ok(pane) };
+        self.waiters.lock().expect("waiters lock").remove(&key);
+        let _ = self.kill_tree(name).await;
+        Err(no_shell(name, state, how))
+    }
+}
+
+impl Shim {
+    /// Resolves with the exit status (-1: tmux has none) once tmux
+    /// reports the pane `%pane` dead, asking every second; never without a
+    /// pane. Only a shell start slower than a second asks at all.
+    async fn dead_pane_status(&self, pane: Option<u32>) -> i32 {
+        let Some(pane) = pane else {
+            return std::future::pending().await;
+        };
+        let target = format!("%{pane}");
+        // tmux may see the pane end before it has the process's status:
+        // ask again a few times for the status before saying "none".
+        let mut unknown = 0;
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            let answer = self
+                .tmux
+                .spawn_call(&[
+                    "display-message",
+                    "-p",
+                    "-t",
+                    &target,
+                    "#{pane_dead} #{pane_dead_status}",
+                ])
+                .await;
+            if let Ok(out) = answer {
+                if let Some(status) = out.trim().strip_prefix("1") {
+                    match status.trim().parse() {
+                        Ok(status) => return status,
+                        Err(_) if unknown >= 3 => return -1,
+                        Err(_) => unknown += 1,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether tmux does not report the pane `%pane` alive.
+    pub(super) async fn pane_is_dead(&self, pane: Option<u32>) -> bool {
+        let Some(pane) = pane else { return false };
+        // A client of its own: for a pane that is gone, the control
+        // client's answer is not to be relied on. Rare: only on a death.
+        self.tmux
+            .spawn_call(&[
+                "display-message",
+                "-p",
+                "-t",
+                &format!("%{pane}"),
+                "#{pane_dead}",
+            ])
+            .await
+            // A gone pane answers an error or nothing: dead too.
+            .map_or(true, |out| out.trim() != "0")
+    }
+}
+
+/// `%N` as printed by tmux.
+fn pane_id(out: &str) -> Option<u32> {
+    out.trim().strip_prefix('%')?.parse().ok()
+}
+
+/// Session names become tmux targets and directory names.
+pub(super) fn check_name(name: &str) -> Result<(), OpError> {
+    let ok = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(OpError::new(
+            ErrorKind::BadRequest,
+            format!("invalid session name `{name}`"),
+        ))
+    }
+}

@@ -1,0 +1,152 @@
+//! Everything convoy reads from /proc, in one place: process start times
+//! and states, terminal foreground groups, environments, command lines and
+//! open files. The workspace helper uses it to find and sweep the processes
+//! a session started, `convoy sweep` to find what crashed runs left. Every
+//! function is blocking (file reads) and cheap for one process; scans of
+//! every process belong on a blocking thread.
+
+use std::collections::HashSet;
+
+/// The fields of `/proc/PID/stat` after the command name (which may hold
+/// spaces and parentheses, so fields start after the last `)`): index 0 is
+/// the state (field 3 of proc(5)).
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
+/// When the process started (clock ticks since boot), unless it is gone
+/// or a zombie. With the pid it names a process uniquely.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let fields = stat_fields(pid)?;
+    if fields.first().map(String::as_str) == Some("Z") {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
+}
+
+/// Exists and has not exited (a zombie has exited but is not reaped yet).
+pub fn is_running(pid: u32) -> bool {
+    stat_fields(pid).is_some_and(|f| f.first().map(String::as_str) != Some("Z"))
+}
+
+/// The terminal's foreground process group of the shell `pid` (field 8),
+/// if it is not the shell's own group (field 5).
+pub fn foreground_group(shell: u32) -> Option<i32> {
+    let fields = stat_fields(shell)?;
+    let pgrp: i32 = fields.get(2)?.parse().ok()?;
+    let tpgid: i32 = fields.get(5)?.parse().ok()?;
+    (tpgid > 0 && tpgid != pgrp).then_some(tpgid)
+}
+
+/// Every pid in /proc.
+pub fn pids() -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .map(|dir| {
+            dir.filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The process's environment entries (`NAME=value`, raw bytes).
+fn environ(pid: u32) -> Option<Vec<u8>> {
+    std::fs::read(format!("/proc/{pid}/environ")).ok()
+}
+
+fn entries(env: &[u8]) -> impl Iterator<Item = &str> {
+    env.split(|&b| b == 0)
+        .filter_map(|e| std::str::from_utf8(e).ok())
+}
+
+/// The process's command line, its arguments as they were passed.
+pub fn cmdline(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| {
+            b.split(|&c| c == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// How many files the process has open.
+pub fn open_files(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count() as u64)
+}
+
+/// Pids other than `me` whose environment holds one of `markers`
+/// (`NAME=value` entries).
+pub fn marked_processes(markers: &HashSet<String>, me: u32) -> Vec<u32> {
+    pids()
+        .into_iter()
+        .filter(|&pid| pid != me)
+        .filter(|&pid| environ(pid).is_some_and(|env| entries(&env).any(|e| markers.contains(e))))
+        .collect()
+}
+
+/// Every process (but this one) whose environment holds `run_marker`: its
+/// pid, the value of its `CONVOY_SESSION_DIR` (if any), and how many files
+/// it has open.
+pub fn run_processes(run_marker: &str) -> Vec<(u32, Option<String>, u64)> {
+    let me = std::process::id();
+    pids()
+        .into_iter()
+        .filter(|&pid| pid != me)
+        .filter_map(|pid| {
+            let env = environ(pid)?;
+            let mut marked = false;
+            let mut session = None;
+            for entry in entries(&env) {
+                if entry == run_marker {
+                    marked = true;
+                } else if let Some(dir) = entry.strip_prefix("CONVOY_SESSION_DIR=") {
+                    session = Some(dir.to_string());
+                }
+            }
+            marked.then(|| (pid, session, open_files(pid)))
+        })
+        .collect()
+}
+
+/// Running processes (not `me`) whose command line or environment
+/// contains `needle`.
+pub fn mentioning(needle: &[u8], me: u32) -> Vec<u32> {
+    pids()
+        .into_iter()
+        .filter(|&pid| pid != me && is_running(pid))
+        .filter(|pid| {
+            ["cmdline", "environ"].iter().any(|f| {
+                std::fs::read(format!("/proc/{pid}/{f}"))
+                    .is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle))
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_child_is_found_by_its_marker_and_its_command_line() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("1000")
+            .env("CONVOY_PROCFS_TEST", "m1")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let me = std::process::id();
+        let markers: HashSet<String> = ["CONVOY_PROCFS_TEST=m1".to_string()].into();
+        assert_eq!(marked_processes(&markers, me), vec![pid]);
+        assert_eq!(cmdline(pid), ["sleep", "1000"]);
+        assert!(mentioning(b"CONVOY_PROCFS_TEST=m1", me).contains(&pid));
+        assert!(start_time(pid).is_some() && is_running(pid));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(start_time(pid).is_none() && !is_running(pid));
+    }
+}
