@@ -386,3 +386,31 @@ async fn a_shell_that_cannot_start_says_why() {
         "{r}"
     );
 }
+
+/// The exec channel (one `docker exec` per request) types the same line:
+/// aliases and functions shadowing builtins leave the next command exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_aliases_and_functions_break_nothing_on_the_exec_channel() {
+    let job = TestJob::new();
+    let cases: Vec<_> = hostile_cases()
+        .into_iter()
+        .filter(|(id, _, _)| {
+            matches!(
+                *id,
+                "aliases" | "functions" | "disabled_builtins" | "ifs_ps1_nounset"
+            )
+        })
+        .collect();
+    let mut rows: Vec<Value> = cases.iter().map(|(id, c, _)| row(id, c)).collect();
+    let (commands, expected) = canary(0);
+    let commands: Vec<&str> = commands.iter().map(String::as_str).collect();
+    rows.push(row("canary0", &commands));
+    job.tasks(&rows);
+    job.manifest(&docker_job("channel = \"exec\"\n", HOSTILE_RUN));
+    let out = job.run(&[]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    for (id, _, want) in cases {
+        assert_eq!(observations(&job.trajectory(id)), want, "hostile case {id}");
+    }
+    assert_eq!(observations(&job.trajectory("canary0")), expected);
+}

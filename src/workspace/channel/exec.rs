@@ -45,7 +45,8 @@ run)
   [ -d "$dir" ] || { echo "ERR no_such_session no session $name"; exit 0; }
   printf '%s' "$cmd" > "$dir/$k.cmd"
   exec 3<>"$dir/done.fifo"
-  line=" __convoy_seq=$k; { . \"\$__convoy_dir/$k.cmd\"; } </dev/null >\"\$__convoy_dir/$k.out\" 2>&1"
+  # The same line as the helper types (see shim/run.rs, typed_line).
+  line=" __convoy_seq=$k; POSIXLY_CORRECT=1; \\unset -f . source builtin command enable; \\enable . source; \\trap -- '__convoy_done exit' EXIT; \\unset POSIXLY_CORRECT; \\. '$dir/$k.cmd' </dev/null >'$dir/$k.out' 2>&1"
   out=$(t send-keys -t "=$name:" -l "$line" \; send-keys -t "=$name:" Enter 2>&1) || { echo "ERR tmux $out"; exit 0; }
   rec() { local n s rc how; while read -r -t "$1" n s rc how <&3; do
             [ "$s" = "$k" ] && { echo "$rc $how"; return 0; }; done; return 1; }
