@@ -123,11 +123,18 @@ impl Shim {
                 None => None,
             }
         };
+        // Biased, the record first: a shell that ends by `exit` writes its
+        // record (EXIT trap) before tmux reports the pane dead, on the same
+        // FIFO, so when both are in, the record tells the true status.
         let done = tokio::select! {
+            biased;
             done = &mut *rx => done.ok(),
             Some(status) = died => {
-                if self.pane_is_dead(pane).await {
-                    Some(Completion { status, shell_exited: true })
+                if let Ok(record) = rx.try_recv() {
+                    Some(record)
+                } else if self.pane_is_dead(pane).await {
+                    // A record that came in while tmux was asked still wins.
+                    Some(rx.try_recv().unwrap_or(Completion { status, shell_exited: true }))
                 } else {
                     (&mut *rx).await.ok()
                 }
