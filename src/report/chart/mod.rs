@@ -11,8 +11,10 @@
 //! Columns are found by header name, so samplers that add columns (or an
 //! old run that lacks one) still chart: a missing column is just not drawn.
 //!
-//! `metrics` reads the CSV and writes the file; `svg` draws the panels.
+//! `metrics` reads the CSV and writes the file; `svg` draws the panels;
+//! `axis` picks their ticks.
 
+mod axis;
 mod metrics;
 mod svg;
 
