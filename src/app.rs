@@ -282,7 +282,7 @@ async fn run(args: RunArgs) -> Result<Exit, Failure> {
             loop {
                 every.tick().await;
                 let t = tally.lock().expect("tally lock").clone();
-                let retries = ctx.upgrade().map(|c| c.llm.report().retries_by_reason);
+                let retries = ctx.upgrade().map(|c| c.llm.retries_by_reason());
                 let mut p = progress.lock().expect("progress lock");
                 p.update(&t);
                 if let Some(r) = retries {
@@ -313,9 +313,10 @@ async fn run(args: RunArgs) -> Result<Exit, Failure> {
     let mut ctx = Arc::into_inner(ctx).expect("every conversation has ended");
     let shutdown = ctx.workspace.finish().await;
     // The pool's idle connections are not a leak, but they would read as
-    // one in the final sample.
-    if let Err(e) = ctx.llm.drop_idle_connections().await {
-        tracing::warn!("cannot drop the idle LLM connections: {e}");
+    // one in the final sample: drop them and let them close.
+    match ctx.llm.drop_idle_connections() {
+        Ok(()) => crate::monitor::settle_fds().await,
+        Err(e) => tracing::warn!("cannot drop the idle LLM connections: {e}"),
     }
     // The final sample, after cleanup: the end state of the workspace.
     if let Some(mon) = monitor.as_mut() {
@@ -326,7 +327,7 @@ async fn run(args: RunArgs) -> Result<Exit, Failure> {
     progress
         .lock()
         .expect("progress lock")
-        .finish(&tally, &ctx.llm.report().retries_by_reason);
+        .finish(&tally, &ctx.llm.retries_by_reason());
     let findings = monitor
         .as_ref()
         .map(|m| m.rules.findings.clone())

@@ -20,7 +20,7 @@ pub(crate) fn say(text: &str) {
     let mut out = std::io::stdout().lock();
     if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         CLOSED.store(true, Ordering::Relaxed);
-        if e.kind() != std::io::ErrorKind::BrokenPipe {
+        if !is_closed_pipe(&e) {
             eprintln!("error: cannot write to stdout: {e}");
         }
     }

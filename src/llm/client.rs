@@ -118,10 +118,18 @@ impl Llm {
 
     /// Closes the idle HTTP connections, so the job ends with the file
     /// descriptors it started with. For after the last request.
-    pub async fn drop_idle_connections(&mut self) -> Result<(), LlmError> {
+    pub fn drop_idle_connections(&mut self) -> Result<(), LlmError> {
         match &mut self.backend {
-            Backend::OpenAi(c) => c.drop_idle_connections().await,
+            Backend::OpenAi(c) => c.drop_idle_connections(),
             Backend::Script => Ok(()),
+        }
+    }
+
+    /// Retries so far by reason (what the progress line sums up).
+    pub fn retries_by_reason(&self) -> BTreeMap<String, u64> {
+        match &self.backend {
+            Backend::OpenAi(c) => c.retries_by_reason(),
+            Backend::Script => BTreeMap::new(),
         }
     }
 

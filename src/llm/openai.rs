@@ -87,11 +87,6 @@ pub struct OpenAiClient {
     retries: Mutex<BTreeMap<String, u64>>,
 }
 
-/// The number of this process's open files, where the OS tells (Linux).
-fn open_files() -> Option<usize> {
-    std::fs::read_dir("/proc/self/fd").ok().map(Iterator::count)
-}
-
 /// The key named by `llm.api_key_env`; an error when the variable is unset.
 fn read_key(spec: &LlmSpec) -> Result<Option<Secret>, LlmError> {
     let Some(var) = &spec.api_key_env else {
@@ -213,29 +208,11 @@ impl OpenAiClient {
     }
 
     /// Closes every idle connection by replacing the client (and with it
-    /// its pool). Taking `&mut self` proves no request is in flight.
-    ///
-    /// Each connection is closed by its own task once its handle is gone,
-    /// a moment later; returns when the process's open files stop falling
-    /// (checked every 10 ms, for at most a second), so a measurement
-    /// right after sees them closed.
-    pub async fn drop_idle_connections(&mut self) -> Result<(), LlmError> {
-        const STEP: Duration = Duration::from_millis(10);
-        const STABLE_STEPS: u32 = 5;
+    /// its pool). Taking `&mut self` proves no request is in flight. Each
+    /// connection is closed by its own task a moment later; whoever
+    /// measures waits for that (`monitor::settle_fds`).
+    pub fn drop_idle_connections(&mut self) -> Result<(), LlmError> {
         self.http = self.http_config.build()?;
-        let Some(mut last) = open_files() else {
-            return Ok(());
-        };
-        let mut stable = 0;
-        for _ in 0..100 {
-            tokio::time::sleep(STEP).await;
-            let now = open_files().unwrap_or(last);
-            stable = if now < last { 0 } else { stable + 1 };
-            last = now;
-            if stable >= STABLE_STEPS {
-                break;
-            }
-        }
         Ok(())
     }
 

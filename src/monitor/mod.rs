@@ -11,6 +11,6 @@ pub mod rlimit;
 mod sampler;
 
 pub use leaks::{Finding, LeakRules, Own};
-pub use own::own_usage;
+pub use own::{own_usage, settle_fds};
 pub use peaks::LiveCount;
 pub use sampler::{Gauges, Monitor, Sample};

@@ -14,9 +14,34 @@ use super::peaks::Peak;
 /// How often the monitor's thread reads between samples.
 pub const FAST: Duration = Duration::from_millis(100);
 
+/// convoy's own open FDs.
+fn open_fds() -> u64 {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64)
+}
+
+/// Returns once convoy's open FDs stop falling (checked every 10 ms, at
+/// most a second): what was just let go (the HTTP pool's connections,
+/// closed by their own tasks a moment after the pool is dropped) is gone
+/// before a measurement.
+pub async fn settle_fds() {
+    const STEP: Duration = Duration::from_millis(10);
+    const STABLE_STEPS: u32 = 5;
+    let mut last = open_fds();
+    let mut stable = 0;
+    for _ in 0..100 {
+        tokio::time::sleep(STEP).await;
+        let now = open_fds();
+        stable = if now < last { 0 } else { stable + 1 };
+        last = now;
+        if stable >= STABLE_STEPS {
+            break;
+        }
+    }
+}
+
 /// convoy's own open FDs, threads and RSS (bytes), from /proc/self.
 pub fn own_usage() -> (u64, u64, u64) {
-    let fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64);
+    let fds = open_fds();
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let field = |name: &str| {
         status

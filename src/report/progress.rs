@@ -43,6 +43,27 @@ struct Counts {
     baseline: Option<u64>,
 }
 
+impl Counts {
+    /// What the status line shows, with `gauges` and the time so far.
+    fn status(&self, elapsed: Duration, total: u64, gauges: Gauges) -> Status {
+        Status {
+            elapsed,
+            done: self.done,
+            total,
+            ok: self.ok,
+            failed: self.failed,
+            in_flight: self.in_flight,
+            gauges,
+            eta: eta(
+                elapsed,
+                self.done,
+                self.baseline.unwrap_or(self.done),
+                total,
+            ),
+        }
+    }
+}
+
 pub struct Progress {
     bar: Option<ProgressBar>,
     counts: Arc<Mutex<Counts>>,
@@ -111,19 +132,9 @@ impl Progress {
     }
 
     fn status(&self) -> Status {
-        let c = self.counts.lock().expect("counts lock");
         let gauges = self.gauges.lock().expect("gauges lock").clone();
-        let elapsed = self.started.elapsed();
-        Status {
-            elapsed,
-            done: c.done,
-            total: self.total,
-            ok: c.ok,
-            failed: c.failed,
-            in_flight: c.in_flight,
-            gauges,
-            eta: eta(elapsed, c.done, c.baseline.unwrap_or(c.done), self.total),
-        }
+        let c = self.counts.lock().expect("counts lock");
+        c.status(self.started.elapsed(), self.total, gauges)
     }
 
     fn print_line(&self) {
@@ -176,18 +187,11 @@ fn bar(total: u64, counts: Arc<Mutex<Counts>>, gauges: Arc<Mutex<Gauges>>) -> Pr
                     Err(_) => last_gauges.lock().expect("gauges copy").clone(),
                 };
                 // Never held while the bar is drawn or written to.
-                let c = counts.lock().expect("counts lock");
-                let status = Status {
-                    elapsed: state.elapsed(),
-                    done: c.done,
-                    total,
-                    ok: c.ok,
-                    failed: c.failed,
-                    in_flight: c.in_flight,
-                    gauges,
-                    eta: eta(state.elapsed(), c.done, c.baseline.unwrap_or(c.done), total),
-                };
-                drop(c);
+                let status =
+                    counts
+                        .lock()
+                        .expect("counts lock")
+                        .status(state.elapsed(), total, gauges);
                 let width = console::Term::stderr()
                     .size_checked()
                     .map_or(80, |(_, cols)| cols as usize);

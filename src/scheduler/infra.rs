@@ -67,9 +67,19 @@ impl State {
         set
     }
 
+    /// Whether `task` was in flight at failure `n` (what `at(n)` holds,
+    /// without building the set: this runs as every attempt starts).
+    fn was_at(&self, task: &str, n: u64) -> bool {
+        self.ended.get(&n).is_some_and(|s| s.contains(task))
+            || self
+                .running
+                .values()
+                .any(|(t, start)| t == task && *start < n)
+    }
+
     /// The failures `task` was in flight at, among the first `now`.
     fn strikes(&self, task: &str, now: u64) -> Vec<u64> {
-        (1..=now).filter(|&n| self.at(n).contains(task)).collect()
+        (1..=now).filter(|&n| self.was_at(task, n)).collect()
     }
 }
 

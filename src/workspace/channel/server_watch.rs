@@ -39,12 +39,5 @@ pub async fn gone(pid: i32) {
 /// The server `pid` is dead: no such process, or a zombie not yet reaped
 /// (a signal-0 probe would still find that one).
 pub fn is_gone(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state follows the command name, which ends at the last ')'.
-        Ok(stat) => stat
-            .rfind(')')
-            .and_then(|i| stat[i + 1..].split_whitespace().next())
-            .is_none_or(|state| state == "Z"),
-        Err(_) => true,
-    }
+    u32::try_from(pid).map_or(true, |pid| !crate::workspace::procfs::is_running(pid))
 }

@@ -2,11 +2,9 @@
 //! [`super::protocol`] for one private tmux server.
 //!
 //! How a command runs: the command text goes to `s/NAME/K.cmd`; the helper
-//! types one line into the session's shell:
-//!
-//! ```text
-//!  __convoy_seq=K; { . "$__convoy_dir/K.cmd"; } </dev/null >"$__convoy_dir/K.out" 2>&1
-//! ```
+//! types one line into the session's shell (`run::typed_line`, which
+//! guards it against a hostile shell state) that sources that file with
+//! stdin from /dev/null and stdout and stderr to `s/NAME/K.out`.
 //!
 //! The shell sources the file in its own process, so `cd` and `export`
 //! persist; stdin is /dev/null; stdout and stderr go to a file byte for
