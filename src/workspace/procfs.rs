@@ -139,6 +139,13 @@ mod tests {
             .spawn()
             .unwrap();
         let pid = child.id();
+        // Until it has exec'd, the child's environment is still ours.
+        for _ in 0..1000 {
+            if cmdline(pid) == ["sleep", "1000"] {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
         let me = std::process::id();
         let markers: HashSet<String> = ["CONVOY_PROCFS_TEST=m1".to_string()].into();
         assert_eq!(marked_processes(&markers, me), vec![pid]);
