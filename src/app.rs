@@ -65,8 +65,22 @@ pub fn main(cli: Cli) -> Exit {
             };
             commands::export(&run_dir, &options, out.as_deref())
         }
-        Command::Shim { root, keep_on_eof } => runtime
-            .block_on(crate::workspace::channel::serve(root, keep_on_eof))
+        Command::Shim {
+            root,
+            keep_on_eof,
+            isolation,
+            session_pids,
+            session_memory,
+        } => runtime
+            .block_on(crate::workspace::channel::serve(
+                root,
+                keep_on_eof,
+                crate::workspace::channel::ShimConfig {
+                    isolation,
+                    session_pids,
+                    session_memory,
+                },
+            ))
             .map(|()| Exit::Ok)
             .map_err(Failure::infra),
     };

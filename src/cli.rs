@@ -251,6 +251,18 @@ pub enum Command {
         /// uses this, as the container's removal cleans up.
         #[arg(long)]
         keep_on_eof: bool,
+        /// How sessions are kept apart: `user` runs each as a uid of its
+        /// own (needs root), `none` as the helper's own user, `auto` picks
+        /// `user` when the helper is root.
+        #[arg(long, value_enum, default_value = "none")]
+        isolation: crate::workspace::channel::Isolation,
+        /// Most processes one session may have at once (`user` only).
+        #[arg(long)]
+        session_pids: Option<u64>,
+        /// Most resident bytes one session's processes may hold together
+        /// (`user` only).
+        #[arg(long)]
+        session_memory: Option<u64>,
     },
 }
 

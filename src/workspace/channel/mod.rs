@@ -13,6 +13,6 @@ mod tmux;
 pub use client::{ChannelError, ShimClient};
 pub use exec::{ExecClient, EXEC_FILES, EXEC_ROOT};
 pub use link::Link;
-pub use shim::serve;
 pub use shim::RC;
+pub use shim::{serve, Isolation, ShimConfig};
 pub use tmux::CONF;

@@ -37,3 +37,39 @@ mod sweep;
 
 pub use shell::RC;
 pub use stdio::serve;
+
+/// How sessions are kept apart, as `convoy shim --isolation` says.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Isolation {
+    /// `user` when the helper runs as root, else `none`.
+    Auto,
+    /// Each session runs as a uid of its own (the helper must be root).
+    User,
+    /// Every session runs as the helper's own user.
+    None,
+}
+
+/// What the helper is told at start about the sessions it will run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShimConfig {
+    pub isolation: Isolation,
+    /// Most processes (and threads) one session's uid may have at once
+    /// (RLIMIT_NPROC; `user` isolation only).
+    pub session_pids: Option<u64>,
+    /// Most resident memory, in bytes, all processes of one session may
+    /// hold together (`user` isolation only).
+    pub session_memory: Option<u64>,
+}
+
+impl Default for ShimConfig {
+    fn default() -> Self {
+        ShimConfig {
+            isolation: Isolation::None,
+            session_pids: None,
+            session_memory: None,
+        }
+    }
+}

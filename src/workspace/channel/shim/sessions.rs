@@ -52,7 +52,8 @@ pub(super) struct Shim {
 }
 
 impl Shim {
-    pub(super) async fn start(root: PathBuf) -> anyhow::Result<Shim> {
+    pub(super) async fn start(root: PathBuf, config: super::ShimConfig) -> anyhow::Result<Shim> {
+        let _ = config;
         std::fs::create_dir_all(root.join("s"))
             .with_context(|| format!("cannot create helper root {}", root.display()))?;
         let fifo = root.join("done.fifo");

@@ -17,8 +17,12 @@ use super::sessions::Shim;
 
 /// Runs the helper until stdin closes or `shutdown` arrives. With
 /// `keep_on_eof`, a closed stdin leaves the sessions for the next helper.
-pub async fn serve(root: PathBuf, keep_on_eof: bool) -> anyhow::Result<()> {
-    let shim = Arc::new(Shim::start(root).await?);
+pub async fn serve(
+    root: PathBuf,
+    keep_on_eof: bool,
+    config: super::ShimConfig,
+) -> anyhow::Result<()> {
+    let shim = Arc::new(Shim::start(root, config).await?);
     // A dead tmux server takes every session with it: clean up and end
     // this helper, so convoy starts a new one (see `server_watch`).
     let server = super::super::server_watch::server_pid(&shim.tmux).await;
