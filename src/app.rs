@@ -26,6 +26,15 @@ pub(crate) use stdout::say;
 
 /// Runs the command and returns the exit code; errors are printed here.
 pub fn main(cli: Cli) -> Exit {
+    // In a session's pane: no runtime, no logging, just the exec.
+    if let Command::SessionExec { uid, nproc, argv } = cli.command {
+        let launch = crate::workspace::channel::Launch { uid, nproc, argv };
+        eprintln!("{}", crate::workspace::channel::session_exec(&launch));
+        return Exit::Infrastructure;
+    }
+    if let Command::Reaper { pid_file, argv } = &cli.command {
+        crate::workspace::channel::reaper(pid_file, argv);
+    }
     init_tracing(&cli);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -65,6 +74,7 @@ pub fn main(cli: Cli) -> Exit {
             };
             commands::export(&run_dir, &options, out.as_deref())
         }
+        Command::SessionExec { .. } | Command::Reaper { .. } => unreachable!("handled above"),
         Command::Shim {
             root,
             keep_on_eof,

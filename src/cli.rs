@@ -264,6 +264,34 @@ pub enum Command {
         #[arg(long)]
         session_memory: Option<u64>,
     },
+
+    /// What the helper starts its tmux server under: a subreaper that
+    /// keeps whatever sessions abandon below it. You do not run it by hand.
+    #[command(hide = true)]
+    Reaper {
+        /// Where to write its pid once the server runs below it.
+        #[arg(long)]
+        pid_file: PathBuf,
+        /// The command that starts the server.
+        #[arg(last = true, required = true)]
+        argv: Vec<String>,
+    },
+
+    /// What the helper runs in each session's tmux pane: makes the shell a
+    /// subreaper and, given a uid, drops to it with the session's limits,
+    /// then runs the shell. You do not run it by hand.
+    #[command(hide = true)]
+    SessionExec {
+        /// Become this uid (and gid).
+        #[arg(long)]
+        uid: Option<u32>,
+        /// RLIMIT_NPROC for that uid.
+        #[arg(long)]
+        nproc: Option<u64>,
+        /// The shell and its arguments.
+        #[arg(last = true, required = true)]
+        argv: Vec<String>,
+    },
 }
 
 /// When to colour diagnostics and the progress bar.

@@ -31,7 +31,9 @@ use crate::manifest::{ChannelKind, Job};
 
 /// Where the helper binary and its root live inside the container.
 const HELPER_BIN: &str = "/opt/convoy/convoy";
-const HELPER_ROOT: &str = "/tmp/convoy-shim";
+/// Root's (mode 0711), not under /tmp: sessions reach only their own
+/// entries in it (see the helper's `Shim`).
+const HELPER_ROOT: &str = "/run/convoy";
 /// How long the end of a job waits for Docker to remove the container.
 const REMOVE_WAIT: Duration = Duration::from_secs(20);
 
@@ -270,9 +272,9 @@ impl DockerBackend {
             // The helper's command and output files churn with every tool
             // call: keep them in memory, not on the image's overlay.
             tmpfs: Some(
-                [HELPER_ROOT, EXEC_ROOT]
+                [(HELPER_ROOT, "0711"), (EXEC_ROOT, "1777")]
                     .into_iter()
-                    .map(|p| (p.to_string(), "rw,exec,mode=1777,size=2g".to_string()))
+                    .map(|(p, mode)| (p.to_string(), format!("rw,exec,mode={mode},size=2g")))
                     .collect(),
             ),
             ..Default::default()
@@ -493,6 +495,12 @@ async fn start_helper(docker: &Docker, id: &str) -> Result<ShimClient, Workspace
                     "--root",
                     HELPER_ROOT,
                     "--keep-on-eof",
+                    "--isolation",
+                    "auto",
+                    "--session-pids",
+                    "1024",
+                    "--session-memory",
+                    "4294967296",
                 ]),
                 attach_stdin: Some(true),
                 attach_stdout: Some(true),

@@ -78,38 +78,97 @@ pub fn open_files(pid: u32) -> u64 {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count() as u64)
 }
 
-/// Pids other than `me` whose environment holds one of `markers`
-/// (`NAME=value` entries).
-pub fn marked_processes(markers: &HashSet<String>, me: u32) -> Vec<u32> {
-    pids()
-        .into_iter()
-        .filter(|&pid| pid != me)
-        .filter(|&pid| environ(pid).is_some_and(|env| entries(&env).any(|e| markers.contains(e))))
-        .collect()
+/// One process as the helper sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proc {
+    pub pid: u32,
+    pub ppid: u32,
+    /// Real uid.
+    pub uid: u32,
+    /// Exited, not reaped yet: holds nothing but its pid.
+    pub zombie: bool,
+    /// Its command name (`Name:`, at most 15 bytes).
+    pub name: String,
+    /// The value of its `CONVOY_SESSION_DIR` entry, if it has one.
+    pub session_dir: Option<String>,
 }
 
-/// Every process (but this one) whose environment holds `run_marker`: its
-/// pid, the value of its `CONVOY_SESSION_DIR` (if any), and how many files
-/// it has open.
-pub fn run_processes(run_marker: &str) -> Vec<(u32, Option<String>, u64)> {
-    let me = std::process::id();
+/// Every process but `me`, with its parent, uid and session marker.
+/// Processes that end while they are read are left out.
+pub fn scan(me: u32) -> Vec<Proc> {
     pids()
         .into_iter()
         .filter(|&pid| pid != me)
         .filter_map(|pid| {
-            let env = environ(pid)?;
-            let mut marked = false;
-            let mut session = None;
-            for entry in entries(&env) {
-                if entry == run_marker {
-                    marked = true;
-                } else if let Some(dir) = entry.strip_prefix("CONVOY_SESSION_DIR=") {
-                    session = Some(dir.to_string());
-                }
-            }
-            marked.then(|| (pid, session, open_files(pid)))
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            let field = |name: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .and_then(|v| v.split_whitespace().next())
+                    .map(str::to_string)
+            };
+            let zombie = field("State:").as_deref() == Some("Z");
+            let name = field("Name:").unwrap_or_default();
+            let ppid = field("PPid:")?.parse().ok()?;
+            let uid = field("Uid:")?.parse().ok()?;
+            let session_dir = environ(pid).and_then(|env| {
+                entries(&env)
+                    .find_map(|e| e.strip_prefix("CONVOY_SESSION_DIR="))
+                    .map(str::to_string)
+            });
+            Some(Proc {
+                pid,
+                ppid,
+                uid,
+                zombie,
+                name,
+                session_dir,
+            })
         })
         .collect()
+}
+
+/// `root` and every process below it in `procs` (children of children).
+pub fn descendants(procs: &[Proc], root: u32) -> HashSet<u32> {
+    let mut found: HashSet<u32> = [root].into();
+    loop {
+        let before = found.len();
+        for p in procs {
+            if found.contains(&p.ppid) {
+                found.insert(p.pid);
+            }
+        }
+        if found.len() == before {
+            return found;
+        }
+    }
+}
+
+/// The process's resident memory in bytes (0 if it is gone).
+pub fn rss_bytes(pid: u32) -> u64 {
+    let pages = std::fs::read_to_string(format!("/proc/{pid}/statm"))
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .unwrap_or(0);
+    pages * page_size()
+}
+
+fn page_size() -> u64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .map_or(4096, |p| p as u64)
+}
+
+/// The real uid of a process, from the owner of its /proc entry (one
+/// `stat`, no read): the effective uid, which for session processes is the
+/// same; `None` if it is gone.
+pub fn owner(pid: u32) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}"))
+        .ok()
+        .map(|m| m.uid())
 }
 
 /// Running processes (not `me`) whose command line or environment
@@ -135,7 +194,7 @@ mod tests {
     fn a_child_is_found_by_its_marker_and_its_command_line() {
         let mut child = std::process::Command::new("sleep")
             .arg("1000")
-            .env("CONVOY_PROCFS_TEST", "m1")
+            .env("CONVOY_SESSION_DIR", "/r/s/m1")
             .spawn()
             .unwrap();
         let pid = child.id();
@@ -147,10 +206,14 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(2));
         }
         let me = std::process::id();
-        let markers: HashSet<String> = ["CONVOY_PROCFS_TEST=m1".to_string()].into();
-        assert_eq!(marked_processes(&markers, me), vec![pid]);
+        let found = scan(me);
+        let child_seen = found.iter().find(|p| p.pid == pid).unwrap();
+        assert_eq!((child_seen.ppid, child_seen.zombie), (me, false));
+        assert!(descendants(&found, me).contains(&pid));
+        assert!(rss_bytes(pid) > 0 && owner(pid).is_some());
         assert_eq!(cmdline(pid), ["sleep", "1000"]);
-        assert!(mentioning(b"CONVOY_PROCFS_TEST=m1", me).contains(&pid));
+        assert!(mentioning(b"CONVOY_SESSION_DIR=/r/s/m1", me).contains(&pid));
+        assert_eq!(child_seen.session_dir.as_deref(), Some("/r/s/m1"));
         assert!(start_time(pid).is_some() && is_running(pid));
         child.kill().unwrap();
         child.wait().unwrap();

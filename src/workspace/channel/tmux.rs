@@ -69,6 +69,24 @@ impl Tmux {
         })
     }
 
+    /// The server's socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// A tmux command line for this server: `tmux -S SOCKET -f CONF ARGS`.
+    pub fn command_line(&self, args: &[&str]) -> Vec<String> {
+        let mut line = vec![
+            "tmux".to_string(),
+            "-S".to_string(),
+            self.socket.display().to_string(),
+            "-f".to_string(),
+            self.conf.display().to_string(),
+        ];
+        line.extend(args.iter().map(|a| a.to_string()));
+        line
+    }
+
     /// Starts (or restarts) the control-mode client.
     pub async fn start_control(&self) -> Result<(), String> {
         let mut child = tokio::process::Command::new("tmux")

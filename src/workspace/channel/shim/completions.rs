@@ -1,7 +1,11 @@
-//! Completion records: the line a session's shell writes to the shared
-//! FIFO when a command is done (`NAME K STATUS prompt|exit|ready`; tmux
-//! writes `NAME 0 STATUS died` when a shell's process ends), and the
-//! requests waiting for them.
+//! Completion records: the line a session's shell writes to its own FIFO
+//! when a command is done (`NAME K STATUS prompt|exit|ready`), the line
+//! tmux's hook writes to the helper's FIFO when a shell's process ends
+//! (`NAME %PANE STATUS died`), and the requests waiting for them.
+//!
+//! A session's FIFO can be written by that session alone (with `user`
+//! isolation: by its uid), and a record read from it counts only if it
+//! names that session: no session can complete another's command.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -77,13 +81,16 @@ impl Deaths {
 /// is not a record.
 const MAX_RECORD: u64 = 512;
 
-/// Reads completion records and wakes their waiters. Any session can write
-/// to the FIFO, so what arrives is untrusted: a line that is not UTF-8,
+/// Reads completion records from one FIFO and wakes their waiters: the FIFO
+/// of session `only` (records naming another session are dropped), or,
+/// with `None`, the helper's own. What a session writes is untrusted: a
+/// line that is not UTF-8,
 /// not a record, or longer than a record is skipped (never the end of the
 /// reader, which would stop every session's commands), and a line without
 /// an end is never buffered beyond `MAX_RECORD`.
 pub(super) async fn read_completions(
     receiver: tokio::net::unix::pipe::Receiver,
+    only: Option<String>,
     waiters: Waiters,
     deaths: SharedDeaths,
     dead_panes: tokio::sync::mpsc::UnboundedSender<u32>,
@@ -100,7 +107,13 @@ pub(super) async fn read_completions(
             }
             continue;
         }
-        match parse_record(&line) {
+        let record = parse_record(&line).filter(|r| {
+            let name = match r {
+                Record::Done((name, _), _) | Record::Died((name, _), _) => name,
+            };
+            only.as_ref().is_none_or(|o| o == name)
+        });
+        match record {
             Some(Record::Done(key, completion)) => {
                 let waiter = waiters.lock().expect("waiters lock").remove(&key);
                 if let Some(tx) = waiter {

@@ -9,34 +9,49 @@
 //! The shell sources the file in its own process, so `cd` and `export`
 //! persist; stdin is /dev/null; stdout and stderr go to a file byte for
 //! byte. When the shell is back at its prompt, its `PROMPT_COMMAND` writes
-//! the completion record `NAME K STATUS` to one FIFO shared by all sessions
-//! (one short write is atomic). The helper reads that FIFO and wakes the
-//! request waiting for `(NAME, K)`. That works the same after C-c, since the
+//! the completion record `NAME K STATUS` to the session's own FIFO
+//! (`f/NAME`, which only that session can write; one short write is
+//! atomic). The helper reads every session's FIFO and wakes the request
+//! waiting for `(NAME, K)`. That works the same after C-c, since the
 //! prompt comes back, and the shell's EXIT trap writes the record if the
 //! command ends the shell.
 //!
-//! Every process a session starts carries `CONVOY_SESSION_DIR=ROOT/s/NAME`
-//! and `CONVOY_FIFO=ROOT/done.fifo` in its environment (unique to this
-//! helper); closing the session kills the tmux session, then every process
-//! with that marker (so `nohup` and `setsid` children go too).
+//! Each session's shell is started by `convoy session-exec` ([`users`]):
+//! with `user` isolation it runs as a uid of its own, with its own limits,
+//! and cannot signal, read, write or type into anything of another
+//! session or of the helper (whose files are root's, in `p/`, mode 0700).
+//! The shell is a subreaper, and every process it starts carries
+//! `CONVOY_SESSION_DIR=ROOT/s/NAME`; closing the session kills its tmux
+//! session, then every process in its shell's tree, with its marker or of
+//! its uid ([`sweep`]), so `nohup`, `setsid`, `env -i` and double forks go
+//! too.
 //!
 //! Where things live: [`stdio`] frames requests and responses on the
 //! helper's stdin and stdout; [`sessions`] keeps the registry of sessions
-//! and serves each op; [`shell`] starts a session's shell (with the rc
-//! script, `rc.bash`); [`run`] runs one command and interrupts it on
-//! timeout; [`completions`] reads the completion records; [`sweep`] kills
-//! what a closed session left; [`diagnose`] says why a shell did not start.
+//! and serves each op; [`adopt`] takes over a previous helper's sessions;
+//! [`shell`] starts a session's shell (with the rc script, `rc.bash`);
+//! [`users`] hands out session uids and launches shells; [`limits`] holds
+//! each session to `session_memory`; [`run`] runs one command and
+//! interrupts it on timeout; [`completions`] reads the completion records;
+//! [`sweep`] kills what a closed session left; [`diagnose`] says why a
+//! shell did not start.
 
+mod adopt;
 mod completions;
 mod diagnose;
+mod limits;
+mod reaper;
 mod run;
 mod sessions;
 mod shell;
 mod stdio;
 mod sweep;
+mod users;
 
+pub use reaper::reaper;
 pub use shell::RC;
 pub use stdio::serve;
+pub use users::{session_exec, Launch};
 
 /// How sessions are kept apart, as `convoy shim --isolation` says.
 #[derive(

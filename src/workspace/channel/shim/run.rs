@@ -29,7 +29,7 @@ impl Shim {
         let mut st = state.lock().await;
         let mut out = RunOutput::default();
         if st.dead {
-            st.pane = self.restart_shell(name, &st).await?;
+            (st.pane, st.shell) = self.restart_shell(name, &st).await?;
             st.dead = false;
             out.shell_restarted = true;
         }
@@ -51,7 +51,7 @@ impl Shim {
             // The shell is gone (killed from outside) or its session
             // does not take keys: start a new one and type again.
             eprintln!("session `{name}`: cannot type into it ({e}); starting a new shell");
-            st.pane = self.restart_shell(name, &st).await?;
+            (st.pane, st.shell) = self.restart_shell(name, &st).await?;
             out.shell_restarted = true;
             sent = self.send_line(&target, &line).await;
         }
@@ -87,7 +87,7 @@ impl Shim {
                     .lock()
                     .expect("waiters lock")
                     .remove(&(name.to_string(), k));
-                let _ = self.kill_tree(name).await;
+                let _ = self.kill_tree(name, st.shell).await;
                 st.dead = true;
                 out.exit_code = -1;
                 out.shell_exited = true;
@@ -99,7 +99,13 @@ impl Shim {
                 ))
             }
         }
-        let (text, omitted) = read_capped(&out_file, max_output_bytes);
+        let (mut text, omitted) = read_capped(&out_file, max_output_bytes);
+        if let Some(notes) = self.notes.lock().expect("notes lock").remove(name) {
+            for note in notes {
+                text.push_str(&note);
+                text.push('\n');
+            }
+        }
         out.output = text;
         out.omitted_bytes = omitted;
         let _ = std::fs::remove_file(&cmd_file);
@@ -212,7 +218,7 @@ fn typed_line(k: u64, cmd_file: &Path, out_file: &Path) -> String {
 
 /// A path as one single-quoted shell word.
 fn quote(path: &Path) -> String {
-    format!("'{}'", path.display().to_string().replace('\'', r"'\''"))
+    super::shell::quote(&path.display().to_string())
 }
 
 /// Writes a file that must be ours: whatever a command left at that path

@@ -10,69 +10,156 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::sync::mpsc;
 
-use super::super::protocol::{ErrorKind, Op, OpError, Reply, WorkspaceStats};
+use super::super::protocol::{ErrorKind, Op, OpError, Reply};
 use super::super::tmux::{self, Tmux};
+use super::adopt::SessionMeta;
 use super::completions::{read_completions, SharedDeaths, Waiters};
 use super::shell::{check_name, RC};
-use super::sweep::{kill_group, kill_marked, sweep_processes, SweepRequest};
-use crate::workspace::procfs;
-
-/// What it takes to start a session's shell again, kept beside it so a
-/// new helper can adopt the session.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct SessionMeta {
-    workdir: Option<String>,
-    env: Vec<(String, String)>,
-}
+use super::sweep::{sweep_processes, Scope, SweepRequest};
+use super::users::Users;
+use super::{Isolation, ShimConfig};
 
 pub(super) struct SessionState {
     pub seq: u64,
     pub dir: PathBuf,
     pub workdir: Option<String>,
     pub env: Vec<(String, String)>,
+    /// The session's own uid (`user` isolation).
+    pub uid: Option<u32>,
     /// The shell exited during the last command; start a new one first.
     pub dead: bool,
     /// The tmux pane id (`%N`) of its shell, to learn of its death.
     pub pane: Option<u32>,
+    /// Its shell's pid and start time: the root of the session's process
+    /// tree (the shell is a subreaper).
+    pub shell: Option<(u32, u64)>,
+    /// Reads the session's completion FIFO while the session lives.
+    pub _reader: Reader,
+}
+
+/// The task reading one session's completion FIFO; stops when dropped.
+pub(super) struct Reader(tokio::task::JoinHandle<()>);
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 type Registry = Mutex<HashMap<String, Arc<tokio::sync::Mutex<SessionState>>>>;
 
+/// The helper. Its root holds `rc.bash` (readable by all), `p/` (the
+/// helper's own: tmux socket and config, pid file, the FIFO tmux's hook
+/// writes to, each session's metadata; mode 0700), `s/NAME/` (a session's
+/// command and output files and its HOME: the session's own, mode 0700)
+/// and `f/NAME` (the session's completion FIFO, writable by that session
+/// only). `root`, `s/` and `f/` are mode 0711: a session reaches its own
+/// entries by name and cannot list anyone's.
 pub(super) struct Shim {
     root: PathBuf,
+    pub private: PathBuf,
     pub tmux: Tmux,
-    pub fifo: PathBuf,
     pub rc: PathBuf,
-    sessions: Registry,
+    /// This binary, which launches each session's shell.
+    pub exe: PathBuf,
+    /// Each session as a uid of its own.
+    pub user_isolation: bool,
+    pub config: ShimConfig,
+    pub(super) sessions: Arc<Registry>,
+    pub users: Arc<Mutex<Users>>,
+    /// What the sweeps need to know of the helper.
+    pub scope: Scope,
     pub waiters: Waiters,
     pub deaths: SharedDeaths,
-    /// Markers of closed sessions whose processes must die; answered once
-    /// the sweep is done.
+    dead_panes: mpsc::UnboundedSender<u32>,
+    /// Closed sessions whose processes must die; answered once the sweep
+    /// is done.
     pub sweeps: mpsc::UnboundedSender<SweepRequest>,
+    /// What the helper did to a session between its commands (a process
+    /// killed for memory), told with its next command's output.
+    pub notes: Mutex<HashMap<String, Vec<String>>>,
+}
+
+/// Starts the tmux server under a reaper of its own (see `reaper`), or
+/// finds it running (a previous helper's).
+async fn start_server(exe: &Path, private: &Path, tmux: &Tmux) -> anyhow::Result<()> {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(exe)
+        .arg("reaper")
+        .arg("--pid-file")
+        .arg(private.join(super::reaper::PID_FILE))
+        .arg("--")
+        .args(tmux.command_line(&["start-server"]))
+        .env_remove("TMUX")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("cannot start the tmux server's reaper")?;
+    let stdout = child.stdout.take().expect("piped");
+    let mut line = String::new();
+    let said = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::io::BufReader::new(stdout).read_line(&mut line),
+    )
+    .await;
+    // Not waited for: it lives as long as the server (the runtime reaps it).
+    drop(child);
+    match said {
+        Ok(Ok(_)) if line.trim() == "ok" => Ok(()),
+        Ok(_) => anyhow::bail!("tmux does not start: {}", line.trim()),
+        Err(_) => anyhow::bail!("tmux does not start: no answer within 30s"),
+    }
+}
+
+/// Creates `dir` with `mode` (whatever its mode was).
+fn make_dir(dir: &Path, mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot set the mode of {}", dir.display()))
 }
 
 impl Shim {
-    pub(super) async fn start(root: PathBuf, config: super::ShimConfig) -> anyhow::Result<Shim> {
-        let _ = config;
-        std::fs::create_dir_all(root.join("s"))
-            .with_context(|| format!("cannot create helper root {}", root.display()))?;
-        let fifo = root.join("done.fifo");
-        let _ = std::fs::remove_file(&fifo);
-        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o622))
-            .with_context(|| format!("cannot create FIFO {}", fifo.display()))?;
+    pub(super) async fn start(root: PathBuf, config: ShimConfig) -> anyhow::Result<Shim> {
+        let root_user = nix::unistd::geteuid().is_root();
+        let user_isolation = match config.isolation {
+            Isolation::Auto => root_user,
+            Isolation::User if !root_user => anyhow::bail!(
+                "workspace.isolation = \"user\" needs the helper to run as root, and it runs as uid {} (set workspace.isolation = \"none\", or run the container as root)",
+                nix::unistd::geteuid()
+            ),
+            Isolation::User => true,
+            Isolation::None => false,
+        };
+        // The OOM killer takes a session's process before the helper or
+        // the tmux server (root may lower its score; others cannot).
+        let _ = std::fs::write("/proc/self/oom_score_adj", "-1000");
+        let private = root.join("p");
+        make_dir(&root, 0o711)?;
+        make_dir(&private, 0o700)?;
+        make_dir(&private.join("meta"), 0o700)?;
+        make_dir(&root.join("s"), 0o711)?;
+        make_dir(&root.join("f"), 0o711)?;
+        let died_fifo = private.join("died.fifo");
+        let _ = std::fs::remove_file(&died_fifo);
+        nix::unistd::mkfifo(&died_fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
+            .with_context(|| format!("cannot create FIFO {}", died_fifo.display()))?;
         let rc = root.join("rc.bash");
         std::fs::write(&rc, RC)?;
-        let tmux = Tmux::new(&root)?;
-        tmux.spawn_call(&["start-server"])
-            .await
-            .map_err(|e| anyhow::anyhow!("tmux does not start: {e}"))?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&rc, std::fs::Permissions::from_mode(0o644))?;
+        }
+        let exe = std::env::current_exe().context("cannot find the convoy binary")?;
+        let tmux = Tmux::new(&private)?;
+        start_server(&exe, &private, &tmux).await?;
         // A pane whose process ended stays until the hook has reported its
         // status (a shell that died while starting says why); then the
         // helper removes exactly that pane (by its id: a hook's own
         // default target may be another session's pane by then).
         let died = format!(
             "run-shell \"printf '%s %s %s died\\\\n' '#{{session_name}}' '#{{pane_id}}' '#{{pane_dead_status}}' >'{}'\"",
-            fifo.display()
+            died_fifo.display()
         );
         for args in [
             vec!["set-option", "-g", "remain-on-exit", "on"],
@@ -94,25 +181,25 @@ impl Shim {
 
         let waiters: Waiters = Arc::default();
         let deaths: SharedDeaths = Arc::default();
-        // Read-write, so the FIFO never reports EOF when no shell has it
+        let (dead_panes, mut dead_rx) = mpsc::unbounded_channel::<u32>();
+        // Read-write, so the FIFO never reports EOF when no writer has it
         // open and writers never block for lack of a reader.
         let receiver = tokio::net::unix::pipe::OpenOptions::new()
             .read_write(true)
-            .open_receiver(&fifo)
-            .with_context(|| format!("cannot open FIFO {}", fifo.display()))?;
-        let (dead_tx, mut dead_rx) = mpsc::unbounded_channel::<u32>();
+            .open_receiver(&died_fifo)
+            .with_context(|| format!("cannot open FIFO {}", died_fifo.display()))?;
         tokio::spawn(read_completions(
             receiver,
+            None,
             waiters.clone(),
             deaths.clone(),
-            dead_tx,
+            dead_panes.clone(),
         ));
         let reaper = tmux.clone();
         tokio::spawn(async move {
             while let Some(pane) = dead_rx.recv().await {
-                // Any session can write a record: remove the pane only if
-                // tmux says it is dead. Gone already (a restart removed its
-                // session) is fine.
+                // Remove the pane only if tmux says it is dead. Gone
+                // already (a restart removed its session) is fine.
                 let pane = format!("%{pane}");
                 // A client of its own: if-shell answers in more than one
                 // block, which would put the control client's answers out
@@ -130,87 +217,55 @@ impl Shim {
             }
         });
 
+        let sessions: Arc<Registry> = Arc::default();
+        let users: Arc<Mutex<Users>> = Arc::default();
+        let scope = Scope {
+            reaper_file: private.join(super::reaper::PID_FILE),
+            prefix: format!("{}/", root.join("s").display()),
+            socket: tmux.socket().display().to_string(),
+            users: users.clone(),
+            sessions: sessions.clone(),
+        };
         let (sweeps, sweep_rx) = mpsc::unbounded_channel();
-        tokio::spawn(sweep_processes(sweep_rx));
+        tokio::spawn(sweep_processes(scope.clone(), sweep_rx));
         let shim = Shim {
             root,
+            private,
             tmux,
-            fifo,
             rc,
-            sessions: Mutex::default(),
+            exe,
+            user_isolation,
+            config,
+            sessions,
+            users,
+            scope,
             waiters,
             deaths,
+            dead_panes,
             sweeps,
+            notes: Mutex::default(),
         };
         shim.replace_previous()?;
         shim.adopt().await;
         Ok(shim)
     }
 
-    /// A helper that lost its stream may still run: stop it, so that it no
-    /// longer reads the completion FIFO, and take its place.
-    fn replace_previous(&self) -> anyhow::Result<()> {
-        let pid_file = self.root.join("shim.pid");
-        if let Some(old) = std::fs::read_to_string(&pid_file)
-            .ok()
-            .and_then(|s| s.trim().parse::<u32>().ok())
-            .filter(|&pid| pid != std::process::id())
-        {
-            if procfs::cmdline(old).iter().any(|a| a == "shim") {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(old as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-        }
-        std::fs::write(&pid_file, std::process::id().to_string())?;
-        Ok(())
+    /// Starts reading the completion FIFO of `session` (made by `open`).
+    pub(super) fn listen(&self, session: &str) -> std::io::Result<Reader> {
+        let receiver = tokio::net::unix::pipe::OpenOptions::new()
+            .read_write(true)
+            .open_receiver(self.fifo_path(session))?;
+        Ok(Reader(tokio::spawn(read_completions(
+            receiver,
+            Some(session.to_string()),
+            self.waiters.clone(),
+            self.deaths.clone(),
+            self.dead_panes.clone(),
+        ))))
     }
 
-    /// Takes over the sessions a previous helper left in the tmux server.
-    async fn adopt(&self) {
-        let Ok(names) = self.list().await else { return };
-        // Each session's pane, so that its shell's death is noticed.
-        let panes: HashMap<String, u32> = self
-            .tmux
-            .call(&["list-panes", "-a", "-F", "#{session_name} #{pane_id}"])
-            .await
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| {
-                let (name, pane) = l.split_once(' ')?;
-                Some((name.to_string(), pane.strip_prefix('%')?.parse().ok()?))
-            })
-            .collect();
-        // Sequence numbers continue above anything the old helper used.
-        let seq = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_millis() as u64);
-        let mut sessions = self.sessions.lock().expect("sessions lock");
-        for name in names {
-            let dir = self.session_dir(&name);
-            let Some(meta) = std::fs::read(dir.join("meta.json"))
-                .ok()
-                .and_then(|b| serde_json::from_slice::<SessionMeta>(&b).ok())
-            else {
-                continue;
-            };
-            let pane = panes.get(&name).copied();
-            sessions.insert(
-                name,
-                Arc::new(tokio::sync::Mutex::new(SessionState {
-                    seq,
-                    dir,
-                    workdir: meta.workdir,
-                    env: meta.env,
-                    dead: false,
-                    pane,
-                })),
-            );
-        }
-        if !sessions.is_empty() {
-            eprintln!("adopted {} sessions of the previous helper", sessions.len());
-        }
+    pub(super) fn fifo_path(&self, session: &str) -> PathBuf {
+        self.root.join("f").join(session)
     }
 
     pub(super) async fn handle(&self, op: Op) -> Reply {
@@ -242,19 +297,8 @@ impl Shim {
         result.unwrap_or_else(OpError::into_reply)
     }
 
-    /// The environment entry every process of `session` carries. It names
-    /// this helper's root, so two convoy runs on one host never match each
-    /// other's sessions.
-    pub(super) fn marker(&self, session: &str) -> String {
-        format!("CONVOY_SESSION_DIR={}", self.session_dir(session).display())
-    }
-
-    fn session_dir(&self, session: &str) -> PathBuf {
+    pub(super) fn session_dir(&self, session: &str) -> PathBuf {
         self.root.join("s").join(session)
-    }
-
-    fn run_marker(&self) -> String {
-        format!("CONVOY_FIFO={}", self.fifo.display())
     }
 
     async fn open(
@@ -272,51 +316,115 @@ impl Shim {
                 ));
             }
         }
+        if self
+            .sessions
+            .lock()
+            .expect("sessions lock")
+            .contains_key(&name)
+        {
+            return Err(OpError::new(
+                ErrorKind::SessionExists,
+                format!("session `{name}` exists already"),
+            ));
+        }
+        let uid = self
+            .user_isolation
+            .then(|| self.users.lock().expect("users lock").take(&name));
         let dir = self.session_dir(&name);
-        let meta = SessionMeta {
-            workdir: workdir.clone(),
-            env: env.clone(),
+        let made = self.make_session_files(&name, uid, &workdir, &env);
+        let reader = match made.and_then(|()| {
+            self.listen(&name)
+                .map_err(|e| OpError::io(format!("cannot open the FIFO of `{name}`"), &e))
+        }) {
+            Ok(r) => r,
+            Err(e) => {
+                self.remove_session_files(&name, uid);
+                return Err(e);
+            }
         };
+        let state = Arc::new(tokio::sync::Mutex::new(SessionState {
+            seq: 0,
+            dir,
+            workdir,
+            env,
+            uid,
+            dead: false,
+            pane: None,
+            shell: None,
+            _reader: reader,
+        }));
         {
             let mut sessions = self.sessions.lock().expect("sessions lock");
             if sessions.contains_key(&name) {
+                drop(sessions);
+                self.remove_session_files(&name, uid);
                 return Err(OpError::new(
                     ErrorKind::SessionExists,
                     format!("session `{name}` exists already"),
                 ));
             }
-            sessions.insert(
-                name.clone(),
-                Arc::new(tokio::sync::Mutex::new(SessionState {
-                    seq: 0,
-                    dir: dir.clone(),
-                    workdir,
-                    env,
-                    dead: false,
-                    pane: None,
-                })),
-            );
+            sessions.insert(name.clone(), state.clone());
         }
-        std::fs::create_dir_all(&dir)
-            .and_then(|()| {
-                std::fs::write(
-                    dir.join("meta.json"),
-                    serde_json::to_vec(&meta).unwrap_or_default(),
-                )
-            })
-            .map_err(|e| OpError::io(format!("cannot create {}", dir.display()), &e))?;
-        let state = self.state(&name)?;
         let mut state = state.lock().await;
         match self.spawn_shell(&name, &state).await {
-            Ok(pane) => {
+            Ok((pane, shell)) => {
                 state.pane = pane;
+                state.shell = shell;
                 Ok(())
             }
             Err(e) => {
                 drop(state);
-                self.forget(&name);
+                let _ = self.close(&name).await;
                 Err(e)
             }
+        }
+    }
+
+    /// The session's directory (its own, with its HOME), its completion
+    /// FIFO (writable by it alone) and its metadata (the helper's).
+    fn make_session_files(
+        &self,
+        name: &str,
+        uid: Option<u32>,
+        workdir: &Option<String>,
+        env: &[(String, String)],
+    ) -> Result<(), OpError> {
+        let dir = self.session_dir(name);
+        let fifo = self.fifo_path(name);
+        let owner = uid.map(nix::unistd::Uid::from_raw);
+        let group = uid.map(nix::unistd::Gid::from_raw);
+        let io = |what: &str, path: &Path, e: std::io::Error| {
+            OpError::io(format!("cannot {what} {}", path.display()), &e)
+        };
+        // Whatever a previous session of that name left goes first.
+        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_file(&fifo);
+        for d in [dir.clone(), dir.join("home")] {
+            make_dir(&d, 0o700).map_err(|e| OpError::new(ErrorKind::Internal, format!("{e:#}")))?;
+            nix::unistd::chown(&d, owner, group).map_err(|e| io("give away", &d, e.into()))?;
+        }
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
+            .map_err(|e| io("create FIFO", &fifo, e.into()))?;
+        nix::unistd::chown(&fifo, owner, group).map_err(|e| io("give away", &fifo, e.into()))?;
+        if let Some(uid) = uid {
+            super::users::name_user(uid, &dir.join("home").display().to_string());
+        }
+        let meta = SessionMeta {
+            workdir: workdir.clone(),
+            env: env.to_vec(),
+            uid,
+        };
+        let path = self.meta_path(name);
+        std::fs::write(&path, serde_json::to_vec(&meta).unwrap_or_default())
+            .map_err(|e| io("write", &path, e))
+    }
+
+    fn remove_session_files(&self, name: &str, uid: Option<u32>) {
+        let _ = std::fs::remove_dir_all(self.session_dir(name));
+        let _ = std::fs::remove_file(self.fifo_path(name));
+        let _ = std::fs::remove_file(self.meta_path(name));
+        if let Some(uid) = uid {
+            self.users.lock().expect("users lock").release(uid);
         }
     }
 
@@ -347,12 +455,19 @@ impl Shim {
         let state = self.state(name).ok();
         // Wake a command still waiting on this session before taking its lock.
         self.forget(name);
-        let killed = self.kill_tree(name).await;
-        let _guard = match &state {
-            Some(s) => Some(s.lock().await),
-            None => None,
+        let (uid, shell) = match &state {
+            Some(s) => {
+                let s = s.lock().await;
+                (s.uid, s.shell)
+            }
+            None => (None, None),
         };
-        let _ = std::fs::remove_dir_all(self.session_dir(name));
+        if let Some(uid) = uid {
+            self.users.lock().expect("users lock").release(uid);
+        }
+        let killed = self.kill_tree(name, shell).await;
+        self.remove_session_files(name, None);
+        self.notes.lock().expect("notes lock").remove(name);
         killed
     }
 
@@ -376,31 +491,10 @@ impl Shim {
         }
     }
 
-    async fn stats(&self) -> Result<WorkspaceStats, OpError> {
-        let sessions = self.list().await?;
-        let marker = self.run_marker();
-        let prefix = format!("{}/", self.root.join("s").display());
-        let procs = tokio::task::spawn_blocking(move || procfs::run_processes(&marker))
-            .await
-            .map_err(|e| OpError::new(ErrorKind::Internal, format!("process scan failed: {e}")))?;
-        Ok(WorkspaceStats {
-            sessions,
-            fds: procs.iter().map(|p| p.2).sum(),
-            processes: procs
-                .into_iter()
-                .map(|(pid, dir, _)| {
-                    (
-                        pid,
-                        dir.and_then(|d| d.strip_prefix(&prefix).map(str::to_string)),
-                    )
-                })
-                .collect(),
-        })
-    }
-
     pub(super) async fn shutdown(&self) {
-        // The server exits a moment after kill-server answers: wait for it
-        // (then make sure), so that "the job is over" means it is gone.
+        // The server exits a moment after kill-server answers: wait for it,
+        // so that "the job is over" means it is gone; then everything of
+        // every session, and whatever is left below the helper.
         let server = self
             .tmux
             .call(&["display-message", "-p", "#{pid}"])
@@ -411,30 +505,16 @@ impl Shim {
         let _ = self.tmux.spawn_call(&["kill-server"]).await;
         if let Some(pid) = server {
             for _ in 0..100 {
-                if !procfs::is_running(pid) {
+                if !crate::workspace::procfs::is_running(pid) {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            if procfs::is_running(pid) {
-                kill_group(pid as i32);
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
         }
-        let markers = [self.run_marker()].into_iter().collect();
-        let _ = tokio::task::spawn_blocking(move || kill_marked(&markers)).await;
-        for f in [
-            "s",
-            "done.fifo",
-            "rc.bash",
-            "tmux.conf",
-            "tmux.sock",
-            "shim.pid",
-        ] {
-            let p = self.root.join(f);
+        let scope = self.scope.clone();
+        let _ = tokio::task::spawn_blocking(move || scope.sweep_all()).await;
+        for d in ["s", "f", "p", "rc.bash"] {
+            let p = self.root.join(d);
             let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
         }
     }

@@ -8,6 +8,7 @@ use tokio::sync::oneshot;
 use super::super::protocol::{ErrorKind, OpError};
 use super::diagnose::{no_shell, NoShell};
 use super::sessions::{SessionState, Shim};
+use crate::workspace::procfs;
 
 /// The rc script every session's shell runs (also copied into the
 /// container for the exec channel).
@@ -25,7 +26,7 @@ impl Shim {
         &self,
         name: &str,
         state: &SessionState,
-    ) -> Result<Option<u32>, OpError> {
+    ) -> Result<ShellIds, OpError> {
         // Gone already is fine: either way no session of that name is left.
         let _ = self
             .tmux
@@ -34,12 +35,13 @@ impl Shim {
         self.spawn_shell(name, state).await
     }
 
-    /// Starts the session's shell; returns its pane id when tmux told it.
+    /// Starts the session's shell; returns its pane id and its pid (with
+    /// its start time) when tmux told them.
     pub(super) async fn spawn_shell(
         &self,
         name: &str,
         state: &SessionState,
-    ) -> Result<Option<u32>, OpError> {
+    ) -> Result<ShellIds, OpError> {
         let mut args: Vec<String> = vec![
             "new-session".into(),
             "-d".into(),
@@ -47,7 +49,7 @@ impl Shim {
             // if it dies, is told by it.
             "-P".into(),
             "-F".into(),
-            "#{pane_id}".into(),
+            "#{pane_id} #{pane_pid}".into(),
             "-s".into(),
             name.into(),
             "-x".into(),
@@ -61,22 +63,50 @@ impl Shim {
         let fixed = [
             ("CONVOY_SESSION", name.to_string()),
             ("CONVOY_SESSION_DIR", state.dir.display().to_string()),
-            ("CONVOY_FIFO", self.fifo.display().to_string()),
+            ("CONVOY_FIFO", self.fifo_path(name).display().to_string()),
         ];
-        for (k, v) in state
-            .env
-            .iter()
-            .cloned()
+        // A session of its own user has a home and a name of its own,
+        // unless `workspace.env` says otherwise.
+        let own: Vec<(String, String)> = state
+            .uid
+            .map(|uid| {
+                let user = format!("convoy-{uid}");
+                vec![
+                    (
+                        "HOME".to_string(),
+                        state.dir.join("home").display().to_string(),
+                    ),
+                    ("USER".to_string(), user.clone()),
+                    ("LOGNAME".to_string(), user),
+                ]
+            })
+            .unwrap_or_default();
+        for (k, v) in own
+            .into_iter()
+            .chain(state.env.iter().cloned())
             .chain(fixed.map(|(k, v)| (k.to_string(), v)))
         {
             args.extend(["-e".into(), format!("{k}={v}")]);
         }
         // Without bash the shell says so itself (tmux does not always learn
-        // the exit status of a pane that ends at once).
+        // the exit status of a pane that ends at once). The launcher makes
+        // the shell a subreaper and, with `user` isolation, the session's
+        // uid with its limits (see `users::session_exec`).
+        let mut launch = vec![
+            quote(&self.exe.display().to_string()),
+            "session-exec".into(),
+        ];
+        if let Some(uid) = state.uid {
+            launch.push(format!("--uid={uid}"));
+            if let Some(n) = self.config.session_pids {
+                launch.push(format!("--nproc={n}"));
+            }
+        }
         args.push(format!(
             "command -v bash >/dev/null 2>&1 || {{ printf '%s %s 127 died\\n' \"$CONVOY_SESSION\" \"$TMUX_PANE\" >\"$CONVOY_FIFO\"; exit 127; }}; \
-             exec bash --noprofile --rcfile '{}' -i",
-            self.rc.display()
+             exec {} -- bash --noprofile --rcfile {} -i",
+            launch.join(" "),
+            quote(&self.rc.display().to_string())
         ));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         // The shell announces itself once its rc file ran; tmux's
@@ -89,9 +119,9 @@ impl Shim {
             .lock()
             .expect("waiters lock")
             .insert(key.clone(), tx);
-        let pane = match self.tmux.call(&args).await {
+        let (pane, shell) = match self.tmux.call(&args).await {
             Ok(out) => match pane_id(&out) {
-                Some(p) => Some(p),
+                Some(p) => (Some(p), shell_pid(&out)),
                 // An answer that is not a pane id (a control client that
                 // went away mid-call): ask with a client of our own.
                 None => self
@@ -101,11 +131,11 @@ impl Shim {
                         "-p",
                         "-t",
                         &format!("={name}:"),
-                        "#{pane_id}",
+                        "#{pane_id} #{pane_pid}",
                     ])
                     .await
                     .ok()
-                    .and_then(|out| pane_id(&out)),
+                    .map_or((None, None), |out| (pane_id(&out), shell_pid(&out))),
             },
             Err(e) => {
                 self.waiters.lock().expect("waiters lock").remove(&key);
@@ -149,9 +179,12 @@ impl Shim {
         if let Some(p) = pane {
             self.deaths.lock().expect("deaths lock").cancel(name, p);
         }
-        let Some(how) = how else { return Ok(pane) };
+        let shell = shell.and_then(|pid| Some((pid, procfs::start_time(pid)?)));
+        let Some(how) = how else {
+            return Ok((pane, shell));
+        };
         self.waiters.lock().expect("waiters lock").remove(&key);
-        let _ = self.kill_tree(name).await;
+        let _ = self.kill_tree(name, shell).await;
         Err(no_shell(name, state, how))
     }
 }
@@ -211,9 +244,26 @@ impl Shim {
     }
 }
 
-/// `%N` as printed by tmux.
+/// A shell's pane id (`%N`, without the `%`) and its pid with start time.
+pub(super) type ShellIds = (Option<u32>, Option<(u32, u64)>);
+
+/// `%N` as printed by tmux (first of `%N PID`).
 fn pane_id(out: &str) -> Option<u32> {
-    out.trim().strip_prefix('%')?.parse().ok()
+    out.split_whitespace()
+        .next()?
+        .strip_prefix('%')?
+        .parse()
+        .ok()
+}
+
+/// `PID` of `%N PID`.
+fn shell_pid(out: &str) -> Option<u32> {
+    out.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A string as one single-quoted shell word.
+pub(super) fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
 }
 
 /// Session names become tmux targets and directory names.

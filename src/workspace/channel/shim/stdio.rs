@@ -23,6 +23,9 @@ pub async fn serve(
     config: super::ShimConfig,
 ) -> anyhow::Result<()> {
     let shim = Arc::new(Shim::start(root, config).await?);
+    if let (true, Some(limit)) = (shim.user_isolation, config.session_memory) {
+        tokio::spawn(shim.clone().watch_memory(limit));
+    }
     // A dead tmux server takes every session with it: clean up and end
     // this helper, so convoy starts a new one (see `server_watch`).
     let server = super::super::server_watch::server_pid(&shim.tmux).await;

@@ -1,54 +1,234 @@
-//! Killing what a session leaves: its tmux session, then every process
-//! that carries its marker, found by a /proc scan. Closes that queue up
-//! while a scan runs share the next one.
+//! Killing what sessions leave. A closed session's processes are found by
+//! a /proc scan, three ways, so that none is missed by any means of
+//! starting it: the tree under its shell (a subreaper: what it abandons is
+//! re-parented to it), the marker every process inherits
+//! (`CONVOY_SESSION_DIR`), and, with `user` isolation, its uid. Whatever a
+//! dead shell abandoned is re-parented to the tmux server's reaper (see
+//! `reaper`): such a process of no open session is killed at the next
+//! sweep.
+//! Everything found is stopped first (SIGSTOP: a stopped process cannot
+//! fork), then killed, pass after pass until nothing is found. Closes that
+//! queue up while a sweep runs share the next one.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::sync::{mpsc, oneshot};
 
-use super::super::protocol::{ErrorKind, OpError};
-use super::sessions::Shim;
-use crate::workspace::procfs;
+use super::super::protocol::{ErrorKind, OpError, WorkspaceStats};
+use super::sessions::{SessionState, Shim};
+use super::users::Users;
+use crate::workspace::procfs::{self, Proc};
 
-/// A marker to sweep, and who waits for the sweep to be done.
-pub(super) type SweepRequest = (String, oneshot::Sender<()>);
+/// A closed session to sweep: its marker's value, and its shell (pid and
+/// start time, so that a reused pid is never taken for it).
+#[derive(Debug, Clone)]
+pub(super) struct Target {
+    pub dir: String,
+    pub shell: Option<(u32, u64)>,
+}
 
-/// Kills the processes of closed sessions. Closes that queue up while a
-/// sweep runs share the next one: one /proc pass for all of them.
-pub(super) async fn sweep_processes(mut rx: mpsc::UnboundedReceiver<SweepRequest>) {
+/// A session to sweep, and who waits to hear how many of its processes
+/// could not be killed.
+pub(super) type SweepRequest = (Target, oneshot::Sender<usize>);
+
+/// What a sweep needs to know of the helper.
+#[derive(Clone)]
+pub(super) struct Scope {
+    /// Where the reaper wrote its pid.
+    pub reaper_file: std::path::PathBuf,
+    /// `ROOT/s/`: every marker of this helper starts so.
+    pub prefix: String,
+    /// The helper's tmux socket: its own tmux processes name it.
+    pub socket: String,
+    pub users: Arc<Mutex<Users>>,
+    pub sessions: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<SessionState>>>>>,
+}
+
+/// Passes a sweep makes before it gives up on a process.
+const PASSES: usize = 10;
+
+impl Scope {
+    /// Markers of the open sessions.
+    fn live(&self) -> HashSet<String> {
+        self.sessions
+            .lock()
+            .expect("sessions lock")
+            .keys()
+            .map(|s| format!("{}{s}", self.prefix))
+            .collect()
+    }
+
+    /// The reaper's pid, once it wrote it.
+    fn reaper(&self) -> Option<u32> {
+        std::fs::read_to_string(&self.reaper_file)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Whether `p` is the helper's tmux server (or the client starting
+    /// it), the only children of the reaper that are not a session's.
+    fn own_tmux(&self, p: &Proc) -> bool {
+        // The server names itself `tmux: server (SOCKET)`.
+        p.name.starts_with("tmux")
+            && p.session_dir.is_none()
+            && procfs::cmdline(p.pid)
+                .iter()
+                .any(|a| a.contains(self.socket.as_str()))
+    }
+
+    /// The processes of `targets`, of closed sessions' uids, and those a
+    /// dead shell left to the helper that belong to no open session.
+    fn doomed(&self, procs: &[Proc], targets: &[Target]) -> Vec<HashSet<u32>> {
+        let reaper = self.reaper();
+        let users = self.users.lock().expect("users lock");
+        let live = self.live();
+        let mut sets: Vec<HashSet<u32>> = targets
+            .iter()
+            .map(|t| {
+                let tree = t
+                    .shell
+                    .filter(|&(pid, start)| procfs::start_time(pid) == Some(start))
+                    .map(|(pid, _)| procfs::descendants(procs, pid))
+                    .unwrap_or_default();
+                procs
+                    .iter()
+                    .filter(|p| tree.contains(&p.pid) || p.session_dir.as_ref() == Some(&t.dir))
+                    .map(|p| p.pid)
+                    .collect()
+            })
+            .collect();
+        let strays = procs
+            .iter()
+            .filter(|p| match users.session_of(p.uid) {
+                Some(s) => !live.contains(&format!("{}{s}", self.prefix)),
+                None => {
+                    Some(p.ppid) == reaper
+                        && !self.own_tmux(p)
+                        && p.session_dir.as_ref().is_none_or(|d| !live.contains(d))
+                }
+            })
+            .map(|p| p.pid)
+            .collect();
+        sets.push(strays);
+        for set in &mut sets {
+            set.retain(|pid| procs.iter().any(|p| p.pid == *pid && !p.zombie));
+        }
+        sets
+    }
+
+    /// Kills the processes of `targets` (and strays); returns, per target,
+    /// how many are still alive after every pass.
+    fn sweep(&self, targets: &[Target]) -> Vec<usize> {
+        for _ in 0..PASSES {
+            let procs = self.scan();
+            let all: HashSet<u32> = self.doomed(&procs, targets).into_iter().flatten().collect();
+            if all.is_empty() {
+                break;
+            }
+            stop_then_kill(&all);
+        }
+        let procs = self.scan();
+        let left = self.doomed(&procs, targets);
+        left.iter().take(targets.len()).map(HashSet::len).collect()
+    }
+
+    /// Every process but the helper, having returned the uids of closed
+    /// sessions that have no process left to the pool.
+    pub fn scan(&self) -> Vec<Proc> {
+        let procs = procfs::scan(std::process::id());
+        let busy: HashSet<u32> = procs.iter().filter(|p| !p.zombie).map(|p| p.uid).collect();
+        self.users.lock().expect("users lock").settle(&busy);
+        procs
+    }
+
+    /// Kills every process of this helper's sessions, open or not, and
+    /// everything below the reaper (the reaper then ends by itself).
+    pub fn sweep_all(&self) {
+        let reaper = self.reaper();
+        for _ in 0..PASSES {
+            let procs = self.scan();
+            let under_me = reaper
+                .map(|r| procfs::descendants(&procs, r))
+                .unwrap_or_default();
+            let users = self.users.lock().expect("users lock");
+            let all: HashSet<u32> = procs
+                .iter()
+                .filter(|p| !p.zombie)
+                .filter(|p| Some(p.pid) != reaper)
+                .filter(|p| {
+                    under_me.contains(&p.pid)
+                        || users.is_session_uid(p.uid)
+                        || p.session_dir
+                            .as_ref()
+                            .is_some_and(|d| d.starts_with(&self.prefix))
+                })
+                .map(|p| p.pid)
+                .collect();
+            drop(users);
+            if all.is_empty() {
+                break;
+            }
+            stop_then_kill(&all);
+        }
+    }
+
+    /// The processes of this helper's sessions, with the session each
+    /// belongs to (by uid, else by marker; none for a stray).
+    pub fn processes(&self) -> Vec<(u32, Option<String>)> {
+        let procs = self.scan();
+        let reaper = self.reaper();
+        let users = self.users.lock().expect("users lock");
+        procs
+            .iter()
+            .filter(|p| !p.zombie)
+            .filter_map(|p| {
+                let by_marker = p
+                    .session_dir
+                    .as_ref()
+                    .and_then(|d| d.strip_prefix(&self.prefix));
+                match (users.session_of(p.uid), by_marker) {
+                    (Some(s), _) | (None, Some(s)) => Some((p.pid, Some(s.to_string()))),
+                    (None, None) if Some(p.ppid) == reaper && !self.own_tmux(p) => {
+                        Some((p.pid, None))
+                    }
+                    (None, None) => None,
+                }
+            })
+            .collect()
+    }
+}
+
+fn stop_then_kill(pids: &HashSet<u32>) {
+    for &pid in pids {
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGSTOP);
+    }
+    for &pid in pids {
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+    }
+}
+
+/// Sweeps closed sessions. Closes that queue up while a sweep runs share
+/// the next one: one /proc pass for all of them.
+pub(super) async fn sweep_processes(scope: Scope, mut rx: mpsc::UnboundedReceiver<SweepRequest>) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while let Ok(more) = rx.try_recv() {
             batch.push(more);
         }
-        let markers: HashSet<String> = batch.iter().map(|(m, _)| m.clone()).collect();
-        let _ = tokio::task::spawn_blocking(move || kill_marked(&markers)).await;
-        for (_, done) in batch {
-            let _ = done.send(());
+        let targets: Vec<Target> = batch.iter().map(|(t, _)| t.clone()).collect();
+        let scope = scope.clone();
+        let left = tokio::task::spawn_blocking(move || scope.sweep(&targets))
+            .await
+            .unwrap_or_default();
+        for (i, (_, done)) in batch.into_iter().enumerate() {
+            let _ = done.send(left.get(i).copied().unwrap_or(0));
         }
     }
-}
-
-/// SIGKILLs every process whose environment holds one of the entries
-/// `markers` (`NAME=value`), until none is left (a process may fork while
-/// we scan). Returns how many were killed. Blocking: reads /proc.
-pub(super) fn kill_marked(markers: &HashSet<String>) -> usize {
-    let me = std::process::id();
-    let mut killed = 0;
-    for _ in 0..5 {
-        let found = procfs::marked_processes(markers, me);
-        if found.is_empty() {
-            break;
-        }
-        for pid in found {
-            if kill(Pid::from_raw(pid as i32), Signal::SIGKILL).is_ok() {
-                killed += 1;
-            }
-        }
-    }
-    killed
 }
 
 pub(super) fn kill_group(pgid: i32) {
@@ -56,16 +236,26 @@ pub(super) fn kill_group(pgid: i32) {
 }
 
 impl Shim {
-    /// Kills the tmux session, then every process that carries its marker.
-    pub(super) async fn kill_tree(&self, name: &str) -> Result<(), OpError> {
+    /// Kills the tmux session, then every process of the session.
+    pub(super) async fn kill_tree(
+        &self,
+        name: &str,
+        shell: Option<(u32, u64)>,
+    ) -> Result<(), OpError> {
         let target = format!("={name}");
         let killed = self.tmux.call(&["kill-session", "-t", &target]).await;
         let stopped = || OpError::new(ErrorKind::Internal, "the process sweeper stopped");
         let (tx, rx) = oneshot::channel();
+        let dir = self.session_dir(name).display().to_string();
         self.sweeps
-            .send((self.marker(name), tx))
+            .send((Target { dir, shell }, tx))
             .map_err(|_| stopped())?;
-        rx.await.map_err(|_| stopped())?;
+        let left = rx.await.map_err(|_| stopped())?;
+        if left > 0 {
+            eprintln!(
+                "session `{name}`: {left} processes survived every kill; the monitor reports them"
+            );
+        }
         // A session that was gone already is not a failure; one that is
         // still there is (asked of tmux, not read from its message).
         match killed {
@@ -75,5 +265,22 @@ impl Shim {
             )),
             _ => Ok(()),
         }
+    }
+
+    pub(super) async fn stats(&self) -> Result<WorkspaceStats, OpError> {
+        let sessions = self.list().await?;
+        let scope = self.scope.clone();
+        let processes = tokio::task::spawn_blocking(move || scope.processes())
+            .await
+            .map_err(|e| OpError::new(ErrorKind::Internal, format!("process scan failed: {e}")))?;
+        let fds = processes
+            .iter()
+            .map(|(pid, _)| procfs::open_files(*pid))
+            .sum();
+        Ok(WorkspaceStats {
+            sessions,
+            fds,
+            processes,
+        })
     }
 }
