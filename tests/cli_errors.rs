@@ -161,6 +161,58 @@ fn messages_use_the_manifests_words_not_rusts() {
 }
 
 #[test]
+fn bad_isolation_and_session_limits_are_exit_2_naming_the_key() {
+    let base = format!("name = \"t\"\n[tasks]\nsource = \"tasks.jsonl\"\n{OPENAI}");
+    let job = job_with(&base, "{\"path\": \"a\"}\n");
+    let docker =
+        |keys: &str| base.replace("kind = \"local\"\n", &format!("kind = \"docker\"\n{keys}"));
+    for (manifest, key, says) in [
+        (
+            docker("isolation = \"root\"\n"),
+            "workspace.isolation",
+            "must be \"auto\", \"user\" or \"none\", found \"root\"",
+        ),
+        (
+            format!("{base}isolation = \"user\"\n"),
+            "workspace.isolation",
+            "\"user\" needs workspace.kind = \"docker\"",
+        ),
+        (
+            docker("channel = \"exec\"\nisolation = \"user\"\n"),
+            "workspace.isolation",
+            "\"user\" needs workspace.channel = \"helper\"",
+        ),
+        (
+            format!("{base}session_pids = 8\n"),
+            "workspace.session_pids",
+            "must be at least 16",
+        ),
+        (
+            format!("{base}session_pids = \"many\"\n"),
+            "workspace.session_pids",
+            "must be a whole number >= 16, found string \"many\"",
+        ),
+        (
+            format!("{base}session_memory = \"4 gigs\"\n"),
+            "workspace.session_memory",
+            "is not a size like \"512m\" or \"4g\"",
+        ),
+        (
+            format!("{base}session_memory = \"1m\"\n"),
+            "workspace.session_memory",
+            "must be at least 64m",
+        ),
+    ] {
+        job.write("job.toml", &manifest);
+        let err = invalid(&job, &["validate", "job.toml"]);
+        let line = manifest.lines().count();
+        let expected = format!("error: invalid manifest `job.toml`: line {line}, key `{key}`: ");
+        assert!(err.starts_with(&expected), "{expected:?} not in: {err}");
+        assert!(err.contains(says), "{says:?} not in: {err}");
+    }
+}
+
+#[test]
 fn bad_flags_are_exit_2_with_the_reason() {
     let job = TestJob::new();
     let err = invalid(&job, &["run", "job.toml", "--workers", "99999999999"]);

@@ -158,6 +158,7 @@ fn dry_run_prints_the_plan_and_creates_nothing() {
         "workspace: local",
         "endpoint:  script provider (no network)",
         "workers:   3",
+        "isolation: none (local: every session runs as convoy's own user)",
         "run dir:   runs/plan",
         "first prompt (task `t0`):",
         "    Be brief.",
@@ -208,6 +209,9 @@ fn validate_json_is_the_plans_summary() {
     assert_eq!(v["first_id"], "t0");
     assert_eq!(v["last_id"], "t4");
     assert_eq!(v["workspace"]["kind"], "local");
+    assert_eq!(v["workspace"]["isolation"], "auto");
+    assert_eq!(v["workspace"]["session_pids"], 1024);
+    assert_eq!(v["workspace"]["session_memory"], "4g");
     assert_eq!(v["endpoint"]["provider"], "script");
     assert_eq!(v["first_prompt"]["user"], "Look at t0.");
     assert_eq!(v["workers"], 3);

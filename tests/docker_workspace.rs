@@ -206,12 +206,33 @@ async fn a_killed_helper_is_restarted_and_adopts_the_sessions() {
     let child = spawn_run(&job);
     job.wait_for_results(3).await;
     let ids = containers_of_run(&run_dir(&job));
+    // The manifest's isolation and session limits (defaults here) reach
+    // the helper's command line, the first helper's and the restarted one's.
+    let flags = "--isolation auto --session-pids 1024 --session-memory 4294967296";
+    let (first, args) = helper_process(&ids[0]).expect("a helper runs");
+    assert!(args.ends_with(flags), "{args}");
     docker(&["exec", &ids[0], "pkill", "-f", "convoy shim"]);
+    let restarted = loop {
+        match helper_process(&ids[0]) {
+            Some((pid, args)) if pid != first => break args,
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    assert!(restarted.ends_with(flags), "{restarted}");
     let out = child.wait_with_output().await.unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(stderr(&out).contains("adopted"), "{}", stderr(&out));
     assert_eq!(job.results().len(), 40);
     assert_no_container(&job);
+}
+
+/// The pid and command line of the helper (`convoy shim`) in a container.
+fn helper_process(container: &str) -> Option<(u32, String)> {
+    docker(&["exec", container, "ps", "-eo", "pid=,args="])
+        .lines()
+        .filter_map(|l| l.trim().split_once(' '))
+        .find(|(_, args)| args.contains("convoy shim"))
+        .and_then(|(pid, args)| Some((pid.parse().ok()?, args.trim().to_string())))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -293,17 +314,22 @@ fn the_workspace_image_exists_or_is_built() {
     let _ = Path::new(".");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_helper_that_cannot_run_falls_back_to_exec_per_request_with_a_warning() {
-    let job = TestJob::new();
+/// Runs the job with a helper binary that cannot run in the image.
+async fn run_with_a_foreign_helper(job: &TestJob) -> std::process::Output {
     // Not an executable for any machine: as if built for another one.
     let bogus = job.write(
         "foreign-convoy",
         "\x7fELF this is not a binary for this machine",
     );
+    job.run(&[("CONVOY_HELPER", bogus.to_str().unwrap())]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_helper_that_cannot_run_falls_back_to_exec_per_request_with_a_warning() {
+    let job = TestJob::new();
     job.tasks(&rows(3, |i| vec![format!("echo fallback {i}")]));
     job.manifest(&script_manifest("", ""));
-    let out = job.run(&[("CONVOY_HELPER", bogus.to_str().unwrap())]).await;
+    let out = run_with_a_foreign_helper(&job).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(err.contains("cannot run in image"), "{err}");
@@ -314,5 +340,22 @@ async fn a_helper_that_cannot_run_falls_back_to_exec_per_request_with_a_warning(
             format!("fallback {i}\n")
         );
     }
+    assert_no_container(&job);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_helper_that_cannot_run_is_a_boot_failure_when_isolation_is_required() {
+    let job = TestJob::new();
+    job.tasks(&rows(1, |_| vec!["id -u".into()]));
+    job.manifest(&script_manifest("isolation = \"user\"\n", ""));
+    let out = run_with_a_foreign_helper(&job).await;
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("cannot run in image"), "{err}");
+    assert!(
+        err.contains("workspace.isolation = \"user\" needs it"),
+        "{err}"
+    );
+    assert!(!err.contains("one docker exec per request"), "{err}");
     assert_no_container(&job);
 }

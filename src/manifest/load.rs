@@ -7,10 +7,11 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-use super::schema::{ChannelKind, Manifest, OnText, Provider, WorkspaceKind};
+use super::schema::{Manifest, OnText, Provider};
 #[cfg(test)]
 use super::wording::MINIMUMS;
 use super::wording::{key_at_line, line_of, line_of_key, plain_words, with_caret};
+use super::workspace_rules::check_workspace;
 
 /// A loaded, validated manifest and where it came from.
 #[derive(Debug, Clone)]
@@ -357,66 +358,8 @@ fn validate(m: &Manifest, text: &str) -> Vec<Problem> {
         check(!d.is_zero(), key, "must be more than 0s");
     }
 
-    let ws = &m.workspace;
-    check(
-        ws.kind == WorkspaceKind::Docker || ws.mounts.is_empty(),
-        "workspace.mounts",
-        "mounts need workspace.kind = \"docker\"",
-    );
-    check(
-        ws.mounts.iter().all(|mt| mt.container.starts_with('/')),
-        "workspace.mounts",
-        "every `container` path must be absolute",
-    );
-    check(
-        ws.kind == WorkspaceKind::Docker || ws.channel == ChannelKind::Helper,
-        "workspace.channel",
-        "\"exec\" needs workspace.kind = \"docker\"",
-    );
-    check(ws.nofile >= 64, "workspace.nofile", "must be at least 64");
-    if let Some(Err(e)) = ws.memory_bytes() {
-        check(false, "workspace.memory", &e);
-    }
-    check(
-        ws.cpus.is_none_or(|c| c > 0.0 && c.is_finite()),
-        "workspace.cpus",
-        "must be more than 0",
-    );
-    check(
-        ws.pids_limit.is_none_or(|p| p >= 16),
-        "workspace.pids_limit",
-        "must be at least 16",
-    );
-    check(
-        ws.env.keys().all(|k| is_env_name(k)),
-        "workspace.env",
-        "variable names must be letters, digits and '_', not starting with a digit",
-    );
-    check(
-        ws.pass_env.iter().all(|k| is_env_name(k)),
-        "workspace.pass_env",
-        "variable names must be letters, digits and '_', not starting with a digit",
-    );
-    if let Some(key) = m.llm.api_key_env.as_deref() {
-        check(
-            !ws.pass_env.iter().any(|k| k == key),
-            "workspace.pass_env",
-            &format!("`{key}` is llm.api_key_env: the API key never reaches a session"),
-        );
-    }
-    check(
-        ws.kind == WorkspaceKind::Docker || ws.workdir.as_deref().is_none_or(|w| !w.is_empty()),
-        "workspace.workdir",
-        "must not be empty",
-    );
+    check_workspace(m, &mut check);
     problems
-}
-
-/// A name a shell can hold as a variable.
-fn is_env_name(k: &str) -> bool {
-    !k.is_empty()
-        && !k.starts_with(|c: char| c.is_ascii_digit())
-        && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 #[cfg(test)]
@@ -448,6 +391,10 @@ provider = "script"
         assert_eq!(m.run.workers, 128);
         assert_eq!(m.agent.max_steps, 30);
         assert_eq!(m.llm.timeout.as_secs(), 600);
+        let ws = &m.workspace;
+        assert_eq!(ws.isolation, crate::manifest::Isolation::Auto);
+        assert_eq!(ws.session_pids, 1024);
+        assert_eq!(ws.session_memory_bytes(), Ok(4 << 30));
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod load;
 mod schema;
 mod starter;
 mod wording;
+mod workspace_rules;
 
 pub use load::{load, Job, ManifestError, Problem};
 pub use schema::*;

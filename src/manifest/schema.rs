@@ -7,6 +7,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+/// How conversations are kept apart in the workspace: the helper's own
+/// enum, so the manifest and `convoy shim --isolation` take the same words.
+pub use crate::workspace::channel::Isolation;
+
 /// A whole job manifest, as parsed. Paths are still relative to the manifest
 /// file; `Job` (in `load`) resolves them.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -337,6 +341,21 @@ pub struct WorkspaceSpec {
     /// User the container's processes run as, e.g. "1000:1000".
     #[serde(default)]
     pub user: Option<String>,
+    /// How conversations are kept apart. docker: "auto" runs each as a uid
+    /// of its own when the container runs as root (the default image
+    /// does), "user" requires that, "none" runs every session as the
+    /// container's user (for tasks that need root). local: sessions run as
+    /// convoy's own user ("auto" means "none"; "user" is refused).
+    #[serde(default = "WorkspaceSpec::default_isolation")]
+    pub isolation: Isolation,
+    /// Most processes (threads included) one conversation may have at once
+    /// (with user isolation).
+    #[serde(default = "WorkspaceSpec::default_session_pids")]
+    pub session_pids: u64,
+    /// Most resident memory one conversation's processes may hold together,
+    /// a size like `memory` (with user isolation).
+    #[serde(default = "WorkspaceSpec::default_session_memory")]
+    pub session_memory: String,
 }
 
 impl WorkspaceSpec {
@@ -347,23 +366,46 @@ impl WorkspaceSpec {
         65_536
     }
 
+    fn default_isolation() -> Isolation {
+        Isolation::Auto
+    }
+    fn default_session_pids() -> u64 {
+        1024
+    }
+    fn default_session_memory() -> String {
+        "4g".to_string()
+    }
+
     /// `memory` in bytes ("512m", "4g", "1024k" or plain bytes).
     pub fn memory_bytes(&self) -> Option<Result<i64, String>> {
-        let text = self.memory.as_deref()?.trim().to_ascii_lowercase();
-        let (num, mult) = match text.chars().last() {
-            Some('k') => (&text[..text.len() - 1], 1i64 << 10),
-            Some('m') => (&text[..text.len() - 1], 1 << 20),
-            Some('g') => (&text[..text.len() - 1], 1 << 30),
-            _ => (&text[..], 1),
-        };
-        Some(
-            num.parse::<f64>()
-                .ok()
-                .filter(|n| *n > 0.0 && n.is_finite())
-                .map(|n| (n * mult as f64) as i64)
-                .ok_or_else(|| format!("`{text}` is not a size like \"512m\" or \"4g\"")),
-        )
+        let bytes = size_bytes(self.memory.as_deref()?);
+        Some(bytes.map(|b| i64::try_from(b).unwrap_or(i64::MAX)))
     }
+
+    /// `session_memory` in bytes.
+    pub fn session_memory_bytes(&self) -> Result<u64, String> {
+        size_bytes(&self.session_memory)
+    }
+}
+
+/// The least `session_memory` (64m): below it a shell and a few tools no
+/// longer fit.
+pub const MIN_SESSION_MEMORY: u64 = 64 << 20;
+
+/// A size such as "512m", "4g", "1024k" or plain bytes, in bytes.
+fn size_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim().to_ascii_lowercase();
+    let (num, mult) = match text.chars().last() {
+        Some('k') => (&text[..text.len() - 1], 1u64 << 10),
+        Some('m') => (&text[..text.len() - 1], 1 << 20),
+        Some('g') => (&text[..text.len() - 1], 1 << 30),
+        _ => (&text[..], 1),
+    };
+    num.parse::<f64>()
+        .ok()
+        .filter(|n| *n > 0.0 && n.is_finite())
+        .map(|n| (n * mult as f64) as u64)
+        .ok_or_else(|| format!("`{text}` is not a size like \"512m\" or \"4g\""))
 }
 
 impl Default for WorkspaceSpec {
@@ -383,6 +425,9 @@ impl Default for WorkspaceSpec {
             pids_limit: None,
             network: None,
             user: None,
+            isolation: Self::default_isolation(),
+            session_pids: Self::default_session_pids(),
+            session_memory: Self::default_session_memory(),
         }
     }
 }

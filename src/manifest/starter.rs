@@ -76,6 +76,11 @@ kind = "local"
 #workdir = "work"                # local: relative to this file (default: a fresh temp dir per run)
 #env = { LANG = "C.UTF-8" }      # set in every session
 #pass_env = ["HF_TOKEN"]         # of convoy's own variables, only these reach sessions (never the API key)
+#isolation = "auto"              # docker: "auto" = each conversation its own uid if the container runs as root,
+                                 # "user" = required, "none" = all as the container's user (tasks that need root);
+                                 # local: sessions run as convoy's user ("auto" = "none", "user" is refused)
+#session_pids = 1024             # most processes+threads of one conversation (user isolation)
+#session_memory = "4g"           # most memory of one conversation's processes together (user isolation)
 #image = "convoy-workspace:bookworm"            # docker only
 #mounts = [{ host = "./repo", container = "/workspace", read_only = true }]   # docker only
 #nofile = 65536                  # docker only: the container's open-files limit
@@ -180,6 +185,9 @@ mod tests {
         assert_eq!(d.run.task_timeout, m.run.task_timeout);
         assert_eq!(d.monitor.interval, m.monitor.interval);
         assert_eq!(d.workspace.nofile, m.workspace.nofile);
+        assert_eq!(d.workspace.isolation, m.workspace.isolation);
+        assert_eq!(d.workspace.session_pids, m.workspace.session_pids);
+        assert_eq!(d.workspace.session_memory, m.workspace.session_memory);
     }
 
     /// Every key of every table, as serde's own "unknown field" error

@@ -38,6 +38,7 @@ pub(super) const MINIMUMS: &[(&str, u64)] = &[
     ("run.max_attempts", 1),
     ("workspace.nofile", 64),
     ("workspace.pids_limit", 16),
+    ("workspace.session_pids", 16),
 ];
 
 /// serde's words for types ("invalid type: string \"x\", expected u32")

@@ -43,6 +43,13 @@ pub struct WorkspaceView {
     pub image: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub workdir: Option<String>,
+    /// `auto`, `user` or `none`, as the manifest says (on `local`, `auto`
+    /// means `none`).
+    pub isolation: String,
+    /// Most processes one conversation may have at once (user isolation).
+    pub session_pids: u64,
+    /// Most memory one conversation may hold, as written ("4g").
+    pub session_memory: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -87,6 +94,9 @@ impl PlanSummary {
                 kind: spelled(&ws.kind),
                 image: docker.then(|| ws.image.clone()),
                 workdir: ws.workdir.clone(),
+                isolation: spelled(&ws.isolation),
+                session_pids: ws.session_pids,
+                session_memory: ws.session_memory.clone(),
             },
             endpoint: EndpointView {
                 provider: spelled(&m.llm.provider),
@@ -131,6 +141,7 @@ impl PlanSummary {
             let _ = write!(where_, ", workdir {dir}");
         }
         let _ = writeln!(s, "  workspace: {where_}");
+        let _ = writeln!(s, "  isolation: {}", ws.isolation_words());
         let e = &self.endpoint;
         let endpoint = match (&e.base_url, &e.model) {
             (Some(url), Some(model)) => format!(
@@ -154,6 +165,26 @@ impl PlanSummary {
             let _ = writeln!(s, "  [user]\n{}", indent(&p.user));
         }
         s
+    }
+}
+
+impl WorkspaceView {
+    /// What the isolation setting means here, in one line.
+    fn isolation_words(&self) -> String {
+        let limits = format!(
+            "at most {} processes and {} of memory each",
+            self.session_pids, self.session_memory
+        );
+        match (self.kind.as_str(), self.isolation.as_str()) {
+            ("local", _) => "none (local: every session runs as convoy's own user)".to_string(),
+            (_, "auto") => {
+                format!(
+                    "auto (each conversation its own uid if the container runs as root; {limits})"
+                )
+            }
+            (_, "user") => format!("user (each conversation its own uid; {limits})"),
+            (_, other) => format!("{other} (every session as the container's user)"),
+        }
     }
 }
 

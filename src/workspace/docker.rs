@@ -13,21 +13,16 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use bollard::container::LogOutput;
-use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
 use bollard::models::{ContainerCreateBody, HostConfig, ResourcesUlimits};
-use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder, UploadToContainerOptionsBuilder,
-};
+use bollard::query_parameters::{CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder};
 use bollard::Docker;
 
-use super::sweep;
-use futures::StreamExt;
-use tokio::io::AsyncWriteExt;
-
-use super::channel::{ExecClient, Link, ShimClient, CONF, EXEC_FILES, EXEC_ROOT, RC};
+use super::channel::{ExecClient, Isolation, Link, CONF, EXEC_FILES, EXEC_ROOT, RC};
+use super::docker_exec::{exec_output, start_helper, upload};
+use super::helper_flags::{shim_config, shim_flags};
 use super::shared::WorkspaceError;
-use crate::manifest::{ChannelKind, Job};
+use super::sweep;
+use crate::manifest::{ChannelKind, Job, WorkspaceSpec};
 
 /// Where the helper binary and its root live inside the container.
 const HELPER_BIN: &str = "/opt/convoy/convoy";
@@ -83,7 +78,7 @@ fn short(id: &str) -> &str {
     &id[..id.len().min(12)]
 }
 
-fn boot(msg: impl std::fmt::Display) -> WorkspaceError {
+pub(super) fn boot(msg: impl std::fmt::Display) -> WorkspaceError {
     WorkspaceError::Boot(msg.to_string())
 }
 
@@ -113,10 +108,22 @@ impl DockerBackend {
                 sweep::lock_dir().display()
             ))
         })?);
-        backend.boot_container().await?;
-        let link = backend.connect_link().await?;
-        let workdir = spec.workdir.clone().unwrap_or_else(|| "/workspace".into());
-        Ok((backend, link, workdir))
+        let booted = match backend.boot_container().await {
+            Ok(()) => backend.connect_link().await,
+            Err(e) => Err(e),
+        };
+        match booted {
+            Ok(link) => {
+                let workdir = spec.workdir.clone().unwrap_or_else(|| "/workspace".into());
+                Ok((backend, link, workdir))
+            }
+            Err(e) => {
+                // Removed before the error is returned: dropping the
+                // backend only starts a removal, and convoy exits next.
+                backend.stop().await;
+                Err(e)
+            }
+        }
     }
 
     /// After the link broke: a new helper if the container still runs, a
@@ -221,6 +228,16 @@ impl DockerBackend {
                 Ok((code, out)) => Err(format!("exit {code}: {}", out.trim())),
                 Err(e) => Err(e.to_string()),
             } {
+                // The exec channel cannot switch users: with isolation
+                // required, falling back would run sessions unisolated.
+                if self.job.manifest.workspace.isolation == Isolation::User {
+                    return Err(boot(format!(
+                        "the convoy binary `{}` cannot run in image `{image}` ({why}), and \
+                         workspace.isolation = \"user\" needs it. Build a static convoy (README, \
+                         \"Docker workspace\") and set CONVOY_HELPER.",
+                        helper.display()
+                    )));
+                }
                 tracing::warn!(
                     "the convoy binary `{}` cannot run in image `{image}` ({why}); falling back to one \
                      docker exec per request, which costs ~60 ms per command and caps the whole job near \
@@ -236,7 +253,8 @@ impl DockerBackend {
     async fn connect_link(&self) -> Result<Link, WorkspaceError> {
         let id = self.container.clone().expect("booted");
         if self.helper_ok {
-            Ok(Link::Shim(start_helper(&self.docker, &id).await?))
+            let cmd = helper_command(&self.job.manifest.workspace);
+            Ok(Link::Shim(start_helper(&self.docker, &id, cmd).await?))
         } else {
             Ok(Link::Exec(ExecClient::new(self.docker.clone(), id)))
         }
@@ -418,34 +436,6 @@ async fn daemon_nofile_limit(docker: &Docker, image: &str) -> Option<u64> {
     limit
 }
 
-/// Runs a command in the container; its exit code and combined output.
-async fn exec_output(
-    docker: &Docker,
-    id: &str,
-    cmd: &[&str],
-) -> Result<(i64, String), bollard::errors::Error> {
-    let exec = docker
-        .create_exec(
-            id,
-            CreateExecOptions {
-                cmd: Some(cmd.to_vec()),
-                attach_stdout: Some(true),
-                attach_stderr: Some(true),
-                ..Default::default()
-            },
-        )
-        .await?;
-    let mut text = String::new();
-    if let StartExecResults::Attached { mut output, .. } = docker.start_exec(&exec.id, None).await?
-    {
-        while let Some(chunk) = output.next().await {
-            text.push_str(&String::from_utf8_lossy(&chunk?.into_bytes()));
-        }
-    }
-    let code = docker.inspect_exec(&exec.id).await?.exit_code.unwrap_or(-1);
-    Ok((code, text))
-}
-
 /// The binary to copy into the container: `CONVOY_HELPER` if set (e.g. a
 /// static build), else this binary.
 fn helper_binary() -> Result<PathBuf, WorkspaceError> {
@@ -457,100 +447,50 @@ fn helper_binary() -> Result<PathBuf, WorkspaceError> {
     }
 }
 
-/// Copies files (absolute path, bytes, mode) into the container.
-async fn upload(
-    docker: &Docker,
-    id: &str,
-    files: &[(&str, &[u8], u32)],
-) -> Result<(), WorkspaceError> {
-    let mut archive = tar::Builder::new(Vec::new());
-    for (path, bytes, mode) in files {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(bytes.len() as u64);
-        header.set_mode(*mode);
-        header.set_mtime(0);
-        archive
-            .append_data(&mut header, path.trim_start_matches('/'), *bytes)
-            .map_err(|e| boot(format!("cannot pack {path}: {e}")))?;
-    }
-    let tarball = archive
-        .into_inner()
-        .map_err(|e| boot(format!("cannot pack files for the container: {e}")))?;
-    let opts = UploadToContainerOptionsBuilder::new().path("/").build();
-    docker
-        .upload_to_container(id, Some(opts), bollard::body_full(tarball.into()))
-        .await
-        .map_err(|e| boot(format!("cannot copy files into the container: {e}")))
+/// The helper's command line in the container: its root, leave the tmux
+/// server to the next helper when the stream closes (the container's
+/// removal cleans up), and how to keep sessions apart.
+fn helper_command(spec: &WorkspaceSpec) -> Vec<String> {
+    [HELPER_BIN, "shim", "--root", HELPER_ROOT, "--keep-on-eof"]
+        .into_iter()
+        .map(String::from)
+        .chain(shim_flags(&shim_config(spec)))
+        .collect()
 }
 
-/// Starts `convoy shim` in one attached exec and connects to it.
-async fn start_helper(docker: &Docker, id: &str) -> Result<ShimClient, WorkspaceError> {
-    let exec = docker
-        .create_exec(
-            id,
-            CreateExecOptions {
-                cmd: Some(vec![
-                    HELPER_BIN,
-                    "shim",
-                    "--root",
-                    HELPER_ROOT,
-                    "--keep-on-eof",
-                    "--isolation",
-                    "auto",
-                    "--session-pids",
-                    "1024",
-                    "--session-memory",
-                    "4294967296",
-                ]),
-                attach_stdin: Some(true),
-                attach_stdout: Some(true),
-                attach_stderr: Some(true),
-                tty: Some(false),
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| boot(format!("cannot create the helper exec: {e}")))?;
-    let started = docker
-        .start_exec(
-            &exec.id,
-            Some(StartExecOptions {
-                detach: false,
-                tty: false,
-                output_capacity: Some(1 << 20),
-            }),
-        )
-        .await
-        .map_err(|e| boot(format!("cannot start the helper exec: {e}")))?;
-    let StartExecResults::Attached { mut output, input } = started else {
-        return Err(boot("the helper exec did not attach"));
-    };
-    // The exec multiplexes stdout and stderr; the client wants stdout as a
-    // byte stream, so a pump forwards it through an in-memory pipe.
-    let (mut tx, rx) = tokio::io::duplex(1 << 20);
-    tokio::spawn(async move {
-        while let Some(chunk) = output.next().await {
-            match chunk {
-                Ok(LogOutput::StdOut { message }) => {
-                    if tx.write_all(&message).await.is_err() {
-                        break;
-                    }
-                }
-                Ok(LogOutput::StdErr { message }) => {
-                    for line in String::from_utf8_lossy(&message).lines() {
-                        tracing::warn!(target: "convoy::shim", "{line}");
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!("the helper stream broke: {e}");
-                    break;
-                }
-            }
-        }
-    });
-    tokio::time::timeout(super::shared::HELLO_WAIT, ShimClient::connect(rx, input))
-        .await
-        .map_err(|_| boot("the workspace helper did not say hello within 30s"))?
-        .map_err(|e| boot(e.to_string()))
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_helper_command_carries_the_isolation_and_the_session_limits() {
+        let spec = WorkspaceSpec {
+            isolation: Isolation::User,
+            session_pids: 300,
+            session_memory: "512m".into(),
+            ..WorkspaceSpec::default()
+        };
+        assert_eq!(
+            helper_command(&spec),
+            [
+                HELPER_BIN,
+                "shim",
+                "--root",
+                HELPER_ROOT,
+                "--keep-on-eof",
+                "--isolation",
+                "user",
+                "--session-pids",
+                "300",
+                "--session-memory",
+                "536870912",
+            ]
+        );
+        // The defaults: auto, 1024 processes, 4g.
+        let cmd = helper_command(&WorkspaceSpec::default()).join(" ");
+        assert!(
+            cmd.ends_with("--isolation auto --session-pids 1024 --session-memory 4294967296"),
+            "{cmd}"
+        );
+    }
 }

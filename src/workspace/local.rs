@@ -8,7 +8,9 @@ use std::time::Duration;
 use tokio::io::AsyncBufReadExt;
 
 use super::channel::{Link, ShimClient};
+use super::helper_flags::{shim_config, shim_flags};
 use super::shared::WorkspaceError;
+use crate::manifest::WorkspaceSpec;
 
 /// The helper process and the directory it owns. The helper removes that
 /// directory itself when its stdin closes, so even if convoy is killed the
@@ -18,6 +20,9 @@ use super::shared::WorkspaceError;
 pub struct LocalBackend {
     child: tokio::process::Child,
     root: PathBuf,
+    /// What every helper of this workspace is told about its sessions
+    /// (`convoy shim` flags), the first and any restarted one.
+    flags: Vec<String>,
     _lock: super::sweep::RunLock,
 }
 
@@ -31,7 +36,9 @@ fn boot(what: &str, e: impl std::fmt::Display) -> WorkspaceError {
 impl LocalBackend {
     /// Starts the helper; returns it with its link and the default working
     /// directory for sessions.
-    pub async fn start() -> Result<(LocalBackend, Link, PathBuf), WorkspaceError> {
+    pub async fn start(
+        spec: &WorkspaceSpec,
+    ) -> Result<(LocalBackend, Link, PathBuf), WorkspaceError> {
         // Sessions run as this user, and a process of the same user may
         // read another's /proc/PID/environ, where the API key is, unless
         // that process is not dumpable. (Root reads it anyway: see README,
@@ -57,10 +64,12 @@ impl LocalBackend {
         let workdir = root.join("work");
         std::fs::create_dir_all(&workdir)
             .map_err(|e| boot("cannot create the work directory", e))?;
-        let child = spawn_helper(&root)?;
+        let flags = shim_flags(&shim_config(spec));
+        let child = spawn_helper(&root, &flags)?;
         let mut backend = LocalBackend {
             child,
             root,
+            flags,
             _lock: lock,
         };
         match backend.connect().await {
@@ -96,7 +105,7 @@ impl LocalBackend {
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
         tracing::warn!("restarting the workspace helper");
-        self.child = spawn_helper(&self.root)?;
+        self.child = spawn_helper(&self.root, &self.flags)?;
         Ok(Link::Shim(self.connect().await?))
     }
 
@@ -135,7 +144,8 @@ impl LocalBackend {
 /// come per session through the protocol. TERM is tmux's own.
 const HELPER_ENV: [&str; 6] = ["PATH", "HOME", "LANG", "USER", "LOGNAME", "SHELL"];
 
-fn spawn_helper(root: &Path) -> Result<tokio::process::Child, WorkspaceError> {
+/// Starts `convoy shim --root ROOT FLAGS` as a child, its stderr logged.
+fn spawn_helper(root: &Path, flags: &[String]) -> Result<tokio::process::Child, WorkspaceError> {
     let exe = std::env::current_exe().map_err(|e| boot("cannot find the convoy binary", e))?;
     let mut child = tokio::process::Command::new(exe)
         .env_clear()
@@ -147,6 +157,7 @@ fn spawn_helper(root: &Path) -> Result<tokio::process::Child, WorkspaceError> {
         .arg("shim")
         .arg("--root")
         .arg(root)
+        .args(flags)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -4,6 +4,8 @@
 
 pub mod channel;
 pub mod docker;
+mod docker_exec;
+mod helper_flags;
 mod local;
 pub mod procfs;
 mod session;

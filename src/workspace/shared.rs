@@ -276,7 +276,7 @@ impl Workspace {
         let spec = &job.manifest.workspace;
         let (backend, link, default_workdir) = match spec.kind {
             WorkspaceKind::Local => {
-                let (b, c, w) = LocalBackend::start().await?;
+                let (b, c, w) = LocalBackend::start(spec).await?;
                 (Backend::Local(b), c, w)
             }
             WorkspaceKind::Docker => {
