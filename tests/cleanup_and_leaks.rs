@@ -154,16 +154,45 @@ async fn a_session_nobody_closes_is_caught_and_named() {
     assert_nothing_left(&job, "CONVOY_NOTHING");
 }
 
+/// A process that sheds its session's marker and its process group is
+/// still in the session's tree (the shell is a subreaper): closing the
+/// session kills it. The next conversation looks for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_process_that_escapes_its_session_is_caught_and_killed_at_the_end() {
+async fn a_process_that_escapes_its_session_dies_with_the_session() {
     let job = TestJob::new();
-    job.tasks(&[json!({
-        "id": "escape",
-        "commands": ["env -u CONVOY_SESSION_DIR setsid sleep 1000.91 >/dev/null 2>&1 & sleep 1"],
-        "answer": "ok"
-    })]);
-    job.manifest(&leak_manifest(""));
-    let (s, orphan) = run_caught(&job, &[], "orphan_process").await;
+    job.tasks(&[
+        json!({
+            "id": "escape",
+            "commands": ["env -u CONVOY_SESSION_DIR setsid sleep 1000.92 >/dev/null 2>&1 & sleep 1"],
+            "answer": "ok"
+        }),
+        json!({"id": "look", "commands": ["pgrep -fc 'sleep 1000.92' || true"], "answer": "ok"}),
+    ]);
+    job.manifest(&leak_manifest("[run]\nworkers = 1\n"));
+    let out = job.run(&[]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(observations(&job.trajectory("look")), ["0\n"]);
+    assert_eq!(summary(&job)["leaks"]["verdict"], "clean");
+    assert_nothing_left(&job, "sleep 1000.92");
+}
+
+/// A process that survives its session (here: the helper is told not to
+/// sweep) is an `orphan_process` finding, never a silent `clean`, and is
+/// killed at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_that_outlives_its_session_is_caught_and_killed_at_the_end() {
+    let job = TestJob::new();
+    job.tasks(&[
+        json!({
+            "id": "escape",
+            "commands": ["env -u CONVOY_SESSION_DIR setsid sleep 1000.91 >/dev/null 2>&1 & sleep 1"],
+            "answer": "ok"
+        }),
+        // Time for the monitor to see the survivor twice.
+        json!({"id": "after", "commands": ["sleep 1.5"], "answer": "ok"}),
+    ]);
+    job.manifest(&leak_manifest("[run]\nworkers = 1\n"));
+    let (s, orphan) = run_caught(&job, &[("CONVOY_TEST_LEAK", "process")], "orphan_process").await;
     assert!(
         orphan["detail"].as_str().unwrap().contains("(no session)"),
         "{orphan}"

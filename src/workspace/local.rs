@@ -142,7 +142,17 @@ impl LocalBackend {
 /// Of convoy's own environment, only these reach the helper, its tmux
 /// server and so every session; `workspace.pass_env` and `workspace.env`
 /// come per session through the protocol. TERM is tmux's own.
-const HELPER_ENV: [&str; 6] = ["PATH", "HOME", "LANG", "USER", "LOGNAME", "SHELL"];
+/// `CONVOY_TEST_LEAK` is the tests' knob (`process`: the helper leaves a
+/// closed session's processes alive, for the leak rules to find).
+const HELPER_ENV: [&str; 7] = [
+    "PATH",
+    "HOME",
+    "LANG",
+    "USER",
+    "LOGNAME",
+    "SHELL",
+    "CONVOY_TEST_LEAK",
+];
 
 /// Starts `convoy shim --root ROOT FLAGS` as a child, its stderr logged.
 fn spawn_helper(root: &Path, flags: &[String]) -> Result<tokio::process::Child, WorkspaceError> {
