@@ -218,7 +218,7 @@ impl Shim {
         });
 
         let sessions: Arc<Registry> = Arc::default();
-        let users: Arc<Mutex<Users>> = Arc::default();
+        let users = Arc::new(Mutex::new(Users::load_or_draw(&private.join("uid-base"))?));
         let scope = Scope {
             reaper_file: private.join(super::reaper::PID_FILE),
             prefix: format!("{}/", root.join("s").display()),

@@ -1,8 +1,14 @@
 //! Per-conversation users (`isolation = "user"`): each open session runs
-//! as a uid no other open session has, taken from a pool that starts at
-//! [`FIRST_UID`]. A closed session's uid comes back to the pool only once
-//! no process of it is left, so a uid never carries one conversation's
-//! leftovers into the next.
+//! as a uid no other open session has, taken from a pool of its own. A
+//! closed session's uid comes back to the pool only once no process of it
+//! is left, so a uid never carries one conversation's leftovers into the
+//! next.
+//!
+//! The kernel counts processes per uid across the whole host (that is what
+//! `session_pids` limits), and other convoy jobs may run containers on the
+//! same engine: so each helper's pool starts at a base of its own, drawn
+//! at random among [`BASES`] blocks of 65,536 uids above [`FIRST_UID`],
+//! kept in its private directory for a helper that takes over.
 //!
 //! Also here: the session launcher (`convoy session-exec`, what a tmux
 //! pane runs: it drops to the session's uid with its limits and execs the
@@ -11,12 +17,17 @@
 
 use std::collections::{HashMap, HashSet};
 
-/// The first uid handed to a session; far above the users an image has.
-pub const FIRST_UID: u32 = 200_000;
+/// The lowest uid handed to a session; far above the users an image has.
+pub const FIRST_UID: u32 = 1 << 20;
+
+/// How many blocks of 65,536 uids a pool's base is drawn from.
+pub const BASES: u32 = 16_000;
 
 /// The pool of session uids.
 #[derive(Debug, Default)]
 pub(super) struct Users {
+    /// The first uid of this pool.
+    base: u32,
     /// Never handed out yet: the next is `FIRST_UID + fresh`.
     fresh: u32,
     /// Handed out before and free again (no process left).
@@ -28,11 +39,35 @@ pub(super) struct Users {
 }
 
 impl Users {
+    /// The pool whose base is kept in `file`, or a new base (written
+    /// there).
+    pub fn load_or_draw(file: &std::path::Path) -> std::io::Result<Users> {
+        let kept = std::fs::read_to_string(file)
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok());
+        let base = match kept {
+            Some(b) => b,
+            None => {
+                let b = FIRST_UID + fastrand::u32(..BASES) * 65_536;
+                std::fs::write(file, b.to_string())?;
+                b
+            }
+        };
+        Ok(Users::with_base(base))
+    }
+
+    pub fn with_base(base: u32) -> Users {
+        Users {
+            base,
+            ..Users::default()
+        }
+    }
+
     /// A uid for `session`, known to no process.
     pub fn take(&mut self, session: &str) -> u32 {
         let uid = self.free.pop().unwrap_or_else(|| {
             self.fresh += 1;
-            FIRST_UID + self.fresh - 1
+            self.base + self.fresh - 1
         });
         self.open.insert(uid, session.to_string());
         uid
@@ -41,7 +76,7 @@ impl Users {
     /// Marks `uid` taken by `session` (a session a previous helper
     /// opened, adopted); keeps fresh uids above it.
     pub fn adopt(&mut self, session: &str, uid: u32) {
-        self.fresh = self.fresh.max(uid.saturating_sub(FIRST_UID) + 1);
+        self.fresh = self.fresh.max(uid.saturating_sub(self.base) + 1);
         self.free.retain(|&u| u != uid);
         self.open.insert(uid, session.to_string());
     }
@@ -81,7 +116,7 @@ impl Users {
 
     /// Whether `uid` is one the pool ever handed out.
     pub fn is_session_uid(&self, uid: u32) -> bool {
-        (FIRST_UID..FIRST_UID + self.fresh).contains(&uid)
+        (self.base..self.base + self.fresh).contains(&uid)
     }
 
     /// Open sessions by uid.
@@ -182,7 +217,7 @@ mod tests {
 
     #[test]
     fn a_uid_comes_back_only_once_its_processes_are_gone() {
-        let mut users = Users::default();
+        let mut users = Users::with_base(FIRST_UID);
         let a = users.take("a");
         let b = users.take("b");
         assert_ne!(a, b);
@@ -200,9 +235,21 @@ mod tests {
 
     #[test]
     fn adopted_uids_are_not_handed_out_again() {
-        let mut users = Users::default();
+        let mut users = Users::with_base(FIRST_UID);
         users.adopt("old", FIRST_UID + 4);
         let fresh: Vec<u32> = (0..6).map(|i| users.take(&format!("s{i}"))).collect();
         assert!(!fresh.contains(&(FIRST_UID + 4)), "{fresh:?}");
+    }
+
+    #[test]
+    fn a_pool_keeps_its_base_for_the_next_helper() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("uid-base");
+        let mut first = Users::load_or_draw(&file).unwrap();
+        let uid = first.take("a");
+        assert!(uid >= FIRST_UID && (uid - FIRST_UID) % 65_536 == 0, "{uid}");
+        let mut next = Users::load_or_draw(&file).unwrap();
+        next.adopt("a", uid);
+        assert_eq!(next.take("b"), uid + 1);
     }
 }
