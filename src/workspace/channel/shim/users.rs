@@ -247,7 +247,7 @@ mod tests {
         let file = dir.path().join("uid-base");
         let mut first = Users::load_or_draw(&file).unwrap();
         let uid = first.take("a");
-        assert!(uid >= FIRST_UID && (uid - FIRST_UID) % 65_536 == 0, "{uid}");
+        assert!(uid >= FIRST_UID && (uid - FIRST_UID).is_multiple_of(65_536), "{uid}");
         let mut next = Users::load_or_draw(&file).unwrap();
         next.adopt("a", uid);
         assert_eq!(next.take("b"), uid + 1);
