@@ -34,8 +34,12 @@ fn pids_with(needles: &[&str], container: Option<&str>) -> Vec<i32> {
             let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
             let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-            needles.iter().all(|n| cmd.contains(n))
-                && container.is_none_or(|c| cgroup.contains(&format!("/docker/{c}")))
+            // `^X`: the command line starts with X (the tmux server, not
+            // the reaper whose command line names it).
+            needles.iter().all(|n| match n.strip_prefix('^') {
+                Some(start) => cmd.starts_with(start),
+                None => cmd.contains(n),
+            }) && container.is_none_or(|c| cgroup.contains(&format!("/docker/{c}")))
         })
         .collect()
 }
@@ -73,9 +77,16 @@ fn local_manifest(job: &TestJob, run: &str) {
 }
 
 fn docker_manifest(job: &TestJob, run: &str) {
+    docker_manifest_as(job, "auto", run);
+}
+
+/// With `workspace.isolation` set: under `"none"` every conversation is
+/// root and can take the container's processes down, which is what the
+/// recovery tests need.
+fn docker_manifest_as(job: &TestJob, isolation: &str, run: &str) {
     support::ensure_workspace_image();
     let ws = format!(
-        "kind = \"docker\"\nimage = \"{}\"\nnofile = 4096",
+        "kind = \"docker\"\nimage = \"{}\"\nnofile = 4096\nisolation = \"{isolation}\"",
         support::WORKSPACE_IMAGE
     );
     job.manifest(&support::script_job(&ws, run));
@@ -160,7 +171,9 @@ async fn a_task_that_kills_every_process_of_the_container_is_quarantined() {
     let mut rows = vec![json!({"id": "p", "commands": ["sleep 1; kill -9 -1"], "answer": "never"})];
     rows.extend(canaries(8));
     job.tasks(&rows);
-    docker_manifest(&job, "[run]\nworkers = 4\nmax_attempts = 1\n");
+    // Under user isolation `kill -9 -1` reaches only its own processes
+    // (tests/neighbours.rs); as root it reaches every one.
+    docker_manifest_as(&job, "none", "[run]\nworkers = 4\nmax_attempts = 1\n");
     let out = job.run(&[]).await;
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
@@ -194,8 +207,10 @@ async fn a_task_that_kills_every_process_of_the_container_is_quarantined() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_that_kills_the_local_helper_is_quarantined() {
     let job = TestJob::new();
-    // The helper's pid is in its root, two levels above the session's dir.
-    let kill_helper = "sleep 1; kill -9 $(cat $(dirname $(dirname $CONVOY_SESSION_DIR))/shim.pid)";
+    // The helper's pid is in its private directory, `p/` of its root, two
+    // levels above the session's dir.
+    let kill_helper =
+        "sleep 1; kill -9 $(cat $(dirname $(dirname $CONVOY_SESSION_DIR))/p/shim.pid)";
     let mut rows = vec![json!({"id": "p", "commands": [kill_helper], "answer": "never"})];
     rows.extend(canaries(6));
     job.tasks(&rows);
@@ -267,7 +282,7 @@ async fn a_stopped_local_tmux_server_holds_no_task_past_its_deadline() {
     let tmp = job.path("tmp").display().to_string();
     // The server keeps the command line of the client that started it.
     job.wait_for_results(1).await;
-    let server = the_pid_of(&["tmux", &tmp, "start-server"], None).await;
+    let server = the_pid_of(&["^tmux", &tmp, "start-server"], None).await;
     kill(Pid::from_raw(server), Signal::SIGSTOP).unwrap();
     let out = wait(child).await;
     let err = stderr(&out);
@@ -334,7 +349,7 @@ async fn sigint_ends_a_local_run_whose_tmux_server_is_stopped() {
     let job = TestJob::new();
     local_manifest(&job, "[run]\nworkers = 2\ngrace = \"1s\"\n");
     let tmp = job.path("tmp").display().to_string();
-    let out = interrupt_with_stopped(&job, "61.7", &["tmux", &tmp, "start-server"], false).await;
+    let out = interrupt_with_stopped(&job, "61.7", &["^tmux", &tmp, "start-server"], false).await;
     assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
     assert_nothing_left(&job);
 }
@@ -360,7 +375,7 @@ async fn a_stopped_docker_tmux_server_holds_no_task_past_its_deadline() {
     job.wait_for_results(1).await;
     let id = the_container(&job).await;
     // The server, as seen from the host's /proc.
-    let server = the_pid_of(&["tmux", "start-server"], Some(&id)).await;
+    let server = the_pid_of(&["^tmux", "start-server"], Some(&id)).await;
     kill(Pid::from_raw(server), Signal::SIGSTOP).unwrap();
     let out = wait(child).await;
     let err = stderr(&out);
@@ -425,10 +440,10 @@ async fn kill_the_tmux_server_mid_job(job: &TestJob, docker: bool) {
     job.wait_for_results(1).await;
     let server = if docker {
         let id = the_container(job).await;
-        the_pid_of(&["tmux", "start-server"], Some(&id)).await
+        the_pid_of(&["^tmux", "start-server"], Some(&id)).await
     } else {
         let tmp = job.path("tmp").display().to_string();
-        the_pid_of(&["tmux", &tmp, "start-server"], None).await
+        the_pid_of(&["^tmux", &tmp, "start-server"], None).await
     };
     kill(Pid::from_raw(server), Signal::SIGKILL).unwrap();
     let out = wait(child).await;

@@ -327,9 +327,13 @@ impl Shim {
                 format!("session `{name}` exists already"),
             ));
         }
-        let uid = self
+        let taken = self
             .user_isolation
             .then(|| self.users.lock().expect("users lock").take(&name));
+        if let Some((uid, true)) = taken {
+            super::users::name_user(uid);
+        }
+        let uid = taken.map(|(uid, _)| uid);
         let dir = self.session_dir(&name);
         let made = self.make_session_files(&name, uid, &workdir, &env);
         let reader = match made.and_then(|()| {
@@ -406,9 +410,6 @@ impl Shim {
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
             .map_err(|e| io("create FIFO", &fifo, e.into()))?;
         nix::unistd::chown(&fifo, owner, group).map_err(|e| io("give away", &fifo, e.into()))?;
-        if let Some(uid) = uid {
-            super::users::name_user(uid, &dir.join("home").display().to_string());
-        }
         let meta = SessionMeta {
             workdir: workdir.clone(),
             env: env.to_vec(),

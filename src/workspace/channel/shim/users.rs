@@ -63,14 +63,18 @@ impl Users {
         }
     }
 
-    /// A uid for `session`, known to no process.
-    pub fn take(&mut self, session: &str) -> u32 {
-        let uid = self.free.pop().unwrap_or_else(|| {
-            self.fresh += 1;
-            self.base + self.fresh - 1
-        });
+    /// A uid for `session`, known to no process, and whether this pool
+    /// never handed it out before (then it has no name yet).
+    pub fn take(&mut self, session: &str) -> (u32, bool) {
+        let (uid, fresh) = match self.free.pop() {
+            Some(uid) => (uid, false),
+            None => {
+                self.fresh += 1;
+                (self.base + self.fresh - 1, true)
+            }
+        };
         self.open.insert(uid, session.to_string());
-        uid
+        (uid, fresh)
     }
 
     /// Marks `uid` taken by `session` (a session a previous helper
@@ -127,16 +131,13 @@ impl Users {
 
 /// Gives `uid` a name in /etc/passwd and /etc/group (`convoy-UID`), so
 /// that tools asking who they are (`whoami`, `id -un`, git's default
-/// identity) get an answer. Best effort: an image whose /etc cannot be
-/// written still runs, and says so once.
-pub(super) fn name_user(uid: u32, home: &str) {
+/// identity) get an answer. Once per uid of the pool (a helper that takes
+/// over may name one again: the same name). Best effort: an image whose
+/// /etc cannot be written still runs, and says so once.
+pub(super) fn name_user(uid: u32) {
     use std::io::Write;
     let name = format!("convoy-{uid}");
     let add = |file: &str, line: String| -> std::io::Result<()> {
-        let have = std::fs::read_to_string(file).unwrap_or_default();
-        if have.lines().any(|l| l.starts_with(&format!("{name}:"))) {
-            return Ok(());
-        }
         std::fs::OpenOptions::new()
             .append(true)
             .open(file)?
@@ -144,7 +145,7 @@ pub(super) fn name_user(uid: u32, home: &str) {
     };
     let result = add(
         "/etc/passwd",
-        format!("{name}:x:{uid}:{uid}:convoy session:{home}:/bin/bash\n"),
+        format!("{name}:x:{uid}:{uid}:convoy session:/nonexistent:/bin/bash\n"),
     )
     .and_then(|()| add("/etc/group", format!("{name}:x:{uid}:\n")));
     if let Err(e) = result {
@@ -218,18 +219,19 @@ mod tests {
     #[test]
     fn a_uid_comes_back_only_once_its_processes_are_gone() {
         let mut users = Users::with_base(FIRST_UID);
-        let a = users.take("a");
-        let b = users.take("b");
+        let (a, fresh) = users.take("a");
+        assert!(fresh);
+        let (b, _) = users.take("b");
         assert_ne!(a, b);
         assert!(users.is_session_uid(a) && users.is_session_uid(b));
         users.release(a);
         // A process of `a` is left: its uid is not handed out again.
         assert_eq!(users.settle(&[a].into()), vec![(a, "a".to_string())]);
-        let c = users.take("c");
+        let (c, _) = users.take("c");
         assert!(c != a && c != b);
         assert_eq!(users.session_of(a), Some("a"));
         assert!(users.settle(&HashSet::new()).is_empty());
-        assert_eq!(users.take("d"), a);
+        assert_eq!(users.take("d"), (a, false));
         assert_eq!(users.session_of(a), Some("d"));
     }
 
@@ -237,7 +239,7 @@ mod tests {
     fn adopted_uids_are_not_handed_out_again() {
         let mut users = Users::with_base(FIRST_UID);
         users.adopt("old", FIRST_UID + 4);
-        let fresh: Vec<u32> = (0..6).map(|i| users.take(&format!("s{i}"))).collect();
+        let fresh: Vec<u32> = (0..6).map(|i| users.take(&format!("s{i}")).0).collect();
         assert!(!fresh.contains(&(FIRST_UID + 4)), "{fresh:?}");
     }
 
@@ -246,10 +248,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("uid-base");
         let mut first = Users::load_or_draw(&file).unwrap();
-        let uid = first.take("a");
-        assert!(uid >= FIRST_UID && (uid - FIRST_UID).is_multiple_of(65_536), "{uid}");
+        let (uid, _) = first.take("a");
+        assert!(
+            uid >= FIRST_UID && (uid - FIRST_UID).is_multiple_of(65_536),
+            "{uid}"
+        );
         let mut next = Users::load_or_draw(&file).unwrap();
         next.adopt("a", uid);
-        assert_eq!(next.take("b"), uid + 1);
+        assert_eq!(next.take("b"), (uid + 1, true));
     }
 }
