@@ -276,4 +276,12 @@ async fn a_memory_hog_in_one_conversation_is_stopped_and_harms_no_other() {
         !hogs.concat().contains("hogs alive: 8"),
         "eight processes held 512 MiB together under a 256 MiB cap: {hogs:#?}"
     );
+    // The conversation is told why its process died.
+    for obs in [&hog, &hogs] {
+        assert!(
+            obs.concat()
+                .contains("over workspace.session_memory (256 MiB); killed its largest"),
+            "{obs:#?}"
+        );
+    }
 }
