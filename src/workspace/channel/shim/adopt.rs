@@ -92,7 +92,7 @@ impl Shim {
                 self.users.lock().expect("users lock").adopt(&name, uid);
             }
             let (pane, shell) = panes.get(&name).copied().unzip();
-            let state = SessionState {
+            let mut state = SessionState {
                 seq,
                 dir: self.session_dir(&name),
                 workdir: meta.workdir,
@@ -100,11 +100,13 @@ impl Shim {
                 uid: meta.uid,
                 dead: false,
                 pane,
-                shell: shell
-                    .flatten()
-                    .and_then(|pid| Some((pid, procfs::start_time(pid)?))),
+                shell: None,
                 _reader: reader,
             };
+            let shell = shell
+                .flatten()
+                .and_then(|pid| Some((pid, procfs::start_time(pid)?)));
+            self.set_shell(&name, &mut state, shell);
             self.sessions
                 .lock()
                 .expect("sessions lock")

@@ -29,7 +29,9 @@ impl Shim {
         let mut st = state.lock().await;
         let mut out = RunOutput::default();
         if st.dead {
-            (st.pane, st.shell) = self.restart_shell(name, &st).await?;
+            let (pane, shell) = self.restart_shell(name, &st).await?;
+            st.pane = pane;
+            self.set_shell(name, &mut st, shell);
             st.dead = false;
             out.shell_restarted = true;
         }
@@ -51,7 +53,9 @@ impl Shim {
             // The shell is gone (killed from outside) or its session
             // does not take keys: start a new one and type again.
             eprintln!("session `{name}`: cannot type into it ({e}); starting a new shell");
-            (st.pane, st.shell) = self.restart_shell(name, &st).await?;
+            let (pane, shell) = self.restart_shell(name, &st).await?;
+            st.pane = pane;
+            self.set_shell(name, &mut st, shell);
             out.shell_restarted = true;
             sent = self.send_line(&target, &line).await;
         }

@@ -78,7 +78,13 @@ pub(super) struct Shim {
     /// What the helper did to a session between its commands (a process
     /// killed for memory), told with its next command's output.
     pub notes: Mutex<HashMap<String, Vec<String>>>,
+    /// Each session's uid and shell, readable while a command holds the
+    /// session's lock (a close must not wait for it).
+    ids: Mutex<HashMap<String, Ids>>,
 }
+
+/// A session's uid and its shell's pid and start time.
+type Ids = (Option<u32>, Option<(u32, u64)>);
 
 /// Starts the tmux server under a reaper of its own (see `reaper`), or
 /// finds it running (a previous helper's).
@@ -244,6 +250,7 @@ impl Shim {
             dead_panes,
             sweeps,
             notes: Mutex::default(),
+            ids: Mutex::default(),
         };
         shim.replace_previous()?;
         shim.adopt().await;
@@ -369,11 +376,15 @@ impl Shim {
             }
             sessions.insert(name.clone(), state.clone());
         }
+        self.ids
+            .lock()
+            .expect("ids lock")
+            .insert(name.clone(), (uid, None));
         let mut state = state.lock().await;
         match self.spawn_shell(&name, &state).await {
             Ok((pane, shell)) => {
                 state.pane = pane;
-                state.shell = shell;
+                self.set_shell(&name, &mut state, shell);
                 Ok(())
             }
             Err(e) => {
@@ -429,6 +440,20 @@ impl Shim {
         }
     }
 
+    /// Records the session's (new) shell.
+    pub(super) fn set_shell(
+        &self,
+        name: &str,
+        state: &mut SessionState,
+        shell: Option<(u32, u64)>,
+    ) {
+        state.shell = shell;
+        self.ids
+            .lock()
+            .expect("ids lock")
+            .insert(name.to_string(), (state.uid, shell));
+    }
+
     pub(super) fn state(
         &self,
         name: &str,
@@ -456,17 +481,21 @@ impl Shim {
         let state = self.state(name).ok();
         // Wake a command still waiting on this session before taking its lock.
         self.forget(name);
-        let (uid, shell) = match &state {
-            Some(s) => {
-                let s = s.lock().await;
-                (s.uid, s.shell)
-            }
-            None => (None, None),
-        };
+        let (uid, shell) = self
+            .ids
+            .lock()
+            .expect("ids lock")
+            .remove(name)
+            .unwrap_or_default();
         if let Some(uid) = uid {
             self.users.lock().expect("users lock").release(uid);
         }
         let killed = self.kill_tree(name, shell).await;
+        // A command still running ends once its shell is killed.
+        let _guard = match &state {
+            Some(s) => Some(s.lock().await),
+            None => None,
+        };
         self.remove_session_files(name, None);
         self.notes.lock().expect("notes lock").remove(name);
         killed
