@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The Docker workspace benchmark: prints the tables for the README, under
-# a line saying which build and machine produced them.
-#   scripts/bench.sh            full run (several minutes)
-#   scripts/bench.sh --quick    smaller counts
+# a line saying which build and machine produced them. The same
+# conversations run through the helper with workspace.isolation = "user"
+# and "none", and through one docker exec per call, side by side.
+#   scripts/bench.sh              full run (about 15 minutes on 2 cores)
+#   scripts/bench.sh --quick      smaller counts
+#   scripts/bench.sh --overhead   the helper's per-call overhead, 5 runs per mode
 # Needs Docker and the workspace image (scripts/build-workspace-image.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."

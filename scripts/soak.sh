@@ -5,9 +5,14 @@
 # at once) plays 3 bash calls per conversation (one leaving a background
 # job) and then `finish`. It runs once per worker count (default 256 and
 # 1024, with llm.max_in_flight = workers so every worker can hold an HTTP
-# connection) and prints what the leak monitor recorded, one row each.
+# connection) and isolation mode (`workspace.isolation = "user"`, each
+# conversation its own uid, and "none"; which goes first alternates between
+# worker counts, so that load from elsewhere on the machine falls on both
+# alike), and prints what the leak monitor recorded, one row each, then
+# user / none conversations/s per worker count.
 #   scripts/soak.sh [N] [WORKERS...]
 #   SOAK_PROVIDER=script scripts/soak.sh ...   the `script` provider (no HTTP)
+#   SOAK_ISOLATION=user scripts/soak.sh ...    one isolation mode only
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-10000}
@@ -15,6 +20,7 @@ shift || true
 workers=("${@:-256 1024}")
 read -r -a workers <<<"${workers[*]}"
 provider=${SOAK_PROVIDER:-http}
+read -r -a modes <<<"${SOAK_ISOLATION:-user none}"
 cargo build --release --quiet --bin convoy --example fake_llm_server
 dir=$(mktemp -d /tmp/convoy-soak.XXXXXX)
 srv=
@@ -50,12 +56,9 @@ if [ "$provider" = http ]; then
   [ -n "$url" ] || { echo "the fake endpoint did not start" >&2; exit 1; }
 fi
 
-echo "soak: $n conversations per row, $provider provider, Docker workspace"
-scripts/provenance.sh
-echo
-echo "| workers | wall (s) | conversations/s | convoy FDs start / peak / end | LLM requests in flight, peak | tmux sessions peak / end | workspace processes peak / end | RSS peak (MB) | leak verdict |"
-echo "|---:|---:|---:|---|---:|---|---|---:|---|"
-for w in "${workers[@]}"; do
+# One row: the soak at WORKERS in ISOLATION mode.
+soak() {
+  local w=$1 iso=$2 llm user status start end
   if [ "$provider" = http ]; then
     llm="base_url = \"$url\"
 model = \"soak\"
@@ -79,6 +82,7 @@ max_steps = 5
 [workspace]
 kind = "docker"
 nofile = 65536
+isolation = "$iso"
 [run]
 workers = $w
 [monitor]
@@ -89,21 +93,50 @@ TOML
   status=0
   target/release/convoy run "$dir/job.toml" --out "$dir/out" >"$dir/stdout" 2>"$dir/stderr" || status=$?
   end=$(date +%s.%N)
-  python3 - "$dir/out/summary.json" "$start" "$end" "$w" "$status" <<'PY'
+  python3 - "$dir/out/summary.json" "$start" "$end" "$w" "$status" "$iso" "$dir/rates" <<'PY'
 import json, sys
 s = json.load(open(sys.argv[1]))
 m, leaks = s["metrics"], s["leaks"]
 wall = float(sys.argv[3]) - float(sys.argv[2])
+w, iso, rate = sys.argv[4], sys.argv[6], s["conversations_per_s"] or 0
+with open(sys.argv[7], "a") as f:
+    f.write(f"{w} {iso} {rate}\n")
 verdict = leaks["verdict"]
 if leaks["findings"]:
     verdict += " (" + "; ".join(f"{f['rule']}: {f['detail']}" for f in leaks["findings"]) + ")"
 if s["done"] != s["total_tasks"] or sys.argv[5] != "0":
     verdict += f" [exit {sys.argv[5]}, {s['counts']}]"
-print(f"| {sys.argv[4]} | {wall:.1f} | {s['conversations_per_s'] or 0:.1f} "
+print(f"| {w} | {iso} | {wall:.1f} | {rate:.1f} "
       f"| {m['open_fds_start']} / {m['open_fds_peak']} / {m['open_fds_end']} "
       f"| {m['llm_in_flight_peak']} "
       f"| {m['tmux_sessions_peak']} / {m['tmux_sessions_end']} "
       f"| {m['workspace_procs_peak']} / {m['workspace_procs_end']} "
       f"| {m['rss_bytes_peak'] / 1048576:.1f} | {verdict} |")
 PY
+}
+
+echo "soak: $n conversations per row, $provider provider, Docker workspace"
+scripts/provenance.sh
+echo
+echo "| workers | isolation | wall (s) | conversations/s | convoy FDs start / peak / end | LLM requests in flight, peak | tmux sessions peak / end | workspace processes peak / end | RSS peak (MB) | leak verdict |"
+echo "|---:|---|---:|---:|---|---:|---|---|---:|---|"
+: >"$dir/rates"
+for i in "${!workers[@]}"; do
+  order=("${modes[@]}")
+  if [ $((i % 2)) = 1 ]; then
+    order=()
+    for ((j = ${#modes[@]} - 1; j >= 0; j--)); do order+=("${modes[j]}"); done
+  fi
+  for iso in "${order[@]}"; do soak "${workers[i]}" "$iso"; done
 done
+python3 - "$dir/rates" <<'PY'
+import sys
+rates = {}
+for line in open(sys.argv[1]):
+    w, iso, rate = line.split()
+    rates.setdefault(w, {})[iso] = float(rate)
+ratios = [f"workers {w} {r['user'] / r['none']:.2f}"
+          for w, r in rates.items() if r.get("user") and r.get("none")]
+if ratios:
+    print("\nconversations/s, user / none: " + ", ".join(ratios))
+PY
