@@ -124,13 +124,17 @@ impl Scope {
     /// Kills the processes of `targets` (and strays); returns, per target,
     /// how many are still alive after every pass.
     fn sweep(&self, targets: &[Target]) -> Vec<usize> {
-        for _ in 0..PASSES {
+        for pass in 0..PASSES {
             let procs = self.scan();
             let all: HashSet<u32> = self.doomed(&procs, targets).into_iter().flatten().collect();
             if all.is_empty() {
                 break;
             }
             stop_then_kill(&all);
+            // A killed process takes a moment to exit: give it that (1 ms,
+            // doubling; about 0.5 s over every pass) before it counts
+            // again, so one still exiting is not called a survivor.
+            std::thread::sleep(std::time::Duration::from_millis(1 << pass));
         }
         let procs = self.scan();
         let left = self.doomed(&procs, targets);
