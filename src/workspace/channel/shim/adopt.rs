@@ -92,7 +92,7 @@ impl Shim {
                 self.users.lock().expect("users lock").adopt(&name, uid);
             }
             let (pane, shell) = panes.get(&name).copied().unzip();
-            let mut state = SessionState {
+            let state = SessionState {
                 seq,
                 dir: self.session_dir(&name),
                 workdir: meta.workdir,
@@ -100,13 +100,12 @@ impl Shim {
                 uid: meta.uid,
                 dead: false,
                 pane,
-                shell: None,
                 _reader: reader,
             };
             let shell = shell
                 .flatten()
                 .and_then(|pid| Some((pid, procfs::start_time(pid)?)));
-            self.set_shell(&name, &mut state, shell);
+            self.set_shell(&name, &state, shell);
             self.sessions
                 .lock()
                 .expect("sessions lock")

@@ -31,7 +31,7 @@ impl Shim {
         if st.dead {
             let (pane, shell) = self.restart_shell(name, &st).await?;
             st.pane = pane;
-            self.set_shell(name, &mut st, shell);
+            self.set_shell(name, &st, shell);
             st.dead = false;
             out.shell_restarted = true;
         }
@@ -55,7 +55,7 @@ impl Shim {
             eprintln!("session `{name}`: cannot type into it ({e}); starting a new shell");
             let (pane, shell) = self.restart_shell(name, &st).await?;
             st.pane = pane;
-            self.set_shell(name, &mut st, shell);
+            self.set_shell(name, &st, shell);
             out.shell_restarted = true;
             sent = self.send_line(&target, &line).await;
         }
@@ -91,7 +91,7 @@ impl Shim {
                     .lock()
                     .expect("waiters lock")
                     .remove(&(name.to_string(), k));
-                let _ = self.kill_tree(name, st.shell).await;
+                let _ = self.kill_tree(name, self.shell_of(name)).await;
                 st.dead = true;
                 out.exit_code = -1;
                 out.shell_exited = true;

@@ -30,9 +30,6 @@ pub(super) struct SessionState {
     pub dead: bool,
     /// The tmux pane id (`%N`) of its shell, to learn of its death.
     pub pane: Option<u32>,
-    /// Its shell's pid and start time: the root of the session's process
-    /// tree (the shell is a subreaper).
-    pub shell: Option<(u32, u64)>,
     /// Reads the session's completion FIFO while the session lives.
     pub _reader: Reader,
 }
@@ -361,7 +358,6 @@ impl Shim {
             uid,
             dead: false,
             pane: None,
-            shell: None,
             _reader: reader,
         }));
         {
@@ -384,7 +380,7 @@ impl Shim {
         match self.spawn_shell(&name, &state).await {
             Ok((pane, shell)) => {
                 state.pane = pane;
-                self.set_shell(&name, &mut state, shell);
+                self.set_shell(&name, &state, shell);
                 Ok(())
             }
             Err(e) => {
@@ -440,18 +436,22 @@ impl Shim {
         }
     }
 
-    /// Records the session's (new) shell.
-    pub(super) fn set_shell(
-        &self,
-        name: &str,
-        state: &mut SessionState,
-        shell: Option<(u32, u64)>,
-    ) {
-        state.shell = shell;
+    /// Records the session's (new) shell: its pid and start time, the root
+    /// of the session's process tree (the shell is a subreaper).
+    pub(super) fn set_shell(&self, name: &str, state: &SessionState, shell: Option<(u32, u64)>) {
         self.ids
             .lock()
             .expect("ids lock")
             .insert(name.to_string(), (state.uid, shell));
+    }
+
+    /// The session's shell, as last recorded.
+    pub(super) fn shell_of(&self, name: &str) -> Option<(u32, u64)> {
+        self.ids
+            .lock()
+            .expect("ids lock")
+            .get(name)
+            .and_then(|ids| ids.1)
     }
 
     pub(super) fn state(

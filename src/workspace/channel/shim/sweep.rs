@@ -51,14 +51,19 @@ pub(super) struct Scope {
 const PASSES: usize = 10;
 
 impl Scope {
-    /// Markers of the open sessions.
+    /// Names of the open sessions.
     fn live(&self) -> HashSet<String> {
         self.sessions
             .lock()
             .expect("sessions lock")
             .keys()
-            .map(|s| format!("{}{s}", self.prefix))
+            .cloned()
             .collect()
+    }
+
+    /// The session named by a marker value of this helper.
+    fn session_of_marker<'a>(&self, dir: &'a str) -> Option<&'a str> {
+        dir.strip_prefix(&self.prefix)
     }
 
     /// The reaper's pid, once it wrote it.
@@ -81,12 +86,14 @@ impl Scope {
                 .any(|a| a.contains(self.socket.as_str()))
     }
 
-    /// The processes of `targets`, of closed sessions' uids, and those a
-    /// dead shell left to the helper that belong to no open session.
+    /// The live processes of `targets`, of closed sessions' uids, and
+    /// those a dead shell left to the reaper that belong to no open
+    /// session (the last set).
     fn doomed(&self, procs: &[Proc], targets: &[Target]) -> Vec<HashSet<u32>> {
         let reaper = self.reaper();
         let users = self.users.lock().expect("users lock");
         let live = self.live();
+        let alive = || procs.iter().filter(|p| !p.zombie);
         let mut sets: Vec<HashSet<u32>> = targets
             .iter()
             .map(|t| {
@@ -95,48 +102,53 @@ impl Scope {
                     .filter(|&(pid, start)| procfs::start_time(pid) == Some(start))
                     .map(|(pid, _)| procfs::descendants(procs, pid))
                     .unwrap_or_default();
-                procs
-                    .iter()
+                alive()
                     .filter(|p| tree.contains(&p.pid) || p.session_dir.as_ref() == Some(&t.dir))
                     .map(|p| p.pid)
                     .collect()
             })
             .collect();
-        let strays = procs
-            .iter()
+        let strays = alive()
             .filter(|p| match users.session_of(p.uid) {
-                Some(s) => !live.contains(&format!("{}{s}", self.prefix)),
+                Some(s) => !live.contains(s),
                 None => {
                     Some(p.ppid) == reaper
                         && !self.own_tmux(p)
-                        && p.session_dir.as_ref().is_none_or(|d| !live.contains(d))
+                        && p.session_dir
+                            .as_deref()
+                            .and_then(|d| self.session_of_marker(d))
+                            .is_none_or(|s| !live.contains(s))
                 }
             })
             .map(|p| p.pid)
             .collect();
         sets.push(strays);
-        for set in &mut sets {
-            set.retain(|pid| procs.iter().any(|p| p.pid == *pid && !p.zombie));
-        }
         sets
+    }
+
+    /// Stops and kills what `doomed` names in each scan, pass after pass,
+    /// until it names nothing; returns the last scan. A killed process
+    /// takes a moment to exit: it gets that (1 ms, doubling; about 1 s
+    /// over every pass) before it is looked for again, so one still
+    /// exiting is not called a survivor.
+    fn kill_until_gone(&self, doomed: impl Fn(&[Proc]) -> HashSet<u32>) -> Vec<Proc> {
+        for pass in 0..PASSES {
+            let procs = self.scan();
+            let all = doomed(&procs);
+            if all.is_empty() {
+                return procs;
+            }
+            stop_then_kill(&all);
+            std::thread::sleep(std::time::Duration::from_millis(1 << pass));
+        }
+        self.scan()
     }
 
     /// Kills the processes of `targets` (and strays); returns, per target,
     /// how many are still alive after every pass.
     fn sweep(&self, targets: &[Target]) -> Vec<usize> {
-        for pass in 0..PASSES {
-            let procs = self.scan();
-            let all: HashSet<u32> = self.doomed(&procs, targets).into_iter().flatten().collect();
-            if all.is_empty() {
-                break;
-            }
-            stop_then_kill(&all);
-            // A killed process takes a moment to exit: give it that (1 ms,
-            // doubling; about 0.5 s over every pass) before it counts
-            // again, so one still exiting is not called a survivor.
-            std::thread::sleep(std::time::Duration::from_millis(1 << pass));
-        }
-        let procs = self.scan();
+        let procs = self
+            .kill_until_gone(|procs| self.doomed(procs, targets).into_iter().flatten().collect());
         let left = self.doomed(&procs, targets);
         left.iter().take(targets.len()).map(HashSet::len).collect()
     }
@@ -154,31 +166,25 @@ impl Scope {
     /// everything below the reaper (the reaper then ends by itself).
     pub fn sweep_all(&self) {
         let reaper = self.reaper();
-        for _ in 0..PASSES {
-            let procs = self.scan();
-            let under_me = reaper
-                .map(|r| procfs::descendants(&procs, r))
+        self.kill_until_gone(|procs| {
+            let under_reaper = reaper
+                .map(|r| procfs::descendants(procs, r))
                 .unwrap_or_default();
             let users = self.users.lock().expect("users lock");
-            let all: HashSet<u32> = procs
+            procs
                 .iter()
-                .filter(|p| !p.zombie)
-                .filter(|p| Some(p.pid) != reaper)
+                .filter(|p| !p.zombie && Some(p.pid) != reaper)
                 .filter(|p| {
-                    under_me.contains(&p.pid)
+                    under_reaper.contains(&p.pid)
                         || users.is_session_uid(p.uid)
                         || p.session_dir
-                            .as_ref()
-                            .is_some_and(|d| d.starts_with(&self.prefix))
+                            .as_deref()
+                            .and_then(|d| self.session_of_marker(d))
+                            .is_some()
                 })
                 .map(|p| p.pid)
-                .collect();
-            drop(users);
-            if all.is_empty() {
-                break;
-            }
-            stop_then_kill(&all);
-        }
+                .collect()
+        });
     }
 
     /// The processes of this helper's sessions, with the session each
@@ -193,8 +199,8 @@ impl Scope {
             .filter_map(|p| {
                 let by_marker = p
                     .session_dir
-                    .as_ref()
-                    .and_then(|d| d.strip_prefix(&self.prefix));
+                    .as_deref()
+                    .and_then(|d| self.session_of_marker(d));
                 match (users.session_of(p.uid), by_marker) {
                     (Some(s), _) | (None, Some(s)) => Some((p.pid, Some(s.to_string()))),
                     (None, None) if Some(p.ppid) == reaper && !self.own_tmux(p) => {
