@@ -299,10 +299,8 @@ fn convoy_variables_set_the_flags_defaults() {
     }
 }
 
-/// `convoy report | head`: the reader leaving early is not an error and
-/// never a panic; output to it just stops.
-#[test]
-fn a_closed_stdout_ends_output_quietly() {
+/// A script job run to its end into `r`.
+fn finished_run() -> TestJob {
     let job = TestJob::new();
     script_job(&job);
     ok(&convoy_in(
@@ -311,6 +309,14 @@ fn a_closed_stdout_ends_output_quietly() {
         &[],
         None,
     ));
+    job
+}
+
+/// `convoy report | head`: the reader leaving early is not an error and
+/// never a panic; output to it just stops.
+#[test]
+fn a_closed_stdout_ends_output_quietly() {
+    let job = finished_run();
     for args in [
         &["report", "r", "--json"][..],
         &["export", "r"][..],
@@ -342,14 +348,7 @@ fn a_closed_stdout_ends_output_quietly() {
 /// never convoy's temporary file.
 #[test]
 fn an_output_path_that_cannot_be_is_exit_2_naming_it() {
-    let job = TestJob::new();
-    script_job(&job);
-    ok(&convoy_in(
-        &job,
-        &["run", "job.toml", "--out", "r"],
-        &[],
-        None,
-    ));
+    let job = finished_run();
     job.write("afile", "x");
     for (args, says) in [
         (
