@@ -1,27 +1,31 @@
 //! Wiring: turns a parsed command line into a run and maps every outcome to
 //! an exit code. The only place that knows about all modules at once.
 
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime};
+use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::sync::mpsc;
 
-use crate::agent::{tool_schemas, DriveLimits};
+use crate::agent::tool_schemas;
 use crate::cli::{Cli, Command, RunArgs};
-use crate::events::Event;
+use crate::ctl::CtlServer;
+use crate::engine::{forward_signals, Engine, MonitorProbe};
 use crate::exit::{Exit, Failure};
-use crate::journal::{Journal, JournalError, Previous, Status};
+use crate::journal::{Journal, JournalError};
 use crate::llm::Llm;
-use crate::manifest::{self, Job, OnLeak};
+use crate::manifest::{self, Job};
 use crate::monitor::{rlimit, Monitor};
-use crate::report::{LeakVerdict, MetricsSummary, Progress, Summary, Tally};
-use crate::scheduler::{self, Budget, Control, RunCtx};
+use crate::report::Progress;
+use crate::reporters::{
+    fan_out, EventsOut, JournalReporter, MetricsCsv, ProgressReporter, Reporter, SummaryPrinter,
+};
 use crate::tasks;
 use crate::workspace::{Workspace, WorkspaceError};
 
 mod commands;
+mod plan;
 mod stdout;
+pub use plan::{EventsTo, RunPlan};
 pub(crate) use stdout::say;
 
 /// Runs the command and returns the exit code; errors are printed here.
@@ -57,6 +61,7 @@ pub fn main(cli: Cli) -> Exit {
             chart,
         } => commands::report(&run_dir, json, chart),
         Command::Sweep => runtime.block_on(commands::sweep()),
+        Command::Ctl { run_dir, action } => crate::ctl::ctl(&run_dir, &action),
         Command::Merge { out, run_dirs } => commands::merge(&out, &run_dirs),
         Command::Export {
             run_dir,
@@ -128,16 +133,6 @@ fn init_tracing(cli: &Cli) {
         .try_init();
 }
 
-/// The run directory: `--out`, else `run.out` (relative to the manifest),
-/// else `runs/{name}`.
-fn run_dir(args: &RunArgs, job: &Job) -> PathBuf {
-    match (&args.out, &job.manifest.run.out) {
-        (Some(o), _) => o.clone(),
-        (None, Some(o)) => job.resolve(o),
-        (None, None) => PathBuf::from("runs").join(&job.manifest.name),
-    }
-}
-
 /// Loads the manifest and builds the whole plan; nothing runs.
 fn load_plan(path: &std::path::Path) -> Result<(Job, Vec<tasks::Task>), Failure> {
     let job = manifest::load(path).map_err(Failure::invalid)?;
@@ -176,269 +171,127 @@ fn validate(path: &std::path::Path, json: bool) -> Result<Exit, Failure> {
     Ok(Exit::Ok)
 }
 
+/// `convoy run`: the plan, the workspace, the engine and its reporters,
+/// the exit code.
 async fn run(args: RunArgs) -> Result<Exit, Failure> {
-    let (mut job, mut plan) = load_plan(&args.manifest)?;
-    if let Some(w) = args.workers {
-        job.manifest.run.workers = w;
-    }
-    if let Some(shard) = args.shard {
-        plan.retain(|t| shard.contains(&t.id));
-        tracing::info!("shard {shard}: {} tasks", plan.len());
-    }
-    if let Some(limit) = args.limit {
-        plan.truncate(limit as usize);
-    }
-    if args.dry_run {
-        let out = run_dir(&args, &job);
-        say(&crate::report::PlanSummary::new(&job, &plan, Some(&out)).render());
+    let mut plan = RunPlan::new(args)?;
+    if plan.dry_run {
+        let summary = crate::report::PlanSummary::new(&plan.job, &plan.tasks, Some(&plan.out));
+        say(&summary.render());
         say("dry run: nothing was created\n");
         return Ok(Exit::Ok);
     }
-    let llm = Llm::new(&job.manifest.llm).map_err(Failure::invalid)?;
+    let llm = Arc::new(Llm::new(&plan.job.manifest.llm).map_err(Failure::invalid)?);
     // Before anything is created: a dead endpoint, a wrong path or a
     // rejected key leaves no run directory and boots no workspace.
     llm.preflight().await.map_err(Failure::infra)?;
-    raise_nofile(&job)?;
-    let out = run_dir(&args, &job);
-    let tools = tool_schemas();
+    raise_nofile(&plan.job)?;
     let (journal, previous) =
-        Journal::open(&out, &job, tools.clone(), args.force).map_err(|e| match e {
+        Journal::open(&plan.out, &plan.job, tool_schemas(), plan.force).map_err(|e| match e {
             JournalError::Io { .. } => Failure::infra(e),
             other => Failure::invalid(other),
         })?;
-    let total = plan.len() as u64;
-    let mut tally = Tally::default();
-    let (plan, skipped) = resume_plan(plan, &previous, args.retry_failed, &mut tally);
-    journal.write_started(total).map_err(Failure::infra)?;
-    if skipped > 0 {
-        tracing::info!(
-            "continuing {}: {skipped} tasks already done are skipped, {} to run{}",
-            out.display(),
-            plan.len(),
-            if args.retry_failed {
-                " (failed ones again)"
-            } else {
-                ""
-            }
-        );
+    plan.resume(&previous);
+    let events_out = open_events(&plan)?;
+    sweep_crashed().await;
+
+    let run_label = std::path::absolute(&plan.out).unwrap_or_else(|_| plan.out.clone());
+    let workspace = Arc::new(
+        Workspace::boot(&plan.job, &run_label.display().to_string())
+            .await
+            .map_err(workspace_failure)?,
+    );
+    // From here on every path reaches the workspace shutdown below.
+    let clock = Instant::now();
+    let warmup = 100.max(2 * plan.workers() as u64);
+    let probe = MonitorProbe::new(Monitor::new(warmup, clock), workspace.clone(), llm.clone());
+    let (tx, rx) = mpsc::unbounded_channel();
+    let engine = Engine::new(
+        plan.engine_config(true),
+        workspace.clone(),
+        llm,
+        probe,
+        tx,
+        clock,
+    );
+    if !forward_signals(engine.handle()) {
+        tracing::warn!("cannot install signal handlers; Ctrl-C will kill convoy without cleanup");
     }
+    // Served while the engine runs; dropping it removes the socket.
+    let ctl = match CtlServer::start(&plan.out, engine.handle()) {
+        Ok(server) => Some(server),
+        Err(e) => {
+            tracing::warn!("cannot serve the control socket (convoy ctl will not reach this run): {e}");
+            None
+        }
+    };
+    let reporters = reporters(&plan, journal, events_out);
+    let reported = fan_out(reporters, rx, engine.handle());
+    tracing::info!(
+        "running {} tasks of `{}` with {} workers into {}",
+        plan.tasks.len(),
+        plan.job.manifest.name,
+        plan.workers(),
+        plan.out.display()
+    );
+    let started = plan.started(&plan.out);
+    let exit = engine.run(started, plan.tasks).await;
+    drop(ctl);
+    let reported = reported.await.map_err(Failure::infra)?;
+    match Arc::into_inner(workspace) {
+        Some(ws) => ws.shutdown().await,
+        None => {
+            tracing::error!("the workspace is still in use after the run; removing it");
+            crate::workspace::sweep::remove_own().await;
+        }
+    }
+    reported.map_err(Failure::infra)?;
+    Ok(exit)
+}
+
+/// The reporters, in the order they see each batch: the journal first (a
+/// result is durable before anyone counts it), the summary last.
+fn reporters(
+    plan: &RunPlan,
+    journal: Journal,
+    events_out: Option<EventsOut>,
+) -> Vec<Box<dyn Reporter>> {
+    let mut all: Vec<Box<dyn Reporter>> = vec![Box::new(JournalReporter::new(journal))];
+    all.extend(events_out.map(|e| Box::new(e) as Box<dyn Reporter>));
+    match MetricsCsv::create(&plan.out) {
+        Ok(m) => all.push(Box::new(m)),
+        Err(e) => tracing::warn!("cannot create metrics.csv ({e}); running without it"),
+    }
+    let progress = Progress::new(plan.total, plan.job.manifest.monitor.interval);
+    all.push(Box::new(ProgressReporter::new(progress)));
+    let summary_to_stderr = matches!(plan.events, Some(EventsTo::Stdout));
+    all.push(Box::new(SummaryPrinter::new(summary_to_stderr)));
+    all
+}
+
+/// Where `--events` writes, opened before anything boots.
+fn open_events(plan: &RunPlan) -> Result<Option<EventsOut>, Failure> {
+    let out: Box<dyn std::io::Write + Send> = match &plan.events {
+        None => return Ok(None),
+        Some(EventsTo::Stdout) => Box::new(std::io::stdout()),
+        Some(EventsTo::File(path)) => Box::new(std::fs::File::create(path).map_err(|e| {
+            Failure::invalid(anyhow::anyhow!(
+                "cannot create the event stream file `{}` (--events): {e}",
+                path.display()
+            ))
+        })?),
+    };
+    Ok(Some(EventsOut::new(out)))
+}
+
+/// Removes what crashed runs left behind, and says so.
+async fn sweep_crashed() {
     let swept = crate::workspace::sweep::sweep().await;
     if !swept.is_empty() {
         for line in swept.render().lines() {
             tracing::warn!("crashed runs: {line}");
         }
     }
-
-    let ctl = Arc::new(Control::default());
-    spawn_signal_handler(ctl.clone(), job.manifest.run.grace);
-
-    let run_label = std::path::absolute(&out).unwrap_or_else(|_| out.clone());
-    let workspace = Workspace::boot(&job, &run_label.display().to_string())
-        .await
-        .map_err(workspace_failure)?;
-    let m = &job.manifest;
-    let ctx = Arc::new(RunCtx {
-        llm,
-        workspace,
-        tools,
-        limits: DriveLimits {
-            max_steps: m.agent.max_steps,
-            command_timeout: m.agent.command_timeout,
-            max_observation_chars: m.agent.max_observation_chars as usize,
-            on_text: m.agent.on_text,
-            continue_prompt: m.agent.continue_prompt.as_str().into(),
-        },
-        task_timeout: m.run.task_timeout,
-        max_attempts: m.run.max_attempts,
-        max_infra_retries: m.run.max_infra_retries,
-        workers: m.run.workers as usize,
-        budget: Budget::new(&m.llm),
-        infra: Default::default(),
-    });
-    tracing::info!(
-        "running {} tasks of `{}` with {} workers into {}",
-        plan.len(),
-        m.name,
-        ctx.workers,
-        out.display()
-    );
-
-    // From here on every path reaches the workspace shutdown below.
-    let started_at = SystemTime::now();
-    let clock = Instant::now();
-    let warmup = 100.max(2 * ctx.workers as u64);
-    let mut monitor = match Monitor::create(&out, warmup, clock) {
-        Ok(m) => Some(m),
-        Err(e) => {
-            tracing::warn!("cannot create metrics.csv ({e}); running without the monitor");
-            None
-        }
-    };
-    let gauges = monitor
-        .as_ref()
-        .map(|m| m.gauges.clone())
-        .unwrap_or_default();
-    let (tx, rx) = mpsc::unbounded_channel();
-    let tally = Arc::new(Mutex::new(tally));
-    let progress = Arc::new(Mutex::new(Progress::new(total, m.monitor.interval, gauges)));
-    let stop_monitor = tokio_util::sync::CancellationToken::new();
-    let monitor_task = monitor.take().map(|mut mon| {
-        let (ctx, tally, stop) = (ctx.clone(), tally.clone(), stop_monitor.clone());
-        let every = m.monitor.interval;
-        tokio::spawn(async move {
-            loop {
-                let window = || tally.lock().expect("tally lock").take_window();
-                mon.sample(&ctx.workspace, window, &ctx.llm).await;
-                tokio::select! {
-                    _ = stop.cancelled() => return mon,
-                    _ = tokio::time::sleep(every) => {}
-                }
-            }
-        })
-    });
-    let recorder = spawn_recorder(journal, rx, tally.clone(), progress.clone(), ctl.clone());
-    let ticker = {
-        let (tally, progress) = (tally.clone(), progress.clone());
-        // Weak: the ticker must not keep the context alive past the run.
-        let ctx = Arc::downgrade(&ctx);
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(std::time::Duration::from_millis(500));
-            loop {
-                every.tick().await;
-                let t = tally.lock().expect("tally lock").clone();
-                let retries = ctx.upgrade().map(|c| c.llm.retries_by_reason());
-                let mut p = progress.lock().expect("progress lock");
-                p.update(&t);
-                if let Some(r) = retries {
-                    p.retries(&r);
-                }
-            }
-        })
-    };
-
-    scheduler::run(plan, ctx.clone(), ctl.clone(), tx).await;
-    let (journal, recorded) = recorder.await.expect("the recorder thread does not panic");
-    ticker.abort();
-    let _ = ticker.await;
-    let tally = tally.lock().expect("tally lock").clone();
-
-    stop_monitor.cancel();
-    let mut monitor = match monitor_task {
-        Some(t) => t
-            .await
-            .map_err(|e| {
-                tracing::error!(
-                    "the monitor stopped early ({e}): metrics.csv ends at its last sample"
-                )
-            })
-            .ok(),
-        None => None,
-    };
-    let mut ctx = Arc::into_inner(ctx).expect("every conversation has ended");
-    let shutdown = ctx.workspace.finish().await;
-    // The pool's idle connections are not a leak, but they would read as
-    // one in the final sample: drop them and let them close.
-    match ctx.llm.drop_idle_connections() {
-        Ok(()) => crate::monitor::settle_fds().await,
-        Err(e) => tracing::warn!("cannot drop the idle LLM connections: {e}"),
-    }
-    // The final sample, after cleanup: the end state of the workspace.
-    if let Some(mon) = monitor.as_mut() {
-        mon.sample(&ctx.workspace, || tally.clone(), &ctx.llm).await;
-    }
-    // The last progress line after the final sample: its gauges are the
-    // end state (sessions closed, connections dropped), not the last tick's.
-    progress
-        .lock()
-        .expect("progress lock")
-        .finish(&tally, &ctx.llm.retries_by_reason());
-    let findings = monitor
-        .as_ref()
-        .map(|m| m.rules.findings.clone())
-        .unwrap_or_default();
-    let metrics = monitor.as_ref().map(MetricsSummary::from_monitor);
-    let workers = ctx.workers;
-    ctx.workspace.shutdown().await;
-    let leaks = LeakVerdict::new(shutdown, findings);
-    let leak = leaks.verdict == "leak";
-
-    let stopped_because = ctl
-        .fatal_reason()
-        .or_else(|| {
-            ctl.interrupted()
-                .then(|| "interrupted by a signal".to_string())
-        })
-        .or_else(|| ctl.stop_reason());
-    let exit = if ctl.interrupted() {
-        Exit::Interrupted
-    } else if ctl.fatal_reason().is_some() || recorded.is_err() {
-        Exit::Infrastructure
-    } else if leak && m.monitor.on_leak == OnLeak::Fail {
-        Exit::Leak
-    } else if tally.not_ok() > 0 || tally.done < total {
-        Exit::TasksFailed
-    } else {
-        Exit::Ok
-    };
-    let duration = clock.elapsed().as_secs_f64();
-    let summary = Summary {
-        name: m.name.clone(),
-        total_tasks: total,
-        done: tally.done,
-        skipped,
-        shard: args.shard.map(|s| s.to_string()),
-        counts: tally
-            .by_status
-            .iter()
-            .map(|(s, n)| (s.as_str().to_string(), *n))
-            .collect(),
-        not_run: total - tally.done,
-        usage: tally.usage,
-        steps: tally.steps,
-        started_at: humantime::format_rfc3339_millis(started_at).to_string(),
-        finished_at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
-        duration_s: duration,
-        conversations_per_s: tally.rate(duration),
-        workers,
-        llm: ctx.llm.report(),
-        leaks,
-        metrics,
-        stopped_because,
-        exit_code: exit.as_u8(),
-    };
-    let written = journal.write_summary(&summary);
-    say(&summary.render());
-    say(&format!("run directory: {}\n", journal.dir().display()));
-    let closed = journal.close();
-    if let Err(e) = recorded {
-        return Err(Failure::infra(e));
-    }
-    written.and(closed).map_err(Failure::infra)?;
-    Ok(exit)
-}
-
-/// The tasks still to run in a continued run directory, and how many are
-/// skipped: those with a final result (with `retry_failed`, only `ok`
-/// ones). Skipped tasks are counted into `tally` as earlier runs' work.
-fn resume_plan(
-    plan: Vec<tasks::Task>,
-    previous: &Previous,
-    retry_failed: bool,
-    tally: &mut Tally,
-) -> (Vec<tasks::Task>, u64) {
-    let mut skipped = 0;
-    let plan = plan
-        .into_iter()
-        .filter(|t| match previous.records.get(&t.id) {
-            Some(r) if r.status == Status::Ok || !retry_failed => {
-                tally.count_earlier(r);
-                skipped += 1;
-                false
-            }
-            _ => true,
-        })
-        .collect();
-    (plan, skipped)
 }
 
 /// Raises RLIMIT_NOFILE to what the job needs, as far as the hard limit
@@ -476,84 +329,4 @@ fn workspace_failure(e: WorkspaceError) -> Failure {
         WorkspaceError::MissingImage(_) => Failure::invalid(e),
         other => Failure::infra(other),
     }
-}
-
-/// The recorder: makes each batch of results durable, then counts it.
-fn spawn_recorder(
-    mut journal: Journal,
-    mut rx: mpsc::UnboundedReceiver<Event>,
-    tally: Arc<Mutex<Tally>>,
-    progress: Arc<Mutex<Progress>>,
-    ctl: Arc<Control>,
-) -> tokio::task::JoinHandle<(Journal, Result<(), JournalError>)> {
-    tokio::task::spawn_blocking(move || {
-        let mut result = Ok(());
-        while let Some(first) = rx.blocking_recv() {
-            let mut batch = vec![first];
-            while let Ok(ev) = rx.try_recv() {
-                batch.push(ev);
-            }
-            if result.is_ok() {
-                result = batch
-                    .iter()
-                    .try_for_each(|ev| match ev {
-                        Event::TaskFinished(f) => journal.append(f),
-                        Event::StepDone {
-                            id,
-                            attempt,
-                            step,
-                            messages,
-                        } => journal.append_turn(id, *attempt, *step, messages),
-                        _ => Ok(()),
-                    })
-                    .and_then(|()| journal.sync());
-                if let Err(e) = &result {
-                    // Results can no longer be kept: stop taking work.
-                    ctl.fatal(format!("the journal failed: {e}"));
-                }
-            }
-            let mut t = tally.lock().expect("tally lock");
-            for ev in &batch {
-                t.on(ev);
-            }
-            let snapshot = t.clone();
-            drop(t);
-            progress.lock().expect("progress lock").update(&snapshot);
-        }
-        (journal, result)
-    })
-}
-
-/// First SIGINT/SIGTERM: stop dispatching, give in-flight conversations
-/// `grace`, then cancel them. A second signal cancels at once.
-fn spawn_signal_handler(ctl: Arc<Control>, grace: std::time::Duration) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        tracing::warn!("cannot install signal handlers; Ctrl-C will kill convoy without cleanup");
-        return;
-    };
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = int.recv() => {}
-            _ = term.recv() => {}
-        }
-        ctl.interrupt();
-        ctl.drain();
-        crate::report::term::eprint_line(&format!(
-            "interrupted: no new tasks start; in-flight conversations get {} to finish (signal again to stop them now)",
-            humantime::format_duration(grace)
-        ));
-        tokio::select! {
-            _ = tokio::time::sleep(grace) => {}
-            _ = int.recv() => {}
-            _ = term.recv() => {}
-        }
-        crate::report::term::eprint_line("cancelling in-flight conversations");
-        ctl.cancel();
-        crate::scheduler::exit_after(crate::scheduler::SHUTDOWN_BOUND, Exit::Interrupted.as_u8())
-            .await;
-    });
 }

@@ -192,6 +192,21 @@ pub enum Command {
     /// same when it starts.
     Sweep,
 
+    /// Steer a running job: pause, resume, change workers, cancel one
+    /// conversation, or see what it is doing.
+    ///
+    /// Talks to the run through the control socket `convoy.ctl` in its run
+    /// directory (mode 0600, removed when the run ends). Examples:
+    /// `convoy ctl runs/job status`, `convoy ctl runs/job workers 64`,
+    /// `convoy ctl runs/job cancel task-17`. Exit 2 when no run is running
+    /// there, 1 when the run refused the request.
+    Ctl {
+        /// The run directory of the running job.
+        run_dir: PathBuf,
+        #[command(subcommand)]
+        action: crate::ctl::CtlAction,
+    },
+
     /// Combine shard run directories into one.
     ///
     /// For `convoy run --shard I/N` runs: one result per task id (an `ok` one if any shard has it), their
@@ -367,6 +382,13 @@ pub struct RunArgs {
     /// model, tools, agent settings, task rows) changed since it started.
     #[arg(long)]
     pub force: bool,
+
+    /// Write the run's event stream as JSON lines to PATH (`-`: stdout; the
+    /// summary then goes to stderr). One object per event, with `type` and
+    /// `elapsed_s`; the README documents the schema (fields are only ever
+    /// added).
+    #[arg(long, value_name = "PATH|-")]
+    pub events: Option<PathBuf>,
 }
 
 /// The statuses `export --only` accepts; clap names them in its error.

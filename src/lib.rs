@@ -20,36 +20,46 @@
 //! completion is announced by a record the shell writes to a FIFO: an event,
 //! never a screen poll.
 //!
-//! The `scheduler` runs one conversation per task under a semaphore of
-//! `run.workers` permits; before each dispatch it checks the endpoint is up
-//! and the token/cost budgets allow another task. A conversation (`agent`)
-//! is a pure state machine of chat messages driven by a thin loop that asks
-//! the `llm` for a reply and runs its tool calls in the session. The `llm`
-//! client is one per job: retries by reason, an adaptive (AIMD) in-flight
-//! limit, rate buckets and an outage gate that every request passes. Each session has exactly one owner:
-//! the conversation closes it; if the conversation is dropped (deadline,
-//! panic, cancellation) the session's guard hands it to the reaper.
+//! The `engine` runs one conversation per task under a bound of
+//! `run.workers` (adjustable while it runs); before each dispatch it checks
+//! the endpoint is up and the token/cost budgets allow another task. It
+//! reaches the workspace, the model and the monitor through small traits
+//! (`engine::ports`), so its unit tests drive it with recording fakes. A
+//! conversation (`agent`) is a pure state machine of chat messages driven
+//! by a thin loop that asks its model handle for a reply and runs its tool
+//! calls in its session. The `llm` client is one per job: retries by
+//! reason, an adaptive (AIMD) in-flight limit, rate buckets and an outage
+//! gate that every request passes; each conversation talks through its own
+//! handle, built from its task. Each session has exactly one owner: the
+//! conversation closes it; if the conversation is dropped (deadline, panic,
+//! cancellation) the session's guard hands it to the reaper.
 //!
-//! The `monitor` raises RLIMIT_NOFILE at start, samples convoy and the
-//! workspace into `metrics.csv`, and applies the leak rules whose verdict
-//! ends up in `summary.json`.
+//! The `monitor` raises RLIMIT_NOFILE at start and samples convoy and the
+//! workspace; the engine applies the leak rules through it, and the
+//! verdict (clean, leak or unknown) ends up in `summary.json`.
 //!
-//! Everything the scheduler does is reported as an `events::Event` on one
-//! channel. The recorder (`journal`) appends each finished turn (partial
-//! trajectories) and makes each result durable before the task counts as
-//! done; progress and the final summary (`report`) read the same events.
+//! Everything the engine does is an `events::Event` on one channel, the
+//! only seam between it and what records or displays a run. The
+//! `reporters` each consume the stream on their own: the journal appends
+//! each finished turn (partial trajectories) and makes each result durable
+//! before the others count it; `metrics.csv`, the progress display, the
+//! printed summary and `--events` read the same events. `convoy ctl`
+//! (`ctl`) steers a running engine through a socket in the run directory.
 //! Run again on its directory, a job continues: the journal repairs torn
-//! lines, checks the fingerprint and hands back what is done. What a
-//! crashed run left (containers, tmux servers) is found by its owner's pid
-//! and start time and removed (`workspace::sweep`). `convoy report`,
-//! `merge` and `export` read run directories after the fact.
+//! lines, checks the fingerprint and hands back what is done (`app::plan`
+//! drops those tasks). What a crashed run left (containers, tmux servers)
+//! is found by its owner's pid and start time and removed
+//! (`workspace::sweep`). `convoy report`, `merge` and `export` read run
+//! directories after the fact.
 //!
 //! `app` wires these together and maps every error to an exit code
 //! (`exit::Exit`).
 
 pub mod agent;
 pub mod app;
+pub mod engine;
 pub mod cli;
+pub mod ctl;
 pub mod events;
 pub mod exit;
 pub mod journal;
@@ -57,6 +67,6 @@ pub mod llm;
 pub mod manifest;
 pub mod monitor;
 pub mod report;
-pub mod scheduler;
+pub mod reporters;
 pub mod tasks;
 pub mod workspace;

@@ -7,7 +7,6 @@ mod export;
 mod fingerprint;
 mod merge;
 mod read;
-mod record;
 mod writer;
 
 pub use atomic::{write_atomically, AtomicFile};
@@ -15,5 +14,5 @@ pub use export::{export, ArgumentsAs, ExportError, ExportFormat, ExportOptions, 
 pub use fingerprint::Fingerprint;
 pub use merge::{merge, MergeError, MergeStats};
 pub use read::{read_final, Final, FinalReader, Finals, JournalReadError};
-pub use record::{Status, TaskRecord};
+pub use crate::events::{Status, TaskRecord};
 pub use writer::{lock_holder, Journal, JournalError, Previous, RunInfo, RUN_INFO};

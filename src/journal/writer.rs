@@ -18,7 +18,7 @@ use thiserror::Error;
 
 use super::fingerprint::{self, Fingerprint};
 use super::read::{read_final, JournalReadError};
-use super::record::{Status, TaskRecord};
+use crate::events::{Status, TaskRecord};
 use crate::events::Finished;
 use crate::manifest::Job;
 

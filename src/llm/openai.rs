@@ -185,7 +185,7 @@ impl OpenAiClient {
         self.health.outages()
     }
 
-    /// Waits while the endpoint is down (the scheduler dispatches no task
+    /// Waits while the endpoint is down (the engine dispatches no task
     /// meanwhile); an error once the job gave up on it.
     pub async fn wait_up(&self) -> Result<(), LlmError> {
         self.health.wait_up().await

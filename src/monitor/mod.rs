@@ -9,8 +9,10 @@ mod own;
 mod peaks;
 pub mod rlimit;
 mod sampler;
+mod verdict;
 
 pub use leaks::{Finding, LeakRules, Own};
 pub use own::{own_usage, settle_fds};
 pub use peaks::LiveCount;
-pub use sampler::{Gauges, Monitor, Sample};
+pub use sampler::{Counts, Gauges, Monitor, Sample};
+pub use verdict::{LeakVerdict, MetricsSummary};

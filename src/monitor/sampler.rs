@@ -1,4 +1,5 @@
-//! Sampling and `metrics.csv`. Each row is what was there at the sample
+//! Sampling: each sample is one row of `metrics.csv` (written by its
+//! reporter). Each row is what was there at the sample
 //! and, in the `*_peak` columns, the most there was since the row before:
 //! convoy's FDs (read every 100 ms), sessions and in-flight conversations
 //! and requests (counted as they open and close). Workspace processes
@@ -6,10 +7,6 @@
 //! floor: what those shells started is only seen by the samples.
 
 use std::collections::HashSet;
-use std::fs::File;
-use std::io::{BufWriter, Write};
-use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -17,7 +14,6 @@ use serde::Serialize;
 use super::leaks::{Finding, LeakRules, Own};
 use super::own::{OwnSampler, FAST};
 use crate::llm::Llm;
-use crate::report::Tally;
 use crate::workspace::Workspace;
 
 /// One row of `metrics.csv`.
@@ -45,7 +41,19 @@ pub struct Sample {
     pub llm_in_flight_peak: u64,
 }
 
-const HEADER: &str = "elapsed_s,open_fds,threads,rss_bytes,tmux_sessions,workspace_procs,workspace_fds,in_flight,done,failed,llm_in_flight,llm_limit,leaks,open_fds_peak,tmux_sessions_peak,workspace_procs_peak,in_flight_peak,llm_in_flight_peak\n";
+
+/// The run's counts a sample records (the engine's statistics, as of
+/// the sample).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Counts {
+    pub in_flight: u64,
+    /// The most in flight since the previous sample.
+    pub in_flight_peak: u64,
+    pub done: u64,
+    pub failed: u64,
+    /// Tasks this run finished (not earlier runs of the directory).
+    pub ran: u64,
+}
 
 /// The latest figures, for the progress line.
 #[derive(Debug, Clone, Default)]
@@ -58,11 +66,22 @@ pub struct Gauges {
     pub leaks: u64,
 }
 
+impl Gauges {
+    pub fn of(s: &Sample) -> Gauges {
+        Gauges {
+            open_fds: s.open_fds,
+            tmux_sessions: s.tmux_sessions,
+            workspace_procs: s.workspace_procs,
+            llm_in_flight: s.llm_in_flight,
+            llm_limit: s.llm_limit,
+            leaks: s.leaks,
+        }
+    }
+}
+
 pub struct Monitor {
     started: Instant,
-    csv: BufWriter<File>,
     pub rules: LeakRules,
-    pub gauges: Arc<Mutex<Gauges>>,
     /// The highest of every column over the run, peaks between samples
     /// included (RSS and threads too: the FD thread reads them).
     pub peak: Sample,
@@ -76,32 +95,28 @@ pub struct Monitor {
 }
 
 impl Monitor {
-    pub fn create(run_dir: &Path, warmup: u64, started: Instant) -> std::io::Result<Monitor> {
-        let mut csv = BufWriter::new(File::create(run_dir.join("metrics.csv"))?);
-        csv.write_all(HEADER.as_bytes())?;
-        Ok(Monitor {
+    pub fn new(warmup: u64, started: Instant) -> Monitor {
+        Monitor {
             started,
-            csv,
             rules: LeakRules::new(warmup),
-            gauges: Arc::default(),
             peak: Sample::default(),
             first: None,
             last: Sample::default(),
             own: OwnSampler::start(FAST),
             pooled: 0,
-        })
+        }
     }
 
-    /// Takes one sample, applies the leak rules, appends the row. The
-    /// counts come from `tally`, read once the workspace has answered so
-    /// that they are as fresh as the rest of the row. New findings are
-    /// logged here, the first time each rule trips.
+    /// Takes one sample and applies the leak rules; returns the row and
+    /// the rules that tripped for the first time. The counts come from
+    /// `counts`, read once the workspace has answered so that they are as
+    /// fresh as the rest of the row.
     pub async fn sample(
         &mut self,
         workspace: &Workspace,
-        tally: impl FnOnce() -> Tally,
+        counts: impl FnOnce() -> Counts,
         llm: &Llm,
-    ) -> Vec<Finding> {
+    ) -> (Sample, Vec<Finding>) {
         // Take ownership first: a session opened after this snapshot but
         // before the workspace answers would otherwise look unowned (the
         // rules also want it to last two samples).
@@ -122,11 +137,11 @@ impl Monitor {
         // can need: a leak of connections still shows past that ceiling.
         let connections = super::own::tcp_connections().min(llm.in_flight_ceiling());
         let pooled = self.pooled.max(connections);
-        let tally = tally();
+        let tally = counts();
         let tmux_sessions = ws.as_ref().map_or(0, |w| w.sessions.len() as u64);
         let workspace_procs = ws.as_ref().map_or(0, |w| w.processes.len() as u64);
         let s = Sample {
-            elapsed_s: self.started.elapsed().as_secs_f64(),
+            elapsed_s: (self.started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
             open_fds,
             threads,
             rss_bytes,
@@ -135,7 +150,7 @@ impl Monitor {
             workspace_fds: ws.as_ref().map_or(0, |w| w.fds),
             in_flight: tally.in_flight,
             done: tally.done,
-            failed: tally.not_ok(),
+            failed: tally.failed,
             llm_in_flight,
             llm_limit: llm.limit(),
             leaks: 0,
@@ -151,53 +166,26 @@ impl Monitor {
         let own = Own {
             // Growth is per conversation of this run: a resumed run's
             // earlier tasks did not pass through this process.
-            done: tally.ran(),
+            done: tally.ran,
             fds: s.open_fds,
             pooled,
             rss: s.rss_bytes,
         };
         let new = self.rules.observe(s.elapsed_s, &open, ws.as_ref(), own);
-        for f in &new {
-            tracing::warn!("leak detected ({}): {}", f.rule, f.detail);
-        }
         let s = Sample {
             leaks: self.rules.findings.len() as u64,
             ..s
         };
-        self.record(s);
-        new
+        self.record(&s);
+        (s, new)
     }
 
-    fn record(&mut self, s: Sample) {
-        let row = format!(
-            "{:.1},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
-            s.elapsed_s,
-            s.open_fds,
-            s.threads,
-            s.rss_bytes,
-            s.tmux_sessions,
-            s.workspace_procs,
-            s.workspace_fds,
-            s.in_flight,
-            s.done,
-            s.failed,
-            s.llm_in_flight,
-            s.llm_limit,
-            s.leaks,
-            s.open_fds_peak,
-            s.tmux_sessions_peak,
-            s.workspace_procs_peak,
-            s.in_flight_peak,
-            s.llm_in_flight_peak
-        );
-        if self
-            .csv
-            .write_all(row.as_bytes())
-            .and_then(|()| self.csv.flush())
-            .is_err()
-        {
-            tracing::warn!("cannot write metrics.csv");
-        }
+    /// Samples the workspace did not answer (empty when all did).
+    pub fn gaps(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    fn record(&mut self, s: &Sample) {
         let p = &mut self.peak;
         p.open_fds = p.open_fds.max(s.open_fds_peak);
         p.threads = p.threads.max(s.threads);
@@ -206,15 +194,7 @@ impl Monitor {
         p.workspace_procs = p.workspace_procs.max(s.workspace_procs_peak);
         p.in_flight = p.in_flight.max(s.in_flight_peak);
         p.llm_in_flight = p.llm_in_flight.max(s.llm_in_flight_peak);
-        *self.gauges.lock().expect("gauges lock") = Gauges {
-            open_fds: s.open_fds,
-            tmux_sessions: s.tmux_sessions,
-            workspace_procs: s.workspace_procs,
-            llm_in_flight: s.llm_in_flight,
-            llm_limit: s.llm_limit,
-            leaks: s.leaks,
-        };
         self.first.get_or_insert_with(|| s.clone());
-        self.last = s;
+        self.last = s.clone();
     }
 }

@@ -1,5 +1,6 @@
 //! What a person sees: live progress (a bar on a TTY, plain lines for cron
-//! and CI) and the final summary. Both read the scheduler's events.
+//! and CI), the final summary, and `convoy report`'s reading of a run
+//! directory. The live parts are fed by the engine's events (`reporters`).
 
 mod analyze;
 mod chart;
@@ -16,4 +17,4 @@ pub use analyze::{
 pub use chart::write_chart;
 pub use plan::PlanSummary;
 pub use progress::Progress;
-pub use summary::{LeakVerdict, MetricsSummary, Summary, Tally};
+pub use summary::Summary;

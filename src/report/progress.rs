@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 
 use super::retries::RetryDigest;
-use super::summary::Tally;
 use super::term;
+use crate::events::RunStats;
 use crate::monitor::Gauges;
 
 /// What one status line shows.
@@ -81,7 +81,8 @@ impl Progress {
     /// A bar when stderr is a terminal, plain lines every `every` otherwise;
     /// neither below the info level (`-q`), where stderr carries only
     /// warnings and errors.
-    pub fn new(total: u64, every: Duration, gauges: Arc<Mutex<Gauges>>) -> Progress {
+    pub fn new(total: u64, every: Duration) -> Progress {
+        let gauges = Arc::new(Mutex::new(Gauges::default()));
         let counts = Arc::new(Mutex::new(Counts::default()));
         let quiet = !tracing::enabled!(tracing::Level::INFO);
         let bar = (std::io::stderr().is_terminal() && !quiet)
@@ -103,7 +104,7 @@ impl Progress {
 
     /// Takes the current counts; plain mode prints at most every `every`.
     /// The bar redraws on its own tick, reading the gauges live.
-    pub fn update(&mut self, t: &Tally) {
+    pub fn update(&mut self, t: &RunStats) {
         {
             let mut c = self.counts.lock().expect("counts lock");
             c.baseline = Some(t.earlier);
@@ -121,6 +122,11 @@ impl Progress {
                 }
             }
         }
+    }
+
+    /// The monitor's latest figures.
+    pub fn gauges(&mut self, g: Gauges) {
+        *self.gauges.lock().expect("gauges lock") = g;
     }
 
     /// Logs (info) the LLM retries by reason since the last such line, at
@@ -146,7 +152,7 @@ impl Progress {
 
     /// The last word: the bar's final state stays on screen (or a final
     /// plain line is printed), then the retries not yet summed up.
-    pub fn finish(&mut self, t: &Tally, retries: &BTreeMap<String, u64>) {
+    pub fn finish(&mut self, t: &RunStats, retries: &BTreeMap<String, u64>) {
         self.update(t);
         match self.bar.take() {
             Some(bar) => term::end_bar(&bar, false),

@@ -1,100 +1,17 @@
-//! Counting a run's events into the final summary (`summary.json` and the
-//! lines printed at the end).
+//! The final summary (`summary.json` and the lines printed at the end),
+//! made of the run's first and last events.
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::events::Event;
-use crate::journal::{Status, TaskRecord};
+use crate::events::{Outcome, RunStarted};
 use crate::llm::{LlmReport, Usage};
-use crate::monitor::{Finding, Monitor};
-use crate::workspace::ShutdownReport;
-
-/// Running counts, fed by events.
-#[derive(Debug, Default, Clone)]
-pub struct Tally {
-    pub by_status: BTreeMap<Status, u64>,
-    pub done: u64,
-    pub cancelled: u64,
-    pub in_flight: u64,
-    /// The most in flight since the monitor last took it (`take_window`).
-    pub in_flight_peak: u64,
-    pub usage: Usage,
-    pub steps: u64,
-    /// Of `done`: tasks an earlier run of this directory finished, which
-    /// this run skips. Rates count only the others.
-    pub earlier: u64,
-}
-
-impl Tally {
-    pub fn on(&mut self, ev: &Event) {
-        match ev {
-            Event::TaskStarted { attempt, .. } => {
-                if *attempt == 1 {
-                    self.in_flight += 1;
-                    self.in_flight_peak = self.in_flight_peak.max(self.in_flight);
-                }
-            }
-            Event::StepDone { .. } => {}
-            Event::TaskFinished(f) => {
-                self.in_flight = self.in_flight.saturating_sub(1);
-                self.count(&f.record);
-            }
-            Event::TaskCancelled { .. } => {
-                self.in_flight = self.in_flight.saturating_sub(1);
-                self.cancelled += 1;
-            }
-        }
-    }
-
-    /// Counts a task's final record (of this run, or of an earlier run of
-    /// the same directory).
-    pub fn count(&mut self, r: &TaskRecord) {
-        self.done += 1;
-        *self.by_status.entry(r.status).or_default() += 1;
-        self.usage.add(&r.usage);
-        self.steps += r.steps as u64;
-    }
-
-    /// Counts a task an earlier run of the directory finished.
-    pub fn count_earlier(&mut self, r: &TaskRecord) {
-        self.count(r);
-        self.earlier += 1;
-    }
-
-    /// Tasks this run finished (what rates are made of).
-    pub fn ran(&self) -> u64 {
-        self.done - self.earlier
-    }
-
-    /// Tasks finished per second by this run over `elapsed_s`; `None`
-    /// before it finished any (a resumed run with nothing left to do has
-    /// no rate).
-    pub fn rate(&self, elapsed_s: f64) -> Option<f64> {
-        (self.ran() > 0 && elapsed_s > 0.0).then(|| self.ran() as f64 / elapsed_s)
-    }
-
-    /// A copy for one monitor sample; the in-flight peak starts again from
-    /// what is in flight now, so each sample holds the peak since the last.
-    pub fn take_window(&mut self) -> Tally {
-        let t = self.clone();
-        self.in_flight_peak = self.in_flight;
-        t
-    }
-
-    pub fn ok(&self) -> u64 {
-        self.by_status.get(&Status::Ok).copied().unwrap_or(0)
-    }
-
-    pub fn not_ok(&self) -> u64 {
-        self.done - self.ok()
-    }
-}
+use crate::monitor::{LeakVerdict, MetricsSummary};
 
 /// `summary.json`.
 #[derive(Debug, Serialize)]
-pub struct Summary {
+pub struct Summary<'a> {
     pub name: String,
     pub total_tasks: u64,
     pub done: u64,
@@ -116,77 +33,46 @@ pub struct Summary {
     pub workers: usize,
     /// Requests, tokens, cost, retries by reason, the in-flight limiter and
     /// outages.
-    pub llm: LlmReport,
-    pub leaks: LeakVerdict,
+    pub llm: &'a LlmReport,
+    pub leaks: &'a LeakVerdict,
     /// Start, peak and end of what the monitor sampled.
-    pub metrics: Option<MetricsSummary>,
+    pub metrics: Option<&'a MetricsSummary>,
     pub stopped_because: Option<String>,
     pub exit_code: u8,
 }
 
-#[derive(Debug, Serialize)]
-pub struct LeakVerdict {
-    /// `clean` or `leak`.
-    pub verdict: &'static str,
-    /// Leak rules that tripped while the job ran (or at its end).
-    pub findings: Vec<Finding>,
-    #[serde(flatten)]
-    pub shutdown: ShutdownReport,
-}
-
-impl LeakVerdict {
-    pub fn new(shutdown: ShutdownReport, findings: Vec<Finding>) -> LeakVerdict {
-        let clean = findings.is_empty()
-            && shutdown.stray_sessions.is_empty()
-            && shutdown.stray_processes.is_empty();
-        LeakVerdict {
-            verdict: if clean { "clean" } else { "leak" },
-            findings,
-            shutdown,
+impl<'a> Summary<'a> {
+    /// The summary of the run `start` began and `end` ended, with the exit
+    /// code it ends with.
+    pub fn new(start: &'a RunStarted, end: &'a Outcome, exit_code: u8) -> Summary<'a> {
+        let stats = &end.stats;
+        Summary {
+            name: start.name.clone(),
+            total_tasks: start.total_tasks,
+            done: stats.done,
+            skipped: stats.earlier,
+            shard: start.shard.clone(),
+            counts: stats
+                .by_status
+                .iter()
+                .map(|(s, n)| (s.as_str().to_string(), *n))
+                .collect(),
+            not_run: start.total_tasks.saturating_sub(stats.done),
+            usage: stats.usage,
+            steps: stats.steps,
+            started_at: start.started_at.clone(),
+            finished_at: end.finished_at.clone(),
+            duration_s: end.duration_s,
+            conversations_per_s: stats.rate(end.duration_s),
+            workers: end.workers,
+            llm: &end.llm,
+            leaks: &end.leaks,
+            metrics: end.metrics.as_ref(),
+            stopped_because: end.stopped.as_ref().map(|s| s.detail.clone()),
+            exit_code,
         }
     }
-}
 
-/// Start, peak and end of the monitor's samples; peaks include what
-/// happened between samples.
-#[derive(Debug, Serialize)]
-pub struct MetricsSummary {
-    pub open_fds_start: u64,
-    pub open_fds_peak: u64,
-    pub open_fds_end: u64,
-    pub rss_bytes_peak: u64,
-    pub threads_peak: u64,
-    pub tmux_sessions_peak: u64,
-    pub tmux_sessions_end: u64,
-    pub workspace_procs_peak: u64,
-    pub workspace_procs_end: u64,
-    /// Conversations in flight at once, at most.
-    pub in_flight_peak: u64,
-    /// Requests in flight to the endpoint at once, at most.
-    pub llm_in_flight_peak: u64,
-    pub samples_csv: &'static str,
-}
-
-impl MetricsSummary {
-    pub fn from_monitor(m: &Monitor) -> MetricsSummary {
-        MetricsSummary {
-            open_fds_start: m.first.as_ref().map_or(0, |s| s.open_fds),
-            open_fds_peak: m.peak.open_fds,
-            open_fds_end: m.last.open_fds,
-            rss_bytes_peak: m.peak.rss_bytes,
-            threads_peak: m.peak.threads,
-            tmux_sessions_peak: m.peak.tmux_sessions,
-            tmux_sessions_end: m.last.tmux_sessions,
-            workspace_procs_peak: m.peak.workspace_procs,
-            workspace_procs_end: m.last.workspace_procs,
-            in_flight_peak: m.peak.in_flight,
-            llm_in_flight_peak: m.peak.llm_in_flight,
-            samples_csv: "metrics.csv",
-        }
-    }
-}
-
-impl Summary {
     /// The lines printed at the end of a run.
     pub fn render(&self) -> String {
         let counts: Vec<String> = self

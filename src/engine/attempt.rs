@@ -1,145 +1,109 @@
-//! The pool: at most `workers` conversations in flight, one tokio task
-//! each. Every attempt owns its session and closes it; a dropped attempt
-//! (deadline, cancellation, panic) leaves its session to the reaper.
+//! One conversation's task: attempts until one ends in a final state,
+//! each with its own session and deadline; a dropped attempt (deadline,
+//! cancellation, panic) leaves its session to the workspace's reaper. An
+//! attempt cut short by a failure of the workspace is run again without
+//! counting (see `infra`), unless the task itself keeps breaking it.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::FutureExt;
 use serde_json::Value;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
-use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
-use super::budget::Budget;
-use super::control::Control;
-use super::infra::{self, InfraLedger};
-use crate::agent::{drive, AgentError, Conversation, DriveLimits};
-use crate::events::{Event, Finished};
-use crate::journal::{Status, TaskRecord};
-use crate::llm::{Llm, LlmError};
+use super::infra;
+use super::ports::{Models, Sessions};
+use super::state::{Activity, Flight, Shared};
+use super::track::{Tracked, TrackedShell};
+use crate::agent::{drive, AgentError, Conversation};
+use crate::events::{CancelReason, EventKind, Finished, Status, TaskRecord};
+use crate::llm::LlmError;
 use crate::tasks::Task;
-use crate::workspace::{Workspace, WorkspaceError};
+use crate::workspace::WorkspaceError;
 
 /// How long a task waits for its session to close after its end (a
 /// stuck workspace must not hold it past `task_timeout` for longer).
 pub const CLEANUP_WAIT: Duration = Duration::from_secs(10);
 
-/// Everything a conversation needs, shared by all of them.
-pub struct RunCtx {
-    pub llm: Llm,
-    pub workspace: Workspace,
-    pub tools: Value,
-    pub limits: DriveLimits,
-    pub task_timeout: Duration,
-    pub max_attempts: u32,
-    /// Re-runs of a task after failures of the workspace, beyond its
-    /// attempts (`run.max_infra_retries`).
-    pub max_infra_retries: u32,
-    pub workers: usize,
-    pub budget: Budget,
-    pub infra: InfraLedger,
+/// Runs `task` to its end, then lets the dispatcher start another.
+pub(super) async fn run_task<W: Sessions, M: Models>(task: Task, shared: Arc<Shared<W, M>>) {
+    let token = shared.cancel.child_token();
+    let activity = Arc::new(Mutex::new(Activity::new("session")));
+    shared.flights.lock().expect("flights lock").insert(
+        task.id.clone(),
+        Flight {
+            attempt: 1,
+            cancel: token.clone(),
+            activity: activity.clone(),
+        },
+    );
+    attempts(&task, &shared, &token, &activity).await;
+    shared.flights.lock().expect("flights lock").remove(&task.id);
+    shared.gate.send_modify(|g| g.running -= 1);
 }
 
-/// Runs every task (until drained) and returns when the last conversation
-/// has ended. Results go out as events.
-pub async fn run(
-    tasks: Vec<Task>,
-    ctx: Arc<RunCtx>,
-    ctl: Arc<Control>,
-    events: mpsc::UnboundedSender<Event>,
+/// Why a task ended without a record.
+fn cancel_reason<W, M>(shared: &Shared<W, M>) -> CancelReason {
+    if shared.cancel.is_cancelled() {
+        CancelReason::SecondSignal
+    } else {
+        CancelReason::Control
+    }
+}
+
+async fn attempts<W: Sessions, M: Models>(
+    task: &Task,
+    shared: &Shared<W, M>,
+    token: &CancellationToken,
+    activity: &Arc<Mutex<Activity>>,
 ) {
-    let slots = Arc::new(Semaphore::new(ctx.workers));
-    let mut set = JoinSet::new();
-    for task in tasks {
-        let permit = tokio::select! {
-            biased;
-            _ = ctl.drain.cancelled() => break,
-            p = slots.clone().acquire_owned() => p.expect("the pool semaphore never closes"),
-        };
-        if ctl.drain.is_cancelled() {
-            break;
-        }
-        // While the endpoint is down, nothing new starts.
-        let up = tokio::select! {
-            biased;
-            _ = ctl.drain.cancelled() => break,
-            up = ctx.llm.wait_up() => up,
-        };
-        if let Err(e) = up {
-            ctl.fatal(e.to_string());
-            break;
-        }
-        let running = (ctx.workers - slots.available_permits()).saturating_sub(1) as u64;
-        if let Some(why) = ctx.budget.exceeded(&ctx.llm, running) {
-            ctl.stop(why);
-            break;
-        }
-        set.spawn(run_task(
-            task,
-            ctx.clone(),
-            ctl.clone(),
-            events.clone(),
-            permit,
-        ));
-        while let Some(done) = set.try_join_next() {
-            log_join_error(done);
-        }
-    }
-    while let Some(done) = set.join_next().await {
-        log_join_error(done);
-    }
-}
-
-fn log_join_error(r: Result<(), tokio::task::JoinError>) {
-    if let Err(e) = r {
-        tracing::error!("a conversation task ended abnormally: {e}");
-    }
-}
-
-/// One task: attempts until one ends in a final state. An attempt cut
-/// short by a failure of the workspace is run again without counting (see
-/// `infra`), unless the task itself keeps breaking the workspace.
-async fn run_task(
-    task: Task,
-    ctx: Arc<RunCtx>,
-    ctl: Arc<Control>,
-    events: mpsc::UnboundedSender<Event>,
-    _permit: OwnedSemaphorePermit,
-) {
+    let cfg = &shared.cfg;
+    let emit = &shared.emit;
+    let ws = &*shared.ws;
     let mut attempt = 1;
     let mut infra_retries = 0;
     loop {
         // Events number every run of the task, infrastructure re-runs too,
         // so that partial turns of two runs never share a number.
         let run = attempt + infra_retries;
-        let _ = events.send(Event::TaskStarted {
+        if let Some(f) = shared.flights.lock().expect("flights lock").get_mut(&task.id) {
+            f.attempt = run;
+        }
+        *activity.lock().expect("activity lock") = Activity::new("session");
+        emit.emit(EventKind::TaskStarted {
             id: task.id.clone(),
             attempt: run,
         });
+        let cancelled = || EventKind::TaskCancelled {
+            id: task.id.clone(),
+            attempt: run,
+            reason: cancel_reason(shared),
+        };
         let started = SystemTime::now();
         let clock = Instant::now();
         let mut conv = Conversation::new(task.system.as_deref(), &task.user);
-        let ledger = &ctx.infra;
-        let _alone = if ledger.is_suspect(&task.id, ctx.workspace.failures()) {
+        let ledger = &shared.infra;
+        let _alone = if ledger.is_suspect(&task.id, ws.failures()) {
             Some(ledger.isolate().await)
         } else {
             None
         };
-        let in_flight = ledger.begin(&task.id, ctx.workspace.failures());
+        let in_flight = ledger.begin(&task.id, ws.failures());
         let result = {
             let attempt_fut =
-                AssertUnwindSafe(run_attempt(&task, run, &ctx, &mut conv, &events)).catch_unwind();
+                AssertUnwindSafe(run_attempt(task, run, shared, &mut conv, activity))
+                    .catch_unwind();
             tokio::select! {
                 r = attempt_fut => r,
-                _ = ctl.cancel.cancelled() => {
-                    ledger.end(in_flight, ctx.workspace.failures());
-                    let _ = events.send(Event::TaskCancelled { id: task.id.clone() });
+                _ = token.cancelled() => {
+                    ledger.end(in_flight, ws.failures());
+                    emit.emit(cancelled());
                     return;
                 }
             }
         };
-        let failures = ctx.workspace.failures();
+        let failures = ws.failures();
         let hit = ledger.end(in_flight, failures) > 0;
         let (status, final_answer, error, retry) = match result {
             Ok(Ok(text)) => (Status::Ok, Some(text), None, false),
@@ -155,29 +119,35 @@ async fn run_task(
                     _ => None,
                 };
                 if let Some(why) = fatal {
-                    ctl.fatal(why);
-                    ctx.budget.on_task_end(conv.usage.total_tokens);
-                    let _ = events.send(Event::TaskCancelled {
+                    shared.request_stop(CancelReason::Outage, why);
+                    cfg.budget.on_task_end(conv.usage.total_tokens);
+                    emit.emit(EventKind::TaskCancelled {
                         id: task.id.clone(),
+                        attempt: run,
+                        reason: CancelReason::Outage,
                     });
                     return;
                 }
                 if hit && matches!(e, Attempt::Agent(AgentError::Workspace(_))) {
-                    match infra_outcome(&task.id, &ctx, failures, infra_retries, &e) {
-                        InfraOutcome::Retry if !ctl.drain.is_cancelled() => {
+                    match infra_outcome(&task.id, shared, failures, infra_retries, &e) {
+                        InfraOutcome::Retry if !shared.drain.is_cancelled() => {
                             infra_retries += 1;
                             tracing::info!(
                                 "task {}: the workspace failed under it, running it again (not counted as an attempt; {infra_retries} of run.max_infra_retries = {}): {e}",
                                 task.id,
-                                ctx.max_infra_retries
+                                cfg.max_infra_retries
                             );
+                            emit.emit(failed(task, run, &e, true));
                             continue;
                         }
                         InfraOutcome::Retry => {
                             // Draining: not the task's failure, so not
                             // recorded; a later run does it.
-                            let _ = events.send(Event::TaskCancelled {
+                            let reason = shared.stopped().map_or(CancelReason::Signal, |s| s.reason);
+                            emit.emit(EventKind::TaskCancelled {
                                 id: task.id.clone(),
+                                attempt: run,
+                                reason,
                             });
                             return;
                         }
@@ -198,7 +168,15 @@ async fn run_task(
                 false,
             ),
         };
-        let retry = retry && attempt < ctx.max_attempts && !ctl.drain.is_cancelled();
+        let retry = retry && attempt < cfg.max_attempts && !shared.drain.is_cancelled();
+        if let Some(error) = &error {
+            emit.emit(EventKind::AttemptFailed {
+                id: task.id.clone(),
+                attempt: run,
+                error: error.clone(),
+                retry,
+            });
+        }
         if retry {
             tracing::info!(
                 "task {} attempt {attempt} failed, trying again: {}",
@@ -221,12 +199,21 @@ async fn run_task(
             duration_s: clock.elapsed().as_secs_f64(),
             error,
         };
-        ctx.budget.on_task_end(conv.usage.total_tokens);
-        let _ = events.send(Event::TaskFinished(Box::new(Finished {
+        cfg.budget.on_task_end(conv.usage.total_tokens);
+        emit.emit(EventKind::TaskFinished(Box::new(Finished {
             record,
             messages: conv.messages,
         })));
         return;
+    }
+}
+
+fn failed(task: &Task, run: u32, e: &Attempt, retry: bool) -> EventKind {
+    EventKind::AttemptFailed {
+        id: task.id.clone(),
+        attempt: run,
+        error: e.to_string(),
+        retry,
     }
 }
 
@@ -236,14 +223,14 @@ enum InfraOutcome {
 }
 
 /// What follows an attempt that a failure of the workspace cut short.
-fn infra_outcome(
+fn infra_outcome<W, M>(
     task: &str,
-    ctx: &RunCtx,
+    shared: &Shared<W, M>,
     failures: u64,
     infra_retries: u32,
     e: &Attempt,
 ) -> InfraOutcome {
-    if ctx.infra.is_poison(task, failures) {
+    if shared.infra.is_poison(task, failures) {
         tracing::error!(
             "task {task} was in flight at each of {} or more workspace failures, with other tasks around it changing: it is not run again (workspace_crash)",
             infra::POISON_STRIKES
@@ -256,13 +243,13 @@ fn infra_outcome(
             ),
         );
     }
-    if infra_retries >= ctx.max_infra_retries {
+    if infra_retries >= shared.cfg.max_infra_retries {
         return InfraOutcome::Final(
             Status::Failed,
             format!(
                 "the workspace failed under this task {} times (run.max_infra_retries = {}); last: {e}",
                 infra_retries + 1,
-                ctx.max_infra_retries
+                shared.cfg.max_infra_retries
             ),
         );
     }
@@ -291,38 +278,41 @@ fn classify(e: &Attempt) -> (Status, bool) {
     }
 }
 
-async fn run_attempt(
+async fn run_attempt<W: Sessions, M: Models>(
     task: &Task,
     attempt: u32,
-    ctx: &RunCtx,
+    shared: &Shared<W, M>,
     conv: &mut Conversation,
-    events: &mpsc::UnboundedSender<Event>,
+    activity: &Arc<Mutex<Activity>>,
 ) -> Result<String, Attempt> {
+    let cfg = &shared.cfg;
     let on_turn = |step, messages: &[Value]| {
-        let _ = events.send(Event::StepDone {
+        activity.lock().expect("activity lock").step = step;
+        shared.emit.emit(EventKind::TurnDone {
             id: task.id.clone(),
             attempt,
             step,
             messages: messages.to_vec(),
         });
     };
+    let model = Tracked::new(shared.models.for_task(task), activity.clone());
     // The deadline covers opening the session too: a workspace that does
     // not answer (a stopped tmux server) must not hold a task past it.
     let mut session = None;
-    let driven = tokio::time::timeout(ctx.task_timeout, async {
-        let s = session.insert(
-            ctx.workspace
-                .open_session()
-                .await
-                .map_err(AgentError::from)?,
-        );
-        drive(conv, task, &ctx.llm, s, &ctx.tools, &ctx.limits, on_turn).await
+    let driven = tokio::time::timeout(cfg.task_timeout, async {
+        let s = session.insert(TrackedShell::new(
+            shared.ws.open_session().await.map_err(AgentError::from)?,
+            activity.clone(),
+        ));
+        drive(conv, &model, s, &cfg.tools, &cfg.limits, on_turn).await
     })
     .await;
     if let Some(session) = session {
         // Bounded: past it the session is dropped, and its guard hands it
         // to the reaper.
-        match tokio::time::timeout(CLEANUP_WAIT, session.close()).await {
+        match tokio::time::timeout(CLEANUP_WAIT, shared.ws.close_session(session.into_inner()))
+            .await
+        {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!("task {}: closing its session failed: {e}", task.id),
             Err(_) => tracing::warn!(
@@ -333,7 +323,7 @@ async fn run_attempt(
         }
     }
     match driven {
-        Err(_) => Err(Attempt::Deadline(ctx.task_timeout)),
+        Err(_) => Err(Attempt::Deadline(cfg.task_timeout)),
         Ok(r) => r.map_err(Attempt::Agent),
     }
 }

@@ -8,8 +8,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::llm::Llm;
-use crate::manifest::LlmSpec;
+use crate::manifest::{LlmSpec, Price};
 
 #[derive(Debug)]
 pub struct Budget {
@@ -31,19 +30,43 @@ impl Budget {
         }
     }
 
+    /// No budget (tests).
+    #[cfg(test)]
+    pub fn unlimited() -> Budget {
+        Budget::tokens_or_not(None, None)
+    }
+
+    /// A token budget of `max` with `reserve` held per running task (tests).
+    #[cfg(test)]
+    pub fn tokens(max: u64, reserve: u64) -> Budget {
+        Budget::tokens_or_not(Some(max), Some(reserve))
+    }
+
+    #[cfg(test)]
+    fn tokens_or_not(max_tokens: Option<u64>, reserve: Option<u64>) -> Budget {
+        Budget {
+            max_tokens,
+            max_cost: None,
+            reserve,
+            finished: AtomicU64::new(0),
+            finished_tokens: AtomicU64::new(0),
+        }
+    }
+
     /// A task ended (any status) having used `tokens`.
     pub fn on_task_end(&self, tokens: u64) {
         self.finished.fetch_add(1, Ordering::Relaxed);
         self.finished_tokens.fetch_add(tokens, Ordering::Relaxed);
     }
 
-    /// Why no further task may start, if that is so. `running` tasks are in
-    /// flight now.
-    pub fn exceeded(&self, llm: &Llm, running: u64) -> Option<String> {
+    /// Why no further task may start, if that is so: the job used `spent`
+    /// (prompt and completion tokens, and their price when known) and
+    /// `running` tasks are in flight now.
+    pub fn exceeded(&self, spent: (u64, u64, Option<Price>), running: u64) -> Option<String> {
         if self.max_tokens.is_none() && self.max_cost.is_none() {
             return None;
         }
-        let (prompt, completion) = llm.tokens_used();
+        let (prompt, completion, price) = spent;
         let used = prompt + completion;
         let reserve = self.reserve.unwrap_or_else(|| {
             let n = self.finished.load(Ordering::Relaxed);
@@ -58,7 +81,7 @@ impl Budget {
                 ));
             }
         }
-        if let (Some(max), Some(price)) = (self.max_cost, llm.price()) {
+        if let (Some(max), Some(price)) = (self.max_cost, price) {
             // The reserve is priced at the dearer kind of token, so the
             // budget errs on the safe side.
             let dearer = price.prompt.max(price.completion);

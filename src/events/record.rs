@@ -1,4 +1,5 @@
-//! One line of `results.jsonl`.
+//! One line of `results.jsonl`: a task's final record, as the engine
+//! emits it in `task_finished` and the journal writes it.
 
 use serde::{Deserialize, Serialize};
 

@@ -1,0 +1,153 @@
+//! How a run is steered and stopped. Everything that steers it (signals,
+//! `convoy ctl`, a reporter that can no longer record, the dispatcher's
+//! own budget and outage checks) sends a `Command` through an
+//! `EngineHandle`; one loop applies them in order and emits each as an
+//! event. Stopping has two levels: `drain` stops dispatching (in-flight
+//! conversations go on), `cancel` stops in-flight ones too. After a
+//! cancel by signal, `exit_after` bounds how long shutdown may take.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::events::CancelReason;
+
+/// A request to the engine.
+#[derive(Debug)]
+pub enum Command {
+    /// Stop dispatching (`reason` Budget or Outage), or on a signal,
+    /// drain and cancel after the grace.
+    Stop {
+        reason: CancelReason,
+        detail: String,
+    },
+    /// SIGINT or SIGTERM arrived.
+    Signal,
+    /// The grace after the first signal ran out.
+    GraceOver,
+    Pause,
+    Resume,
+    Workers(usize),
+    /// Cancel one in-flight conversation.
+    Cancel {
+        id: String,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    Status(oneshot::Sender<StatusReport>),
+}
+
+/// What `convoy ctl RUN_DIR status` prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusReport {
+    pub in_flight: u64,
+    pub done: u64,
+    pub failed: u64,
+    pub paused: bool,
+    pub workers: usize,
+    /// The conversations that have waited longest on their current step.
+    pub slowest: Vec<Waiting>,
+}
+
+/// One in-flight conversation, as `status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Waiting {
+    pub id: String,
+    pub attempt: u32,
+    /// Model turns so far.
+    pub step: u32,
+    /// `model`, `command` or `session` (opening its session).
+    pub waiting_on: &'static str,
+    /// The command running, when `waiting_on` is `command`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    pub waited_s: f64,
+}
+
+/// Sends commands to a running engine; cheap to clone. Sending to an
+/// engine that has ended does nothing.
+#[derive(Debug, Clone)]
+pub struct EngineHandle {
+    tx: mpsc::UnboundedSender<Command>,
+}
+
+impl EngineHandle {
+    pub(super) fn new() -> (EngineHandle, mpsc::UnboundedReceiver<Command>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (EngineHandle { tx }, rx)
+    }
+
+    pub fn send(&self, command: Command) {
+        let _ = self.tx.send(command);
+    }
+
+    /// No further task starts, for `reason`; what runs finishes.
+    pub fn stop(&self, reason: CancelReason, detail: impl Into<String>) {
+        self.send(Command::Stop {
+            reason,
+            detail: detail.into(),
+        });
+    }
+
+    /// The engine's state now; `None` once it has ended.
+    pub async fn status(&self) -> Option<StatusReport> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Status(tx));
+        rx.await.ok()
+    }
+
+    /// Cancels one in-flight conversation; an error says why not.
+    pub async fn cancel(&self, id: String) -> Result<(), String> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Cancel { id, reply });
+        rx.await
+            .unwrap_or_else(|_| Err("the run has ended".to_string()))
+    }
+}
+
+/// Installs SIGINT/SIGTERM handlers that send `Command::Signal` (a second
+/// signal too); false when they cannot be installed.
+pub fn forward_signals(handle: EngineHandle) -> bool {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return false;
+    };
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            handle.send(Command::Signal);
+        }
+    });
+    true
+}
+
+/// After cancelling, the workspace's own cleanup is bounded step by step
+/// (well within this); past it, whatever the workspace does, convoy removes
+/// what it owns and exits.
+pub const SHUTDOWN_BOUND: Duration = Duration::from_secs(75);
+/// The forced removal itself (a container, or the local workspace).
+const FORCED_CLEANUP_BOUND: Duration = Duration::from_secs(15);
+
+/// Sleeps `bound`, then removes what this convoy owns and exits with
+/// `code`: the last resort, for a workspace that does not shut down.
+pub async fn exit_after(bound: Duration, code: u8) {
+    tokio::time::sleep(bound).await;
+    tracing::error!(
+        "the workspace did not shut down within {}s of the cancel; removing it and exiting",
+        bound.as_secs()
+    );
+    match tokio::time::timeout(FORCED_CLEANUP_BOUND, crate::workspace::sweep::remove_own()).await {
+        Ok(()) => {}
+        Err(_) => tracing::error!(
+            "removing the workspace took more than {}s; it may be left behind (`convoy sweep` removes it)",
+            FORCED_CLEANUP_BOUND.as_secs()
+        ),
+    }
+    std::process::exit(i32::from(code));
+}

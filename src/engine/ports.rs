@@ -1,0 +1,89 @@
+//! What the engine needs of the world, as traits: the workspace that opens
+//! sessions, the model side that gives each conversation its handle, and
+//! the probe that samples. The real ones are `Workspace`, `Llm` and the
+//! `Monitor` (`real.rs`); the unit tests drive the engine with recording
+//! fakes, with no tmux, Docker or HTTP.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+
+use crate::agent::{Model, Shell};
+use crate::events::RunStats;
+use crate::llm::{LlmError, LlmReport};
+use crate::manifest::Price;
+use crate::monitor::{Finding, MetricsSummary, Sample};
+use crate::tasks::Task;
+use crate::workspace::{ShutdownReport, WorkspaceError};
+
+/// Where conversations' commands run.
+pub trait Sessions: Send + Sync + 'static {
+    type Session: Shell + Send + Sync + 'static;
+
+    fn open_session(&self) -> impl Future<Output = Result<Self::Session, WorkspaceError>> + Send;
+
+    /// Closes the session and kills what it started. Dropping a session
+    /// unclosed must hand it to a reaper (the engine drops on deadline,
+    /// cancel and panic).
+    fn close_session(
+        &self,
+        session: Self::Session,
+    ) -> impl Future<Output = Result<(), WorkspaceError>> + Send;
+
+    /// Failures of the workspace so far (monotone).
+    fn failures(&self) -> u64;
+
+    /// The end-of-run sweep: sessions and processes nobody closed.
+    fn finish(&self) -> impl Future<Output = ShutdownReport> + Send;
+}
+
+/// The model side: one handle per conversation, plus the job-wide gate,
+/// spend and report.
+pub trait Models: Send + Sync + 'static {
+    type Handle: Model + Send + Sync + 'static;
+
+    /// The handle a conversation of `task` talks through.
+    fn for_task(&self, task: &Task) -> Self::Handle;
+
+    /// Returns once the endpoint is up (at once when it is); an error when
+    /// it stayed down past the outage timeout.
+    fn wait_up(&self) -> impl Future<Output = Result<(), LlmError>> + Send;
+
+    /// Prompt and completion tokens used so far, and the price if known.
+    fn spent(&self) -> (u64, u64, Option<Price>);
+
+    fn retries_by_reason(&self) -> BTreeMap<String, u64>;
+
+    /// Lets idle connections go before the final sample (they are not a
+    /// leak, but would read as one).
+    fn drop_idle_connections(&self);
+
+    fn report(&self) -> LlmReport;
+}
+
+/// What one sample found.
+#[derive(Debug, Clone)]
+pub struct Sampled {
+    pub sample: Sample,
+    /// Leak rules that tripped at this sample, for the first time.
+    pub new_findings: Vec<Finding>,
+}
+
+/// The monitor: samples convoy and the workspace.
+pub trait Probe: Send + 'static {
+    /// Takes one sample; `stats` gives the counts, read as late as the
+    /// probe can (once the workspace answered) so they are fresh.
+    fn sample(
+        &mut self,
+        stats: impl FnOnce() -> RunStats + Send,
+    ) -> impl Future<Output = Sampled> + Send;
+
+    /// Every finding so far.
+    fn findings(&self) -> Vec<Finding>;
+
+    /// Why the verdict cannot say clean though nothing was found (samples
+    /// the workspace did not answer), empty when every sample answered.
+    fn gaps(&self) -> Vec<String>;
+
+    /// Start, peak and end of the samples (`None`: nothing sampled).
+    fn summary(&self) -> Option<MetricsSummary>;
+}

@@ -1,0 +1,298 @@
+//! The engine's run: dispatch under the gate, the steering loop that
+//! applies commands, the sampler, and the end (the workspace's final
+//! sweep, the last sample, the outcome and its exit code).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::attempt::run_task;
+use super::control::{self, Command, EngineHandle, StatusReport};
+use super::ports::{Models, Probe, Sessions};
+use super::state::{Config, Emitter, Gate, Shared};
+use crate::events::{
+    CancelReason, Event, EventKind, Outcome, RunStarted, SampleTaken,
+};
+use crate::exit::Exit;
+use crate::monitor::LeakVerdict;
+use crate::tasks::Task;
+
+/// How many conversations `status` lists.
+const SLOWEST: usize = 10;
+
+/// One run of the engine. Build it, hand out its handle, then `run` it.
+pub struct Engine<W, M, P> {
+    shared: Arc<Shared<W, M>>,
+    probe: P,
+    handle: EngineHandle,
+    commands: mpsc::UnboundedReceiver<Command>,
+}
+
+impl<W: Sessions, M: Models, P: Probe> Engine<W, M, P> {
+    /// `events` receives everything the run does, in order.
+    pub fn new(
+        cfg: Config,
+        ws: Arc<W>,
+        models: Arc<M>,
+        probe: P,
+        events: mpsc::UnboundedSender<Event>,
+        clock: Instant,
+    ) -> Engine<W, M, P> {
+        let (handle, commands) = EngineHandle::new();
+        let (gate, _) = watch::channel(Gate {
+            running: 0,
+            workers: cfg.workers.max(1),
+            paused: false,
+        });
+        let shared = Arc::new(Shared {
+            cfg,
+            ws,
+            models,
+            infra: Default::default(),
+            emit: Emitter::new(events, clock),
+            gate,
+            drain: CancellationToken::new(),
+            cancel: CancellationToken::new(),
+            stopped: Mutex::new(None),
+            flights: Mutex::default(),
+        });
+        Engine {
+            shared,
+            probe,
+            handle,
+            commands,
+        }
+    }
+
+    pub fn handle(&self) -> EngineHandle {
+        self.handle.clone()
+    }
+
+    /// Runs `tasks` (until stopped) and ends with `run_finished`; returns
+    /// the exit code the outcome gives.
+    pub async fn run(self, start: RunStarted, tasks: Vec<Task>) -> Exit {
+        let Engine {
+            shared,
+            mut probe,
+            handle,
+            commands,
+        } = self;
+        let total = start.total_tasks;
+        shared.emit.emit(EventKind::RunStarted(Box::new(start)));
+        let steering = tokio::spawn(steer(shared.clone(), handle.clone(), commands));
+        let stop_sampling = CancellationToken::new();
+        let sampler = tokio::spawn(sample(shared.clone(), probe, stop_sampling.clone()));
+
+        dispatch(&shared, tasks).await;
+
+        stop_sampling.cancel();
+        probe = sampler.await.expect("the sampler does not panic");
+        let shutdown = shared.ws.finish().await;
+        shared.models.drop_idle_connections();
+        crate::monitor::settle_fds().await;
+        // The final sample, after cleanup: the end state of the workspace.
+        let last = probe.sample(|| shared.emit.window()).await;
+        shared.emit.emit(sampled(&shared, last));
+        let leaks = LeakVerdict::new(shutdown, probe.findings(), probe.gaps());
+        let stats = shared.emit.stats();
+        let mut outcome = Outcome {
+            exit_code: 0,
+            total_tasks: total,
+            stats,
+            stopped: shared.stopped(),
+            leaks,
+            metrics: probe.summary(),
+            llm: shared.models.report(),
+            workers: shared.gate.borrow().workers,
+            duration_s: shared.emit.elapsed().as_secs_f64(),
+            finished_at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+        };
+        let exit = exit_code(&outcome, shared.cfg.fail_on_leak);
+        outcome.exit_code = exit.as_u8();
+        steering.abort();
+        shared.emit.emit(EventKind::RunFinished(Box::new(outcome)));
+        exit
+    }
+}
+
+/// The exit code of a run, from how it ended: a signal, then an outage,
+/// then a leak (if it fails the job), then any task not `ok` or not run.
+pub fn exit_code(o: &Outcome, fail_on_leak: bool) -> Exit {
+    match o.stopped.as_ref().map(|s| s.reason) {
+        Some(CancelReason::Signal | CancelReason::SecondSignal) => Exit::Interrupted,
+        Some(CancelReason::Outage) => Exit::Infrastructure,
+        _ if o.leaks.is_leak() && fail_on_leak => Exit::Leak,
+        _ if o.stats.not_ok() > 0 || o.stats.done < o.total_tasks => Exit::TasksFailed,
+        _ => Exit::Ok,
+    }
+}
+
+/// Starts every task while the gate is open, until drained, then waits
+/// for the last conversation.
+async fn dispatch<W: Sessions, M: Models>(shared: &Arc<Shared<W, M>>, tasks: Vec<Task>) {
+    let mut set = JoinSet::new();
+    let mut gate = shared.gate.subscribe();
+    for task in tasks {
+        let open = tokio::select! {
+            biased;
+            _ = shared.drain.cancelled() => false,
+            g = gate.wait_for(Gate::open) => g.is_ok(),
+        };
+        if !open || shared.drain.is_cancelled() {
+            break;
+        }
+        // While the endpoint is down, nothing new starts.
+        let up = tokio::select! {
+            biased;
+            _ = shared.drain.cancelled() => break,
+            up = shared.models.wait_up() => up,
+        };
+        if let Err(e) = up {
+            shared.request_stop(CancelReason::Outage, e.to_string());
+            break;
+        }
+        let running = shared.gate.borrow().running as u64;
+        if let Some(why) = shared.cfg.budget.exceeded(shared.models.spent(), running) {
+            shared.request_stop(CancelReason::Budget, why);
+            break;
+        }
+        shared.gate.send_modify(|g| g.running += 1);
+        set.spawn(run_task(task, shared.clone()));
+        while let Some(done) = set.try_join_next() {
+            log_join_error(done);
+        }
+    }
+    while let Some(done) = set.join_next().await {
+        log_join_error(done);
+    }
+}
+
+fn log_join_error(r: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = r {
+        tracing::error!("a conversation task ended abnormally: {e}");
+    }
+}
+
+/// Applies commands in the order they arrive.
+async fn steer<W: Sessions, M: Models>(
+    shared: Arc<Shared<W, M>>,
+    handle: EngineHandle,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+) {
+    let mut signals = 0;
+    while let Some(c) = commands.recv().await {
+        match c {
+            Command::Stop { reason, detail } => shared.request_stop(reason, detail),
+            Command::Signal if signals == 0 => {
+                signals += 1;
+                let grace = shared.cfg.grace;
+                crate::report::term::eprint_line(&format!(
+                    "interrupted: no new tasks start; in-flight conversations get {} to finish (signal again to stop them now)",
+                    humantime::format_duration(grace)
+                ));
+                shared.request_stop(CancelReason::Signal, "interrupted by a signal".into());
+                let h = handle.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(grace).await;
+                    h.send(Command::GraceOver);
+                });
+            }
+            Command::Signal | Command::GraceOver => {
+                if shared.cancel.is_cancelled() {
+                    continue;
+                }
+                let detail = if matches!(c, Command::Signal) {
+                    "a second signal: in-flight conversations are cancelled"
+                } else {
+                    "the grace after the signal ran out: in-flight conversations are cancelled"
+                };
+                crate::report::term::eprint_line("cancelling in-flight conversations");
+                shared.request_stop(CancelReason::SecondSignal, detail.into());
+                shared.cancel.cancel();
+                if shared.cfg.hard_exit {
+                    tokio::spawn(control::exit_after(
+                        control::SHUTDOWN_BOUND,
+                        Exit::Interrupted.as_u8(),
+                    ));
+                }
+            }
+            Command::Pause | Command::Resume => {
+                let paused = matches!(c, Command::Pause);
+                shared.gate.send_modify(|g| g.paused = paused);
+                let action = if paused { "pause" } else { "resume" };
+                shared.emit.emit(EventKind::Control {
+                    action: action.into(),
+                });
+            }
+            Command::Workers(n) => {
+                let n = n.max(1);
+                shared.gate.send_modify(|g| g.workers = n);
+                shared.emit.emit(EventKind::Control {
+                    action: format!("workers {n}"),
+                });
+            }
+            Command::Cancel { id, reply } => {
+                let token = shared
+                    .flights
+                    .lock()
+                    .expect("flights lock")
+                    .get(&id)
+                    .map(|f| f.cancel.clone());
+                let answer = match token {
+                    Some(t) => {
+                        shared.emit.emit(EventKind::Control {
+                            action: format!("cancel {id}"),
+                        });
+                        t.cancel();
+                        Ok(())
+                    }
+                    None => Err(format!("no conversation of task `{id}` is in flight")),
+                };
+                let _ = reply.send(answer);
+            }
+            Command::Status(reply) => {
+                let stats = shared.emit.stats();
+                let g = *shared.gate.borrow();
+                let _ = reply.send(StatusReport {
+                    in_flight: stats.in_flight,
+                    done: stats.done,
+                    failed: stats.not_ok(),
+                    paused: g.paused,
+                    workers: g.workers,
+                    slowest: shared.slowest(SLOWEST),
+                });
+            }
+        }
+    }
+}
+
+/// Samples every `sample_every` until told to stop; hands the probe back.
+async fn sample<W: Sessions, M: Models, P: Probe>(
+    shared: Arc<Shared<W, M>>,
+    mut probe: P,
+    stop: CancellationToken,
+) -> P {
+    loop {
+        let s = probe.sample(|| shared.emit.window()).await;
+        shared.emit.emit(sampled(&shared, s));
+        tokio::select! {
+            _ = stop.cancelled() => return probe,
+            _ = tokio::time::sleep(shared.cfg.sample_every) => {}
+        }
+    }
+}
+
+/// The events of one sample: its leak findings, then the sample.
+fn sampled<W, M: Models>(shared: &Shared<W, M>, s: super::ports::Sampled) -> EventKind {
+    for f in s.new_findings {
+        tracing::warn!("leak detected ({}): {}", f.rule, f.detail);
+        shared.emit.emit(EventKind::LeakFound(f));
+    }
+    EventKind::SampleTaken(Box::new(SampleTaken {
+        sample: s.sample,
+        llm_retries: shared.models.retries_by_reason(),
+    }))
+}
