@@ -142,6 +142,7 @@ fn run_dir(args: &RunArgs, job: &Job) -> PathBuf {
 fn load_plan(path: &std::path::Path) -> Result<(Job, Vec<tasks::Task>), Failure> {
     let job = manifest::load(path).map_err(Failure::invalid)?;
     let plan = tasks::plan(&job).map_err(Failure::invalid)?;
+    check_script_rows(&job, &plan).map_err(Failure::invalid)?;
     tracing::debug!(
         "{}: {} tasks planned from `{}`",
         job.path.display(),
@@ -149,6 +150,21 @@ fn load_plan(path: &std::path::Path) -> Result<(Job, Vec<tasks::Task>), Failure>
         job.resolve(&job.manifest.tasks.source).display()
     );
     Ok((job, plan))
+}
+
+/// With the script provider, every row must hold a policy it can play: a
+/// bad one fails the job before anything runs, at its `file:line`. (Here,
+/// not in `tasks`, so that tasks know nothing of model providers.)
+fn check_script_rows(job: &Job, plan: &[tasks::Task]) -> Result<(), tasks::TaskError> {
+    if job.manifest.llm.provider != manifest::Provider::Script {
+        return Ok(());
+    }
+    let source = job.resolve(&job.manifest.tasks.source);
+    for task in plan {
+        crate::llm::script::check_row(&task.vars)
+            .map_err(|msg| tasks::TaskError::row(&source, task.line, msg))?;
+    }
+    Ok(())
 }
 
 fn validate(path: &std::path::Path, json: bool) -> Result<Exit, Failure> {

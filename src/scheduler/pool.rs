@@ -306,6 +306,7 @@ async fn run_attempt(
             messages: messages.to_vec(),
         });
     };
+    let model = ctx.llm.for_task(&task.vars);
     // The deadline covers opening the session too: a workspace that does
     // not answer (a stopped tmux server) must not hold a task past it.
     let mut session = None;
@@ -316,7 +317,7 @@ async fn run_attempt(
                 .await
                 .map_err(AgentError::from)?,
         );
-        drive(conv, task, &ctx.llm, s, &ctx.tools, &ctx.limits, on_turn).await
+        drive(conv, &model, s, &ctx.tools, &ctx.limits, on_turn).await
     })
     .await;
     if let Some(session) = session {
