@@ -137,6 +137,7 @@ fn init_tracing(cli: &Cli) {
 fn load_plan(path: &std::path::Path) -> Result<(Job, Vec<tasks::Task>), Failure> {
     let job = manifest::load(path).map_err(Failure::invalid)?;
     let plan = tasks::plan(&job).map_err(Failure::invalid)?;
+    check_script_rows(&job, &plan).map_err(Failure::invalid)?;
     tracing::debug!(
         "{}: {} tasks planned from `{}`",
         job.path.display(),
@@ -144,6 +145,21 @@ fn load_plan(path: &std::path::Path) -> Result<(Job, Vec<tasks::Task>), Failure>
         job.resolve(&job.manifest.tasks.source).display()
     );
     Ok((job, plan))
+}
+
+/// With the script provider, every row must hold a policy it can play: a
+/// bad one fails the job before anything runs, at its `file:line`. (Here,
+/// not in `tasks`, so that tasks know nothing of model providers.)
+fn check_script_rows(job: &Job, plan: &[tasks::Task]) -> Result<(), tasks::TaskError> {
+    if job.manifest.llm.provider != manifest::Provider::Script {
+        return Ok(());
+    }
+    let source = job.resolve(&job.manifest.tasks.source);
+    for task in plan {
+        crate::llm::script::check_row(&task.vars)
+            .map_err(|msg| tasks::TaskError::row(&source, task.line, msg))?;
+    }
+    Ok(())
 }
 
 fn validate(path: &std::path::Path, json: bool) -> Result<Exit, Failure> {
@@ -186,8 +202,8 @@ async fn run(args: RunArgs) -> Result<Exit, Failure> {
     // rejected key leaves no run directory and boots no workspace.
     llm.preflight().await.map_err(Failure::infra)?;
     raise_nofile(&plan.job)?;
-    let (journal, previous) =
-        Journal::open(&plan.out, &plan.job, tool_schemas(), plan.force).map_err(|e| match e {
+    let (journal, previous) = Journal::open(&plan.out, &plan.job, tool_schemas(), plan.force)
+        .map_err(|e| match e {
             JournalError::Io { .. } => Failure::infra(e),
             other => Failure::invalid(other),
         })?;
@@ -221,7 +237,9 @@ async fn run(args: RunArgs) -> Result<Exit, Failure> {
     let ctl = match CtlServer::start(&plan.out, engine.handle()) {
         Ok(server) => Some(server),
         Err(e) => {
-            tracing::warn!("cannot serve the control socket (convoy ctl will not reach this run): {e}");
+            tracing::warn!(
+                "cannot serve the control socket (convoy ctl will not reach this run): {e}"
+            );
             None
         }
     };

@@ -57,9 +57,9 @@
 
 pub mod agent;
 pub mod app;
-pub mod engine;
 pub mod cli;
 pub mod ctl;
+pub mod engine;
 pub mod events;
 pub mod exit;
 pub mod journal;

@@ -69,6 +69,34 @@ fn an_undefined_variable_is_named_with_the_rows_keys() {
 }
 
 #[test]
+fn a_row_the_script_provider_cannot_play_is_named_before_anything_runs() {
+    let manifest = "name = \"t\"\n[tasks]\nsource = \"tasks.jsonl\"\n[prompt]\nuser = \"go\"\n[llm]\nprovider = \"script\"\n[workspace]\nkind = \"local\"\n";
+    let job = job_with(
+        manifest,
+        "{\"commands\": [\"ls\"], \"answer\": \"a\"}\n{\"commands\": [\"ls\"]}\n",
+    );
+    for args in [&["validate", "job.toml"][..], &["run", "job.toml"]] {
+        let err = invalid(&job, args);
+        assert_eq!(
+            err.trim(),
+            "error: tasks.jsonl:2: the script provider needs `answer` (a string) in every row",
+            "{args:?}"
+        );
+    }
+    assert!(
+        !job.dir.path().join("runs").exists(),
+        "run created its directory"
+    );
+
+    let job = job_with(manifest, "{\"commands\": \"ls\", \"answer\": \"a\"}\n");
+    let err = invalid(&job, &["validate", "job.toml"]);
+    assert_eq!(
+        err.trim(),
+        "error: tasks.jsonl:1: the script provider needs `commands` to be a list of strings"
+    );
+}
+
+#[test]
 fn a_toml_syntax_error_keeps_the_line_the_caret_and_the_key() {
     let manifest = format!("name = \"t\"\n[tasks]\nsource = \"tasks.jsonl\n{OPENAI}");
     let job = job_with(&manifest, "{\"path\": \"a\"}\n");

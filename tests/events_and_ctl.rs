@@ -46,7 +46,14 @@ async fn the_event_stream_agrees_with_results_and_summary() {
     let job = job(&quick(12), 4);
     let out = job
         .convoy(
-            &["run", "job.toml", "--out", "out", "--events", "events.jsonl"],
+            &[
+                "run",
+                "job.toml",
+                "--out",
+                "out",
+                "--events",
+                "events.jsonl",
+            ],
             &[],
         )
         .await;
@@ -65,7 +72,9 @@ async fn the_event_stream_agrees_with_results_and_summary() {
         match e["type"].as_str().unwrap() {
             "task_started" => *started.entry(e["id"].as_str().unwrap().into()).or_default() += 1,
             "task_finished" => {
-                *ended.entry(e["record"]["id"].as_str().unwrap().into()).or_default() += 1;
+                *ended
+                    .entry(e["record"]["id"].as_str().unwrap().into())
+                    .or_default() += 1;
                 records.push(e["record"].clone());
             }
             "task_cancelled" => *ended.entry(e["id"].as_str().unwrap().into()).or_default() += 1,
@@ -75,11 +84,26 @@ async fn the_event_stream_agrees_with_results_and_summary() {
     assert_eq!(started.len(), 12);
     assert!(ended.values().all(|n| *n == 1), "{ended:?}");
     assert_eq!(ended.len(), 12);
-    assert_eq!(records, job.results(), "task_finished records equal results.jsonl");
+    assert_eq!(
+        records,
+        job.results(),
+        "task_finished records equal results.jsonl"
+    );
 
     let summary = job.summary();
-    for key in ["done", "counts", "usage", "steps", "skipped", "exit_code", "total_tasks"] {
-        assert_eq!(last[key], summary[key], "run_finished.{key} equals summary.json");
+    for key in [
+        "done",
+        "counts",
+        "usage",
+        "steps",
+        "skipped",
+        "exit_code",
+        "total_tasks",
+    ] {
+        assert_eq!(
+            last[key], summary[key],
+            "run_finished.{key} equals summary.json"
+        );
     }
     assert_eq!(last["leaks"]["verdict"], summary["leaks"]["verdict"]);
     assert!(events.iter().any(|e| e["type"] == "sample_taken"));
@@ -92,7 +116,7 @@ async fn events_to_stdout_send_the_summary_to_stderr() {
         .convoy(&["run", "job.toml", "--out", "out", "--events", "-"], &[])
         .await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stdout = String::from_utf8(out.stdout.clone()).unwrap();
     let lines: Vec<Value> = stdout
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
@@ -114,7 +138,14 @@ async fn ctl_pauses_resizes_cancels_one_conversation_and_resumes() {
     let job = job(&rows, 1);
     let mut child = job.spawn(
         support::convoy_bin(),
-        &["run", "job.toml", "--out", "out", "--events", "events.jsonl"],
+        &[
+            "run",
+            "job.toml",
+            "--out",
+            "out",
+            "--events",
+            "events.jsonl",
+        ],
         &[],
     );
     let socket = job.path("out/convoy.ctl");
@@ -143,17 +174,26 @@ async fn ctl_pauses_resizes_cancels_one_conversation_and_resumes() {
     assert_eq!(status["slowest"][0]["command"], "sleep 600");
     let human = ctl(&job, &["status"]).await;
     let text = String::from_utf8(human.stdout).unwrap();
-    assert!(text.contains("paused") && text.contains("slow (attempt 1"), "{text}");
+    assert!(
+        text.contains("paused") && text.contains("slow (attempt 1"),
+        "{text}"
+    );
 
     let refused = ctl(&job, &["cancel", "no-such-task"]).await;
     assert_eq!(refused.status.code(), Some(1));
-    assert!(stderr(&refused).contains("no-such-task"), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("no-such-task"),
+        "{}",
+        stderr(&refused)
+    );
     assert_eq!(ctl(&job, &["cancel", "slow"]).await.status.code(), Some(0));
     assert_eq!(ctl(&job, &["workers", "3"]).await.status.code(), Some(0));
     // Paused: nothing started after `slow` was cancelled.
-    let s: Value =
-        serde_json::from_slice(&ctl(&job, &["status", "--json"]).await.stdout).unwrap();
-    assert_eq!((s["in_flight"].clone(), s["done"].clone()), (json!(0), json!(0)));
+    let s: Value = serde_json::from_slice(&ctl(&job, &["status", "--json"]).await.stdout).unwrap();
+    assert_eq!(
+        (s["in_flight"].clone(), s["done"].clone()),
+        (json!(0), json!(0))
+    );
     assert_eq!(s["workers"], 3);
     assert_eq!(ctl(&job, &["resume"]).await.status.code(), Some(0));
 
@@ -167,7 +207,10 @@ async fn ctl_pauses_resizes_cancels_one_conversation_and_resumes() {
         .map(|r| r["id"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(ids.len(), 6);
-    assert!(!ids.contains(&"slow".to_string()), "a cancelled task is not a result");
+    assert!(
+        !ids.contains(&"slow".to_string()),
+        "a cancelled task is not a result"
+    );
     let events = read_jsonl(&job.path("events.jsonl"));
     let actions: Vec<&str> = events
         .iter()
@@ -175,9 +218,9 @@ async fn ctl_pauses_resizes_cancels_one_conversation_and_resumes() {
         .map(|e| e["action"].as_str().unwrap())
         .collect();
     assert_eq!(actions, vec!["pause", "cancel slow", "workers 3", "resume"]);
-    assert!(events.iter().any(|e| e["type"] == "task_cancelled"
-        && e["id"] == "slow"
-        && e["reason"] == "control"));
+    assert!(events
+        .iter()
+        .any(|e| e["type"] == "task_cancelled" && e["id"] == "slow" && e["reason"] == "control"));
     assert_eq!(job.summary()["not_run"], 1);
 }
 
@@ -187,7 +230,11 @@ async fn ctl_says_when_no_run_is_there_and_when_its_socket_is_stale() {
     std::fs::create_dir_all(job.path("out")).unwrap();
     let out = ctl(&job, &["status"]).await;
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("no convoy run is running"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no convoy run is running"),
+        "{}",
+        stderr(&out)
+    );
     // What a killed run leaves: the socket file with nobody listening.
     drop(std::os::unix::net::UnixListener::bind(job.path("out/convoy.ctl")).unwrap());
     let out = ctl(&job, &["pause"]).await;

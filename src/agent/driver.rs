@@ -1,7 +1,8 @@
 //! The I/O loop around a `Conversation`: ask the model, run its tool calls
 //! in the session, repeat until a final answer, an error or the step limit.
 //! A reply with only text is the answer (`agent.on_text = "finish"`) or is
-//! answered with `agent.continue_prompt` (`"continue"`).
+//! answered with `agent.continue_prompt` (`"continue"`). It knows neither
+//! tasks nor transports: the model and the shell come in as `ports`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,11 +11,11 @@ use serde_json::Value;
 use thiserror::Error;
 
 use super::conversation::{Conversation, Next};
+use super::ports::{Model, Shell};
 use super::tools::{observation, Action};
-use crate::llm::{Llm, LlmError};
+use crate::llm::LlmError;
 use crate::manifest::OnText;
-use crate::tasks::Task;
-use crate::workspace::{Session, WorkspaceError};
+use crate::workspace::WorkspaceError;
 
 #[derive(Debug, Clone)]
 pub struct DriveLimits {
@@ -46,9 +47,8 @@ pub enum AgentError {
 /// cancelled, so partial trajectories are never lost.
 pub async fn drive(
     conv: &mut Conversation,
-    task: &Task,
-    llm: &Llm,
-    session: &Session,
+    model: &impl Model,
+    shell: &impl Shell,
     tools: &Value,
     limits: &DriveLimits,
     mut on_turn: impl FnMut(u32, &[Value]),
@@ -67,7 +67,7 @@ pub async fn drive(
         if conv.steps >= limits.max_steps {
             return Err(AgentError::MaxSteps(limits.max_steps));
         }
-        let reply = llm.complete(task, &conv.messages, tools).await?;
+        let reply = model.complete(&conv.messages, tools).await?;
         let cut = reply.finish_reason.as_deref() == Some("length");
         let next = conv.on_reply(reply.message, &reply.usage);
         let calls = match next {
@@ -88,7 +88,7 @@ pub async fn drive(
                 Action::Bash { command, timeout } => {
                     panic_on_purpose(&command);
                     let timeout = timeout.unwrap_or(limits.command_timeout);
-                    let out = session.run(&command, timeout, max_bytes).await?;
+                    let out = shell.run(&command, timeout, max_bytes).await?;
                     let text = observation(&out, timeout, limits.max_observation_chars);
                     conv.on_observation(&call.id, text);
                 }
@@ -105,5 +105,147 @@ fn panic_on_purpose(command: &str) {
     let trigger = TRIGGER.get_or_init(|| std::env::var("CONVOY_TEST_PANIC").ok());
     if trigger.as_deref() == Some(command) {
         panic!("deliberate panic (CONVOY_TEST_PANIC) on `{command}`");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::agent::fakes::{reply, RecordingShell, ScriptedModel, ShellCall};
+    use crate::agent::tool_schemas;
+
+    fn limits(max_steps: u32, on_text: OnText) -> DriveLimits {
+        DriveLimits {
+            max_steps,
+            command_timeout: Duration::from_secs(7),
+            max_observation_chars: 2000,
+            on_text,
+            continue_prompt: "go on".into(),
+        }
+    }
+
+    /// Drives a fresh conversation; the result and the conversation.
+    async fn run(
+        model: &ScriptedModel,
+        shell: &RecordingShell,
+        limits: &DriveLimits,
+    ) -> (Result<String, AgentError>, Conversation) {
+        let mut conv = Conversation::new(Some("sys"), "task");
+        let r = drive(&mut conv, model, shell, &tool_schemas(), limits, |_, _| {}).await;
+        (r, conv)
+    }
+
+    #[tokio::test]
+    async fn tool_calls_reach_the_shell_in_order_with_the_command_timeout() {
+        let model = ScriptedModel::new([
+            reply::tools([
+                ("bash", json!({ "command": "ls" })),
+                ("bash", json!({ "command": "sleep 9", "timeout": 30 })),
+            ]),
+            reply::bash("pwd"),
+            reply::finish("done"),
+        ]);
+        let shell = RecordingShell::output("out\n");
+        let (r, conv) = run(&model, &shell, &limits(10, OnText::Finish)).await;
+        assert_eq!(r.expect("a final answer"), "done");
+        let call = |command: &str, secs| ShellCall {
+            command: command.into(),
+            timeout: Duration::from_secs(secs),
+            max_output_bytes: 8000,
+        };
+        assert_eq!(
+            shell.calls(),
+            [call("ls", 7), call("sleep 9", 30), call("pwd", 7)]
+        );
+        // Each answer is in the next request, under its call's id.
+        let second = &model.seen()[1];
+        assert_eq!(second[3]["role"], "tool");
+        assert_eq!(second[3]["tool_call_id"], second[2]["tool_calls"][0]["id"]);
+        assert_eq!(second[4]["content"], "out\n");
+        assert_eq!(conv.steps, 3);
+    }
+
+    #[tokio::test]
+    async fn finish_ends_with_its_message_and_nothing_after_it_runs() {
+        let model = ScriptedModel::new([reply::tools([
+            ("finish", json!({ "message": "the answer" })),
+            ("bash", json!({ "command": "never" })),
+        ])]);
+        let shell = RecordingShell::output("");
+        let (r, _) = run(&model, &shell, &limits(10, OnText::Continue)).await;
+        assert_eq!(r.expect("a final answer"), "the answer");
+        assert!(shell.calls().is_empty());
+        assert_eq!(model.seen().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn text_is_nudged_under_continue_and_final_under_finish() {
+        let model = ScriptedModel::new([reply::text("thinking"), reply::finish("ok")]);
+        let shell = RecordingShell::output("");
+        let (r, _) = run(&model, &shell, &limits(10, OnText::Continue)).await;
+        assert_eq!(r.expect("a final answer"), "ok");
+        let second = &model.seen()[1];
+        let last = second.last().expect("messages");
+        assert_eq!(*last, json!({ "role": "user", "content": "go on" }));
+
+        let model = ScriptedModel::new([reply::text("thinking")]);
+        let (r, _) = run(&model, &shell, &limits(10, OnText::Finish)).await;
+        assert_eq!(r.expect("a final answer"), "thinking");
+    }
+
+    #[tokio::test]
+    async fn the_step_limit_ends_the_drive_with_max_steps() {
+        let model = ScriptedModel::new((0..5).map(|i| reply::bash(&format!("echo {i}"))));
+        let shell = RecordingShell::output("");
+        let mut turns = Vec::new();
+        let mut conv = Conversation::new(None, "task");
+        let limits = limits(2, OnText::Finish);
+        let r = drive(&mut conv, &model, &shell, &json!([]), &limits, |step, _| {
+            turns.push(step)
+        })
+        .await;
+        assert!(matches!(r, Err(AgentError::MaxSteps(2))), "{r:?}");
+        assert_eq!(model.seen().len(), 2);
+        assert_eq!(shell.commands(), ["echo 0", "echo 1"]);
+        // The prompt, then each turn, reported once.
+        assert_eq!(turns, [0, 1, 2]);
+    }
+
+    #[tokio::test]
+    async fn a_shell_error_ends_the_drive_with_a_workspace_error() {
+        let model =
+            ScriptedModel::new([reply::bash("ls"), reply::bash("boom"), reply::finish("x")]);
+        let shell = RecordingShell::answering(|command| match command {
+            "boom" => Err(RecordingShell::session_closed()),
+            _ => Ok(Default::default()),
+        });
+        let (r, conv) = run(&model, &shell, &limits(10, OnText::Finish)).await;
+        assert!(matches!(r, Err(AgentError::Workspace(_))), "{r:?}");
+        assert_eq!(shell.commands(), ["ls", "boom"]);
+        assert_eq!(model.seen().len(), 2);
+        // What was said before the error stays in the trajectory.
+        assert_eq!(conv.steps, 2);
+    }
+
+    #[tokio::test]
+    async fn a_drive_dropped_mid_command_keeps_what_was_said() {
+        let model = ScriptedModel::new([reply::bash("hangs")]);
+        let shell = RecordingShell::hanging();
+        let mut conv = Conversation::new(None, "task");
+        let (tools, limits) = (json!([]), limits(10, OnText::Finish));
+        // Cancellation as the pool does it: the drive's future is dropped,
+        // here once its command has begun.
+        tokio::select! {
+            r = drive(&mut conv, &model, &shell, &tools, &limits, |_, _| {}) => {
+                panic!("the drive ended: {r:?}")
+            }
+            () = shell.wait_calls(1) => {}
+        }
+        assert_eq!(conv.steps, 1);
+        let last = conv.messages.last().expect("messages");
+        let call = &last["tool_calls"][0]["function"];
+        assert_eq!(call["arguments"], r#"{"command":"hangs"}"#);
     }
 }

@@ -101,7 +101,11 @@ impl RunPlan {
                 self.out.display(),
                 earlier.earlier,
                 self.tasks.len(),
-                if retry_failed { " (failed ones again)" } else { "" }
+                if retry_failed {
+                    " (failed ones again)"
+                } else {
+                    ""
+                }
             );
         }
     }
@@ -144,8 +148,7 @@ impl RunPlan {
             to_run: self.tasks.len() as u64,
             workers: self.workers(),
             shard: self.shard.map(|s| s.to_string()),
-            started_at: humantime::format_rfc3339_millis(std::time::SystemTime::now())
-                .to_string(),
+            started_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
             earlier: self.earlier.clone(),
         }
     }

@@ -90,7 +90,9 @@ pub fn ctl(run_dir: &Path, action: &CtlAction) -> Result<Exit, Failure> {
     if reply["ok"] != Value::Bool(true) {
         eprintln!(
             "error: {}",
-            reply["error"].as_str().unwrap_or("the run refused the request")
+            reply["error"]
+                .as_str()
+                .unwrap_or("the run refused the request")
         );
         return Ok(Exit::TasksFailed);
     }

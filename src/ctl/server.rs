@@ -107,7 +107,9 @@ async fn answer(request: &str, engine: &EngineHandle) -> serde_json::Value {
                 engine.send(Command::Workers(n));
                 json!({"ok": true})
             }
-            _ => json!({"ok": false, "error": format!("workers: `{n}` is not a number of at least 1")}),
+            _ => {
+                json!({"ok": false, "error": format!("workers: `{n}` is not a number of at least 1")})
+            }
         },
         (Some("cancel"), Some(id), None) => match engine.cancel(id.to_string()).await {
             Ok(()) => json!({"ok": true}),

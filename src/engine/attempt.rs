@@ -39,7 +39,11 @@ pub(super) async fn run_task<W: Sessions, M: Models>(task: Task, shared: Arc<Sha
         },
     );
     attempts(&task, &shared, &token, &activity).await;
-    shared.flights.lock().expect("flights lock").remove(&task.id);
+    shared
+        .flights
+        .lock()
+        .expect("flights lock")
+        .remove(&task.id);
     shared.gate.send_modify(|g| g.running -= 1);
 }
 
@@ -67,7 +71,12 @@ async fn attempts<W: Sessions, M: Models>(
         // Events number every run of the task, infrastructure re-runs too,
         // so that partial turns of two runs never share a number.
         let run = attempt + infra_retries;
-        if let Some(f) = shared.flights.lock().expect("flights lock").get_mut(&task.id) {
+        if let Some(f) = shared
+            .flights
+            .lock()
+            .expect("flights lock")
+            .get_mut(&task.id)
+        {
             f.attempt = run;
         }
         *activity.lock().expect("activity lock") = Activity::new("session");
@@ -91,9 +100,8 @@ async fn attempts<W: Sessions, M: Models>(
         };
         let in_flight = ledger.begin(&task.id, ws.failures());
         let result = {
-            let attempt_fut =
-                AssertUnwindSafe(run_attempt(task, run, shared, &mut conv, activity))
-                    .catch_unwind();
+            let attempt_fut = AssertUnwindSafe(run_attempt(task, run, shared, &mut conv, activity))
+                .catch_unwind();
             tokio::select! {
                 r = attempt_fut => r,
                 _ = token.cancelled() => {
@@ -143,7 +151,8 @@ async fn attempts<W: Sessions, M: Models>(
                         InfraOutcome::Retry => {
                             // Draining: not the task's failure, so not
                             // recorded; a later run does it.
-                            let reason = shared.stopped().map_or(CancelReason::Signal, |s| s.reason);
+                            let reason =
+                                shared.stopped().map_or(CancelReason::Signal, |s| s.reason);
                             emit.emit(EventKind::TaskCancelled {
                                 id: task.id.clone(),
                                 attempt: run,

@@ -13,9 +13,7 @@ use super::attempt::run_task;
 use super::control::{self, Command, EngineHandle, StatusReport};
 use super::ports::{Models, Probe, Sessions};
 use super::state::{Config, Emitter, Gate, Shared};
-use crate::events::{
-    CancelReason, Event, EventKind, Outcome, RunStarted, SampleTaken,
-};
+use crate::events::{CancelReason, Event, EventKind, Outcome, RunStarted, SampleTaken};
 use crate::exit::Exit;
 use crate::monitor::LeakVerdict;
 use crate::tasks::Task;
@@ -82,7 +80,14 @@ impl<W: Sessions, M: Models, P: Probe> Engine<W, M, P> {
         } = self;
         let total = start.total_tasks;
         shared.emit.emit(EventKind::RunStarted(Box::new(start)));
-        let steering = tokio::spawn(steer(shared.clone(), handle.clone(), commands));
+        // What was asked before the run started (a pause, a signal during
+        // boot) applies before the first dispatch.
+        let mut commands = commands;
+        let mut signals = 0;
+        while let Ok(c) = commands.try_recv() {
+            apply(&shared, &handle, &mut signals, c);
+        }
+        let steering = tokio::spawn(steer(shared.clone(), handle.clone(), commands, signals));
         let stop_sampling = CancellationToken::new();
         let sampler = tokio::spawn(sample(shared.clone(), probe, stop_sampling.clone()));
 
@@ -181,13 +186,25 @@ async fn steer<W: Sessions, M: Models>(
     shared: Arc<Shared<W, M>>,
     handle: EngineHandle,
     mut commands: mpsc::UnboundedReceiver<Command>,
+    mut signals: u32,
 ) {
-    let mut signals = 0;
     while let Some(c) = commands.recv().await {
+        apply(&shared, &handle, &mut signals, c);
+    }
+}
+
+/// Applies one command; `signals` counts the signals so far.
+fn apply<W: Sessions, M: Models>(
+    shared: &Arc<Shared<W, M>>,
+    handle: &EngineHandle,
+    signals: &mut u32,
+    c: Command,
+) {
+    {
         match c {
             Command::Stop { reason, detail } => shared.request_stop(reason, detail),
-            Command::Signal if signals == 0 => {
-                signals += 1;
+            Command::Signal if *signals == 0 => {
+                *signals += 1;
                 let grace = shared.cfg.grace;
                 crate::report::term::eprint_line(&format!(
                     "interrupted: no new tasks start; in-flight conversations get {} to finish (signal again to stop them now)",
@@ -202,7 +219,7 @@ async fn steer<W: Sessions, M: Models>(
             }
             Command::Signal | Command::GraceOver => {
                 if shared.cancel.is_cancelled() {
-                    continue;
+                    return;
                 }
                 let detail = if matches!(c, Command::Signal) {
                     "a second signal: in-flight conversations are cancelled"

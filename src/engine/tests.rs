@@ -209,7 +209,11 @@ struct Job {
     rx: mpsc::UnboundedReceiver<Event>,
 }
 
-fn job(cfg: Config, shell: RecordingShell, play: impl Fn(&Task) -> Vec<Result<ChatReply, LlmError>> + Send + Sync + 'static) -> Job {
+fn job(
+    cfg: Config,
+    shell: RecordingShell,
+    play: impl Fn(&Task) -> Vec<Result<ChatReply, LlmError>> + Send + Sync + 'static,
+) -> Job {
     let ws = Arc::new(FakeWorkspace {
         shell: Arc::new(shell),
         opened: AtomicUsize::new(0),
@@ -221,7 +225,14 @@ fn job(cfg: Config, shell: RecordingShell, play: impl Fn(&Task) -> Vec<Result<Ch
         handles: Mutex::default(),
     });
     let (tx, rx) = mpsc::unbounded_channel();
-    let engine = Engine::new(cfg, ws.clone(), models, FakeProbe::default(), tx, Instant::now());
+    let engine = Engine::new(
+        cfg,
+        ws.clone(),
+        models,
+        FakeProbe::default(),
+        tx,
+        Instant::now(),
+    );
     Job { engine, ws, rx }
 }
 
@@ -273,7 +284,8 @@ fn bash_then_finish(_: &Task) -> Vec<Result<ChatReply, LlmError>> {
 
 #[tokio::test(start_paused = true)]
 async fn every_task_finishes_ok_between_run_started_and_run_finished() {
-    let Job { engine, ws, mut rx } = job(config(2), RecordingShell::output("a\n"), bash_then_finish);
+    let Job { engine, ws, mut rx } =
+        job(config(2), RecordingShell::output("a\n"), bash_then_finish);
     let exit = engine.run(started(5), tasks(5)).await;
     let events = drain(&mut rx);
     assert!(matches!(events[0], EventKind::RunStarted(_)));
@@ -289,7 +301,11 @@ async fn every_task_finishes_ok_between_run_started_and_run_finished() {
     let o = outcome(&events);
     assert_eq!((o.stats.done, o.exit_code), (5, 0));
     assert_eq!(ws.opened.load(Ordering::SeqCst), 5);
-    assert_eq!(ws.closed.load(Ordering::SeqCst), 5, "every session is closed");
+    assert_eq!(
+        ws.closed.load(Ordering::SeqCst),
+        5,
+        "every session is closed"
+    );
     assert_eq!(ws.shell.commands(), vec!["ls"; 5]);
 }
 
@@ -362,7 +378,10 @@ async fn a_deadline_ends_a_task_as_timeout_while_a_cancel_leaves_it_unrecorded()
     assert_eq!((o.stats.done, o.stats.cancelled), (1, 1));
     // One task timed out and one was not run to its end.
     assert_eq!(exit, Exit::TasksFailed);
-    assert!(o.stopped.is_none(), "one cancelled conversation does not stop the run");
+    assert!(
+        o.stopped.is_none(),
+        "one cancelled conversation does not stop the run"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -377,7 +396,11 @@ async fn a_token_budget_stops_dispatching_and_lets_running_tasks_finish() {
     let o = outcome(&events);
     let stopped = o.stopped.as_ref().expect("a stop reason");
     assert_eq!(stopped.reason, CancelReason::Budget);
-    assert!(stopped.detail.contains("token budget"), "{}", stopped.detail);
+    assert!(
+        stopped.detail.contains("token budget"),
+        "{}",
+        stopped.detail
+    );
     assert_eq!(exit, Exit::TasksFailed, "tasks were left unrun");
 }
 
@@ -405,10 +428,21 @@ async fn a_second_signal_cancels_what_the_first_let_run() {
             _ => None,
         })
         .collect();
-    assert_eq!(reasons, vec![CancelReason::Signal, CancelReason::SecondSignal]);
+    assert_eq!(
+        reasons,
+        vec![CancelReason::Signal, CancelReason::SecondSignal]
+    );
     let cancelled = events
         .iter()
-        .filter(|e| matches!(e, EventKind::TaskCancelled { reason: CancelReason::SecondSignal, .. }))
+        .filter(|e| {
+            matches!(
+                e,
+                EventKind::TaskCancelled {
+                    reason: CancelReason::SecondSignal,
+                    ..
+                }
+            )
+        })
         .count();
     assert_eq!(cancelled, 2);
     assert_eq!(exit, Exit::Interrupted);
@@ -425,7 +459,11 @@ async fn pause_holds_dispatch_until_resume_and_workers_can_change() {
     let status = handle.status().await.expect("the engine runs");
     assert!(status.paused);
     assert_eq!((status.in_flight, status.done), (0, 0));
-    assert_eq!(ws.opened.load(Ordering::SeqCst), 0, "paused before the first task");
+    assert_eq!(
+        ws.opened.load(Ordering::SeqCst),
+        0,
+        "paused before the first task"
+    );
     handle.send(Command::Workers(3));
     handle.send(Command::Resume);
     assert_eq!(run.await.unwrap(), Exit::Ok);
@@ -458,7 +496,9 @@ impl Reporter for Failing {
     }
 }
 
-#[tokio::test(start_paused = true)]
+// Real time: tokio's paused clock does not advance while a blocking task
+// (the reporters' thread) runs.
+#[tokio::test]
 async fn a_failing_reporter_stops_the_run_as_an_outage() {
     let Job { engine, ws, rx } = job(config(1), RecordingShell::output(""), bash_then_finish);
     let reported = fan_out(vec![Box::new(Failing)], rx, engine.handle());
@@ -476,19 +516,20 @@ async fn a_failing_reporter_stops_the_run_as_an_outage() {
 fn the_exit_code_follows_the_highest_stop_reason_then_leaks_then_tasks() {
     use crate::events::{Outcome, Stopped};
     use crate::monitor::LeakVerdict;
-    let outcome = |stopped: Option<CancelReason>, leak: bool, done: u64| {
-        let findings = if leak {
-            vec![Finding {
-                rule: "orphan_session",
-                detail: "x".into(),
-                at_s: 1.0,
-            }]
-        } else {
-            Vec::new()
-        };
-        let mut stats = RunStats::default();
-        for _ in 0..done {
-            stats.on(&EventKind::TaskFinished(Box::new(crate::events::Finished {
+    let outcome =
+        |stopped: Option<CancelReason>, leak: bool, done: u64| {
+            let findings = if leak {
+                vec![Finding {
+                    rule: "orphan_session",
+                    detail: "x".into(),
+                    at_s: 1.0,
+                }]
+            } else {
+                Vec::new()
+            };
+            let mut stats = RunStats::default();
+            for _ in 0..done {
+                stats.on(&EventKind::TaskFinished(Box::new(crate::events::Finished {
                 record: serde_json::from_value(serde_json::json!({
                     "id": "t", "status": "ok", "final": null, "steps": 1,
                     "usage": reply::USAGE, "attempt": 1, "started_at": "", "finished_at": "",
@@ -497,23 +538,23 @@ fn the_exit_code_follows_the_highest_stop_reason_then_leaks_then_tasks() {
                 .unwrap(),
                 messages: Vec::new(),
             })));
-        }
-        Outcome {
-            exit_code: 0,
-            total_tasks: 2,
-            stats,
-            stopped: stopped.map(|reason| Stopped {
-                reason,
-                detail: String::new(),
-            }),
-            leaks: LeakVerdict::new(ShutdownReport::default(), findings, Vec::new()),
-            metrics: None,
-            llm: FakeModels::report_empty(),
-            workers: 1,
-            duration_s: 1.0,
-            finished_at: String::new(),
-        }
-    };
+            }
+            Outcome {
+                exit_code: 0,
+                total_tasks: 2,
+                stats,
+                stopped: stopped.map(|reason| Stopped {
+                    reason,
+                    detail: String::new(),
+                }),
+                leaks: LeakVerdict::new(ShutdownReport::default(), findings, Vec::new()),
+                metrics: None,
+                llm: FakeModels::report_empty(),
+                workers: 1,
+                duration_s: 1.0,
+                finished_at: String::new(),
+            }
+        };
     assert_eq!(exit_code(&outcome(None, false, 2), true), Exit::Ok);
     assert_eq!(exit_code(&outcome(None, false, 1), true), Exit::TasksFailed);
     assert_eq!(exit_code(&outcome(None, true, 2), true), Exit::Leak);

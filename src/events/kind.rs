@@ -127,7 +127,10 @@ pub enum EventKind {
     /// A conversation started, or started again. `attempt` numbers every
     /// run of the task, re-runs after a workspace failure included (the
     /// record's `attempt` does not count those).
-    TaskStarted { id: String, attempt: u32 },
+    TaskStarted {
+        id: String,
+        attempt: u32,
+    },
     /// A turn ended (the prompt, or a model reply and its tool results):
     /// the messages it added, for the partial journal.
     TurnDone {
@@ -159,8 +162,13 @@ pub enum EventKind {
     /// A leak rule tripped (once per rule).
     LeakFound(Finding),
     /// Something asked the run to stop dispatching or to cancel.
-    CancelRequested { reason: CancelReason, detail: String },
+    CancelRequested {
+        reason: CancelReason,
+        detail: String,
+    },
     /// `convoy ctl` changed the run (pause, resume, workers, cancel).
-    Control { action: String },
+    Control {
+        action: String,
+    },
     RunFinished(Box<Outcome>),
 }

@@ -9,10 +9,10 @@ mod merge;
 mod read;
 mod writer;
 
+pub use crate::events::{Status, TaskRecord};
 pub use atomic::{write_atomically, AtomicFile};
 pub use export::{export, ArgumentsAs, ExportError, ExportFormat, ExportOptions, ExportStats};
 pub use fingerprint::Fingerprint;
 pub use merge::{merge, MergeError, MergeStats};
 pub use read::{read_final, Final, FinalReader, Finals, JournalReadError};
-pub use crate::events::{Status, TaskRecord};
 pub use writer::{lock_holder, Journal, JournalError, Previous, RunInfo, RUN_INFO};

@@ -18,8 +18,8 @@ use thiserror::Error;
 
 use super::fingerprint::{self, Fingerprint};
 use super::read::{read_final, JournalReadError};
-use crate::events::{Status, TaskRecord};
 use crate::events::Finished;
+use crate::events::{Status, TaskRecord};
 use crate::manifest::Job;
 
 #[derive(Debug, Error)]

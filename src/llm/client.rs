@@ -1,32 +1,31 @@
 //! The job's model: an HTTP endpoint or the offline script, plus the job's
-//! running token totals (for budgets and the summary).
+//! running token totals (for budgets and the summary). Conversations do
+//! not call it: each gets its own handle (`for_task`).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
+use super::handle::{ModelHandle, Source, Totals};
 use super::limiter::LimiterStats;
 use super::openai::OpenAiClient;
-use super::script;
-use super::types::{ChatReply, LlmError};
+use super::script::Script;
+use super::types::LlmError;
 use crate::manifest::{LlmSpec, Price, Provider};
-use crate::tasks::Task;
 
-/// One per job, shared by every conversation.
+/// One per job: what every conversation's handle shares.
 #[derive(Debug)]
 pub struct Llm {
     backend: Backend,
     price: Option<Price>,
-    requests: AtomicU64,
-    prompt_tokens: AtomicU64,
-    completion_tokens: AtomicU64,
+    totals: Arc<Totals>,
 }
 
 #[derive(Debug)]
 enum Backend {
-    OpenAi(Box<OpenAiClient>),
+    OpenAi(Arc<OpenAiClient>),
     Script,
 }
 
@@ -85,16 +84,25 @@ impl LlmReport {
 impl Llm {
     pub fn new(spec: &LlmSpec) -> Result<Llm, LlmError> {
         let backend = match spec.provider {
-            Provider::Openai => Backend::OpenAi(Box::new(OpenAiClient::new(spec)?)),
+            Provider::Openai => Backend::OpenAi(Arc::new(OpenAiClient::new(spec)?)),
             Provider::Script => Backend::Script,
         };
         Ok(Llm {
             backend,
             price: spec.price,
-            requests: AtomicU64::new(0),
-            prompt_tokens: AtomicU64::new(0),
-            completion_tokens: AtomicU64::new(0),
+            totals: Arc::default(),
         })
+    }
+
+    /// The model for the conversation of the task whose row is `vars`:
+    /// the endpoint, or the policy the row holds for the script provider.
+    /// Cheap (reference counts and, for a script, the row's commands).
+    pub fn for_task(&self, vars: &Map<String, Value>) -> ModelHandle {
+        let source = match &self.backend {
+            Backend::OpenAi(c) => Source::Endpoint(c.clone()),
+            Backend::Script => Source::Script(Script::from_row(vars)),
+        };
+        ModelHandle::new(self.totals.clone(), source)
     }
 
     /// Checks the `[llm]` table as `new` does, but a missing API key is a
@@ -117,9 +125,9 @@ impl Llm {
     }
 
     /// Closes the idle HTTP connections, so the job ends with the file
-    /// descriptors it started with. For after the last request.
-    pub fn drop_idle_connections(&mut self) -> Result<(), LlmError> {
-        match &mut self.backend {
+    /// descriptors it started with (after the last conversation).
+    pub fn drop_idle_connections(&self) -> Result<(), LlmError> {
+        match &self.backend {
             Backend::OpenAi(c) => c.drop_idle_connections(),
             Backend::Script => Ok(()),
         }
@@ -176,10 +184,7 @@ impl Llm {
 
     /// Tokens used by the whole job so far (prompt, completion).
     pub fn tokens_used(&self) -> (u64, u64) {
-        (
-            self.prompt_tokens.load(Ordering::Relaxed),
-            self.completion_tokens.load(Ordering::Relaxed),
-        )
+        self.totals.tokens()
     }
 
     pub fn price(&self) -> Option<Price> {
@@ -193,7 +198,7 @@ impl Llm {
             Backend::Script => (None, BTreeMap::new(), (0, 0.0)),
         };
         LlmReport {
-            requests: self.requests.load(Ordering::Relaxed),
+            requests: self.totals.requests(),
             prompt_tokens: prompt,
             completion_tokens: completion,
             cost: self.price.map(|p| p.cost(prompt, completion)),
@@ -203,23 +208,52 @@ impl Llm {
             outage_s,
         }
     }
+}
 
-    /// The model's next reply to `messages` in `task`'s conversation.
-    pub async fn complete(
-        &self,
-        task: &Task,
-        messages: &[Value],
-        tools: &Value,
-    ) -> Result<ChatReply, LlmError> {
-        let reply = match &self.backend {
-            Backend::OpenAi(c) => c.complete(messages, tools).await?,
-            Backend::Script => script::reply(&task.vars, messages),
-        };
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        self.prompt_tokens
-            .fetch_add(reply.usage.prompt_tokens, Ordering::Relaxed);
-        self.completion_tokens
-            .fetch_add(reply.usage.completion_tokens, Ordering::Relaxed);
-        Ok(reply)
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn row(v: Value) -> Map<String, Value> {
+        v.as_object().expect("a JSON object").clone()
+    }
+
+    /// The first tool call of a reply: (name, arguments).
+    fn call(reply: &crate::llm::ChatReply) -> (String, String) {
+        let f = &reply.message["tool_calls"][0]["function"];
+        let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+        (text(&f["name"]), text(&f["arguments"]))
+    }
+
+    #[tokio::test]
+    async fn each_conversation_plays_its_own_row_and_the_job_counts_every_reply() {
+        let spec: LlmSpec = toml::from_str("provider = \"script\"").expect("a spec");
+        let llm = Llm::new(&spec).expect("the script provider");
+        let a = llm.for_task(&row(json!({"commands": ["ls"], "answer": "A"})));
+        let b = llm.for_task(&row(json!({"answer": "B"})));
+        let prompt = [json!({"role": "user", "content": "go"})];
+        // A handle outlives the borrow of the job's `Llm`, as a spawned
+        // conversation needs.
+        let sent = prompt.clone();
+        let a = tokio::spawn(async move { a.complete(&sent, &json!([])).await })
+            .await
+            .expect("no panic")
+            .expect("a reply");
+        let b = b.complete(&prompt, &json!([])).await.expect("a reply");
+        assert_eq!(call(&a), ("bash".into(), r#"{"command":"ls"}"#.into()));
+        assert_eq!(call(&b), ("finish".into(), r#"{"message":"B"}"#.into()));
+        assert_eq!(llm.report().requests, 2);
+
+        // A row the check before the job refuses fails its first request,
+        // saying why; building the handle does not.
+        let bad = llm.for_task(&row(json!({"commands": [1], "answer": "x"})));
+        let err = bad.complete(&prompt, &json!([])).await.unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("`commands` to be a list of strings"),
+            "{err}"
+        );
     }
 }

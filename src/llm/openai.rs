@@ -69,7 +69,9 @@ impl HttpConfig {
 
 #[derive(Debug)]
 pub struct OpenAiClient {
-    http: reqwest::Client,
+    /// Replaced (with its pool) by `drop_idle_connections`; a request
+    /// takes a clone (an `Arc` inside), so none holds the lock across I/O.
+    http: std::sync::RwLock<reqwest::Client>,
     http_config: HttpConfig,
     base: String,
     url: String,
@@ -136,7 +138,7 @@ impl OpenAiClient {
             headers,
         };
         Ok(OpenAiClient {
-            http: http_config.build()?,
+            http: std::sync::RwLock::new(http_config.build()?),
             http_config,
             base: base.to_string(),
             url: format!("{base}/chat/completions"),
@@ -194,8 +196,9 @@ impl OpenAiClient {
     /// One look at the endpoint before the job starts (see `preflight`).
     pub async fn preflight(&self) -> Result<(), LlmError> {
         let key = self.key.as_ref().map(|Secret(k)| k.as_str());
+        let http = self.http();
         let probe = preflight::Probe {
-            http: &self.http,
+            http: &http,
             base: &self.base,
             model: &self.model,
             key,
@@ -208,12 +211,17 @@ impl OpenAiClient {
     }
 
     /// Closes every idle connection by replacing the client (and with it
-    /// its pool). Taking `&mut self` proves no request is in flight. Each
-    /// connection is closed by its own task a moment later; whoever
-    /// measures waits for that (`monitor::settle_fds`).
-    pub fn drop_idle_connections(&mut self) -> Result<(), LlmError> {
-        self.http = self.http_config.build()?;
+    /// its pool), once no request is in flight (the engine calls it after
+    /// the last conversation). Each connection is closed by its own task a
+    /// moment later; whoever measures waits for that
+    /// (`monitor::settle_fds`).
+    pub fn drop_idle_connections(&self) -> Result<(), LlmError> {
+        *self.http.write().expect("http lock") = self.http_config.build()?;
         Ok(())
+    }
+
+    fn http(&self) -> reqwest::Client {
+        self.http.read().expect("http lock").clone()
     }
 
     fn count_retry(&self, key: String) {
@@ -292,7 +300,7 @@ impl OpenAiClient {
             }
             previous = this;
             if reason == Reason::Connection {
-                self.health.on_connection_failure(&self.http);
+                self.health.on_connection_failure(&self.http());
             }
             let waiting_out_outage = reason == Reason::Connection && self.health.is_down();
             if !waiting_out_outage && spent >= self.max_retries {
@@ -319,7 +327,7 @@ impl OpenAiClient {
     }
 
     async fn send_once(&self, body: &Body<'_>) -> Attempt {
-        let mut req = self.http.post(&self.url).json(body);
+        let mut req = self.http().post(&self.url).json(body);
         if let Some(Secret(k)) = &self.key {
             req = req.bearer_auth(k);
         }

@@ -8,70 +8,86 @@ use serde_json::{json, Map, Value};
 
 use super::types::{ChatReply, Usage};
 
-/// Checks a row has what the script provider plays.
-pub fn check_row(vars: &Map<String, Value>) -> Result<(), String> {
-    let commands_ok = match vars.get("commands") {
-        None => true,
-        Some(Value::Array(items)) => items.iter().all(Value::is_string),
-        Some(_) => false,
-    };
-    if !commands_ok {
-        return Err("the script provider needs `commands` to be a list of strings".into());
+/// What one row asks the provider to play: read once, when a
+/// conversation's model handle is built, so the check before the job and
+/// the replies follow the same rules.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Script {
+    commands: Vec<String>,
+    answer: String,
+}
+
+impl Script {
+    /// Reads a row; the error says which field is wrong (the caller adds
+    /// where the row is).
+    pub fn from_row(vars: &Map<String, Value>) -> Result<Script, String> {
+        let commands = match vars.get("commands") {
+            None => Some(Vec::new()),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|c| c.as_str().map(str::to_string))
+                .collect(),
+            Some(_) => None,
+        };
+        let Some(commands) = commands else {
+            return Err("the script provider needs `commands` to be a list of strings".into());
+        };
+        match vars.get("answer") {
+            Some(Value::String(answer)) => Ok(Script {
+                commands,
+                answer: answer.clone(),
+            }),
+            _ => Err("the script provider needs `answer` (a string) in every row".into()),
+        }
     }
-    match vars.get("answer") {
-        Some(Value::String(_)) => Ok(()),
-        _ => Err("the script provider needs `answer` (a string) in every row".into()),
+
+    /// The reply to `messages`: the next command, or `finish` once all ran.
+    pub fn reply(&self, messages: &[Value]) -> ChatReply {
+        let step = messages
+            .iter()
+            .filter(|m| m.get("role").and_then(Value::as_str) == Some("assistant"))
+            .count();
+        let (name, args) = match self.commands.get(step) {
+            Some(cmd) => ("bash", json!({ "command": cmd })),
+            None => ("finish", json!({ "message": self.answer })),
+        };
+        ChatReply {
+            message: json!({
+                "role": "assistant",
+                "content": null,
+                "tool_calls": [{
+                    "id": format!("call_{step}"),
+                    "type": "function",
+                    "function": { "name": name, "arguments": args.to_string() },
+                }],
+            }),
+            finish_reason: Some("tool_calls".into()),
+            usage: Usage::default(),
+        }
     }
 }
 
-/// The reply to `messages`: the next command, or `finish` once all ran.
-pub fn reply(vars: &Map<String, Value>, messages: &[Value]) -> ChatReply {
-    let step = messages
-        .iter()
-        .filter(|m| m.get("role").and_then(Value::as_str) == Some("assistant"))
-        .count();
-    let commands = vars
-        .get("commands")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default();
-    let (name, args) = match commands.get(step) {
-        Some(cmd) => ("bash", json!({ "command": cmd })),
-        None => {
-            let answer = vars
-                .get("answer")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
-            ("finish", json!({ "message": answer }))
-        }
-    };
-    ChatReply {
-        message: json!({
-            "role": "assistant",
-            "content": null,
-            "tool_calls": [{
-                "id": format!("call_{step}"),
-                "type": "function",
-                "function": { "name": name, "arguments": args.to_string() },
-            }],
-        }),
-        finish_reason: Some("tool_calls".into()),
-        usage: Usage::default(),
-    }
+/// Checks a row has what the script provider plays.
+pub fn check_row(vars: &Map<String, Value>) -> Result<(), String> {
+    Script::from_row(vars).map(drop)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn row(v: Value) -> Map<String, Value> {
+        v.as_object().expect("a JSON object").clone()
+    }
+
     #[test]
     fn plays_commands_then_finish() {
-        let vars = json!({"commands": ["ls", "pwd"], "answer": "ok"});
-        let vars = vars.as_object().unwrap();
+        let script = Script::from_row(&row(json!({"commands": ["ls", "pwd"], "answer": "ok"})))
+            .expect("a valid row");
         let mut msgs = vec![json!({"role": "user", "content": "go"})];
         let mut names = Vec::new();
         for _ in 0..3 {
-            let r = reply(vars, &msgs);
+            let r = script.reply(&msgs);
             names.push(
                 r.message["tool_calls"][0]["function"]["name"]
                     .as_str()
@@ -81,7 +97,20 @@ mod tests {
             msgs.push(r.message);
         }
         assert_eq!(names, ["bash", "bash", "finish"]);
-        assert!(check_row(vars).is_ok());
-        assert!(check_row(json!({"commands": [1]}).as_object().unwrap()).is_err());
+        assert_eq!(
+            msgs[3]["tool_calls"][0]["function"]["arguments"],
+            r#"{"message":"ok"}"#
+        );
+    }
+
+    #[test]
+    fn rows_without_a_playable_policy_say_which_field() {
+        assert!(check_row(&row(json!({"answer": "only an answer"}))).is_ok());
+        let err = check_row(&row(json!({"commands": [1], "answer": "a"}))).unwrap_err();
+        assert!(err.contains("`commands` to be a list of strings"), "{err}");
+        let err = check_row(&row(json!({"commands": "ls", "answer": "a"}))).unwrap_err();
+        assert!(err.contains("`commands`"), "{err}");
+        let err = check_row(&row(json!({"commands": ["ls"]}))).unwrap_err();
+        assert!(err.contains("`answer` (a string)"), "{err}");
     }
 }

@@ -41,7 +41,6 @@ pub struct Sample {
     pub llm_in_flight_peak: u64,
 }
 
-
 /// The run's counts a sample records (the engine's statistics, as of
 /// the sample).
 #[derive(Debug, Clone, Copy, Default)]

@@ -23,11 +23,7 @@ pub struct LeakVerdict {
 
 impl LeakVerdict {
     /// `gaps` are the looks at the workspace that failed.
-    pub fn new(
-        shutdown: ShutdownReport,
-        findings: Vec<Finding>,
-        gaps: Vec<String>,
-    ) -> LeakVerdict {
+    pub fn new(shutdown: ShutdownReport, findings: Vec<Finding>, gaps: Vec<String>) -> LeakVerdict {
         let found = !findings.is_empty()
             || !shutdown.stray_sessions.is_empty()
             || !shutdown.stray_processes.is_empty();
@@ -87,4 +83,3 @@ impl MetricsSummary {
         }
     }
 }
-

@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 use thiserror::Error;
 
 use super::source::read_rows;
-use crate::manifest::{Job, Provider};
+use crate::manifest::Job;
 
 /// One unit of work: a conversation to run.
 #[derive(Debug, Clone)]
@@ -116,10 +116,6 @@ pub fn plan(job: &Job) -> Result<Vec<Task>, TaskError> {
     let mut tasks = Vec::with_capacity(rows.len() * repeat);
     let mut first_line: HashMap<String, usize> = HashMap::with_capacity(rows.len());
     for row in &rows {
-        if m.llm.provider == Provider::Script {
-            crate::llm::script::check_row(&row.vars)
-                .map_err(|msg| TaskError::row(&path, row.line, msg))?;
-        }
         let base_id = match &m.tasks.id {
             Some(_) => render("id", "tasks.id", row)?.trim().to_string(),
             None => row.line.to_string(),
