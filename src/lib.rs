@@ -59,4 +59,5 @@ pub mod monitor;
 pub mod report;
 pub mod scheduler;
 pub mod tasks;
+pub mod test_hooks;
 pub mod workspace;
