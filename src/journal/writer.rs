@@ -315,6 +315,9 @@ fn lock(dir: &Path) -> Result<Flock<File>, JournalError> {
         .open(&path)
         .map_err(io(&path))?;
     match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        // The pid is written only under the flock: a lock file that names
+        // a pid (the lock test waits for its run's) is a held lock, where
+        // the file alone, created just above, is not.
         Ok(mut held) => {
             held.set_len(0).map_err(io(&path))?;
             writeln!(held, "{}", std::process::id()).map_err(io(&path))?;
