@@ -8,6 +8,7 @@ mod fingerprint;
 mod merge;
 mod read;
 mod record;
+mod tail;
 mod writer;
 
 pub use atomic::{write_atomically, AtomicFile};
