@@ -69,4 +69,5 @@ pub mod monitor;
 pub mod report;
 pub mod reporters;
 pub mod tasks;
+pub mod test_hooks;
 pub mod workspace;

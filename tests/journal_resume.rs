@@ -254,21 +254,32 @@ async fn a_torn_last_line_is_repaired_and_its_task_runs_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_run_on_the_same_directory_is_refused_while_the_first_runs() {
-    let job = local_job(8, "5", 8);
+    // The first run's tasks outlast the test: it holds the lock until it
+    // is killed at the end, however slow the machine.
+    let job = local_job(8, "600", 8);
     let first = job.spawn(
         support::convoy_bin(),
         &["run", "job.toml", "--out", "out"],
         &[],
     );
-    for _ in 0..400 {
-        if job.path("out/convoy.lock").exists() {
+    let pid = first.id().unwrap();
+    // Waits for the first run to HOLD the lock, not for the lock file to
+    // exist: convoy creates `convoy.lock` before it takes the flock on it,
+    // so a second run started on the file's mere existence could take the
+    // lock itself, or find it held with no pid written yet. The holder
+    // writes its pid into the file only once it holds the flock, so the
+    // file naming the first run's pid proves it is held.
+    let lock = job.path("out/convoy.lock");
+    let held = || std::fs::read_to_string(&lock).is_ok_and(|text| text.trim() == pid.to_string());
+    for _ in 0..1200 {
+        if held() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+    assert!(held(), "the first run never took the lock");
     let out = job.run(&[]).await;
-    assert_eq!(out.status.code(), Some(2));
-    let pid = first.id().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
         stderr(&out).contains(&format!("in use by another convoy run (pid {pid})")),
         "{}",

@@ -86,7 +86,7 @@ pub async fn drive(
                 Action::Finish { message } => return Ok(message),
                 Action::Invalid { error } => conv.on_observation(&call.id, error),
                 Action::Bash { command, timeout } => {
-                    panic_on_purpose(&command);
+                    crate::test_hooks::panic_on(&command);
                     let timeout = timeout.unwrap_or(limits.command_timeout);
                     let out = shell.run(&command, timeout, max_bytes).await?;
                     let text = observation(&out, timeout, limits.max_observation_chars);
@@ -94,17 +94,6 @@ pub async fn drive(
                 }
             }
         }
-    }
-}
-
-/// Test-only: `CONVOY_TEST_PANIC=CMD` makes a conversation panic when the
-/// model asks to run exactly CMD, so the tests can prove a panicking
-/// conversation still has its session closed and the job goes on.
-fn panic_on_purpose(command: &str) {
-    static TRIGGER: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    let trigger = TRIGGER.get_or_init(|| std::env::var("CONVOY_TEST_PANIC").ok());
-    if trigger.as_deref() == Some(command) {
-        panic!("deliberate panic (CONVOY_TEST_PANIC) on `{command}`");
     }
 }
 

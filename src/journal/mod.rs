@@ -7,6 +7,7 @@ mod export;
 mod fingerprint;
 mod merge;
 mod read;
+mod tail;
 mod writer;
 
 pub use crate::events::{Status, TaskRecord};

@@ -315,6 +315,9 @@ fn lock(dir: &Path) -> Result<Flock<File>, JournalError> {
         .open(&path)
         .map_err(io(&path))?;
     match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        // The pid is written only under the flock: a lock file that names
+        // a pid (the lock test waits for its run's) is a held lock, where
+        // the file alone, created just above, is not.
         Ok(mut held) => {
             held.set_len(0).map_err(io(&path))?;
             writeln!(held, "{}", std::process::id()).map_err(io(&path))?;
@@ -356,35 +359,15 @@ pub fn lock_holder(dir: &Path) -> Option<String> {
     }
 }
 
-/// Cuts a torn last line (bytes after the last newline: a write that a
-/// crash interrupted). Returns the bytes dropped.
-fn repair_tail(path: &Path) -> Result<u64, JournalError> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(io(path)(e)),
-    };
-    let keep = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-    let dropped = (bytes.len() - keep) as u64;
-    if dropped > 0 {
-        let f = OpenOptions::new()
-            .write(true)
-            .open(path)
-            .map_err(io(path))?;
-        f.set_len(keep as u64).map_err(io(path))?;
-        f.sync_all().map_err(io(path))?;
-    }
-    Ok(dropped)
-}
-
 /// Cuts the torn last lines a killed run left.
 fn repair(dir: &Path, previous: &mut Previous) -> Result<(), JournalError> {
     for name in [RESULTS, TRAJECTORIES, TURNS, SUMMARIES] {
-        let dropped = repair_tail(&dir.join(name))?;
+        let path = dir.join(name);
+        let dropped = super::tail::repair_tail(&path).map_err(io(&path))?;
         if dropped > 0 {
             tracing::warn!(
                 "{}: cut a torn last line ({dropped} bytes) left by a run that was killed",
-                dir.join(name).display()
+                path.display()
             );
             previous.repaired.push((name.to_string(), dropped));
         }

@@ -5,12 +5,15 @@
 //! per command.
 //!
 //! The container has an init process as PID 1 (orphans are reaped), the
-//! labels `convoy.job` and `convoy.run`, and `workspace.nofile` as its
-//! open-files limit, clamped (with a warning giving both numbers) when the
-//! daemon cannot grant it. It is removed at the end of the job, on failure
-//! and on Ctrl-C, unless `workspace.keep = true`.
+//! labels `convoy.job` and `convoy.run` and its owner's (for `convoy
+//! sweep`), and `workspace.nofile` as its open-files limit, clamped (with a
+//! warning giving both numbers) when the daemon cannot grant it. It is
+//! removed at the end of the job, on failure and on Ctrl-C, unless
+//! `workspace.keep = true`. The short-lived container that asks the daemon
+//! for that limit carries the same owner labels, so a convoy killed
+//! mid-probe leaves it to the sweep.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bollard::models::{ContainerCreateBody, HostConfig, ResourcesUlimits};
@@ -177,7 +180,8 @@ impl DockerBackend {
                 // Whether the daemon refused the open-files limit is told by
                 // the most it grants, not by the wording of its error.
                 let asked = self.nofile;
-                match daemon_nofile_limit(&self.docker, &image).await {
+                let probe = probe_body(&image, self.owner_labels());
+                match daemon_nofile_limit(&self.docker, probe).await {
                     Some(max) if max < asked => {
                         tracing::warn!(
                             "workspace.nofile = {asked} is more than the Docker daemon allows ({max}); using {max}"
@@ -297,21 +301,12 @@ impl DockerBackend {
             ),
             ..Default::default()
         };
-        let (pid, start) = sweep::me();
         let labels = [
             ("convoy.job".to_string(), job.manifest.name.clone()),
             ("convoy.run".to_string(), self.run_label.clone()),
-            // Who owns it, for `convoy sweep` after a crash.
-            (sweep::LABEL_PID.to_string(), pid.to_string()),
-            (sweep::LABEL_PID_START.to_string(), start.to_string()),
-            (sweep::LABEL_HOST.to_string(), sweep::hostname()),
         ]
         .into_iter()
-        .chain(
-            self.lock
-                .as_ref()
-                .map(|(_, path)| (sweep::LABEL_LOCK.to_string(), path.display().to_string())),
-        )
+        .chain(self.owner_labels())
         .collect();
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
@@ -347,6 +342,12 @@ impl DockerBackend {
             return Err(boot(format!("cannot start the workspace container: {e}")));
         }
         Ok(created.id)
+    }
+
+    /// Who owns the containers this backend creates, for `convoy sweep`
+    /// after a crash: this process and the host file whose lock it holds.
+    fn owner_labels(&self) -> Vec<(String, String)> {
+        owner_labels(self.lock.as_ref().map(|(_, path)| path.as_path()))
     }
 
     /// Removes the container (unless `keep`), at most `REMOVE_WAIT`, and
@@ -396,20 +397,43 @@ pub async fn check_image(docker: &Docker, image: &str) -> Result<(), WorkspaceEr
     }
 }
 
-/// The open-files hard limit a container gets when it asks for none: the
-/// most the daemon can grant.
-async fn daemon_nofile_limit(docker: &Docker, image: &str) -> Option<u64> {
-    let body = ContainerCreateBody {
+/// The owner labels of a container: this process (pid and start time, so
+/// a reused pid is not taken for it), the host, and the lock file, if any.
+/// Every container convoy creates carries them, so that whatever a killed
+/// convoy leaves is `convoy sweep`'s to remove.
+fn owner_labels(lock: Option<&Path>) -> Vec<(String, String)> {
+    let (pid, start) = sweep::me();
+    [
+        (sweep::LABEL_PID.to_string(), pid.to_string()),
+        (sweep::LABEL_PID_START.to_string(), start.to_string()),
+        (sweep::LABEL_HOST.to_string(), sweep::hostname()),
+    ]
+    .into_iter()
+    .chain(lock.map(|path| (sweep::LABEL_LOCK.to_string(), path.display().to_string())))
+    .collect()
+}
+
+/// The container that asks the daemon for its open-files limit: `image`,
+/// doing nothing for a minute, labelled as a probe and with `owner`'s
+/// labels (a convoy killed mid-probe leaves it to the sweep).
+fn probe_body(image: &str, owner: Vec<(String, String)>) -> ContainerCreateBody {
+    ContainerCreateBody {
         image: Some(image.to_string()),
         cmd: Some(vec!["sleep".into(), "60".into()]),
         entrypoint: Some(vec![]),
         labels: Some(
             [("convoy.probe".to_string(), "nofile".to_string())]
                 .into_iter()
+                .chain(owner)
                 .collect(),
         ),
         ..Default::default()
-    };
+    }
+}
+
+/// The open-files hard limit a container gets when it asks for none: the
+/// most the daemon can grant. `body` is the probe's (`probe_body`).
+async fn daemon_nofile_limit(docker: &Docker, body: ContainerCreateBody) -> Option<u64> {
     let id = docker
         .create_container(
             None::<bollard::query_parameters::CreateContainerOptions>,
@@ -461,6 +485,26 @@ fn helper_command(spec: &WorkspaceSpec) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_nofile_probe_carries_the_owner_labels_of_the_job_container() {
+        let lock = Path::new("/tmp/.convoy-locks-0/job-1.lock");
+        let body = probe_body("img", owner_labels(Some(lock)));
+        let labels = body.labels.unwrap();
+        let (pid, start) = sweep::me();
+        // What the sweep reads to tell a dead owner's container (and
+        // takes the lock of first).
+        for (key, value) in [
+            (sweep::LABEL_PID, pid.to_string()),
+            (sweep::LABEL_PID_START, start.to_string()),
+            (sweep::LABEL_HOST, sweep::hostname()),
+            (sweep::LABEL_LOCK, lock.display().to_string()),
+            ("convoy.probe", "nofile".to_string()),
+        ] {
+            assert_eq!(labels.get(key), Some(&value), "label {key}: {labels:?}");
+        }
+        assert_eq!(body.image.as_deref(), Some("img"));
+    }
 
     #[test]
     fn the_helper_command_carries_the_isolation_and_the_session_limits() {

@@ -141,18 +141,9 @@ impl LocalBackend {
 
 /// Of convoy's own environment, only these reach the helper, its tmux
 /// server and so every session; `workspace.pass_env` and `workspace.env`
-/// come per session through the protocol. TERM is tmux's own.
-/// `CONVOY_TEST_LEAK` is the tests' knob (`process`: the helper leaves a
-/// closed session's processes alive, for the leak rules to find).
-const HELPER_ENV: [&str; 7] = [
-    "PATH",
-    "HOME",
-    "LANG",
-    "USER",
-    "LOGNAME",
-    "SHELL",
-    "CONVOY_TEST_LEAK",
-];
+/// come per session through the protocol. TERM is tmux's own. A build
+/// with the test hooks adds theirs (`test_hooks::HELPER_ENV`).
+const HELPER_ENV: [&str; 6] = ["PATH", "HOME", "LANG", "USER", "LOGNAME", "SHELL"];
 
 /// Starts `convoy shim --root ROOT FLAGS` as a child, its stderr logged.
 fn spawn_helper(root: &Path, flags: &[String]) -> Result<tokio::process::Child, WorkspaceError> {
@@ -162,6 +153,7 @@ fn spawn_helper(root: &Path, flags: &[String]) -> Result<tokio::process::Child, 
         .envs(
             HELPER_ENV
                 .iter()
+                .chain(crate::test_hooks::HELPER_ENV)
                 .filter_map(|k| Some((k, std::env::var_os(k)?))),
         )
         .arg("shim")

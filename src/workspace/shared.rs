@@ -307,8 +307,8 @@ impl Workspace {
             open: Mutex::default(),
             reaped: AtomicUsize::new(0),
             sessions: LiveCount::default(),
-            leak_sessions: std::env::var("CONVOY_TEST_LEAK").is_ok_and(|v| v == "session"),
-            leak_fds: std::env::var("CONVOY_TEST_LEAK").is_ok_and(|v| v == "fd"),
+            leak_sessions: crate::test_hooks::leak() == Some(crate::test_hooks::Leak::Session),
+            leak_fds: crate::test_hooks::leak() == Some(crate::test_hooks::Leak::Fd),
         });
         let reaper = tokio::spawn(reap(Arc::downgrade(&inner), reap_rx));
         let backend = Arc::new(tokio::sync::Mutex::new(backend));

@@ -255,7 +255,7 @@ impl Shim {
         let target = format!("={name}");
         let killed = self.tmux.call(&["kill-session", "-t", &target]).await;
         // Test-only: leave the session's processes, for the leak rules.
-        if std::env::var("CONVOY_TEST_LEAK").is_ok_and(|v| v == "process") {
+        if crate::test_hooks::leak() == Some(crate::test_hooks::Leak::Process) {
             return Ok(());
         }
         let stopped = || OpError::new(ErrorKind::Internal, "the process sweeper stopped");
