@@ -14,8 +14,8 @@ use crate::exit::{Exit, Failure};
 use crate::journal::{Journal, JournalError, Previous, Status};
 use crate::llm::Llm;
 use crate::manifest::{self, Job, OnLeak};
-use crate::monitor::{rlimit, Monitor};
-use crate::report::{LeakVerdict, MetricsSummary, Progress, Summary, Tally};
+use crate::monitor::{rlimit, Counts, LeakVerdict, Monitor};
+use crate::report::{MetricsSummary, Progress, Summary, Tally};
 use crate::scheduler::{self, Budget, Control, RunCtx};
 use crate::tasks;
 use crate::workspace::{Workspace, WorkspaceError};
@@ -287,7 +287,7 @@ async fn run(args: RunArgs) -> Result<Exit, Failure> {
         let every = m.monitor.interval;
         tokio::spawn(async move {
             loop {
-                let window = || tally.lock().expect("tally lock").take_window();
+                let window = || counts(&tally.lock().expect("tally lock").take_window());
                 mon.sample(&ctx.workspace, window, &ctx.llm).await;
                 tokio::select! {
                     _ = stop.cancelled() => return mon,
@@ -344,7 +344,8 @@ async fn run(args: RunArgs) -> Result<Exit, Failure> {
     }
     // The final sample, after cleanup: the end state of the workspace.
     if let Some(mon) = monitor.as_mut() {
-        mon.sample(&ctx.workspace, || tally.clone(), &ctx.llm).await;
+        mon.sample(&ctx.workspace, || counts(&tally), &ctx.llm)
+            .await;
     }
     // The last progress line after the final sample: its gauges are the
     // end state (sessions closed, connections dropped), not the last tick's.
@@ -356,11 +357,14 @@ async fn run(args: RunArgs) -> Result<Exit, Failure> {
         .as_ref()
         .map(|m| m.rules.findings.clone())
         .unwrap_or_default();
+    let failed_samples = monitor.as_ref().map(|m| m.failed.as_slice());
     let metrics = monitor.as_ref().map(MetricsSummary::from_monitor);
     let workers = ctx.workers;
     ctx.workspace.shutdown().await;
-    let leaks = LeakVerdict::new(shutdown, findings);
-    let leak = leaks.verdict == "leak";
+    // Only a leak fails the job; `unknown` is reported (see
+    // `monitor::verdict` for why).
+    let leaks = LeakVerdict::new(shutdown, findings, failed_samples);
+    let leak = leaks.verdict.is_leak();
 
     let stopped_because = ctl
         .fatal_reason()
@@ -439,6 +443,17 @@ fn resume_plan(
         })
         .collect();
     (plan, skipped)
+}
+
+/// The figures of `t` a monitor sample records.
+fn counts(t: &Tally) -> Counts {
+    Counts {
+        in_flight: t.in_flight,
+        in_flight_peak: t.in_flight_peak,
+        done: t.done,
+        failed: t.not_ok(),
+        ran: t.ran(),
+    }
 }
 
 /// Raises RLIMIT_NOFILE to what the job needs, as far as the hard limit

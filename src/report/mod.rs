@@ -16,4 +16,4 @@ pub use analyze::{
 pub use chart::write_chart;
 pub use plan::PlanSummary;
 pub use progress::Progress;
-pub use summary::{LeakVerdict, MetricsSummary, Summary, Tally};
+pub use summary::{MetricsSummary, Summary, Tally};

@@ -8,8 +8,7 @@ use serde::Serialize;
 use crate::events::Event;
 use crate::journal::{Status, TaskRecord};
 use crate::llm::{LlmReport, Usage};
-use crate::monitor::{Finding, Monitor};
-use crate::workspace::ShutdownReport;
+use crate::monitor::{LeakVerdict, Monitor, Verdict};
 
 /// Running counts, fed by events.
 #[derive(Debug, Default, Clone)]
@@ -124,31 +123,10 @@ pub struct Summary {
     pub exit_code: u8,
 }
 
-#[derive(Debug, Serialize)]
-pub struct LeakVerdict {
-    /// `clean` or `leak`.
-    pub verdict: &'static str,
-    /// Leak rules that tripped while the job ran (or at its end).
-    pub findings: Vec<Finding>,
-    #[serde(flatten)]
-    pub shutdown: ShutdownReport,
-}
-
-impl LeakVerdict {
-    pub fn new(shutdown: ShutdownReport, findings: Vec<Finding>) -> LeakVerdict {
-        let clean = findings.is_empty()
-            && shutdown.stray_sessions.is_empty()
-            && shutdown.stray_processes.is_empty();
-        LeakVerdict {
-            verdict: if clean { "clean" } else { "leak" },
-            findings,
-            shutdown,
-        }
-    }
-}
-
 /// Start, peak and end of the monitor's samples; peaks include what
-/// happened between samples.
+/// happened between samples. The workspace's figures are `null` when no
+/// sample got an answer (peak) or the final one did not (end): unknown,
+/// never read as 0.
 #[derive(Debug, Serialize)]
 pub struct MetricsSummary {
     pub open_fds_start: u64,
@@ -156,10 +134,10 @@ pub struct MetricsSummary {
     pub open_fds_end: u64,
     pub rss_bytes_peak: u64,
     pub threads_peak: u64,
-    pub tmux_sessions_peak: u64,
-    pub tmux_sessions_end: u64,
-    pub workspace_procs_peak: u64,
-    pub workspace_procs_end: u64,
+    pub tmux_sessions_peak: Option<u64>,
+    pub tmux_sessions_end: Option<u64>,
+    pub workspace_procs_peak: Option<u64>,
+    pub workspace_procs_end: Option<u64>,
     /// Conversations in flight at once, at most.
     pub in_flight_peak: u64,
     /// Requests in flight to the endpoint at once, at most.
@@ -231,20 +209,26 @@ impl Summary {
             ));
         }
         if let Some(m) = &self.metrics {
+            let known = |v: Option<u64>| v.map_or_else(|| "unknown".to_string(), |n| n.to_string());
             s.push_str(&format!(
                 "convoy FDs {} -> peak {} -> {}; RSS peak {:.1} MB; tmux sessions peak {}, end {}; workspace processes peak {}, end {}; in flight peak {}\n",
                 m.open_fds_start,
                 m.open_fds_peak,
                 m.open_fds_end,
                 m.rss_bytes_peak as f64 / 1048576.0,
-                m.tmux_sessions_peak,
-                m.tmux_sessions_end,
-                m.workspace_procs_peak,
-                m.workspace_procs_end,
+                known(m.tmux_sessions_peak),
+                known(m.tmux_sessions_end),
+                known(m.workspace_procs_peak),
+                known(m.workspace_procs_end),
                 m.in_flight_peak
             ));
         }
-        s.push_str(&format!("leaks: {}", self.leaks.verdict));
+        s.push_str(&format!("leaks: {}", self.leaks.verdict.as_str()));
+        if let Verdict::Unknown { why } = &self.leaks.verdict {
+            for reason in why {
+                s.push_str(&format!("\n  not checked: {reason}"));
+            }
+        }
         for f in &self.leaks.findings {
             s.push_str(&format!("\n  {} at {:.0}s: {}", f.rule, f.at_s, f.detail));
         }
