@@ -304,8 +304,26 @@ async fn a_stopped_local_tmux_server_holds_no_task_past_its_deadline() {
         err.contains("closing its session failed") && err.contains("no answer within"),
         "{err}"
     );
+    assert_the_verdict_is_unknown_not_clean(&job);
     // The stopped server is killed with its workspace.
     assert_nothing_left(&job);
+}
+
+/// A workspace whose tmux server stopped answering could not be checked
+/// for leaks: the verdict is `unknown` with why, never `clean` by absence,
+/// and the samples it did not answer (the final one at least) are gaps in
+/// metrics.csv, not zeros.
+fn assert_the_verdict_is_unknown_not_clean(job: &TestJob) {
+    let s = job.summary();
+    assert_eq!(s["leaks"]["verdict"], "unknown", "{s}");
+    let why = s["leaks"]["why"].to_string();
+    assert!(why.contains("failed (first at"), "{why}");
+    assert_eq!(s["metrics"]["tmux_sessions_end"], Value::Null, "{s}");
+    let csv = std::fs::read_to_string(job.path("out/metrics.csv")).unwrap();
+    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    let last: Vec<&str> = csv.lines().last().unwrap().split(',').collect();
+    let col = header.iter().position(|h| *h == "tmux_sessions").unwrap();
+    assert_eq!(last[col], "", "{csv}");
 }
 
 /// Starts a job of long tasks (`sleep SECONDS`, a number no other test
@@ -386,6 +404,7 @@ async fn a_stopped_docker_tmux_server_holds_no_task_past_its_deadline() {
         results.iter().any(|r| r["status"] == "timeout"),
         "{results:?}"
     );
+    assert_the_verdict_is_unknown_not_clean(&job);
     assert!(docker(&["ps", "-aq", "--filter", &format!("id={id}")])
         .trim()
         .is_empty());

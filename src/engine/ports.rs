@@ -11,7 +11,7 @@ use crate::agent::{Model, Shell};
 use crate::events::RunStats;
 use crate::llm::{LlmError, LlmReport};
 use crate::manifest::Price;
-use crate::monitor::{Finding, MetricsSummary, Sample};
+use crate::monitor::{Finding, LeakVerdict, MetricsSummary, Sample};
 use crate::tasks::Task;
 use crate::workspace::{ShutdownReport, WorkspaceError};
 
@@ -77,12 +77,9 @@ pub trait Probe: Send + 'static {
         stats: impl FnOnce() -> RunStats + Send,
     ) -> impl Future<Output = Sampled> + Send;
 
-    /// Every finding so far.
-    fn findings(&self) -> Vec<Finding>;
-
-    /// Why the verdict cannot say clean though nothing was found (samples
-    /// the workspace did not answer), empty when every sample answered.
-    fn gaps(&self) -> Vec<String>;
+    /// The leak verdict: what the samples found, what `shutdown` (the
+    /// workspace's final sweep) found, and what could not be checked.
+    fn verdict(&self, shutdown: ShutdownReport) -> LeakVerdict;
 
     /// Start, peak and end of the samples (`None`: nothing sampled).
     fn summary(&self) -> Option<MetricsSummary>;

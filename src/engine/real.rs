@@ -8,7 +8,7 @@ use super::ports::{Models, Probe, Sampled, Sessions};
 use crate::events::RunStats;
 use crate::llm::{Llm, LlmError, LlmReport, ModelHandle};
 use crate::manifest::Price;
-use crate::monitor::{Counts, Finding, MetricsSummary, Monitor};
+use crate::monitor::{Counts, LeakVerdict, MetricsSummary, Monitor};
 use crate::tasks::Task;
 use crate::workspace::{Session, ShutdownReport, Workspace, WorkspaceError};
 
@@ -102,12 +102,9 @@ impl Probe for MonitorProbe {
         }
     }
 
-    fn findings(&self) -> Vec<Finding> {
-        self.monitor.rules.findings.clone()
-    }
-
-    fn gaps(&self) -> Vec<String> {
-        self.monitor.gaps()
+    fn verdict(&self, shutdown: ShutdownReport) -> LeakVerdict {
+        let m = &self.monitor;
+        LeakVerdict::new(shutdown, m.rules.findings.clone(), Some(&m.failed))
     }
 
     fn summary(&self) -> Option<MetricsSummary> {

@@ -15,7 +15,6 @@ use super::ports::{Models, Probe, Sessions};
 use super::state::{Config, Emitter, Gate, Shared};
 use crate::events::{CancelReason, Event, EventKind, Outcome, RunStarted, SampleTaken};
 use crate::exit::Exit;
-use crate::monitor::LeakVerdict;
 use crate::tasks::Task;
 
 /// How many conversations `status` lists.
@@ -101,7 +100,7 @@ impl<W: Sessions, M: Models, P: Probe> Engine<W, M, P> {
         // The final sample, after cleanup: the end state of the workspace.
         let last = probe.sample(|| shared.emit.window()).await;
         shared.emit.emit(sampled(&shared, last));
-        let leaks = LeakVerdict::new(shutdown, probe.findings(), probe.gaps());
+        let leaks = probe.verdict(shutdown);
         let stats = shared.emit.stats();
         let mut outcome = Outcome {
             exit_code: 0,
@@ -129,7 +128,7 @@ pub fn exit_code(o: &Outcome, fail_on_leak: bool) -> Exit {
     match o.stopped.as_ref().map(|s| s.reason) {
         Some(CancelReason::Signal | CancelReason::SecondSignal) => Exit::Interrupted,
         Some(CancelReason::Outage) => Exit::Infrastructure,
-        _ if o.leaks.is_leak() && fail_on_leak => Exit::Leak,
+        _ if o.leaks.verdict.is_leak() && fail_on_leak => Exit::Leak,
         _ if o.stats.not_ok() > 0 || o.stats.done < o.total_tasks => Exit::TasksFailed,
         _ => Exit::Ok,
     }

@@ -155,12 +155,8 @@ impl Probe for FakeProbe {
         }
     }
 
-    fn findings(&self) -> Vec<Finding> {
-        Vec::new()
-    }
-
-    fn gaps(&self) -> Vec<String> {
-        Vec::new()
+    fn verdict(&self, shutdown: ShutdownReport) -> crate::monitor::LeakVerdict {
+        crate::monitor::LeakVerdict::new(shutdown, Vec::new(), Some(&[]))
     }
 
     fn summary(&self) -> Option<MetricsSummary> {
@@ -547,7 +543,7 @@ fn the_exit_code_follows_the_highest_stop_reason_then_leaks_then_tasks() {
                     reason,
                     detail: String::new(),
                 }),
-                leaks: LeakVerdict::new(ShutdownReport::default(), findings, Vec::new()),
+                leaks: LeakVerdict::new(ShutdownReport::default(), findings, Some(&[])),
                 metrics: None,
                 llm: FakeModels::report_empty(),
                 workers: 1,

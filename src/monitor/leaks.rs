@@ -17,6 +17,12 @@
 //!   never takes the excess above zero; a leak takes it up without bound.
 //!   The rule trips when the excess grows with conversations and has
 //!   reached `FD_MIN_GROWTH`.
+//!
+//! A sample the workspace did not answer (`ws` is `None`) is not a sample
+//! of zero sessions: the workspace rules skip it and keep what the last
+//! answered sample saw, so an unowned session seen on both sides of the
+//! gap has lasted (a finding), and one seen on one side only has not (no
+//! finding). The gap itself goes to the verdict, which cannot be `clean`.
 
 use std::collections::{BTreeSet, HashSet};
 
@@ -271,6 +277,29 @@ mod tests {
                 own(0, 10)
             )
             .is_empty());
+    }
+
+    #[test]
+    fn a_failed_sample_is_neither_zero_sessions_nor_a_finding() {
+        let o = open(&["c1"]);
+        let before = ws(&["c1", "c3"], &[(11, Some("c9"))]);
+        // Seen once, then the workspace did not answer, then gone: the
+        // gap does not make "seen twice" out of one sighting.
+        let mut r = LeakRules::new(0);
+        assert!(r.observe(1.0, &o, Some(&before), own(0, 10)).is_empty());
+        assert!(r.observe(2.0, &o, None, own(0, 10)).is_empty());
+        assert!(r
+            .observe(3.0, &o, Some(&ws(&["c1"], &[])), own(0, 10))
+            .is_empty());
+        assert!(r.findings.is_empty());
+        // Seen on both sides of the gap: it lasted, and is found; the gap
+        // did not wipe what the sample before it saw.
+        let mut r = LeakRules::new(0);
+        assert!(r.observe(1.0, &o, Some(&before), own(0, 10)).is_empty());
+        assert!(r.observe(2.0, &o, None, own(0, 10)).is_empty());
+        let f = r.observe(3.0, &o, Some(&before), own(0, 10));
+        let rules: Vec<&str> = f.iter().map(|f| f.rule).collect();
+        assert_eq!(rules, ["orphan_session", "orphan_process"]);
     }
 
     #[test]

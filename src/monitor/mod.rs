@@ -2,7 +2,9 @@
 //! workspace (tmux sessions, processes, their open files) every
 //! `monitor.interval`, keeps the peaks between samples, writes
 //! `metrics.csv`, and applies the leak rules, so a leak is seen the minute
-//! it starts. Also raises RLIMIT_NOFILE at start.
+//! it starts; at the end, judges the run `clean`, `leak` or `unknown`.
+//! Also raises RLIMIT_NOFILE at start. It reads no reporter's types: the
+//! caller hands it the run's `Counts`.
 
 mod leaks;
 mod own;
@@ -15,4 +17,4 @@ pub use leaks::{Finding, LeakRules, Own};
 pub use own::{own_usage, settle_fds};
 pub use peaks::LiveCount;
 pub use sampler::{Counts, Gauges, Monitor, Sample};
-pub use verdict::{LeakVerdict, MetricsSummary};
+pub use verdict::{FailedSample, LeakVerdict, MetricsSummary, Verdict};

@@ -1,31 +1,41 @@
 //! Sampling: each sample is one row of `metrics.csv` (written by its
-//! reporter). Each row is what was there at the sample
+//! reporter from the `sample_taken` event). Each row is what was there at the sample
 //! and, in the `*_peak` columns, the most there was since the row before:
 //! convoy's FDs (read every 100 ms), sessions and in-flight conversations
 //! and requests (counted as they open and close). Workspace processes
 //! between samples are counted as one per open session (its shell), a
-//! floor: what those shells started is only seen by the samples.
+//! floor: what those shells started is only seen by the samples. A sample
+//! the workspace does not answer leaves its columns empty in that row (a
+//! gap, never a zero) and is kept as a failed sample for the verdict.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
 use super::leaks::{Finding, LeakRules, Own};
 use super::own::{OwnSampler, FAST};
+use super::verdict::FailedSample;
 use crate::llm::Llm;
 use crate::workspace::Workspace;
 
-/// One row of `metrics.csv`.
+/// How long a sample waits for the workspace before it is a gap.
+const STATS_WAIT: Duration = Duration::from_secs(30);
+
+/// One row of `metrics.csv`; the header is these field names, in this
+/// order, written by the same serializer as the rows so that they cannot
+/// drift apart. The workspace's columns are `None` (an empty cell) when
+/// the workspace did not answer the sample: a gap, never a zero.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Sample {
+    #[serde(serialize_with = "tenths")]
     pub elapsed_s: f64,
     pub open_fds: u64,
     pub threads: u64,
     pub rss_bytes: u64,
-    pub tmux_sessions: u64,
-    pub workspace_procs: u64,
-    pub workspace_fds: u64,
+    pub tmux_sessions: Option<u64>,
+    pub workspace_procs: Option<u64>,
+    pub workspace_fds: Option<u64>,
     pub in_flight: u64,
     pub done: u64,
     pub failed: u64,
@@ -35,31 +45,40 @@ pub struct Sample {
     pub leaks: u64,
     /// The most since the previous row (this one included).
     pub open_fds_peak: u64,
-    pub tmux_sessions_peak: u64,
-    pub workspace_procs_peak: u64,
+    pub tmux_sessions_peak: Option<u64>,
+    pub workspace_procs_peak: Option<u64>,
     pub in_flight_peak: u64,
     pub llm_in_flight_peak: u64,
 }
 
-/// The run's counts a sample records (the engine's statistics, as of
-/// the sample).
+/// Seconds to one decimal: a sample is taken every few seconds, so more
+/// digits are noise in the file.
+fn tenths<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64((v * 10.0).round() / 10.0)
+}
+
+/// What the run has done so far, for one sample. The caller builds it from
+/// its own statistics, so the monitor depends on no reporter.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Counts {
     pub in_flight: u64,
     /// The most in flight since the previous sample.
     pub in_flight_peak: u64,
+    /// Tasks done, those of earlier runs of the directory included.
     pub done: u64,
+    /// Of `done`: not `ok`.
     pub failed: u64,
-    /// Tasks this run finished (not earlier runs of the directory).
+    /// Tasks this run finished (what the growth rules count).
     pub ran: u64,
 }
 
-/// The latest figures, for the progress line.
+/// The latest figures, for the progress line; `None` where the last
+/// sample got no answer from the workspace.
 #[derive(Debug, Clone, Default)]
 pub struct Gauges {
     pub open_fds: u64,
-    pub tmux_sessions: u64,
-    pub workspace_procs: u64,
+    pub tmux_sessions: Option<u64>,
+    pub workspace_procs: Option<u64>,
     pub llm_in_flight: u64,
     pub llm_limit: u64,
     pub leaks: u64,
@@ -82,10 +101,13 @@ pub struct Monitor {
     started: Instant,
     pub rules: LeakRules,
     /// The highest of every column over the run, peaks between samples
-    /// included (RSS and threads too: the FD thread reads them).
+    /// included (RSS and threads too: the FD thread reads them). A
+    /// workspace column is `None` until a sample got an answer.
     pub peak: Sample,
     pub first: Option<Sample>,
     pub last: Sample,
+    /// The samples the workspace did not answer, in order.
+    pub failed: Vec<FailedSample>,
     own: OwnSampler,
     /// The most requests in flight to the endpoint so far: each holds one
     /// HTTP connection, which the pool keeps for the next request (the
@@ -101,6 +123,7 @@ impl Monitor {
             peak: Sample::default(),
             first: None,
             last: Sample::default(),
+            failed: Vec::new(),
             own: OwnSampler::start(FAST),
             pooled: 0,
         }
@@ -109,7 +132,9 @@ impl Monitor {
     /// Takes one sample and applies the leak rules; returns the row and
     /// the rules that tripped for the first time. The counts come from
     /// `counts`, read once the workspace has answered so that they are as
-    /// fresh as the rest of the row.
+    /// fresh as the rest of the row. A workspace that does not answer
+    /// makes a row with gaps and a failed sample, which the verdict
+    /// reports.
     pub async fn sample(
         &mut self,
         workspace: &Workspace,
@@ -120,10 +145,13 @@ impl Monitor {
         // before the workspace answers would otherwise look unowned (the
         // rules also want it to last two samples).
         let open: HashSet<String> = workspace.open_sessions();
-        let ws = tokio::time::timeout(Duration::from_secs(30), workspace.stats())
-            .await
-            .ok()
-            .and_then(Result::ok);
+        let ws = match tokio::time::timeout(STATS_WAIT, workspace.stats()).await {
+            Ok(Ok(ws)) => Ok(ws),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {}s", STATS_WAIT.as_secs())),
+        };
+        let elapsed_s = self.started.elapsed().as_secs_f64();
+        let ws = ws.map_err(|why| self.missed(elapsed_s, why)).ok();
         let ((open_fds, threads, rss_bytes), own_peak) = self.own.take();
         let sessions_peak = workspace.take_sessions_peak();
         let llm_in_flight = llm.in_flight();
@@ -136,28 +164,30 @@ impl Monitor {
         // can need: a leak of connections still shows past that ceiling.
         let connections = super::own::tcp_connections().min(llm.in_flight_ceiling());
         let pooled = self.pooled.max(connections);
-        let tally = counts();
-        let tmux_sessions = ws.as_ref().map_or(0, |w| w.sessions.len() as u64);
-        let workspace_procs = ws.as_ref().map_or(0, |w| w.processes.len() as u64);
+        let counts = counts();
+        let tmux_sessions = ws.as_ref().map(|w| w.sessions.len() as u64);
+        let workspace_procs = ws.as_ref().map(|w| w.processes.len() as u64);
         let s = Sample {
-            elapsed_s: (self.started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+            elapsed_s,
             open_fds,
             threads,
             rss_bytes,
             tmux_sessions,
             workspace_procs,
-            workspace_fds: ws.as_ref().map_or(0, |w| w.fds),
-            in_flight: tally.in_flight,
-            done: tally.done,
-            failed: tally.failed,
+            workspace_fds: ws.as_ref().map(|w| w.fds),
+            in_flight: counts.in_flight,
+            done: counts.done,
+            failed: counts.failed,
             llm_in_flight,
             llm_limit: llm.limit(),
             leaks: 0,
             open_fds_peak: own_peak.0,
-            tmux_sessions_peak: tmux_sessions.max(sessions_peak),
+            // convoy's own count of open sessions is only half the peak:
+            // without the workspace's answer the row has none.
+            tmux_sessions_peak: tmux_sessions.map(|n| n.max(sessions_peak)),
             // Each open session has at least its shell.
-            workspace_procs_peak: workspace_procs.max(sessions_peak),
-            in_flight_peak: tally.in_flight_peak.max(tally.in_flight),
+            workspace_procs_peak: workspace_procs.map(|n| n.max(sessions_peak)),
+            in_flight_peak: counts.in_flight_peak.max(counts.in_flight),
             llm_in_flight_peak: llm_peak,
         };
         self.peak.threads = self.peak.threads.max(own_peak.1);
@@ -165,7 +195,7 @@ impl Monitor {
         let own = Own {
             // Growth is per conversation of this run: a resumed run's
             // earlier tasks did not pass through this process.
-            done: tally.ran,
+            done: counts.ran,
             fds: s.open_fds,
             pooled,
             rss: s.rss_bytes,
@@ -179,9 +209,17 @@ impl Monitor {
         (s, new)
     }
 
-    /// Samples the workspace did not answer (empty when all did).
-    pub fn gaps(&self) -> Vec<String> {
-        Vec::new()
+    /// Keeps a sample the workspace did not answer; says so when a run of
+    /// them starts, not at every one (an outage lasts many samples).
+    fn missed(&mut self, at_s: f64, why: String) {
+        let answered_before = self.first.is_some() && self.last.tmux_sessions.is_some();
+        if answered_before || self.failed.is_empty() {
+            tracing::warn!(
+                "the workspace did not answer the monitor's sample at {at_s:.1}s ({why}): \
+                 metrics.csv has a gap there and the leak verdict cannot be clean"
+            );
+        }
+        self.failed.push(FailedSample { at_s, why });
     }
 
     fn record(&mut self, s: &Sample) {
@@ -189,11 +227,106 @@ impl Monitor {
         p.open_fds = p.open_fds.max(s.open_fds_peak);
         p.threads = p.threads.max(s.threads);
         p.rss_bytes = p.rss_bytes.max(s.rss_bytes);
+        // `None` is below every number: a gap never lowers a peak, and the
+        // peak stays `None` only if no sample was answered.
         p.tmux_sessions = p.tmux_sessions.max(s.tmux_sessions_peak);
         p.workspace_procs = p.workspace_procs.max(s.workspace_procs_peak);
         p.in_flight = p.in_flight.max(s.in_flight_peak);
         p.llm_in_flight = p.llm_in_flight.max(s.llm_in_flight_peak);
         self.first.get_or_insert_with(|| s.clone());
         self.last = s.clone();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The columns as README and `convoy report` know them.
+    const COLUMNS: &str = "elapsed_s,open_fds,threads,rss_bytes,tmux_sessions,workspace_procs,\
+        workspace_fds,in_flight,done,failed,llm_in_flight,llm_limit,leaks,open_fds_peak,\
+        tmux_sessions_peak,workspace_procs_peak,in_flight_peak,llm_in_flight_peak";
+
+    fn answered(elapsed_s: f64, sessions: u64) -> Sample {
+        Sample {
+            elapsed_s,
+            open_fds: 12,
+            tmux_sessions: Some(sessions),
+            workspace_procs: Some(sessions * 2),
+            workspace_fds: Some(40),
+            tmux_sessions_peak: Some(sessions + 1),
+            workspace_procs_peak: Some(sessions * 2 + 1),
+            ..Sample::default()
+        }
+    }
+
+    fn unanswered(elapsed_s: f64) -> Sample {
+        Sample {
+            elapsed_s,
+            open_fds: 13,
+            ..Sample::default()
+        }
+    }
+
+    /// The samples through the monitor and through the `metrics.csv`
+    /// reporter: the monitor, and the file's lines.
+    fn written(samples: &[Sample]) -> (Monitor, Vec<String>) {
+        use crate::events::{Event, EventKind, SampleTaken};
+        use crate::reporters::{MetricsCsv, Reporter};
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = Monitor::new(0, Instant::now());
+        let mut csv = MetricsCsv::create(dir.path()).unwrap();
+        for s in samples {
+            m.record(s);
+            let ev = Event {
+                elapsed: Duration::ZERO,
+                kind: EventKind::SampleTaken(Box::new(SampleTaken {
+                    sample: s.clone(),
+                    llm_retries: Default::default(),
+                })),
+            };
+            csv.on(&ev).unwrap();
+        }
+        csv.flush().unwrap();
+        let text = std::fs::read_to_string(dir.path().join("metrics.csv")).unwrap();
+        (m, text.lines().map(str::to_string).collect())
+    }
+
+    #[test]
+    fn the_header_is_the_sample_fields_in_the_documented_order() {
+        let (_, lines) = written(&[answered(0.04, 1)]);
+        assert_eq!(lines[0], COLUMNS);
+        assert_eq!(lines[1], "0.0,12,0,0,1,2,40,0,0,0,0,0,0,0,2,3,0,0");
+        assert_eq!(lines.len(), 2);
+    }
+
+    #[test]
+    fn a_sample_the_workspace_did_not_answer_is_empty_cells_not_zeros() {
+        let (m, lines) = written(&[answered(5.0, 3), unanswered(12.345), answered(15.0, 0)]);
+        let header: Vec<&str> = lines[0].split(',').collect();
+        let gap: Vec<&str> = lines[2].split(',').collect();
+        let cell = |name: &str| gap[header.iter().position(|h| *h == name).unwrap()];
+        assert_eq!(cell("elapsed_s"), "12.3");
+        assert_eq!(cell("open_fds"), "13");
+        for name in [
+            "tmux_sessions",
+            "workspace_procs",
+            "workspace_fds",
+            "tmux_sessions_peak",
+            "workspace_procs_peak",
+        ] {
+            assert_eq!(cell(name), "", "{name} in {}", lines[2]);
+        }
+        // A gap neither lowers a peak nor reads as the end's zero.
+        assert_eq!(m.peak.tmux_sessions, Some(4));
+        assert_eq!(m.last.tmux_sessions, Some(0));
+        assert_eq!(Gauges::of(&m.last).tmux_sessions, Some(0));
+    }
+
+    #[test]
+    fn peaks_stay_unknown_when_no_sample_was_answered() {
+        let (m, _) = written(&[unanswered(1.0), unanswered(2.0)]);
+        assert_eq!((m.peak.tmux_sessions, m.peak.workspace_procs), (None, None));
+        assert_eq!(m.last.tmux_sessions, None);
     }
 }

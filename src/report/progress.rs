@@ -263,8 +263,8 @@ pub fn status_line(s: &Status, width: usize, color: bool) -> String {
         (1, format!("fail {}", s.failed)),
         (2, format!("run {}", s.in_flight)),
         (3, format!("fd {}", g.open_fds)),
-        (3, format!("tmux {}", g.tmux_sessions)),
-        (4, format!("ps {}", g.workspace_procs)),
+        (3, format!("tmux {}", unknown_as_mark(g.tmux_sessions))),
+        (4, format!("ps {}", unknown_as_mark(g.workspace_procs))),
     ];
     if g.llm_limit > 0 {
         fields.push((4, format!("llm {}/{}", g.llm_in_flight, g.llm_limit)));
@@ -320,6 +320,12 @@ pub fn status_line(s: &Status, width: usize, color: bool) -> String {
     line
 }
 
+/// A workspace gauge the last sample got no answer for shows as `?`,
+/// never as 0.
+fn unknown_as_mark(v: Option<u64>) -> String {
+    v.map_or_else(|| "?".to_string(), |n| n.to_string())
+}
+
 /// The plain line for logs (no width limit, no colour).
 pub fn plain_line(s: &Status) -> String {
     let g = &s.gauges;
@@ -331,8 +337,8 @@ pub fn plain_line(s: &Status) -> String {
         s.failed,
         s.in_flight,
         g.open_fds,
-        g.tmux_sessions,
-        g.workspace_procs
+        unknown_as_mark(g.tmux_sessions),
+        unknown_as_mark(g.workspace_procs)
     );
     if g.llm_limit > 0 {
         let _ = write!(line, " | llm {}/{}", g.llm_in_flight, g.llm_limit);
@@ -363,8 +369,8 @@ mod tests {
             in_flight: 1024,
             gauges: Gauges {
                 open_fds: 2015,
-                tmux_sessions: 1024,
-                workspace_procs: 3072,
+                tmux_sessions: Some(1024),
+                workspace_procs: Some(3072),
                 llm_in_flight: 1000,
                 llm_limit: 1024,
                 leaks: 3,
@@ -397,8 +403,8 @@ mod tests {
             in_flight: 128,
             gauges: Gauges {
                 open_fds: 150,
-                tmux_sessions: 128,
-                workspace_procs: 400,
+                tmux_sessions: Some(128),
+                workspace_procs: Some(400),
                 llm_in_flight: 100,
                 llm_limit: 256,
                 ..Gauges::default()
@@ -454,5 +460,12 @@ mod tests {
             eta(Duration::from_secs(10), 510, 500, 1000),
             Some(Duration::from_secs(490))
         );
+    }
+
+    #[test]
+    fn workspace_gauges_the_workspace_did_not_answer_show_as_unknown_not_zero() {
+        let s = Status::default();
+        assert!(status_line(&s, 120, false).contains("tmux ? ps ?"));
+        assert!(plain_line(&s).contains("sessions ? procs ?"));
     }
 }

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::events::{Outcome, RunStarted};
 use crate::llm::{LlmReport, Usage};
-use crate::monitor::{LeakVerdict, MetricsSummary};
+use crate::monitor::{LeakVerdict, MetricsSummary, Verdict};
 
 /// `summary.json`.
 #[derive(Debug, Serialize)]
@@ -117,20 +117,26 @@ impl<'a> Summary<'a> {
             ));
         }
         if let Some(m) = &self.metrics {
+            let known = |v: Option<u64>| v.map_or_else(|| "unknown".to_string(), |n| n.to_string());
             s.push_str(&format!(
                 "convoy FDs {} -> peak {} -> {}; RSS peak {:.1} MB; tmux sessions peak {}, end {}; workspace processes peak {}, end {}; in flight peak {}\n",
                 m.open_fds_start,
                 m.open_fds_peak,
                 m.open_fds_end,
                 m.rss_bytes_peak as f64 / 1048576.0,
-                m.tmux_sessions_peak,
-                m.tmux_sessions_end,
-                m.workspace_procs_peak,
-                m.workspace_procs_end,
+                known(m.tmux_sessions_peak),
+                known(m.tmux_sessions_end),
+                known(m.workspace_procs_peak),
+                known(m.workspace_procs_end),
                 m.in_flight_peak
             ));
         }
-        s.push_str(&format!("leaks: {}", self.leaks.verdict));
+        s.push_str(&format!("leaks: {}", self.leaks.verdict.as_str()));
+        if let Verdict::Unknown { why } = &self.leaks.verdict {
+            for reason in why {
+                s.push_str(&format!("\n  not checked: {reason}"));
+            }
+        }
         for f in &self.leaks.findings {
             s.push_str(&format!("\n  {} at {:.0}s: {}", f.rule, f.at_s, f.detail));
         }

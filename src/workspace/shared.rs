@@ -260,6 +260,10 @@ pub struct ShutdownReport {
     pub stray_sessions: Vec<String>,
     /// Processes of sessions still running after every session closed.
     pub stray_processes: Vec<u32>,
+    /// Checks that could not be made, and why: then empty `stray_*` prove
+    /// nothing. The leak verdict says them (its `why`), so not serialized.
+    #[serde(skip)]
+    pub unchecked: Vec<String>,
 }
 
 /// One job's workspace.
@@ -403,6 +407,10 @@ impl Workspace {
                 "the workspace did not finish its cleanup within {}s; shutting it down as it is",
                 FINISH_WAIT.as_secs()
             );
+            report.lock().expect("report lock").unchecked.push(format!(
+                "the end-of-job cleanup did not finish within {}s",
+                FINISH_WAIT.as_secs()
+            ));
         }
         report.into_inner().expect("report lock")
     }
@@ -414,26 +422,34 @@ impl Workspace {
             let _ = rx.await;
         }
         out.lock().expect("report lock").reaped = self.inner.reaped.load(Ordering::Relaxed);
-        if let Ok(names) = self.list_sessions().await {
-            for name in names {
-                tracing::warn!(
-                    "leak: tmux session `{name}` was still alive at the end of the job; closing it"
-                );
-                out.lock()
-                    .expect("report lock")
-                    .stray_sessions
-                    .push(name.clone());
-                let _ = self.inner.close_session(&name).await;
-            }
+        let unchecked = |why: String| {
+            tracing::warn!("{why}; the leak verdict cannot be clean");
+            out.lock().expect("report lock").unchecked.push(why);
+        };
+        let names = self.list_sessions().await.unwrap_or_else(|e| {
+            unchecked(format!("the workspace could not be listed at the end: {e}"));
+            Vec::new()
+        });
+        for name in names {
+            tracing::warn!(
+                "leak: tmux session `{name}` was still alive at the end of the job; closing it"
+            );
+            out.lock()
+                .expect("report lock")
+                .stray_sessions
+                .push(name.clone());
+            let _ = self.inner.close_session(&name).await;
         }
-        if let Ok(stats) = self.stats().await {
-            for (pid, session) in stats.processes {
-                let owner = session.as_deref().unwrap_or("no session");
-                tracing::warn!(
-                    "leak: process {pid} ({owner}) outlived its conversation; killing it"
-                );
-                out.lock().expect("report lock").stray_processes.push(pid);
-            }
+        let processes = self.stats().await.map(|s| s.processes).unwrap_or_else(|e| {
+            unchecked(format!(
+                "the workspace's processes could not be inspected at the end: {e}"
+            ));
+            Vec::new()
+        });
+        for (pid, session) in processes {
+            let owner = session.as_deref().unwrap_or("no session");
+            tracing::warn!("leak: process {pid} ({owner}) outlived its conversation; killing it");
+            out.lock().expect("report lock").stray_processes.push(pid);
         }
     }
 

@@ -13,9 +13,10 @@ use std::path::Path;
 
 use crate::journal::{lock_holder, read_final, Finals, RunInfo, RUN_INFO};
 
+use super::leaks::leak_report;
 use super::model::{
-    FailureReason, LeakReport, Percentiles, Report, ReportError, ResultLine, RunState, SummaryFile,
-    SummaryLeaks, Tokens, TornLine,
+    FailureReason, Percentiles, Report, ReportError, ResultLine, RunState, SummaryFile, Tokens,
+    TornLine,
 };
 
 /// Failure reasons kept in the report; the long tail is rarely actionable.
@@ -302,36 +303,6 @@ fn nearest_rank<T: Copy>(sorted: &[T], pct: u32) -> Option<T> {
     Some(sorted[rank - 1])
 }
 
-fn leak_report(state: RunState, has_summary: bool, leaks: Option<SummaryLeaks>) -> LeakReport {
-    let pending = match state {
-        RunState::Running => {
-            Some("not known yet: the run is still going (the verdict comes at its end)")
-        }
-        RunState::Stopped if has_summary => {
-            Some("unknown (the latest run did not finish; summary.json is an earlier run's)")
-        }
-        RunState::Stopped => Some("unknown (no summary.json: the run did not finish)"),
-        RunState::Finished => None,
-    };
-    if let Some(verdict) = pending {
-        return LeakReport {
-            verdict: verdict.into(),
-            findings: Vec::new(),
-            stray_sessions: Vec::new(),
-            stray_processes: Vec::new(),
-        };
-    }
-    let leaks = leaks.unwrap_or_default();
-    LeakReport {
-        verdict: leaks
-            .verdict
-            .unwrap_or_else(|| "unknown (summary.json has no leak verdict)".into()),
-        findings: leaks.findings,
-        stray_sessions: leaks.stray_sessions,
-        stray_processes: leaks.stray_processes,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -521,6 +492,20 @@ mod tests {
         assert!(text.contains("stopped: ctrl-c"), "{text}");
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["counts"]["failed"], 2);
+    }
+
+    #[test]
+    fn an_unknown_verdict_prints_why() {
+        let dir = run_dir(&format!("{}\n", result("a", "ok", 1, None)));
+        let summary = serde_json::json!({"name": "job", "exit_code": 0, "leaks": {
+            "verdict": "unknown", "why": ["the workspace could not be listed at the end: gone"],
+            "findings": [], "reaped": 0, "stray_sessions": [], "stray_processes": []}});
+        std::fs::write(dir.path().join("summary.json"), summary.to_string()).unwrap();
+        let text = analyze(dir.path()).unwrap().render();
+        assert!(
+            text.contains("leaks: unknown\n  not checked: the workspace could not be listed"),
+            "{text}"
+        );
     }
 
     /// `turns.jsonl` with one partial turn per (id, turn).

@@ -1,9 +1,10 @@
 //! `convoy report RUN_DIR`: reads a run directory (finished, resumed,
 //! killed, or still running) and condenses it into a `Report` that prints
-//! as text or serialises as JSON. `collect` reads, `model` is what it
-//! says, `render` prints it.
+//! as text or serialises as JSON. `collect` reads (`leaks` the verdict),
+//! `model` is what it says, `render` prints it.
 
 mod collect;
+mod leaks;
 mod model;
 mod render;
 

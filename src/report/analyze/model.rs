@@ -136,9 +136,12 @@ pub struct Percentiles<T> {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct LeakReport {
-    /// `clean`, `leak`, or an `unknown (...)` sentence when there is no
-    /// summary to take it from.
+    /// `clean`, `leak` or `unknown` as the run's summary says, or an
+    /// `unknown (...)` sentence when there is no summary to take it from.
     pub verdict: String,
+    /// For `unknown`: the checks that could not be made, and why (empty
+    /// otherwise, and in directories older than this field).
+    pub why: Vec<String>,
     pub findings: Vec<LeakFinding>,
     pub stray_sessions: Vec<String>,
     pub stray_processes: Vec<Value>,
@@ -202,6 +205,7 @@ pub(super) struct SummaryFile {
 #[serde(default)]
 pub(super) struct SummaryLeaks {
     pub(super) verdict: Option<String>,
+    pub(super) why: Vec<String>,
     pub(super) findings: Vec<LeakFinding>,
     pub(super) stray_sessions: Vec<String>,
     pub(super) stray_processes: Vec<Value>,

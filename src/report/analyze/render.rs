@@ -87,6 +87,9 @@ impl Report {
             s.push_str(&llm.render());
         }
         s.push_str(&format!("leaks: {}\n", self.leaks.verdict));
+        for reason in &self.leaks.why {
+            s.push_str(&format!("  not checked: {reason}\n"));
+        }
         for f in &self.leaks.findings {
             s.push_str(&format!("  {} at {:.0}s: {}\n", f.rule, f.at_s, f.detail));
         }

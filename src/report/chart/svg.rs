@@ -395,6 +395,16 @@ mod tests {
             .collect()
     }
 
+    /// The y of each point drawn for `column`.
+    fn series_ys(svg: &str, column: &str) -> Vec<f64> {
+        let el = &svg[svg.find(&format!("data-column=\"{column}\"")).unwrap()..];
+        let el = &el[..el.find("/>").unwrap()];
+        polyline_points(&format!("<polyline {el}"))
+            .iter()
+            .map(|p| p.1)
+            .collect()
+    }
+
     #[test]
     fn synthetic_metrics_chart() {
         let svg = chart(&synthetic(30, "8"));
@@ -444,14 +454,21 @@ mod tests {
         assert!(!svg.contains(">in flight<"));
         assert_eq!(svg.matches("class=\"series\"").count(), 2);
         // Constant open_fds (the first series drawn): a flat line.
-        let fds = &svg[svg.find("data-column=\"open_fds\"").unwrap()..];
-        let fds = &fds[..fds.find("/>").unwrap()];
-        let ys: Vec<f64> = polyline_points(&format!("<polyline {fds}"))
-            .iter()
-            .map(|p| p.1)
-            .collect();
+        let ys = series_ys(&svg, "open_fds");
         assert_eq!(ys.len(), 3);
         assert!(ys.iter().all(|&y| y == ys[0]), "{ys:?}");
+    }
+
+    /// A sample the workspace did not answer is an empty cell: the chart
+    /// leaves it out instead of drawing a drop to 0.
+    #[test]
+    fn gaps_in_metrics_csv_are_skipped_not_drawn_as_zero() {
+        let svg = chart("elapsed_s,tmux_sessions,open_fds\n0,4,9\n5,,9\n10,4,9\n");
+        let ys = series_ys(&svg, "tmux_sessions");
+        assert_eq!(ys.len(), 2, "{ys:?}");
+        assert_eq!(ys[0], ys[1], "{ys:?}");
+        // The row is still a sample: its other columns are drawn.
+        assert!(svg.contains("3 samples over 10.0s"), "{svg}");
     }
 
     #[test]
