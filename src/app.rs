@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use crate::agent::tool_schemas;
 use crate::cli::{Cli, Command, RunArgs};
 use crate::ctl::CtlServer;
-use crate::engine::{forward_signals, Engine, MonitorProbe};
+use crate::engine::{forward_signals, Engine, MonitorProbe, Steering};
 use crate::exit::{Exit, Failure};
 use crate::journal::{Journal, JournalError};
 use crate::llm::Llm;
@@ -24,9 +24,8 @@ use crate::workspace::{Workspace, WorkspaceError};
 
 mod commands;
 mod plan;
-mod stdout;
+pub(crate) use crate::report::say;
 pub use plan::{EventsTo, RunPlan};
-pub(crate) use stdout::say;
 
 /// Runs the command and returns the exit code; errors are printed here.
 pub fn main(cli: Cli) -> Exit {
@@ -209,6 +208,12 @@ async fn run(args: RunArgs) -> Result<Exit, Failure> {
         })?;
     plan.resume(&previous);
     let events_out = open_events(&plan)?;
+    // Signals from here on reach the engine, even while the workspace
+    // boots: it applies them before its first dispatch.
+    let steering = Steering::new();
+    if !forward_signals(steering.handle()) {
+        tracing::warn!("cannot install signal handlers; Ctrl-C will kill convoy without cleanup");
+    }
     sweep_crashed().await;
 
     let run_label = std::path::absolute(&plan.out).unwrap_or_else(|_| plan.out.clone());
@@ -229,10 +234,8 @@ async fn run(args: RunArgs) -> Result<Exit, Failure> {
         probe,
         tx,
         clock,
+        steering,
     );
-    if !forward_signals(engine.handle()) {
-        tracing::warn!("cannot install signal handlers; Ctrl-C will kill convoy without cleanup");
-    }
     // Served while the engine runs; dropping it removes the socket.
     let ctl = match CtlServer::start(&plan.out, engine.handle()) {
         Ok(server) => Some(server),

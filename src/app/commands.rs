@@ -10,10 +10,10 @@ use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
 use super::say;
-use super::stdout::is_closed_pipe;
 use crate::cli::Cli;
 use crate::exit::{Exit, Failure};
 use crate::manifest;
+use crate::report::is_closed_pipe;
 
 /// A destination that cannot be written: the user's to fix when the path
 /// itself is wrong, infrastructure otherwise.

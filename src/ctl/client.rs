@@ -9,8 +9,8 @@ use std::path::Path;
 use serde_json::Value;
 
 use super::{short_path, SOCKET};
-use crate::app::say;
 use crate::exit::{Exit, Failure};
+use crate::report::say;
 
 /// What `convoy ctl` asks of a run.
 #[derive(Debug, Clone, clap::Subcommand)]

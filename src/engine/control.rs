@@ -71,12 +71,36 @@ pub struct EngineHandle {
     tx: mpsc::UnboundedSender<Command>,
 }
 
-impl EngineHandle {
-    pub(super) fn new() -> (EngineHandle, mpsc::UnboundedReceiver<Command>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        (EngineHandle { tx }, rx)
+/// The engine's command channel, made before the engine so that what
+/// arrives early (a signal while the workspace boots) is kept and applied
+/// before the first dispatch.
+#[derive(Debug)]
+pub struct Steering {
+    handle: EngineHandle,
+    pub(super) commands: mpsc::UnboundedReceiver<Command>,
+}
+
+impl Steering {
+    pub fn new() -> Steering {
+        let (tx, commands) = mpsc::unbounded_channel();
+        Steering {
+            handle: EngineHandle { tx },
+            commands,
+        }
     }
 
+    pub fn handle(&self) -> EngineHandle {
+        self.handle.clone()
+    }
+}
+
+impl Default for Steering {
+    fn default() -> Steering {
+        Steering::new()
+    }
+}
+
+impl EngineHandle {
     pub fn send(&self, command: Command) {
         let _ = self.tx.send(command);
     }

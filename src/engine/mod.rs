@@ -26,7 +26,7 @@ mod tests;
 mod track;
 
 pub use budget::Budget;
-pub use control::{forward_signals, Command, EngineHandle, StatusReport, Waiting};
+pub use control::{forward_signals, Command, EngineHandle, StatusReport, Steering, Waiting};
 pub use ports::{Models, Probe, Sampled, Sessions};
 pub use real::MonitorProbe;
 pub use run::{exit_code, Engine};

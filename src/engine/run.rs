@@ -10,7 +10,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::attempt::run_task;
-use super::control::{self, Command, EngineHandle, StatusReport};
+use super::control::{self, Command, EngineHandle, StatusReport, Steering};
 use super::ports::{Models, Probe, Sessions};
 use super::state::{Config, Emitter, Gate, Shared};
 use crate::events::{CancelReason, Event, EventKind, Outcome, RunStarted, SampleTaken};
@@ -29,7 +29,8 @@ pub struct Engine<W, M, P> {
 }
 
 impl<W: Sessions, M: Models, P: Probe> Engine<W, M, P> {
-    /// `events` receives everything the run does, in order.
+    /// `events` receives everything the run does, in order; `steering`
+    /// brings the commands (see `EngineHandle`).
     pub fn new(
         cfg: Config,
         ws: Arc<W>,
@@ -37,8 +38,10 @@ impl<W: Sessions, M: Models, P: Probe> Engine<W, M, P> {
         probe: P,
         events: mpsc::UnboundedSender<Event>,
         clock: Instant,
+        steering: Steering,
     ) -> Engine<W, M, P> {
-        let (handle, commands) = EngineHandle::new();
+        let handle = steering.handle();
+        let commands = steering.commands;
         let (gate, _) = watch::channel(Gate {
             running: 0,
             workers: cfg.workers.max(1),

@@ -228,6 +228,7 @@ fn job(
         FakeProbe::default(),
         tx,
         Instant::now(),
+        Steering::new(),
     );
     Job { engine, ws, rx }
 }
@@ -577,4 +578,17 @@ impl FakeModels {
         };
         m.report()
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_signal_before_the_first_dispatch_starts_nothing() {
+    // As when Ctrl-C comes while the workspace boots.
+    let Job { engine, ws, mut rx } = job(config(2), RecordingShell::output(""), bash_then_finish);
+    engine.handle().send(Command::Signal);
+    assert_eq!(engine.run(started(3), tasks(3)).await, Exit::Interrupted);
+    assert_eq!(ws.opened.load(Ordering::SeqCst), 0);
+    let events = drain(&mut rx);
+    let o = outcome(&events);
+    assert_eq!((o.stats.done, o.exit_code), (0, 130));
+    assert_eq!(o.stopped.as_ref().unwrap().reason, CancelReason::Signal);
 }

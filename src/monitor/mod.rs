@@ -16,5 +16,7 @@ mod verdict;
 pub use leaks::{Finding, LeakRules, Own};
 pub use own::{own_usage, settle_fds};
 pub use peaks::LiveCount;
+#[cfg(test)]
+pub(crate) use sampler::test_samples;
 pub use sampler::{Counts, Gauges, Monitor, Sample};
 pub use verdict::{FailedSample, LeakVerdict, MetricsSummary, Verdict};

@@ -238,16 +238,12 @@ impl Monitor {
     }
 }
 
+/// Samples for tests: one the workspace answered, one it did not.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod test_samples {
+    use super::Sample;
 
-    /// The columns as README and `convoy report` know them.
-    const COLUMNS: &str = "elapsed_s,open_fds,threads,rss_bytes,tmux_sessions,workspace_procs,\
-        workspace_fds,in_flight,done,failed,llm_in_flight,llm_limit,leaks,open_fds_peak,\
-        tmux_sessions_peak,workspace_procs_peak,in_flight_peak,llm_in_flight_peak";
-
-    fn answered(elapsed_s: f64, sessions: u64) -> Sample {
+    pub(crate) fn answered(elapsed_s: f64, sessions: u64) -> Sample {
         Sample {
             elapsed_s,
             open_fds: 12,
@@ -260,72 +256,45 @@ mod tests {
         }
     }
 
-    fn unanswered(elapsed_s: f64) -> Sample {
+    pub(crate) fn unanswered(elapsed_s: f64) -> Sample {
         Sample {
             elapsed_s,
             open_fds: 13,
             ..Sample::default()
         }
     }
+}
 
-    /// The samples through the monitor and through the `metrics.csv`
-    /// reporter: the monitor, and the file's lines.
-    fn written(samples: &[Sample]) -> (Monitor, Vec<String>) {
-        use crate::events::{Event, EventKind, SampleTaken};
-        use crate::reporters::{MetricsCsv, Reporter};
-        let dir = tempfile::tempdir().unwrap();
+#[cfg(test)]
+mod tests {
+    use super::test_samples::{answered, unanswered};
+    use super::*;
+
+    fn recorded(samples: &[Sample]) -> Monitor {
         let mut m = Monitor::new(0, Instant::now());
-        let mut csv = MetricsCsv::create(dir.path()).unwrap();
         for s in samples {
             m.record(s);
-            let ev = Event {
-                elapsed: Duration::ZERO,
-                kind: EventKind::SampleTaken(Box::new(SampleTaken {
-                    sample: s.clone(),
-                    llm_retries: Default::default(),
-                })),
-            };
-            csv.on(&ev).unwrap();
         }
-        csv.flush().unwrap();
-        let text = std::fs::read_to_string(dir.path().join("metrics.csv")).unwrap();
-        (m, text.lines().map(str::to_string).collect())
+        m
     }
 
     #[test]
-    fn the_header_is_the_sample_fields_in_the_documented_order() {
-        let (_, lines) = written(&[answered(0.04, 1)]);
-        assert_eq!(lines[0], COLUMNS);
-        assert_eq!(lines[1], "0.0,12,0,0,1,2,40,0,0,0,0,0,0,0,2,3,0,0");
-        assert_eq!(lines.len(), 2);
-    }
-
-    #[test]
-    fn a_sample_the_workspace_did_not_answer_is_empty_cells_not_zeros() {
-        let (m, lines) = written(&[answered(5.0, 3), unanswered(12.345), answered(15.0, 0)]);
-        let header: Vec<&str> = lines[0].split(',').collect();
-        let gap: Vec<&str> = lines[2].split(',').collect();
-        let cell = |name: &str| gap[header.iter().position(|h| *h == name).unwrap()];
-        assert_eq!(cell("elapsed_s"), "12.3");
-        assert_eq!(cell("open_fds"), "13");
-        for name in [
-            "tmux_sessions",
-            "workspace_procs",
-            "workspace_fds",
-            "tmux_sessions_peak",
-            "workspace_procs_peak",
-        ] {
-            assert_eq!(cell(name), "", "{name} in {}", lines[2]);
-        }
-        // A gap neither lowers a peak nor reads as the end's zero.
+    fn a_gap_neither_lowers_a_peak_nor_reads_as_the_end() {
+        let m = recorded(&[answered(5.0, 3), unanswered(12.345), answered(15.0, 0)]);
         assert_eq!(m.peak.tmux_sessions, Some(4));
         assert_eq!(m.last.tmux_sessions, Some(0));
         assert_eq!(Gauges::of(&m.last).tmux_sessions, Some(0));
+        let m = recorded(&[answered(5.0, 3), unanswered(12.0)]);
+        assert_eq!(
+            Gauges::of(&m.last).tmux_sessions,
+            None,
+            "the gauge says unknown"
+        );
     }
 
     #[test]
     fn peaks_stay_unknown_when_no_sample_was_answered() {
-        let (m, _) = written(&[unanswered(1.0), unanswered(2.0)]);
+        let m = recorded(&[unanswered(1.0), unanswered(2.0)]);
         assert_eq!((m.peak.tmux_sessions, m.peak.workspace_procs), (None, None));
         assert_eq!(m.last.tmux_sessions, None);
     }

@@ -7,6 +7,7 @@ mod chart;
 mod plan;
 mod progress;
 mod retries;
+mod stdout;
 mod summary;
 pub mod term;
 
@@ -17,4 +18,5 @@ pub use analyze::{
 pub use chart::write_chart;
 pub use plan::PlanSummary;
 pub use progress::Progress;
+pub(crate) use stdout::{is_closed_pipe, say};
 pub use summary::Summary;

@@ -42,3 +42,64 @@ impl Reporter for MetricsCsv {
         Ok(self.csv.flush()?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::events::SampleTaken;
+    use crate::monitor::test_samples::{answered, unanswered};
+    use crate::monitor::Sample;
+
+    /// The columns as README and `convoy report` know them.
+    const COLUMNS: &str = "elapsed_s,open_fds,threads,rss_bytes,tmux_sessions,workspace_procs,\
+        workspace_fds,in_flight,done,failed,llm_in_flight,llm_limit,leaks,open_fds_peak,\
+        tmux_sessions_peak,workspace_procs_peak,in_flight_peak,llm_in_flight_peak";
+
+    /// The lines of `metrics.csv` after `samples`.
+    fn written(samples: &[Sample]) -> Vec<String> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut csv = MetricsCsv::create(dir.path()).unwrap();
+        for s in samples {
+            let ev = Event {
+                elapsed: Duration::ZERO,
+                kind: EventKind::SampleTaken(Box::new(SampleTaken {
+                    sample: s.clone(),
+                    llm_retries: Default::default(),
+                })),
+            };
+            csv.on(&ev).unwrap();
+        }
+        csv.flush().unwrap();
+        let text = std::fs::read_to_string(dir.path().join("metrics.csv")).unwrap();
+        text.lines().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn the_header_is_the_sample_fields_in_the_documented_order() {
+        let lines = written(&[answered(0.04, 1)]);
+        assert_eq!(lines[0], COLUMNS);
+        assert_eq!(lines[1], "0.0,12,0,0,1,2,40,0,0,0,0,0,0,0,2,3,0,0");
+        assert_eq!(lines.len(), 2);
+    }
+
+    #[test]
+    fn a_sample_the_workspace_did_not_answer_is_empty_cells_not_zeros() {
+        let lines = written(&[answered(5.0, 3), unanswered(12.345), answered(15.0, 0)]);
+        let header: Vec<&str> = lines[0].split(',').collect();
+        let gap: Vec<&str> = lines[2].split(',').collect();
+        let cell = |name: &str| gap[header.iter().position(|h| *h == name).unwrap()];
+        assert_eq!(cell("elapsed_s"), "12.3");
+        assert_eq!(cell("open_fds"), "13");
+        for name in [
+            "tmux_sessions",
+            "workspace_procs",
+            "workspace_fds",
+            "tmux_sessions_peak",
+            "workspace_procs_peak",
+        ] {
+            assert_eq!(cell(name), "", "{name} in {}", lines[2]);
+        }
+    }
+}

@@ -1,8 +1,8 @@
 //! The summary printed at the end of a run (stdout, or stderr when stdout
 //! carries the event stream).
 
-use crate::app::say;
 use crate::events::{Event, EventKind, RunStarted};
+use crate::report::say;
 use crate::report::Summary;
 
 use super::Reporter;
