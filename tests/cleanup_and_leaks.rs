@@ -324,7 +324,14 @@ async fn sigint_twice_cancels_a_docker_job_at_once_and_cleans_up() {
     ));
     let child = job.spawn(
         support::convoy_bin(),
-        &["run", "job.toml", "--out", "out"],
+        &[
+            "run",
+            "job.toml",
+            "--out",
+            "out",
+            "--events",
+            "events.jsonl",
+        ],
         &[],
     );
     let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
@@ -345,7 +352,15 @@ async fn sigint_twice_cancels_a_docker_job_at_once_and_cleans_up() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The second signal once the first has been taken (its event is out).
+    let events = job.path("events.jsonl");
+    for _ in 0..600 {
+        let text = std::fs::read_to_string(&events).unwrap_or_default();
+        if text.contains("\"type\":\"cancel_requested\"") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
     let out = child.wait_with_output().await.unwrap();
     assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));

@@ -14,6 +14,16 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use support::{read_jsonl, script_job, stderr, TestJob};
 
+/// `convoy run` with the event stream in `events.jsonl`.
+const RUN_WITH_EVENTS: &[&str] = &[
+    "run",
+    "job.toml",
+    "--out",
+    "out",
+    "--events",
+    "events.jsonl",
+];
+
 fn job(rows: &[Value], workers: usize) -> TestJob {
     let job = TestJob::new();
     job.tasks(rows);
@@ -44,19 +54,7 @@ async fn wait_for_file(path: &Path) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_event_stream_agrees_with_results_and_summary() {
     let job = job(&quick(12), 4);
-    let out = job
-        .convoy(
-            &[
-                "run",
-                "job.toml",
-                "--out",
-                "out",
-                "--events",
-                "events.jsonl",
-            ],
-            &[],
-        )
-        .await;
+    let out = job.convoy(RUN_WITH_EVENTS, &[]).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let events = read_jsonl(&job.path("events.jsonl"));
     assert_eq!(events[0]["type"], "run_started");
@@ -136,18 +134,7 @@ async fn ctl_pauses_resizes_cancels_one_conversation_and_resumes() {
     let mut rows = vec![json!({"id": "slow", "commands": ["sleep 600"], "answer": "never"})];
     rows.extend(quick(6));
     let job = job(&rows, 1);
-    let mut child = job.spawn(
-        support::convoy_bin(),
-        &[
-            "run",
-            "job.toml",
-            "--out",
-            "out",
-            "--events",
-            "events.jsonl",
-        ],
-        &[],
-    );
+    let mut child = job.spawn(support::convoy_bin(), RUN_WITH_EVENTS, &[]);
     let socket = job.path("out/convoy.ctl");
     wait_for_file(&socket).await;
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;

@@ -36,7 +36,8 @@ pub trait Reporter: Send {
 
 /// Feeds `reporters` until the engine drops its sender, then finishes
 /// them in reverse order (the journal last: it holds the directory's
-/// lock). The first failure, if any, is the error.
+/// lock). The first failure of a critical reporter, if any, is the
+/// error.
 pub fn fan_out(
     reporters: Vec<Box<dyn Reporter>>,
     mut rx: mpsc::UnboundedReceiver<Event>,
@@ -50,10 +51,10 @@ pub fn fan_out(
             let what = format!("{} failed: {e:#}", r.name());
             if r.critical() {
                 engine.stop(CancelReason::Outage, what.clone());
+                first_error.get_or_insert(anyhow::anyhow!(what));
             } else {
-                tracing::warn!("{what}");
+                tracing::warn!("{what}; the run goes on without it");
             }
-            first_error.get_or_insert(anyhow::anyhow!(what));
         };
         while let Some(first) = rx.blocking_recv() {
             let mut batch = vec![first];
