@@ -28,7 +28,7 @@ cleanup() {
   # Closing the server's stdin stops it.
   exec 9>&- 2>/dev/null || true
   [ -n "$srv" ] && wait "$srv" 2>/dev/null || true
-  rm -rf "$dir"
+  if [ -n "${SOAK_KEEP:-}" ]; then echo "kept: $dir" >&2; else rm -rf "$dir"; fi
 }
 trap cleanup EXIT
 python3 - "$dir" "$n" <<'PY'
@@ -102,6 +102,8 @@ w, iso, rate = sys.argv[4], sys.argv[6], s["conversations_per_s"] or 0
 with open(sys.argv[7], "a") as f:
     f.write(f"{w} {iso} {rate}\n")
 verdict = leaks["verdict"]
+if leaks.get("why"):
+    verdict += " (" + "; ".join(leaks["why"]) + ")"
 if leaks["findings"]:
     verdict += " (" + "; ".join(f"{f['rule']}: {f['detail']}" for f in leaks["findings"]) + ")"
 if s["done"] != s["total_tasks"] or sys.argv[5] != "0":

@@ -201,17 +201,24 @@ async fn run(args: RunArgs) -> Result<Exit, Failure> {
     // rejected key leaves no run directory and boots no workspace.
     llm.preflight().await.map_err(Failure::infra)?;
     raise_nofile(&plan.job)?;
+    // Before the run directory: a path `--events` cannot create is the
+    // user's to fix, and nothing is left half made.
+    let events_out = open_events(&plan)?;
     let (journal, previous) = Journal::open(&plan.out, &plan.job, tool_schemas(), plan.force)
         .map_err(|e| match e {
             JournalError::Io { .. } => Failure::infra(e),
             other => Failure::invalid(other),
         })?;
     plan.resume(&previous);
-    let events_out = open_events(&plan)?;
+    // `convoy report` tells this run (live, or killed while booting) from
+    // the one summary.json describes by this.
+    journal.write_started(plan.total).map_err(Failure::infra)?;
     // Signals from here on reach the engine, even while the workspace
-    // boots: it applies them before its first dispatch.
+    // boots (it applies them before its first dispatch); a second one
+    // bounds the rest of the run.
     let steering = Steering::new();
-    if !forward_signals(steering.handle()) {
+    let grace = plan.job.manifest.run.grace;
+    if !forward_signals(steering.handle(), grace) {
         tracing::warn!("cannot install signal handlers; Ctrl-C will kill convoy without cleanup");
     }
     sweep_crashed().await;
@@ -232,7 +239,7 @@ async fn run(args: RunArgs) -> Result<Exit, Failure> {
         workspace.clone(),
         llm,
         probe,
-        tx,
+        tx.clone(),
         clock,
         steering,
     );
@@ -258,7 +265,6 @@ async fn run(args: RunArgs) -> Result<Exit, Failure> {
     let started = plan.started(&plan.out);
     let exit = engine.run(started, plan.tasks).await;
     drop(ctl);
-    let reported = reported.await.map_err(Failure::infra)?;
     match Arc::into_inner(workspace) {
         Some(ws) => ws.shutdown().await,
         None => {
@@ -266,7 +272,13 @@ async fn run(args: RunArgs) -> Result<Exit, Failure> {
             crate::workspace::sweep::remove_own().await;
         }
     }
-    reported.map_err(Failure::infra)?;
+    // The last sender: the reporters finish (the journal last, releasing
+    // the directory's lock) only once the workspace is gone.
+    drop(tx);
+    reported
+        .await
+        .map_err(|e| Failure::infra(anyhow::anyhow!("the reporters' thread failed: {e}")))?
+        .map_err(Failure::infra)?;
     Ok(exit)
 }
 

@@ -92,6 +92,7 @@ async fn the_event_stream_agrees_with_results_and_summary() {
     for key in [
         "done",
         "counts",
+        "cancelled",
         "usage",
         "steps",
         "skipped",

@@ -1,11 +1,11 @@
 //! The run's side of `convoy ctl`: a unix socket `convoy.ctl` in the run
-//! directory, mode 0600 from the moment it has its name (bound under a
-//! temporary name, restricted, then renamed into place), removed when the
-//! server is dropped. A socket left by a crashed run is found at start
+//! directory, mode 0600 and never reachable with a looser one (bound in a
+//! private 0700 directory, restricted, then moved into place), removed
+//! when the server is dropped. A socket left by a crashed run is found at start
 //! (the journal's lock proves no live run owns it) and replaced.
 
 use std::fs::File;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
@@ -39,15 +39,22 @@ impl CtlServer {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        let temp = format!(".{SOCKET}.{}", std::process::id());
-        let temp_path = run_dir.join(&temp);
-        let _ = std::fs::remove_file(&temp_path);
-        let listener = UnixListener::bind(short_path(&dir, &temp))?;
-        std::fs::set_permissions(&temp_path, std::fs::Permissions::from_mode(0o600))
-            .and_then(|()| std::fs::rename(&temp_path, &path))
-            .inspect_err(|_| {
-                let _ = std::fs::remove_file(&temp_path);
-            })?;
+        // Bound in a directory only we can enter, restricted, then moved
+        // into place: the socket is never reachable with a looser mode.
+        let private = format!(".{SOCKET}.{}", std::process::id());
+        let private_path = run_dir.join(&private);
+        let _ = std::fs::remove_dir_all(&private_path);
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&private_path)?;
+        let temp = format!("{private}/{SOCKET}");
+        let bound = UnixListener::bind(short_path(&dir, &temp)).and_then(|listener| {
+            std::fs::set_permissions(run_dir.join(&temp), std::fs::Permissions::from_mode(0o600))?;
+            std::fs::rename(run_dir.join(&temp), &path)?;
+            Ok(listener)
+        });
+        let _ = std::fs::remove_dir_all(&private_path);
+        let listener = bound?;
         let task = tokio::spawn(async move {
             loop {
                 match listener.accept().await {
@@ -87,6 +94,13 @@ async fn serve(stream: UnixStream, engine: EngineHandle) {
 }
 
 async fn answer(request: &str, engine: &EngineHandle) -> serde_json::Value {
+    // A task id may hold spaces: everything after `cancel ` is the id.
+    if let Some(id) = request.strip_prefix("cancel ") {
+        return match engine.cancel(id.to_string()).await {
+            Ok(()) => json!({"ok": true}),
+            Err(e) => json!({"ok": false, "error": e}),
+        };
+    }
     let mut words = request.split_whitespace();
     let ended = || json!({"ok": false, "error": "the run is ending"});
     match (words.next(), words.next(), words.next()) {
@@ -110,10 +124,6 @@ async fn answer(request: &str, engine: &EngineHandle) -> serde_json::Value {
             _ => {
                 json!({"ok": false, "error": format!("workers: `{n}` is not a number of at least 1")})
             }
-        },
-        (Some("cancel"), Some(id), None) => match engine.cancel(id.to_string()).await {
-            Ok(()) => json!({"ok": true}),
-            Err(e) => json!({"ok": false, "error": e}),
         },
         _ => json!({
             "ok": false,

@@ -35,16 +35,42 @@ pub(super) async fn run_task<W: Sessions, M: Models>(task: Task, shared: Arc<Sha
         Flight {
             attempt: 1,
             cancel: token.clone(),
+            cancellable: true,
             activity: activity.clone(),
         },
     );
+    let _leave = Leave {
+        shared: &shared,
+        id: &task.id,
+    };
     attempts(&task, &shared, &token, &activity).await;
-    shared
-        .flights
-        .lock()
-        .expect("flights lock")
-        .remove(&task.id);
-    shared.gate.send_modify(|g| g.running -= 1);
+}
+
+/// Takes a task out of flight on every path (a panic outside the
+/// attempt's own guard included), so the pool never shrinks for good.
+struct Leave<'a, W, M> {
+    shared: &'a Shared<W, M>,
+    id: &'a str,
+}
+
+impl<W, M> Drop for Leave<'_, W, M> {
+    fn drop(&mut self) {
+        if let Ok(mut flights) = self.shared.flights.lock() {
+            flights.remove(self.id);
+        }
+        self.shared.gate.send_modify(|g| g.running -= 1);
+    }
+}
+
+/// Closes the attempt of `id` to `convoy ctl cancel`; true when a cancel
+/// came first (it was acknowledged, so the attempt counts as cancelled
+/// whatever it ended with).
+fn seal<W, M>(shared: &Shared<W, M>, id: &str, token: &CancellationToken) -> bool {
+    let mut flights = shared.flights.lock().expect("flights lock");
+    if let Some(f) = flights.get_mut(id) {
+        f.cancellable = false;
+    }
+    token.is_cancelled()
 }
 
 /// Why a task ended without a record.
@@ -78,6 +104,7 @@ async fn attempts<W: Sessions, M: Models>(
             .get_mut(&task.id)
         {
             f.attempt = run;
+            f.cancellable = true;
         }
         *activity.lock().expect("activity lock") = Activity::new("session");
         emit.emit(EventKind::TaskStarted {
@@ -111,6 +138,11 @@ async fn attempts<W: Sessions, M: Models>(
                 }
             }
         };
+        if seal(shared, &task.id, token) {
+            ledger.end(in_flight, ws.failures());
+            emit.emit(cancelled());
+            return;
+        }
         let failures = ws.failures();
         let hit = ledger.end(in_flight, failures) > 0;
         let (status, final_answer, error, retry) = match result {

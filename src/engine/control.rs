@@ -26,6 +26,9 @@ pub enum Command {
     Signal,
     /// The grace after the first signal ran out.
     GraceOver,
+    /// The run is ending: what was sent before this is applied, nothing
+    /// after (the engine sends it itself).
+    End,
     Pause,
     Resume,
     Workers(usize),
@@ -129,9 +132,13 @@ impl EngineHandle {
     }
 }
 
-/// Installs SIGINT/SIGTERM handlers that send `Command::Signal` (a second
-/// signal too); false when they cannot be installed.
-pub fn forward_signals(handle: EngineHandle) -> bool {
+/// Installs SIGINT/SIGTERM handlers for the whole run (boot and shutdown
+/// included) that send `Command::Signal` to the engine and say what
+/// happens: the first stops dispatching and gives in-flight conversations
+/// `grace`; the second cancels them and bounds what is left of the run by
+/// `SHUTDOWN_BOUND` (a workspace still booting or shutting down cannot
+/// hold convoy past it). False when they cannot be installed.
+pub fn forward_signals(handle: EngineHandle, grace: Duration) -> bool {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut int), Ok(mut term)) = (
         signal(SignalKind::interrupt()),
@@ -140,10 +147,23 @@ pub fn forward_signals(handle: EngineHandle) -> bool {
         return false;
     };
     tokio::spawn(async move {
+        let mut seen = 0;
         loop {
             tokio::select! {
                 _ = int.recv() => {}
                 _ = term.recv() => {}
+            }
+            seen += 1;
+            match seen {
+                1 => crate::report::term::eprint_line(&format!(
+                    "interrupted: no new tasks start; in-flight conversations get {} to finish (signal again to stop them now)",
+                    humantime::format_duration(grace)
+                )),
+                2 => {
+                    crate::report::term::eprint_line("cancelling in-flight conversations");
+                    tokio::spawn(exit_after(SHUTDOWN_BOUND, 130));
+                }
+                _ => {}
             }
             handle.send(Command::Signal);
         }

@@ -15,6 +15,7 @@ use super::ports::{Models, Probe, Sessions};
 use super::state::{Config, Emitter, Gate, Shared};
 use crate::events::{CancelReason, Event, EventKind, Outcome, RunStarted, SampleTaken};
 use crate::exit::Exit;
+use crate::monitor::LeakVerdict;
 use crate::tasks::Task;
 
 /// How many conversations `status` lists.
@@ -57,6 +58,7 @@ impl<W: Sessions, M: Models, P: Probe> Engine<W, M, P> {
             drain: CancellationToken::new(),
             cancel: CancellationToken::new(),
             stopped: Mutex::new(None),
+            asked: Mutex::default(),
             flights: Mutex::default(),
         });
         Engine {
@@ -76,7 +78,7 @@ impl<W: Sessions, M: Models, P: Probe> Engine<W, M, P> {
     pub async fn run(self, start: RunStarted, tasks: Vec<Task>) -> Exit {
         let Engine {
             shared,
-            mut probe,
+            probe,
             handle,
             commands,
         } = self;
@@ -96,22 +98,42 @@ impl<W: Sessions, M: Models, P: Probe> Engine<W, M, P> {
         dispatch(&shared, tasks).await;
 
         stop_sampling.cancel();
-        probe = sampler.await.expect("the sampler does not panic");
+        let probe = sampler
+            .await
+            .inspect_err(|e| {
+                tracing::error!(
+                    "the monitor stopped early ({e}): metrics.csv ends at its last sample"
+                )
+            })
+            .ok();
         let shutdown = shared.ws.finish().await;
         shared.models.drop_idle_connections();
         crate::monitor::settle_fds().await;
-        // The final sample, after cleanup: the end state of the workspace.
-        let last = probe.sample(|| shared.emit.window()).await;
-        shared.emit.emit(sampled(&shared, last));
-        let leaks = probe.verdict(shutdown);
-        let stats = shared.emit.stats();
+        // Nothing is steered past this point: what was asked before it (a
+        // reporter that failed at the last batch) counts, what the outcome
+        // says stopped the run is final, and no event follows
+        // `run_finished`.
+        handle.send(Command::End);
+        if let Err(e) = steering.await {
+            tracing::error!("the steering loop ended abnormally: {e}");
+        }
+        let (leaks, metrics) = match probe {
+            Some(mut probe) => {
+                // The final sample, after cleanup: the end state of the
+                // workspace.
+                let last = probe.sample(|| shared.emit.window()).await;
+                shared.emit.emit(sampled(&shared, last));
+                (probe.verdict(shutdown), probe.summary())
+            }
+            None => (LeakVerdict::new(shutdown, Vec::new(), None), None),
+        };
         let mut outcome = Outcome {
             exit_code: 0,
             total_tasks: total,
-            stats,
+            stats: shared.emit.stats(),
             stopped: shared.stopped(),
             leaks,
-            metrics: probe.summary(),
+            metrics,
             llm: shared.models.report(),
             workers: shared.gate.borrow().workers,
             duration_s: shared.emit.elapsed().as_secs_f64(),
@@ -119,7 +141,6 @@ impl<W: Sessions, M: Models, P: Probe> Engine<W, M, P> {
         };
         let exit = exit_code(&outcome, shared.cfg.fail_on_leak);
         outcome.exit_code = exit.as_u8();
-        steering.abort();
         shared.emit.emit(EventKind::RunFinished(Box::new(outcome)));
         exit
     }
@@ -191,6 +212,9 @@ async fn steer<W: Sessions, M: Models>(
     mut signals: u32,
 ) {
     while let Some(c) = commands.recv().await {
+        if matches!(c, Command::End) {
+            return;
+        }
         apply(&shared, &handle, &mut signals, c);
     }
 }
@@ -207,13 +231,8 @@ fn apply<W: Sessions, M: Models>(
             Command::Stop { reason, detail } => shared.request_stop(reason, detail),
             Command::Signal if *signals == 0 => {
                 *signals += 1;
-                let grace = shared.cfg.grace;
-                crate::report::term::eprint_line(&format!(
-                    "interrupted: no new tasks start; in-flight conversations get {} to finish (signal again to stop them now)",
-                    humantime::format_duration(grace)
-                ));
                 shared.request_stop(CancelReason::Signal, "interrupted by a signal".into());
-                let h = handle.clone();
+                let (h, grace) = (handle.clone(), shared.cfg.grace);
                 tokio::spawn(async move {
                     tokio::time::sleep(grace).await;
                     h.send(Command::GraceOver);
@@ -228,10 +247,14 @@ fn apply<W: Sessions, M: Models>(
                 } else {
                     "the grace after the signal ran out: in-flight conversations are cancelled"
                 };
-                crate::report::term::eprint_line("cancelling in-flight conversations");
                 shared.request_stop(CancelReason::SecondSignal, detail.into());
                 shared.cancel.cancel();
-                if shared.cfg.hard_exit {
+                // A second signal bounds the run itself (`forward_signals`);
+                // the grace running out does it here.
+                if shared.cfg.hard_exit && matches!(c, Command::GraceOver) {
+                    crate::report::term::eprint_line(
+                        "the grace ran out: cancelling in-flight conversations",
+                    );
                     tokio::spawn(control::exit_after(
                         control::SHUTDOWN_BOUND,
                         Exit::Interrupted.as_u8(),
@@ -254,24 +277,28 @@ fn apply<W: Sessions, M: Models>(
                 });
             }
             Command::Cancel { id, reply } => {
-                let token = shared
-                    .flights
-                    .lock()
-                    .expect("flights lock")
-                    .get(&id)
-                    .map(|f| f.cancel.clone());
-                let answer = match token {
-                    Some(t) => {
-                        shared.emit.emit(EventKind::Control {
-                            action: format!("cancel {id}"),
-                        });
-                        t.cancel();
+                // Under the lock: an attempt seals itself under it too, so
+                // a cancel acknowledged here is one the attempt sees.
+                let flights = shared.flights.lock().expect("flights lock");
+                let answer = match flights.get(&id) {
+                    Some(f) if f.cancellable => {
+                        f.cancel.cancel();
                         Ok(())
                     }
+                    Some(_) => Err(format!(
+                        "task `{id}` is just ending its attempt: too late to cancel"
+                    )),
                     None => Err(format!("no conversation of task `{id}` is in flight")),
                 };
+                drop(flights);
+                if answer.is_ok() {
+                    shared.emit.emit(EventKind::Control {
+                        action: format!("cancel {id}"),
+                    });
+                }
                 let _ = reply.send(answer);
             }
+            Command::End => {}
             Command::Status(reply) => {
                 let stats = shared.emit.stats();
                 let g = *shared.gate.borrow();

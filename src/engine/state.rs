@@ -119,6 +119,9 @@ impl Activity {
 pub(super) struct Flight {
     pub attempt: u32,
     pub cancel: CancellationToken,
+    /// False between an attempt's end and the next one's start: a cancel
+    /// then would come too late to stop anything, so it is refused.
+    pub cancellable: bool,
     pub activity: Arc<Mutex<Activity>>,
 }
 
@@ -134,31 +137,36 @@ pub(super) struct Shared<W, M> {
     /// Stop in-flight conversations too.
     pub cancel: CancellationToken,
     pub stopped: Mutex<Option<Stopped>>,
+    /// The reasons asked for so far.
+    pub asked: Mutex<Vec<CancelReason>>,
     pub flights: Mutex<HashMap<String, Flight>>,
 }
 
 impl<W, M> Shared<W, M> {
-    /// Records a reason to stop (the highest one wins the report; the
-    /// first detail of each level is kept), emits it, and drains.
+    /// Records a reason to stop and drains. The highest reason is the
+    /// run's (its first detail kept); each reason is emitted the first
+    /// time it is asked for, in the order asked (under the lock).
     pub fn request_stop(&self, reason: CancelReason, detail: String) {
-        {
-            let mut s = self.stopped.lock().expect("stop lock");
-            if s.as_ref().is_none_or(|s| s.reason < reason) {
-                match reason {
-                    CancelReason::Budget => tracing::warn!("no new tasks start: {detail}"),
-                    CancelReason::Outage => tracing::error!("stopping the job: {detail}"),
-                    _ => {}
-                }
-                *s = Some(Stopped {
-                    reason,
-                    detail: detail.clone(),
-                });
-            } else {
-                return;
-            }
+        let mut s = self.stopped.lock().expect("stop lock");
+        let mut asked = self.asked.lock().expect("asked lock");
+        if asked.contains(&reason) {
+            return;
+        }
+        asked.push(reason);
+        match reason {
+            CancelReason::Budget => tracing::warn!("no new tasks start: {detail}"),
+            CancelReason::Outage => tracing::error!("stopping the job: {detail}"),
+            _ => {}
+        }
+        if s.as_ref().is_none_or(|s| s.reason < reason) {
+            *s = Some(Stopped {
+                reason,
+                detail: detail.clone(),
+            });
         }
         self.emit
             .emit(EventKind::CancelRequested { reason, detail });
+        drop((asked, s));
         self.drain.cancel();
     }
 

@@ -477,8 +477,29 @@ async fn pause_holds_dispatch_until_resume_and_workers_can_change() {
     assert_eq!(outcome(&events).workers, 3);
 }
 
-/// A reporter that fails at the first finished task.
-struct Failing;
+/// A reporter that fails (or panics) at the first finished task, and
+/// records whether it still saw the run's end and was finished.
+struct Failing {
+    panics: bool,
+    saw: Arc<Mutex<Vec<&'static str>>>,
+}
+
+/// A reporter that raises `flag` once the engine has taken the request to
+/// stop (its `cancel_requested` event is out).
+struct StopSeen(Arc<std::sync::atomic::AtomicBool>);
+
+impl Reporter for StopSeen {
+    fn name(&self) -> &'static str {
+        "the watcher"
+    }
+
+    fn on(&mut self, ev: &Event) -> anyhow::Result<()> {
+        if matches!(ev.kind, EventKind::CancelRequested { .. }) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+}
 
 impl Reporter for Failing {
     fn name(&self) -> &'static str {
@@ -487,26 +508,58 @@ impl Reporter for Failing {
 
     fn on(&mut self, ev: &Event) -> anyhow::Result<()> {
         match ev.kind {
+            EventKind::TaskFinished(_) if self.panics => panic!("a bug"),
             EventKind::TaskFinished(_) => anyhow::bail!("disk full"),
+            EventKind::RunFinished(_) => {
+                self.saw.lock().unwrap().push("run_finished");
+                Ok(())
+            }
             _ => Ok(()),
         }
+    }
+
+    fn finish(self: Box<Self>) -> anyhow::Result<()> {
+        self.saw.lock().unwrap().push("finish");
+        Ok(())
     }
 }
 
 // Real time: tokio's paused clock does not advance while a blocking task
-// (the reporters' thread) runs.
-#[tokio::test]
-async fn a_failing_reporter_stops_the_run_as_an_outage() {
-    let Job { engine, ws, rx } = job(config(1), RecordingShell::output(""), bash_then_finish);
-    let reported = fan_out(vec![Box::new(Failing)], rx, engine.handle());
-    let exit = engine.run(started(50), tasks(50)).await;
-    let err = reported.await.unwrap().expect_err("the reporter failed");
-    assert!(err.to_string().contains("disk full"), "{err}");
-    assert_eq!(exit, Exit::Infrastructure);
-    assert!(
-        ws.opened.load(Ordering::SeqCst) < 50,
-        "dispatching stopped after the reporter failed"
-    );
+// (the reporters' thread) runs. Two workers: a task waiting (below) holds
+// one while the engine applies the stop on the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_or_panicking_reporter_stops_the_run_as_an_outage() {
+    for (panics, why) in [(false, "disk full"), (true, "it panicked: a bug")] {
+        // Every task after the first waits until the engine has taken the
+        // stop the failure asked for (on the first one's result), so the
+        // run cannot outrun it.
+        let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = stopped.clone();
+        let Job { engine, ws, rx } = job(config(1), RecordingShell::output(""), move |t| {
+            while t.id != "t-0" && !seen.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            bash_then_finish(t)
+        });
+        let saw = Arc::new(Mutex::new(Vec::new()));
+        let failing = Failing {
+            panics,
+            saw: saw.clone(),
+        };
+        let reporters: Vec<Box<dyn Reporter>> =
+            vec![Box::new(failing), Box::new(StopSeen(stopped))];
+        let reported = fan_out(reporters, rx, engine.handle());
+        let exit = engine.run(started(50), tasks(50)).await;
+        let err = reported.await.unwrap().expect_err("the reporter failed");
+        assert!(err.to_string().contains(why), "{err}");
+        assert_eq!(exit, Exit::Infrastructure);
+        assert!(
+            ws.opened.load(Ordering::SeqCst) < 50,
+            "dispatching stopped after the reporter failed"
+        );
+        // Still handed the run's end (summary.json) and finished (close).
+        assert_eq!(*saw.lock().unwrap(), vec!["run_finished", "finish"]);
+    }
 }
 
 #[test]

@@ -88,7 +88,7 @@ pub struct Finished {
 /// for the progress display.
 #[derive(Debug, Clone, Serialize)]
 pub struct SampleTaken {
-    #[serde(flatten)]
+    /// The row (its own `elapsed_s` is the sample's, to one decimal).
     pub sample: Sample,
     pub llm_retries: BTreeMap<String, u64>,
 }

@@ -22,6 +22,8 @@ pub struct Summary<'a> {
     pub counts: BTreeMap<String, u64>,
     /// Tasks cancelled or never started (Ctrl-C, a fatal error).
     pub not_run: u64,
+    /// Of `not_run`: conversations cancelled before they finished.
+    pub cancelled: u64,
     pub usage: Usage,
     pub steps: u64,
     pub started_at: String,
@@ -58,6 +60,7 @@ impl<'a> Summary<'a> {
                 .map(|(s, n)| (s.as_str().to_string(), *n))
                 .collect(),
             not_run: start.total_tasks.saturating_sub(stats.done),
+            cancelled: stats.cancelled,
             usage: stats.usage,
             steps: stats.steps,
             started_at: start.started_at.clone(),

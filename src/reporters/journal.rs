@@ -1,6 +1,7 @@
-//! The journal as a reporter: `run.json` at the start, each turn and each
-//! final record appended, synced at the end of every batch, `summary.json`
-//! at the end; closing releases the directory's lock.
+//! The journal as a reporter (`run.json` is written before the workspace
+//! boots, by the caller): each turn and each final record appended, synced
+//! at the end of every batch, `summary.json` at the end; closing releases
+//! the directory's lock.
 
 use crate::events::{Event, EventKind, RunStarted};
 use crate::journal::Journal;
@@ -29,10 +30,7 @@ impl Reporter for JournalReporter {
 
     fn on(&mut self, ev: &Event) -> anyhow::Result<()> {
         match &ev.kind {
-            EventKind::RunStarted(s) => {
-                self.journal.write_started(s.total_tasks)?;
-                self.start = Some((**s).clone());
-            }
+            EventKind::RunStarted(s) => self.start = Some((**s).clone()),
             EventKind::TurnDone {
                 id,
                 attempt,
@@ -41,10 +39,13 @@ impl Reporter for JournalReporter {
             } => self.journal.append_turn(id, *attempt, *step, messages)?,
             EventKind::TaskFinished(f) => self.journal.append(f)?,
             EventKind::RunFinished(o) => {
-                self.journal.sync()?;
+                // Tried even after the journal failed: the summary says
+                // why the run stopped.
+                let synced = self.journal.sync();
                 let start = self.start.as_ref().expect("run_started comes first");
                 self.journal
                     .write_summary(&Summary::new(start, o, o.exit_code))?;
+                synced?;
             }
             _ => {}
         }
