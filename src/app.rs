@@ -181,7 +181,7 @@ fn validate(path: &std::path::Path, json: bool) -> Result<Exit, Failure> {
         let text = serde_json::to_string_pretty(&summary).map_err(Failure::infra)?;
         say(&format!("{text}\n"));
     } else {
-        say(&format!("{}\n", summary.one_line()));
+        say(&summary.validated());
     }
     Ok(Exit::Ok)
 }

@@ -17,7 +17,7 @@ use super::ports::{Models, Sessions};
 use super::state::{Activity, Flight, Shared};
 use super::track::{Tracked, TrackedShell};
 use crate::agent::{drive, AgentError, Conversation};
-use crate::events::{CancelReason, EventKind, Finished, Status, TaskRecord};
+use crate::events::{CancelReason, EventKind, Finished, Phases, Status, TaskRecord, VerifyRecord};
 use crate::llm::LlmError;
 use crate::tasks::Task;
 use crate::workspace::WorkspaceError;
@@ -227,6 +227,7 @@ async fn attempts<W: Sessions, M: Models>(
             attempt += 1;
             continue;
         }
+        let elapsed = clock.elapsed().as_secs_f64();
         let record = TaskRecord {
             id: task.id.clone(),
             status,
@@ -237,8 +238,18 @@ async fn attempts<W: Sessions, M: Models>(
             infra_retries,
             started_at: humantime::format_rfc3339_millis(started).to_string(),
             finished_at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
-            duration_s: clock.elapsed().as_secs_f64(),
+            duration_s: elapsed,
             error,
+            reward: None,
+            verify: VerifyRecord::default(),
+            phases: Phases {
+                // Until setup and verification run (issue 13), the
+                // attempt is all agent.
+                agent_s: elapsed,
+                ..Phases::default()
+            },
+            group: task.group.clone(),
+            sample: task.sample,
         };
         cfg.budget.on_task_end(conv.usage.total_tokens);
         emit.emit(EventKind::TaskFinished(Box::new(Finished {

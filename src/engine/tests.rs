@@ -173,6 +173,10 @@ fn tasks(n: usize) -> Vec<Task> {
             vars: Map::new(),
             system: None,
             user: format!("task {i}"),
+            env: None,
+            verify: None,
+            group: None,
+            sample: None,
         })
         .collect()
 }

@@ -3,7 +3,9 @@
 //! can say what changed: `prompt` (templates), `model` (provider, model and
 //! sampling options), `tools` (the schemas the model gets), `agent` (step
 //! limit, timeouts, observation size), `tasks` (the source rows, the id
-//! template, repeat). Workers, timeouts of the run, the workspace and the
+//! template, repeat), and, when the manifest has them, `environment` and
+//! `verify` (the tables without `keep` and their timeouts, which may
+//! change on resume). Workers, timeouts of the run, the workspace and the
 //! monitor do not change the data and are not in it.
 
 use std::collections::BTreeMap;
@@ -31,6 +33,17 @@ fn digest(bytes: &[u8]) -> String {
 
 fn digest_json(v: &Value) -> String {
     digest(v.to_string().as_bytes())
+}
+
+/// `spec` as JSON without the keys that may change on resume.
+fn table<T: Serialize>(spec: &Option<T>, free: &[&str]) -> Option<Value> {
+    let mut v = serde_json::to_value(spec.as_ref()?).unwrap_or_default();
+    if let Some(map) = v.as_object_mut() {
+        for key in free {
+            map.remove(*key);
+        }
+    }
+    Some(v)
 }
 
 impl Fingerprint {
@@ -62,10 +75,23 @@ impl Fingerprint {
             ),
             ("tasks", digest(&rows)),
         ];
-        Fingerprint {
-            version: 1,
-            parts: parts.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        let mut parts: BTreeMap<String, String> =
+            parts.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        // Only when set: a run directory from before these tables has no
+        // such parts, and must not read as changed.
+        let tables = [
+            (
+                "environment",
+                table(&m.environment, &["keep", "setup_timeout"]),
+            ),
+            ("verify", table(&m.verify, &["timeout"])),
+        ];
+        for (name, value) in tables {
+            if let Some(v) = value {
+                parts.insert(name.to_string(), digest_json(&v));
+            }
         }
+        Fingerprint { version: 1, parts }
     }
 
     /// The parts that differ, by name.
@@ -124,6 +150,35 @@ mod tests {
         assert_eq!(base.changed(&of("on_text = \"finish\"")), ["agent"]);
         assert_eq!(base.changed(&of("continue_prompt = \"Go on.\"")), ["agent"]);
         assert!(base.changed(&of("on_text = \"continue\"")).is_empty());
+    }
+
+    #[test]
+    fn environment_and_verify_are_parts_but_keep_and_timeouts_are_free() {
+        let dir = tempfile::tempdir().unwrap();
+        let of = |tables: &str| {
+            let path = dir.path().join("job.toml");
+            let text = format!(
+                "name = \"j\"\n[tasks]\nsource = \"t.jsonl\"\n[prompt]\nuser = \"go\"\n[llm]\nprovider = \"script\"\n{tables}\n"
+            );
+            std::fs::write(&path, text).unwrap();
+            Fingerprint::of(&crate::manifest::load(&path).unwrap(), &json!([]))
+        };
+        let none = of("");
+        assert!(!none.parts.contains_key("environment"), "{none:?}");
+        let env = "[environment]\nworkdir = \"/t/{{ id }}\"\nsetup = [\"git init\"]\n";
+        let verify = "[verify]\ncommand = \"bash check.sh\"\n";
+        let base = of(&format!("{env}{verify}"));
+        assert_eq!(none.changed(&base), ["environment", "verify"]);
+        let setup = env.replace("git init", "git init -q");
+        assert_eq!(
+            base.changed(&of(&format!("{setup}{verify}"))),
+            ["environment"]
+        );
+        let reward = format!("{env}{verify}reward = \"last_line\"\n");
+        assert_eq!(base.changed(&of(&reward)), ["verify"]);
+        let free =
+            format!("{env}keep = \"always\"\nsetup_timeout = \"1m\"\n{verify}timeout = \"1s\"\n");
+        assert!(base.changed(&of(&free)).is_empty());
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
+use super::environment::check_environment;
 use super::schema::{Manifest, OnText, Provider};
 #[cfg(test)]
 use super::wording::MINIMUMS;
@@ -359,6 +360,7 @@ fn validate(m: &Manifest, text: &str) -> Vec<Problem> {
     }
 
     check_workspace(m, &mut check);
+    check_environment(m, &mut check);
     problems
 }
 

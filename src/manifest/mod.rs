@@ -5,12 +5,14 @@
 //! durations and impossible values are errors that name the file, the line
 //! and the key.
 
+mod environment;
 mod load;
 mod schema;
 mod starter;
 mod wording;
 mod workspace_rules;
 
+pub use environment::escapes;
 pub use load::{load, Job, ManifestError, Problem};
 pub use schema::*;
 pub use starter::{write_starter, StarterError, JOB_TOML, TASKS_JSONL};

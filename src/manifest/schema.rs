@@ -7,6 +7,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use super::environment::{
+    EnvironmentSpec, FileTemplates, Keep, RewardRule, RunAs, VerifySpec, VerifyWhen,
+};
+
 /// How conversations are kept apart in the workspace: the helper's own
 /// enum, so the manifest and `convoy shim --isolation` take the same words.
 pub use crate::workspace::channel::Isolation;
@@ -29,6 +33,12 @@ pub struct Manifest {
     pub run: RunSpec,
     #[serde(default)]
     pub monitor: MonitorSpec,
+    /// Each conversation's own directory, files and setup (`[environment]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<EnvironmentSpec>,
+    /// The check after the agent and its reward (`[verify]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<VerifySpec>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

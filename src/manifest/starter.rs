@@ -104,6 +104,26 @@ workers = 4                      # conversations in flight at once (default 128;
 [monitor]
 #interval = "5s"                 # samples into metrics.csv; also the cadence of plain progress lines
 #on_leak = "warn"                # or "fail": exit 3 when a leak is detected
+
+# Each conversation in a directory of its own, set up from its row, and a
+# check afterwards that gives it a reward. Templates see the row's fields
+# and `id`. To use them, remove the `#` of the table lines too.
+#[environment]
+#workdir = "tasks/{{ id }}"      # docker: absolute; local: under workspace.workdir (else the run's temp dir)
+#seed = "repo"                   # a directory copied into the workdir first (local: relative to this file)
+#files = { "task.md" = "{{ question }}" }   # written into the workdir (paths inside it)
+#setup = ["git init -q"]         # run in the session before the first turn, in order
+#setup_timeout = "5m"            # for all setup commands together
+#keep = "never"                  # "never", "failed" or "always": keep the workdir after the task
+#setup_user = "agent"            # or "root" (docker only)
+
+#[verify]
+#files = { "check.sh" = "test -s greeting.txt" }   # written after the agent ended: the model never sees them
+#command = "bash check.sh"       # the check, run in the workdir after the agent ended
+#timeout = "10m"
+#reward = "exit_code"            # 1.0 when it exits 0, else 0.0; or "last_line": its last line as a number
+#when = "finished"               # only tasks that ended ok; or "always"
+#user = "agent"                  # or "root" (docker only)
 "##;
 
 /// `tasks.jsonl` of the starter job: what the script provider plays.
@@ -158,18 +178,26 @@ mod tests {
     use super::*;
     use crate::manifest::Manifest;
 
-    #[test]
-    fn every_commented_setting_fits_the_schema() {
-        // Uncomment every `#key = value` line: the manifest must still parse
-        // (no unknown key, every value of the right type).
-        let all: String = JOB_TOML
+    /// The starter with every `#key = value` and `#[table]` line
+    /// uncommented.
+    fn uncommented() -> String {
+        JOB_TOML
             .lines()
             .map(|l| match l.strip_prefix('#') {
-                Some(rest) if rest.starts_with(|c: char| c.is_ascii_lowercase()) => rest,
+                Some(rest) if rest.starts_with(|c: char| c.is_ascii_lowercase() || c == '[') => {
+                    rest
+                }
                 _ => l,
             })
             .map(|l| format!("{l}\n"))
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn every_commented_setting_fits_the_schema() {
+        // Uncomment every setting: the manifest must still parse (no
+        // unknown key, every value of the right type).
+        let all = uncommented();
         let uncommented = JOB_TOML
             .lines()
             .filter(|l| l.starts_with("#") && !l.starts_with("# "))
@@ -195,10 +223,11 @@ mod tests {
     /// to the schema must be added here too.
     #[test]
     fn every_key_of_the_schema_is_in_the_starter() {
+        let all = uncommented();
         let fields_of = |table: &str| -> Vec<String> {
             let text = match table {
-                "" => format!("zzz_unknown = 1\n{JOB_TOML}"),
-                t => JOB_TOML.replace(&format!("[{t}]\n"), &format!("[{t}]\nzzz_unknown = 1\n")),
+                "" => format!("zzz_unknown = 1\n{all}"),
+                t => all.replace(&format!("[{t}]\n"), &format!("[{t}]\nzzz_unknown = 1\n")),
             };
             let err = toml::from_str::<Manifest>(&text).unwrap_err().to_string();
             let list = err
@@ -225,6 +254,8 @@ mod tests {
             "workspace",
             "run",
             "monitor",
+            "environment",
+            "verify",
         ] {
             let fields = fields_of(table);
             assert!(!fields.is_empty(), "{table}");

@@ -1,7 +1,8 @@
 //! The plan at a glance, before anything runs: what `convoy validate`
 //! (`--json`) and `convoy run --dry-run` print. How many tasks, which ids,
 //! what the first prompt looks like once rendered, where the commands run
-//! and which model answers.
+//! and which model answers; with `[environment]` and `[verify]`, the first
+//! task's rendered workdir, files, setup and check.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -9,7 +10,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::manifest::{Job, Provider, WorkspaceKind};
-use crate::tasks::Task;
+use crate::tasks::{Task, TaskEnv, TaskVerify};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct PlanSummary {
@@ -21,6 +22,12 @@ pub struct PlanSummary {
     pub last_id: Option<String>,
     /// The first task's rendered prompts.
     pub first_prompt: Option<FirstPrompt>,
+    /// The first task's rendered `[environment]`, when the job has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_environment: Option<EnvironmentView>,
+    /// The first task's rendered `[verify]`, when the job has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_verify: Option<VerifyView>,
     pub workspace: WorkspaceView,
     pub endpoint: EndpointView,
     pub workers: u32,
@@ -33,6 +40,59 @@ pub struct PlanSummary {
 pub struct FirstPrompt {
     pub system: Option<String>,
     pub user: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EnvironmentView {
+    pub workdir: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<String>,
+    pub files: Vec<FileView>,
+    pub setup: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyView {
+    pub command: String,
+    pub files: Vec<FileView>,
+}
+
+/// A file as written into a workdir: its path and size, not its content
+/// (a hidden check file is the answer key).
+#[derive(Debug, Clone, Serialize)]
+pub struct FileView {
+    pub path: String,
+    pub bytes: usize,
+}
+
+fn file_views(files: &[(String, String)]) -> Vec<FileView> {
+    files
+        .iter()
+        .map(|(path, content)| FileView {
+            path: path.clone(),
+            bytes: content.len(),
+        })
+        .collect()
+}
+
+impl From<&TaskEnv> for EnvironmentView {
+    fn from(e: &TaskEnv) -> Self {
+        EnvironmentView {
+            workdir: e.workdir.clone(),
+            seed: e.seed.clone(),
+            files: file_views(&e.files),
+            setup: e.setup.clone(),
+        }
+    }
+}
+
+impl From<&TaskVerify> for VerifyView {
+    fn from(v: &TaskVerify) -> Self {
+        VerifyView {
+            command: v.command.clone(),
+            files: file_views(&v.files),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -90,6 +150,8 @@ impl PlanSummary {
                 system: t.system.clone(),
                 user: t.user.clone(),
             }),
+            first_environment: plan.first().and_then(|t| t.env.as_ref()).map(Into::into),
+            first_verify: plan.first().and_then(|t| t.verify.as_ref()).map(Into::into),
             workspace: WorkspaceView {
                 kind: spelled(&ws.kind),
                 image: docker.then(|| ws.image.clone()),
@@ -119,6 +181,52 @@ impl PlanSummary {
             self.last_id.as_deref().unwrap_or(""),
             self.workspace.kind
         )
+    }
+
+    /// What `validate` prints: its one line, then the first task's
+    /// environment and check, if the job has them.
+    pub fn validated(&self) -> String {
+        format!("{}\n{}", self.one_line(), self.environment_text())
+    }
+
+    /// The first task's rendered environment and check, a line each
+    /// (empty without `[environment]` and `[verify]`).
+    fn environment_text(&self) -> String {
+        let mut s = String::new();
+        let id = self.first_id.as_deref().unwrap_or("");
+        let files = |files: &[FileView]| {
+            let list: Vec<String> = files
+                .iter()
+                .map(|f| format!("{} ({} bytes)", f.path, f.bytes))
+                .collect();
+            list.join(", ")
+        };
+        if let Some(e) = &self.first_environment {
+            let _ = writeln!(s, "environment of the first task (`{id}`):");
+            let _ = writeln!(s, "  workdir:   {}", e.workdir);
+            if let Some(seed) = &e.seed {
+                let _ = writeln!(s, "  seed:      {seed}");
+            }
+            if !e.files.is_empty() {
+                let _ = writeln!(s, "  files:     {}", files(&e.files));
+            }
+            for (i, command) in e.setup.iter().enumerate() {
+                let label = if i == 0 { "setup:" } else { "" };
+                let _ = writeln!(s, "  {label:<10} {}", one_line_of(command));
+            }
+        }
+        if let Some(v) = &self.first_verify {
+            let _ = writeln!(s, "verification of the first task (`{id}`):");
+            let _ = writeln!(s, "  command:   {}", one_line_of(&v.command));
+            if !v.files.is_empty() {
+                let _ = writeln!(
+                    s,
+                    "  files:     {} (hidden from the model)",
+                    files(&v.files)
+                );
+            }
+        }
+        s
     }
 
     /// The dry run's description of the plan, for people.
@@ -164,6 +272,7 @@ impl PlanSummary {
             }
             let _ = writeln!(s, "  [user]\n{}", indent(&p.user));
         }
+        s.push_str(&self.environment_text());
         s
     }
 }
@@ -185,6 +294,17 @@ impl WorkspaceView {
             (_, "user") => format!("user (each conversation its own uid; {limits})"),
             (_, other) => format!("{other} (every session as the container's user)"),
         }
+    }
+}
+
+/// A command on one line: a multi-line one shows its first line and how
+/// many more there are.
+fn one_line_of(command: &str) -> String {
+    let mut lines = command.trim().lines();
+    let first = lines.next().unwrap_or("");
+    match lines.count() {
+        0 => first.to_string(),
+        n => format!("{first} (+{n} more lines)"),
     }
 }
 

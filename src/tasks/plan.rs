@@ -9,6 +9,7 @@ use minijinja::{Environment, UndefinedBehavior};
 use serde_json::{Map, Value};
 use thiserror::Error;
 
+use super::env::{check_workdirs, EnvTemplates, TaskEnv, TaskVerify};
 use super::source::read_rows;
 use crate::manifest::Job;
 
@@ -23,6 +24,13 @@ pub struct Task {
     pub vars: Map<String, Value>,
     pub system: Option<String>,
     pub user: String,
+    /// Its own directory, files and setup (`[environment]`).
+    pub env: Option<TaskEnv>,
+    /// Its check after the agent (`[verify]`).
+    pub verify: Option<TaskVerify>,
+    /// With `tasks.repeat > 1`: the row's id without `#k`, and k.
+    pub group: Option<String>,
+    pub sample: Option<u32>,
 }
 
 #[derive(Debug, Error)]
@@ -107,11 +115,12 @@ pub fn plan(job: &Job) -> Result<Vec<Task>, TaskError> {
             TaskError::row(
                 &path,
                 row.line,
-                format!("{key}: {}", describe(&e, &tpl, row)),
+                format!("{key}: {}", describe(&e, &tpl, &row.vars)),
             )
         })
     };
 
+    let envs = EnvTemplates::new(job, &path)?;
     let repeat = m.tasks.repeat as usize;
     let mut tasks = Vec::with_capacity(rows.len() * repeat);
     let mut first_line: HashMap<String, usize> = HashMap::with_capacity(rows.len());
@@ -140,10 +149,15 @@ pub fn plan(job: &Job) -> Result<Vec<Task>, TaskError> {
             None => None,
         };
         for k in 1..=repeat {
-            let id = if repeat == 1 {
-                base_id.clone()
+            let (id, group, sample) = if repeat == 1 {
+                (base_id.clone(), None, None)
             } else {
-                format!("{base_id}#{k}")
+                let k = k as u32;
+                (format!("{base_id}#{k}"), Some(base_id.clone()), Some(k))
+            };
+            let (env, verify) = match &envs {
+                Some(e) => e.render(&id, row)?,
+                None => (None, None),
             };
             tasks.push(Task {
                 index: tasks.len(),
@@ -152,26 +166,35 @@ pub fn plan(job: &Job) -> Result<Vec<Task>, TaskError> {
                 vars: row.vars.clone(),
                 system: system.clone(),
                 user: user.clone(),
+                env,
+                verify,
+                group,
+                sample,
             });
         }
     }
+    check_workdirs(&tasks, &path)?;
     Ok(tasks)
 }
 
 /// What went wrong rendering `tpl` for `row`. An undefined variable is
-/// named, with the variables the row does have (minijinja's own "undefined
+/// named, with the variables the template does have (minijinja's own "undefined
 /// value" does not say which one); anything else is minijinja's error with
 /// its detail.
-fn describe(e: &minijinja::Error, tpl: &minijinja::Template, row: &super::Row) -> String {
+pub(super) fn describe(
+    e: &minijinja::Error,
+    tpl: &minijinja::Template,
+    vars: &Map<String, Value>,
+) -> String {
     let has = || {
-        let keys: Vec<&str> = row.vars.keys().map(String::as_str).collect();
+        let keys: Vec<&str> = vars.keys().map(String::as_str).collect();
         format!("(row has: {})", keys.join(", "))
     };
     if e.kind() == minijinja::ErrorKind::UndefinedError {
         let mut missing: Vec<String> = tpl
             .undeclared_variables(false)
             .into_iter()
-            .filter(|v| !row.vars.contains_key(v))
+            .filter(|v| !vars.contains_key(v))
             .collect();
         missing.sort();
         let names: Vec<String> = missing.iter().map(|v| format!("`{v}`")).collect();
