@@ -135,17 +135,20 @@ mod tests {
         }
     }
 
+    /// The fingerprint of a scripted job in `dir` with `tail` after `[llm]`.
+    fn of_job(dir: &Path, tail: &str) -> Fingerprint {
+        let path = dir.join("job.toml");
+        let text = format!(
+            "name = \"j\"\n[tasks]\nsource = \"t.jsonl\"\n[prompt]\nuser = \"go\"\n[llm]\nprovider = \"script\"\n{tail}\n"
+        );
+        std::fs::write(&path, text).unwrap();
+        Fingerprint::of(&crate::manifest::load(&path).unwrap(), &json!([]))
+    }
+
     #[test]
     fn on_text_and_continue_prompt_are_part_of_agent() {
         let dir = tempfile::tempdir().unwrap();
-        let of = |agent: &str| {
-            let path = dir.path().join("job.toml");
-            let text = format!(
-                "name = \"j\"\n[tasks]\nsource = \"t.jsonl\"\n[prompt]\nuser = \"go\"\n[llm]\nprovider = \"script\"\n[agent]\n{agent}\n"
-            );
-            std::fs::write(&path, text).unwrap();
-            Fingerprint::of(&crate::manifest::load(&path).unwrap(), &json!([]))
-        };
+        let of = |agent: &str| of_job(dir.path(), &format!("[agent]\n{agent}"));
         let base = of("");
         assert_eq!(base.changed(&of("on_text = \"finish\"")), ["agent"]);
         assert_eq!(base.changed(&of("continue_prompt = \"Go on.\"")), ["agent"]);
@@ -155,14 +158,7 @@ mod tests {
     #[test]
     fn environment_and_verify_are_parts_but_keep_and_timeouts_are_free() {
         let dir = tempfile::tempdir().unwrap();
-        let of = |tables: &str| {
-            let path = dir.path().join("job.toml");
-            let text = format!(
-                "name = \"j\"\n[tasks]\nsource = \"t.jsonl\"\n[prompt]\nuser = \"go\"\n[llm]\nprovider = \"script\"\n{tables}\n"
-            );
-            std::fs::write(&path, text).unwrap();
-            Fingerprint::of(&crate::manifest::load(&path).unwrap(), &json!([]))
-        };
+        let of = |tables: &str| of_job(dir.path(), tables);
         let none = of("");
         assert!(!none.parts.contains_key("environment"), "{none:?}");
         let env = "[environment]\nworkdir = \"/t/{{ id }}\"\nsetup = [\"git init\"]\n";

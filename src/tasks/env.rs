@@ -338,3 +338,201 @@ pub(super) fn check_workdirs(tasks: &[Task], source: &Path) -> Result<(), TaskEr
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::load;
+
+    /// The plan of a job with `workspace` and `tables` over `rows`, each
+    /// row run `repeat` times.
+    fn plan_repeated(
+        dir: &Path,
+        repeat: u32,
+        workspace: &str,
+        tables: &str,
+        rows: &str,
+    ) -> Result<Vec<Task>, String> {
+        std::fs::write(dir.join("t.jsonl"), rows).unwrap();
+        let text = format!(
+            "name = \"t\"\n[tasks]\nsource = \"t.jsonl\"\nid = \"{{{{ name }}}}\"\nrepeat = {repeat}\n[prompt]\nuser = \"go\"\n[llm]\nprovider = \"script\"\n[workspace]\n{workspace}\n{tables}"
+        );
+        let p = dir.join("job.toml");
+        std::fs::write(&p, text).unwrap();
+        let job = load(&p).map_err(|e| e.to_string())?;
+        super::super::plan(&job).map_err(|e| e.to_string())
+    }
+
+    fn plan_of(dir: &Path, workspace: &str, tables: &str, rows: &str) -> Result<Vec<Task>, String> {
+        plan_repeated(dir, 1, workspace, tables, rows)
+    }
+
+    const TABLES: &str = r#"
+[environment]
+workdir = "/tasks/{{ id }}/"
+seed = "/seed/{{ repo }}"
+files = { "task.md" = "fix {{ bug }}", "notes/a.txt" = "{{ id }}" }
+setup = ["git init -q", "{{ setup_cmd }}"]
+keep = "failed"
+setup_user = "root"
+[verify]
+files = { "check.sh" = "test {{ bug }}" }
+command = "bash check.sh {{ id }}"
+reward = "last_line"
+when = "always"
+"#;
+
+    #[test]
+    fn every_template_sees_the_row_and_the_id_of_each_sample() {
+        let d = tempfile::tempdir().unwrap();
+        let rows = "{\"name\":\"a\",\"repo\":\"r\",\"bug\":\"b1\",\"setup_cmd\":\"make\"}\n{\"name\":\"b\",\"repo\":\"r\",\"bug\":\"b2\",\"setup_cmd\":\" \"}\n";
+        let t = plan_of(d.path(), "kind = \"docker\"", TABLES, rows).unwrap();
+        assert_eq!(t[0].env.as_ref().unwrap().workdir, "/tasks/a");
+        assert_eq!((t[0].group.as_deref(), t[0].sample), (None, None));
+        let t = plan_repeated(d.path(), 2, "kind = \"docker\"", TABLES, rows).unwrap();
+        let ids: Vec<_> = t.iter().map(|t| t.id.as_str()).collect();
+        assert_eq!(ids, ["a#1", "a#2", "b#1", "b#2"]);
+        assert_eq!((t[1].group.as_deref(), t[1].sample), (Some("a"), Some(2)));
+        let env = |s: &[(&str, &str)]| -> Vec<(String, String)> {
+            s.iter()
+                .map(|(p, c)| (p.to_string(), c.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            t[1].env,
+            Some(TaskEnv {
+                workdir: "/tasks/a#2".into(),
+                seed: Some("/seed/r".into()),
+                files: env(&[("task.md", "fix b1"), ("notes/a.txt", "a#2")]),
+                setup: vec!["git init -q".into(), "make".into()],
+                setup_timeout: Duration::from_secs(300),
+                setup_as_root: true,
+                keep: Keep::Failed,
+            })
+        );
+        assert_eq!(
+            t[1].verify,
+            Some(TaskVerify {
+                files: env(&[("check.sh", "test b1")]),
+                command: "bash check.sh a#2".into(),
+                timeout: Duration::from_secs(600),
+                reward: RewardRule::LastLine,
+                when: VerifyWhen::Always,
+                as_root: false,
+            })
+        );
+        // A setup command that renders empty is left out.
+        assert_eq!(t[2].env.as_ref().unwrap().setup, ["git init -q"]);
+    }
+
+    #[test]
+    fn an_undefined_variable_names_the_key_and_the_row() {
+        let d = tempfile::tempdir().unwrap();
+        let tables = TABLES;
+        let rows = "{\"name\":\"a\",\"repo\":\"r\",\"bug\":\"b\",\"setup_cmd\":\"x\"}\n{\"name\":\"b\",\"repo\":\"r\",\"setup_cmd\":\"x\"}\n";
+        let err = plan_of(d.path(), "kind = \"docker\"", tables, rows).unwrap_err();
+        assert!(
+            err.ends_with("t.jsonl:2: environment.files.\"task.md\": undefined variable `bug` (row has: name, repo, setup_cmd, id)"),
+            "{err}"
+        );
+        let rows = "{\"name\":\"a\",\"repo\":\"r\",\"bug\":\"b\"}\n";
+        let err = plan_of(d.path(), "kind = \"docker\"", tables, rows).unwrap_err();
+        assert!(
+            err.contains("t.jsonl:1: environment.setup[1]: undefined variable `setup_cmd`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn where_a_workdir_may_be() {
+        let d = tempfile::tempdir().unwrap();
+        let rows = "{\"name\":\"a\"}\n";
+        let dir_of = |workspace: &str, workdir: &str| {
+            let tables = format!("[environment]\nworkdir = \"{workdir}\"\n");
+            plan_of(d.path(), workspace, &tables, rows)
+                .map(|t| t[0].env.as_ref().unwrap().workdir.clone())
+        };
+        let err = dir_of("kind = \"docker\"", "tasks/{{ id }}").unwrap_err();
+        assert!(
+            err.ends_with("t.jsonl:1: environment.workdir: must be an absolute path in the docker workspace, rendered `tasks/a`"),
+            "{err}"
+        );
+        let err = dir_of("kind = \"docker\"", "/x/..").unwrap_err();
+        assert!(err.contains("the root directory"), "{err}");
+        // Local: under workspace.workdir, made absolute; else left for the
+        // workspace to put under its temporary directory.
+        let base = std::path::absolute(d.path().join("work")).unwrap();
+        assert_eq!(
+            dir_of("kind = \"local\"\nworkdir = \"work\"", "t/./{{ id }}").unwrap(),
+            base.join("t/a").to_string_lossy()
+        );
+        assert_eq!(dir_of("kind = \"local\"", "t/{{ id }}").unwrap(), "t/a");
+        assert_eq!(
+            dir_of("kind = \"local\"", "/abs/{{ id }}").unwrap(),
+            "/abs/a"
+        );
+        let err = dir_of("kind = \"local\"", "../{{ id }}").unwrap_err();
+        assert!(
+            err.contains("environment.workdir: rendered `../a`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn two_tasks_in_one_workdir_are_named() {
+        let d = tempfile::tempdir().unwrap();
+        let rows = "{\"name\":\"a\",\"d\":\"x\"}\n{\"name\":\"b\",\"d\":\"y\"}\n{\"name\":\"c\",\"d\":\"x\"}\n";
+        let tables = "[environment]\nworkdir = \"/t/{{ d }}\"\n";
+        let err = plan_of(d.path(), "kind = \"docker\"", tables, rows).unwrap_err();
+        assert!(
+            err.ends_with("t.jsonl:3: environment.workdir: tasks `a` (line 1) and `c` render the same workdir `/t/x`; each task needs a directory of its own (use `{{ id }}` in it)"),
+            "{err}"
+        );
+        let rows = "{\"name\":\"a\",\"d\":\"x/in\"}\n{\"name\":\"b\",\"d\":\"x-2\"}\n{\"name\":\"c\",\"d\":\"x\"}\n";
+        let err = plan_of(d.path(), "kind = \"docker\"", tables, rows).unwrap_err();
+        assert!(
+            err.contains(
+                "tasks `a` (line 1) and `c` render nested workdirs (`/t/x/in` is inside `/t/x`)"
+            ),
+            "{err}"
+        );
+        let rows = "{\"name\":\"a\",\"d\":\"x\"}\n{\"name\":\"b\",\"d\":\"x-2\"}\n";
+        assert!(plan_of(d.path(), "kind = \"docker\"", tables, rows).is_ok());
+    }
+
+    #[test]
+    fn a_verify_command_that_renders_empty_is_refused_and_an_empty_seed_is_none() {
+        let d = tempfile::tempdir().unwrap();
+        let tables = "[environment]\nworkdir = \"/t/{{ id }}\"\nseed = \"{{ s }}\"\n[verify]\ncommand = \"{{ c }}\"\n";
+        let t = plan_of(
+            d.path(),
+            "kind = \"docker\"",
+            tables,
+            "{\"name\":\"a\",\"s\":\"\",\"c\":\"true\"}\n",
+        )
+        .unwrap();
+        assert_eq!(t[0].env.as_ref().unwrap().seed, None);
+        let err = plan_of(
+            d.path(),
+            "kind = \"docker\"",
+            tables,
+            "{\"name\":\"a\",\"s\":\"/s\",\"c\":\" \"}\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.ends_with("t.jsonl:1: verify.command: rendered an empty command"),
+            "{err}"
+        );
+        let err = plan_of(
+            d.path(),
+            "kind = \"docker\"",
+            tables,
+            "{\"name\":\"a\",\"s\":\"s\",\"c\":\"x\"}\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("environment.seed: must be an absolute path"),
+            "{err}"
+        );
+    }
+}
