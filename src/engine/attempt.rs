@@ -17,7 +17,7 @@ use super::ports::{Models, Sessions};
 use super::state::{Activity, Flight, Shared};
 use super::track::{Tracked, TrackedShell};
 use crate::agent::{drive, AgentError, Conversation};
-use crate::events::{CancelReason, EventKind, Finished, Status, TaskRecord};
+use crate::events::{CancelReason, EventKind, Finished, Phases, Status, TaskRecord, VerifyRecord};
 use crate::llm::LlmError;
 use crate::tasks::Task;
 use crate::workspace::WorkspaceError;
@@ -227,6 +227,8 @@ async fn attempts<W: Sessions, M: Models>(
             attempt += 1;
             continue;
         }
+        let duration_s = clock.elapsed().as_secs_f64();
+        // Until tasks have environments, the agent is the whole task.
         let record = TaskRecord {
             id: task.id.clone(),
             status,
@@ -237,8 +239,17 @@ async fn attempts<W: Sessions, M: Models>(
             infra_retries,
             started_at: humantime::format_rfc3339_millis(started).to_string(),
             finished_at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
-            duration_s: clock.elapsed().as_secs_f64(),
+            duration_s,
             error,
+            reward: None,
+            verify: VerifyRecord::default(),
+            phases: Phases {
+                setup_s: None,
+                agent_s: duration_s,
+                verify_s: None,
+            },
+            group: None,
+            sample: None,
         };
         cfg.budget.on_task_end(conv.usage.total_tokens);
         emit.emit(EventKind::TaskFinished(Box::new(Finished {

@@ -17,17 +17,20 @@ pub enum Status {
     /// The task brought the workspace down at repeated failures (with
     /// different other tasks in flight each time) and was not run again.
     WorkspaceCrash,
+    /// The task's `[environment]` setup failed; the model was never called.
+    SetupFailed,
 }
 
 impl Status {
     /// Every status, in the order messages list them.
-    pub const ALL: [Status; 6] = [
+    pub const ALL: [Status; 7] = [
         Status::Ok,
         Status::Failed,
         Status::Timeout,
         Status::MaxSteps,
         Status::ContextLimit,
         Status::WorkspaceCrash,
+        Status::SetupFailed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -38,6 +41,7 @@ impl Status {
             Status::MaxSteps => "max_steps",
             Status::ContextLimit => "context_limit",
             Status::WorkspaceCrash => "workspace_crash",
+            Status::SetupFailed => "setup_failed",
         }
     }
 }
@@ -64,6 +68,47 @@ pub struct TaskRecord {
     pub finished_at: String,
     pub duration_s: f64,
     pub error: Option<String>,
+    /// What `[verify]` gave (null when the task was not verified).
+    #[serde(default)]
+    pub reward: Option<f64>,
+    #[serde(default)]
+    pub verify: VerifyRecord,
+    #[serde(default)]
+    pub phases: Phases,
+    /// For `tasks.repeat > 1`: the row's id without `#k`, and k.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample: Option<u32>,
+}
+
+/// How the check after the agent went. Old results lines lack it: skipped.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct VerifyRecord {
+    pub status: VerifyStatus,
+    pub exit_code: Option<i32>,
+    /// The last 2,000 characters of the check's output.
+    pub output: Option<String>,
+    pub duration_s: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VerifyStatus {
+    Passed,
+    Failed,
+    Timeout,
+    Error,
+    #[default]
+    Skipped,
+}
+
+/// Where a task's time went. Old results lines lack it: zeros.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Phases {
+    pub setup_s: Option<f64>,
+    pub agent_s: f64,
+    pub verify_s: Option<f64>,
 }
 
 fn is_zero(n: &u32) -> bool {
