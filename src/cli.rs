@@ -168,8 +168,12 @@ pub enum Command {
     /// Summarise a run directory (finished, killed or still running).
     ///
     /// Counts by status, the top failure reasons, tokens, steps and
-    /// duration percentiles, the leak verdict. Of a run still going: what
-    /// is done and in flight so far (the leak verdict comes at its end).
+    /// duration percentiles, the leak verdict. For jobs with `[verify]`:
+    /// the rewards (verified, mean, share at 1.0 or more, verify statuses),
+    /// pass@k for every k up to the group size when tasks were repeated
+    /// (`tasks.repeat`), and setup, agent and verify time percentiles. Of
+    /// a run still going: what is done and in flight so far (the leak
+    /// verdict comes at its end).
     /// Reads only: nothing is written unless --chart asks for the chart.
     Report {
         /// A run directory (what `convoy run` wrote).
