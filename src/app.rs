@@ -65,6 +65,8 @@ pub fn main(cli: Cli) -> Exit {
         Command::Export {
             run_dir,
             only,
+            min_reward,
+            best_of_group,
             keep_reasoning,
             format,
             arguments,
@@ -72,6 +74,8 @@ pub fn main(cli: Cli) -> Exit {
         } => {
             let options = crate::journal::ExportOptions {
                 only,
+                min_reward,
+                best_of_group,
                 keep_reasoning,
                 format,
                 arguments,

@@ -168,8 +168,12 @@ pub enum Command {
     /// Summarise a run directory (finished, killed or still running).
     ///
     /// Counts by status, the top failure reasons, tokens, steps and
-    /// duration percentiles, the leak verdict. Of a run still going: what
-    /// is done and in flight so far (the leak verdict comes at its end).
+    /// duration percentiles, the leak verdict. For jobs with `[verify]`:
+    /// the rewards (verified, mean, share at 1.0 or more, verify statuses),
+    /// pass@k for every k up to the group size when tasks were repeated
+    /// (`tasks.repeat`), and setup, agent and verify time percentiles. Of
+    /// a run still going: what is done and in flight so far (the leak
+    /// verdict comes at its end).
     /// Reads only: nothing is written unless --chart asks for the chart.
     Report {
         /// A run directory (what `convoy run` wrote).
@@ -228,6 +232,13 @@ pub enum Command {
     /// `{"conversations": [...], "system": "...", "tools": "..."}`
     /// (--format sharegpt: LLaMA-Factory). Tool results carry the tool's
     /// `name`. With --out, FILE is replaced only once the export succeeded.
+    ///
+    /// For jobs with `[verify]`, select by reward: `--min-reward 1` keeps
+    /// the tasks whose check passed (rejection sampling for SFT), and with
+    /// `tasks.repeat = N`, `--best-of-group` keeps one sample per row, the
+    /// one with the highest reward. Filters apply in the order --only,
+    /// --min-reward, --best-of-group: `--only ok --best-of-group` is the
+    /// best of each row's `ok` samples.
     Export {
         /// A run directory.
         run_dir: PathBuf,
@@ -235,6 +246,18 @@ pub enum Command {
         /// `--only ok`. Default: every finished task.
         #[arg(long, value_name = "STATUS", value_parser = status_names())]
         only: Vec<String>,
+        /// Only tasks whose reward is at least X, whatever their status
+        /// (add --only for that); tasks that were not verified (reward
+        /// null) are left out. `exit_code` rewards are 0 or 1, so
+        /// `--min-reward 1` keeps the passes.
+        #[arg(long, value_name = "X", value_parser = finite_reward)]
+        min_reward: Option<f64>,
+        /// Of the samples of each row (`tasks.repeat`, same `group`), only
+        /// the one with the highest reward; ties go to the lowest sample
+        /// number, unverified samples rank last. A task without a group is
+        /// a group of its own.
+        #[arg(long)]
+        best_of_group: bool,
         /// Keep `reasoning_content` in assistant messages.
         #[arg(long)]
         keep_reasoning: bool,
@@ -389,6 +412,15 @@ pub struct RunArgs {
     /// added).
     #[arg(long, value_name = "PATH|-")]
     pub events: Option<PathBuf>,
+}
+
+/// `--min-reward`: a number, since NaN would compare false with every
+/// reward and silently export nothing.
+fn finite_reward(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(x) if x.is_finite() => Ok(x),
+        _ => Err(format!("expected a number such as 1 or 0.5, not `{text}`")),
+    }
 }
 
 /// The statuses `export --only` accepts; clap names them in its error.

@@ -12,8 +12,8 @@ mod summary;
 pub mod term;
 
 pub use analyze::{
-    analyze, FailureReason, LeakFinding, LeakReport, Percentiles, Report, ReportError, RunState,
-    Tokens, TornLine,
+    analyze, FailureReason, LeakFinding, LeakReport, PassAtK, Percentiles, PhaseTimes, Report,
+    ReportError, Rewards, RunState, Tokens, TornLine,
 };
 pub use chart::write_chart;
 pub use plan::PlanSummary;

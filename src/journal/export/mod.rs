@@ -7,12 +7,14 @@
 //! - `sharegpt`: `{"conversations": [{"from", "value"}], "system", "tools"}`,
 //!   LLaMA-Factory's sharegpt dataset format.
 //!
-//! `run` drives the export, `messages` normalises a trajectory's messages
+//! `run` drives the export, `select` picks the tasks (status, reward, best
+//! of each group), `messages` normalises a trajectory's messages
 //! (the keys chat templates know, tool names, arguments as strings or
 //! objects), `sharegpt` turns them into LLaMA-Factory's turns.
 
 mod messages;
 mod run;
+mod select;
 mod sharegpt;
 
 pub use run::{export, ArgumentsAs, ExportError, ExportFormat, ExportOptions, ExportStats};

@@ -1,5 +1,6 @@
 //! The export driver: reads the final records of a run directory, filters
-//! them by status and writes one line per task in the chosen format.
+//! them (status, reward, best of group: see `select`) and writes one line
+//! per task in the chosen format.
 
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -9,6 +10,7 @@ use thiserror::Error;
 
 pub use super::messages::ArgumentsAs;
 use super::messages::{normalise, Counts};
+use super::select::{select, Candidate, Dropped, Filters};
 use crate::journal::read::{read_final, JournalReadError};
 use crate::journal::Status;
 
@@ -27,6 +29,11 @@ pub enum ExportFormat {
 pub struct ExportOptions {
     /// Final statuses to export (`ok`, `failed`, ...); empty exports all.
     pub only: Vec<String>,
+    /// Keep only tasks with a reward at least this (unverified tasks have
+    /// none and are left out).
+    pub min_reward: Option<f64>,
+    /// Keep only the highest-reward sample of each group (`tasks.repeat`).
+    pub best_of_group: bool,
     /// Keep assistant `reasoning_content`, for training reasoning models.
     pub keep_reasoning: bool,
     pub format: ExportFormat,
@@ -43,6 +50,14 @@ impl ExportOptions {
             ExportFormat::Sharegpt => ArgumentsAs::Object,
         })
     }
+
+    fn filters(&self) -> Filters<'_> {
+        Filters {
+            only: &self.only,
+            min_reward: self.min_reward,
+            best_of_group: self.best_of_group,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -51,6 +66,10 @@ pub struct ExportStats {
     pub written: usize,
     /// Tasks whose final status is not in `only`.
     pub skipped_by_status: usize,
+    /// Tasks below `min_reward`, or without a reward while it is set.
+    pub skipped_by_reward: usize,
+    /// Tasks another sample of their group beat (`best_of_group`).
+    pub skipped_not_best: usize,
     /// Tasks with a result but no trajectory (skipped).
     pub missing_trajectory: usize,
     /// Tasks whose final trajectory records another attempt than their
@@ -77,6 +96,19 @@ impl ExportStats {
             "exported {} conversations ({} skipped by status, {} without a trajectory",
             self.written, self.skipped_by_status, self.missing_trajectory
         );
+        // Only the filters in use are named, so a plain export reads as before.
+        if self.skipped_by_reward > 0 {
+            s.push_str(&format!(
+                ", {} below the minimum reward or not verified",
+                self.skipped_by_reward
+            ));
+        }
+        if self.skipped_not_best > 0 {
+            s.push_str(&format!(
+                ", {} not the best sample of their group",
+                self.skipped_not_best
+            ));
+        }
         if self.not_alternating > 0 {
             s.push_str(&format!(
                 ", {} skipped for sharegpt: their turns do not alternate as LLaMA-Factory requires, e.g. they end on a tool result",
@@ -152,11 +184,28 @@ pub fn export(
     let mut trajectory_reader = trajectories.reader()?;
     let mut out = BufWriter::with_capacity(256 * 1024, out);
 
-    for entry in results.in_line_order() {
+    // The best of a group is known only once all of it was read, so the
+    // results (small) are all read before any trajectory (large) is.
+    let order = results.in_line_order();
+    let mut candidates = Vec::with_capacity(order.len());
+    let mut attempts = Vec::with_capacity(order.len());
+    for entry in &order {
         let result = result_reader.value(entry)?;
         let status = results.str_field(entry, &result, "status")?;
-        if !options.only.is_empty() && !options.only.iter().any(|s| s == status) {
-            stats.skipped_by_status += 1;
+        let candidate = Candidate::from_result(&entry.id, status, &result)
+            .map_err(|message| results.error_at(entry, message))?;
+        candidates.push(candidate);
+        attempts.push(result.get("attempt").cloned());
+    }
+    let verdicts = select(&candidates, options.filters());
+
+    for ((entry, verdict), attempt) in order.into_iter().zip(verdicts).zip(attempts) {
+        if let Some(dropped) = verdict {
+            *match dropped {
+                Dropped::Status => &mut stats.skipped_by_status,
+                Dropped::Reward => &mut stats.skipped_by_reward,
+                Dropped::NotBest => &mut stats.skipped_not_best,
+            } += 1;
             continue;
         }
         let Some(t_entry) = trajectories.get(&entry.id) else {
@@ -165,8 +214,8 @@ pub fn export(
         };
         let trajectory = trajectory_reader.value(t_entry)?;
         // Only a disagreement counts: older trajectories carry no attempt.
-        if let (Some(a), Some(b)) = (result.get("attempt"), trajectory.get("attempt")) {
-            if a != b {
+        if let (Some(a), Some(b)) = (attempt, trajectory.get("attempt")) {
+            if &a != b {
                 stats.attempt_mismatch += 1;
             }
         }

@@ -18,6 +18,7 @@ use super::model::{
     FailureReason, Percentiles, Report, ReportError, ResultLine, RunState, SummaryFile, Tokens,
     TornLine,
 };
+use super::rewards::{phase_times, rewards};
 
 /// Failure reasons kept in the report; the long tail is rarely actionable.
 const TOP_REASONS: usize = 5;
@@ -131,6 +132,8 @@ pub fn analyze(dir: &Path) -> Result<Report, ReportError> {
             finals.iter().map(|r| r.duration_s).collect(),
             f64::total_cmp,
         ),
+        rewards: rewards(&finals),
+        phases: phase_times(&finals),
         leaks: leak_report(state, has_summary, summary.leaks),
         in_flight: in_flight as u64,
         torn_lines_ignored: torn_lines.len() as u64,
@@ -273,7 +276,7 @@ fn tokens(finals: &[ResultLine]) -> Tokens {
 }
 
 /// Sorts `values` and takes p50, p90, p99 and the maximum; `None` if empty.
-fn percentiles<T: Copy>(
+pub(super) fn percentiles<T: Copy>(
     mut values: Vec<T>,
     cmp: impl Fn(&T, &T) -> std::cmp::Ordering,
 ) -> Option<Percentiles<T>> {

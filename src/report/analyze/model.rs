@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use thiserror::Error;
 
+use super::rewards::{PhaseTimes, Rewards};
 use crate::journal::JournalReadError;
 
 #[derive(Debug, Error)]
@@ -77,6 +78,14 @@ pub struct Report {
     /// `None` when no task finished.
     pub steps: Option<Percentiles<u64>>,
     pub duration_s: Option<Percentiles<f64>>,
+    /// Only for runs that verified something (`[verify]`); absent, not
+    /// empty, otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rewards: Option<Rewards>,
+    /// Only for runs with a setup or verify phase (`[environment]`,
+    /// `[verify]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phases: Option<PhaseTimes>,
     pub leaks: LeakReport,
     /// Ids in `turns.jsonl` without a result: in flight now (`running`)
     /// or when the run stopped.
@@ -176,6 +185,29 @@ pub(super) struct ResultLine {
     pub(super) duration_s: f64,
     #[serde(default)]
     pub(super) error: Option<String>,
+    /// This and the fields below are absent in runs without
+    /// `[environment]`/`[verify]` and in those older than them.
+    #[serde(default)]
+    pub(super) reward: Option<f64>,
+    #[serde(default)]
+    pub(super) verify: Option<VerifyLine>,
+    #[serde(default)]
+    pub(super) phases: Option<PhasesLine>,
+    #[serde(default)]
+    pub(super) group: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct VerifyLine {
+    pub(super) status: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(super) struct PhasesLine {
+    pub(super) setup_s: Option<f64>,
+    pub(super) agent_s: Option<f64>,
+    pub(super) verify_s: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -76,6 +76,12 @@ impl Report {
                 p.p50, p.p90, p.p99, p.max
             ));
         }
+        if let Some(p) = &self.phases {
+            s.push_str(&p.render());
+        }
+        if let Some(r) = &self.rewards {
+            s.push_str(&r.render());
+        }
         if let Some(d) = self.run_duration_s {
             s.push_str(&format!("last run's wall time: {:.1}s\n", d));
         }
