@@ -11,5 +11,5 @@ pub use json::to_json_line;
 pub use kind::{
     CancelReason, Event, EventKind, Finished, Outcome, RunStarted, SampleTaken, Stopped,
 };
-pub use record::{Status, TaskRecord};
+pub use record::{Phases, Status, TaskRecord, VerifyRecord, VerifyStatus};
 pub use stats::RunStats;

@@ -1,10 +1,12 @@
 //! Tasks: reading rows from a JSONL or CSV source, giving each an id,
 //! `repeat`, and rendering its prompts (minijinja, strict undefined).
 
+mod env;
 mod plan;
 mod shard;
 mod source;
 
+pub use env::{Keep, RewardRule, TaskEnv, TaskVerify, VerifyWhen};
 pub use plan::{plan, template_env, Task, TaskError};
 pub use shard::{Shard, ShardError};
 pub use source::{read_rows, Row};

@@ -23,6 +23,12 @@ pub struct Task {
     pub vars: Map<String, Value>,
     pub system: Option<String>,
     pub user: String,
+    pub env: Option<super::TaskEnv>,
+    pub verify: Option<super::TaskVerify>,
+    /// With `tasks.repeat > 1`: the row's id without `#k`...
+    pub group: Option<String>,
+    /// ...and k.
+    pub sample: Option<u32>,
 }
 
 #[derive(Debug, Error)]
@@ -152,6 +158,10 @@ pub fn plan(job: &Job) -> Result<Vec<Task>, TaskError> {
                 vars: row.vars.clone(),
                 system: system.clone(),
                 user: user.clone(),
+                env: None,
+                verify: None,
+                group: None,
+                sample: None,
             });
         }
     }
