@@ -13,13 +13,14 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::infra;
+use super::phases::{self, Gauge, SetupError};
 use super::ports::{Models, Sessions};
 use super::state::{Activity, Flight, Shared};
 use super::track::{Tracked, TrackedShell};
 use crate::agent::{drive, AgentError, Conversation};
-use crate::events::{CancelReason, EventKind, Finished, Phases, Status, TaskRecord, VerifyRecord};
+use crate::events::{CancelReason, EventKind, Finished, Phases, Status, TaskRecord};
 use crate::llm::LlmError;
-use crate::tasks::Task;
+use crate::tasks::{Task, TaskEnv};
 use crate::workspace::WorkspaceError;
 
 /// How long a task waits for its session to close after its end (a
@@ -126,9 +127,17 @@ async fn attempts<W: Sessions, M: Models>(
             None
         };
         let in_flight = ledger.begin(&task.id, ws.failures());
+        let mut phases = Phases::default();
         let result = {
-            let attempt_fut = AssertUnwindSafe(run_attempt(task, run, shared, &mut conv, activity))
-                .catch_unwind();
+            let attempt_fut = AssertUnwindSafe(run_attempt(
+                task,
+                run,
+                shared,
+                &mut conv,
+                activity,
+                &mut phases,
+            ))
+            .catch_unwind();
             tokio::select! {
                 r = attempt_fut => r,
                 _ = token.cancelled() => {
@@ -227,7 +236,32 @@ async fn attempts<W: Sessions, M: Models>(
             attempt += 1;
             continue;
         }
-        let elapsed = clock.elapsed().as_secs_f64();
+        // The recorded attempt only: a retried one's workdir is made anew
+        // by the next attempt.
+        let verified = match &task.verify {
+            Some(v) if phases::applies(v, status) => {
+                *activity.lock().expect("activity lock") = Activity::new("verify");
+                let _in = Gauge::enter(&shared.in_verify);
+                let clock = Instant::now();
+                tokio::select! {
+                    r = phases::verify(ws, task.env.as_ref(), v) => {
+                        phases.verify_s = Some(clock.elapsed().as_secs_f64());
+                        Some(r)
+                    }
+                    _ = token.cancelled() => {
+                        emit.emit(cancelled());
+                        return;
+                    }
+                }
+            }
+            _ => None,
+        };
+        let (reward, verify) = verified.clone().unwrap_or_default();
+        if let Some(env) = &task.env {
+            if !phases::keep(env, status, verified.is_some(), reward) {
+                remove_workdir(ws, &task.id, &env.workdir).await;
+            }
+        }
         let record = TaskRecord {
             id: task.id.clone(),
             status,
@@ -238,16 +272,11 @@ async fn attempts<W: Sessions, M: Models>(
             infra_retries,
             started_at: humantime::format_rfc3339_millis(started).to_string(),
             finished_at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
-            duration_s: elapsed,
+            duration_s: clock.elapsed().as_secs_f64(),
             error,
-            reward: None,
-            verify: VerifyRecord::default(),
-            phases: Phases {
-                // Until setup and verification run (issue 13), the
-                // attempt is all agent.
-                agent_s: elapsed,
-                ..Phases::default()
-            },
+            reward,
+            verify,
+            phases,
             group: task.group.clone(),
             sample: task.sample,
         };
@@ -315,12 +344,15 @@ enum Attempt {
     Agent(#[from] AgentError),
     #[error("the task deadline ({}) passed", humantime::format_duration(*.0))]
     Deadline(Duration),
+    #[error(transparent)]
+    Setup(#[from] SetupError),
 }
 
 /// The status an error gives a task, and whether another attempt may help.
 fn classify(e: &Attempt) -> (Status, bool) {
     match e {
         Attempt::Deadline(_) => (Status::Timeout, false),
+        Attempt::Setup(e) => (Status::SetupFailed, e.retry),
         Attempt::Agent(AgentError::MaxSteps(_)) => (Status::MaxSteps, false),
         Attempt::Agent(AgentError::Truncated) => (Status::Failed, false),
         Attempt::Agent(AgentError::Llm(LlmError::ContextLimit(_))) => (Status::ContextLimit, false),
@@ -336,6 +368,7 @@ async fn run_attempt<W: Sessions, M: Models>(
     shared: &Shared<W, M>,
     conv: &mut Conversation,
     activity: &Arc<Mutex<Activity>>,
+    phases: &mut Phases,
 ) -> Result<String, Attempt> {
     let cfg = &shared.cfg;
     let on_turn = |step, messages: &[Value]| {
@@ -348,35 +381,128 @@ async fn run_attempt<W: Sessions, M: Models>(
         });
     };
     let model = Tracked::new(shared.models.for_task(task), activity.clone());
+    let mut session = None;
+    if let Some(env) = &task.env {
+        *activity.lock().expect("activity lock") = Activity::new("setup");
+        let clock = Instant::now();
+        let set_up = set_up(task, env, shared, activity, &mut session).await;
+        phases.setup_s = Some(clock.elapsed().as_secs_f64());
+        if let Err(e) = set_up {
+            close(shared, task, session).await;
+            return Err(e);
+        }
+    }
+    // The agent's session opens in the workdir setup left (given to it
+    // when setup ran as root in a session of its own).
+    let place = task
+        .env
+        .as_ref()
+        .filter(|_| session.is_none())
+        .map(|env| phases::place(env, false, false));
+    let clock = Instant::now();
     // The deadline covers opening the session too: a workspace that does
     // not answer (a stopped tmux server) must not hold a task past it.
-    let mut session = None;
     let driven = tokio::time::timeout(cfg.task_timeout, async {
-        let s = session.insert(TrackedShell::new(
-            shared.ws.open_session().await.map_err(AgentError::from)?,
-            activity.clone(),
-        ));
+        if session.is_none() {
+            let opened = shared.ws.open_session(place).await;
+            session = Some(TrackedShell::new(
+                opened.map_err(AgentError::from)?,
+                activity.clone(),
+            ));
+        }
+        let s = session.as_ref().expect("opened above");
         drive(conv, &model, s, &cfg.tools, &cfg.limits, on_turn).await
     })
     .await;
-    if let Some(session) = session {
-        // Bounded: past it the session is dropped, and its guard hands it
-        // to the reaper.
-        match tokio::time::timeout(CLEANUP_WAIT, shared.ws.close_session(session.into_inner()))
-            .await
-        {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!("task {}: closing its session failed: {e}", task.id),
-            Err(_) => tracing::warn!(
-                "task {}: its session did not close within {}s; left to the reaper",
-                task.id,
-                CLEANUP_WAIT.as_secs()
-            ),
-        }
-    }
+    phases.agent_s = clock.elapsed().as_secs_f64();
+    close(shared, task, session).await;
     match driven {
         Err(_) => Err(Attempt::Deadline(cfg.task_timeout)),
         Ok(r) => r.map_err(Attempt::Agent),
+    }
+}
+
+/// Setup: the task's workdir made anew (seed, files), then its setup
+/// commands, all within `setup_timeout`. Leaves the agent's session in
+/// `session`, unless setup ran as root (in a session of its own, closed
+/// here) or the workdir is all there is to make.
+async fn set_up<W: Sessions, M: Models>(
+    task: &Task,
+    env: &TaskEnv,
+    shared: &Shared<W, M>,
+    activity: &Arc<Mutex<Activity>>,
+    session: &mut Option<TrackedShell<W::Session>>,
+) -> Result<(), Attempt> {
+    let _in = Gauge::enter(&shared.in_setup);
+    let deadline = Instant::now() + env.setup_timeout;
+    let as_root = env.setup_as_root && !env.setup.is_empty();
+    let mut own = None;
+    let slot = if as_root { &mut own } else { &mut *session };
+    // Past the deadline the helper has interrupted the command already;
+    // the margin is for its answer.
+    let bound = env.setup_timeout + CLEANUP_WAIT;
+    let result = tokio::time::timeout(bound, async {
+        let opened = shared
+            .ws
+            .open_session(Some(phases::place(env, true, as_root)))
+            .await;
+        let s = slot.insert(TrackedShell::new(
+            opened.map_err(|e| prepare_failed(env, e))?,
+            activity.clone(),
+        ));
+        phases::setup(s, env, deadline).await.map_err(Attempt::from)
+    })
+    .await
+    .unwrap_or_else(|_| {
+        Err(Attempt::Setup(SetupError {
+            message: format!(
+                "setup did not end within environment.setup_timeout = {}",
+                humantime::format_duration(env.setup_timeout)
+            ),
+            retry: true,
+        }))
+    });
+    close(shared, task, own).await;
+    result
+}
+
+/// A workdir the helper could not make: a bad seed or path is the task's
+/// setup failing; a workspace that broke meanwhile is the workspace's.
+fn prepare_failed(env: &TaskEnv, e: WorkspaceError) -> Attempt {
+    if e.is_retryable() || matches!(e, WorkspaceError::Lost(_)) {
+        return Attempt::Agent(AgentError::Workspace(e));
+    }
+    Attempt::Setup(SetupError {
+        message: format!("cannot prepare workdir `{}`: {e}", env.workdir),
+        retry: false,
+    })
+}
+
+/// Closes an attempt's session, bounded: past `CLEANUP_WAIT` it is
+/// dropped, and its guard hands it to the reaper.
+async fn close<W: Sessions, M: Models>(
+    shared: &Shared<W, M>,
+    task: &Task,
+    session: Option<TrackedShell<W::Session>>,
+) {
+    let Some(session) = session else { return };
+    match tokio::time::timeout(CLEANUP_WAIT, shared.ws.close_session(session.into_inner())).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!("task {}: closing its session failed: {e}", task.id),
+        Err(_) => tracing::warn!(
+            "task {}: its session did not close within {}s; left to the reaper",
+            task.id,
+            CLEANUP_WAIT.as_secs()
+        ),
+    }
+}
+
+/// Removes a finished task's workdir (its `keep` did not hold it).
+async fn remove_workdir<W: Sessions>(ws: &W, id: &str, workdir: &str) {
+    match tokio::time::timeout(CLEANUP_WAIT, ws.remove_dir(workdir)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!("task {id}: cannot remove its workdir `{workdir}`: {e}"),
+        Err(_) => tracing::warn!("task {id}: its workdir `{workdir}` was not removed in time"),
     }
 }
 

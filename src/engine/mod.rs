@@ -17,12 +17,15 @@ mod attempt;
 mod budget;
 mod control;
 mod infra;
+mod phases;
 mod ports;
 mod real;
 mod run;
 mod state;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_env;
 mod track;
 
 pub use budget::Budget;

@@ -13,13 +13,21 @@ use crate::llm::{LlmError, LlmReport};
 use crate::manifest::Price;
 use crate::monitor::{Finding, LeakVerdict, MetricsSummary, Sample};
 use crate::tasks::Task;
-use crate::workspace::{ShutdownReport, WorkspaceError};
+use crate::workspace::{Place, ShutdownReport, WorkspaceError};
 
 /// Where conversations' commands run.
 pub trait Sessions: Send + Sync + 'static {
     type Session: Shell + Send + Sync + 'static;
 
-    fn open_session(&self) -> impl Future<Output = Result<Self::Session, WorkspaceError>> + Send;
+    /// Opens a session: in the workspace's workdir, or in a task's own
+    /// (`place`), which the workspace makes ready first.
+    fn open_session(
+        &self,
+        place: Option<Place>,
+    ) -> impl Future<Output = Result<Self::Session, WorkspaceError>> + Send;
+
+    /// Removes a task's workdir (its `keep` did not hold it).
+    fn remove_dir(&self, workdir: &str) -> impl Future<Output = Result<(), WorkspaceError>> + Send;
 
     /// Closes the session and kills what it started. Dropping a session
     /// unclosed must hand it to a reaper (the engine drops on deadline,

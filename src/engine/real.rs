@@ -10,13 +10,17 @@ use crate::llm::{Llm, LlmError, LlmReport, ModelHandle};
 use crate::manifest::Price;
 use crate::monitor::{Counts, LeakVerdict, MetricsSummary, Monitor};
 use crate::tasks::Task;
-use crate::workspace::{Session, ShutdownReport, Workspace, WorkspaceError};
+use crate::workspace::{Place, Session, ShutdownReport, Workspace, WorkspaceError};
 
 impl Sessions for Workspace {
     type Session = Session;
 
-    async fn open_session(&self) -> Result<Session, WorkspaceError> {
-        Workspace::open_session(self).await
+    async fn open_session(&self, place: Option<Place>) -> Result<Session, WorkspaceError> {
+        Workspace::open_session(self, place).await
+    }
+
+    async fn remove_dir(&self, workdir: &str) -> Result<(), WorkspaceError> {
+        Workspace::remove_dir(self, workdir).await
     }
 
     async fn close_session(&self, session: Session) -> Result<(), WorkspaceError> {
@@ -90,6 +94,8 @@ impl Probe for MonitorProbe {
                 done: stats.done,
                 failed: stats.not_ok(),
                 ran: stats.ran(),
+                in_setup: stats.in_setup,
+                in_verify: stats.in_verify,
             }
         };
         let (sample, new_findings) = self

@@ -60,6 +60,8 @@ impl<W: Sessions, M: Models, P: Probe> Engine<W, M, P> {
             stopped: Mutex::new(None),
             asked: Mutex::default(),
             flights: Mutex::default(),
+            in_setup: Default::default(),
+            in_verify: Default::default(),
         });
         Engine {
             shared,
@@ -121,7 +123,7 @@ impl<W: Sessions, M: Models, P: Probe> Engine<W, M, P> {
             Some(mut probe) => {
                 // The final sample, after cleanup: the end state of the
                 // workspace.
-                let last = probe.sample(|| shared.emit.window()).await;
+                let last = probe.sample(|| shared.window()).await;
                 shared.emit.emit(sampled(&shared, last));
                 (probe.verdict(shutdown), probe.summary())
             }
@@ -322,7 +324,7 @@ async fn sample<W: Sessions, M: Models, P: Probe>(
     stop: CancellationToken,
 ) -> P {
     loop {
-        let s = probe.sample(|| shared.emit.window()).await;
+        let s = probe.sample(|| shared.window()).await;
         shared.emit.emit(sampled(&shared, s));
         tokio::select! {
             _ = stop.cancelled() => return probe,

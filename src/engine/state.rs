@@ -4,6 +4,7 @@
 //! of conversations in flight.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -140,6 +141,9 @@ pub(super) struct Shared<W, M> {
     /// The reasons asked for so far.
     pub asked: Mutex<Vec<CancelReason>>,
     pub flights: Mutex<HashMap<String, Flight>>,
+    /// Tasks in their setup and verification phases right now.
+    pub in_setup: AtomicU64,
+    pub in_verify: AtomicU64,
 }
 
 impl<W, M> Shared<W, M> {
@@ -168,6 +172,14 @@ impl<W, M> Shared<W, M> {
             .emit(EventKind::CancelRequested { reason, detail });
         drop((asked, s));
         self.drain.cancel();
+    }
+
+    /// The counts for one monitor sample, with the phase gauges.
+    pub fn window(&self) -> RunStats {
+        let mut stats = self.emit.window();
+        stats.in_setup = self.in_setup.load(Ordering::Relaxed);
+        stats.in_verify = self.in_verify.load(Ordering::Relaxed);
+        stats
     }
 
     pub fn stopped(&self) -> Option<Stopped> {

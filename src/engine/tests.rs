@@ -23,17 +23,20 @@ use crate::manifest::{OnText, Price};
 use crate::monitor::{Finding, MetricsSummary, Sample};
 use crate::reporters::{fan_out, Reporter};
 use crate::tasks::Task;
-use crate::workspace::{RunOutput, ShutdownReport, WorkspaceError};
+use crate::workspace::{Place, RunOutput, ShutdownReport, WorkspaceError};
 
-/// A workspace whose sessions all run commands on one recording shell.
-struct FakeWorkspace {
-    shell: Arc<RecordingShell>,
-    opened: AtomicUsize,
-    closed: AtomicUsize,
+/// A workspace whose sessions all run commands on one recording shell,
+/// and that records where each session opened and what it removed.
+pub(super) struct FakeWorkspace {
+    pub shell: Arc<RecordingShell>,
+    pub opened: AtomicUsize,
+    pub closed: AtomicUsize,
     failures: AtomicU64,
+    pub places: Mutex<Vec<Option<Place>>>,
+    pub removed: Mutex<Vec<String>>,
 }
 
-struct FakeSession(Arc<RecordingShell>);
+pub(super) struct FakeSession(Arc<RecordingShell>);
 
 impl Shell for FakeSession {
     fn run(
@@ -49,9 +52,15 @@ impl Shell for FakeSession {
 impl Sessions for FakeWorkspace {
     type Session = FakeSession;
 
-    async fn open_session(&self) -> Result<FakeSession, WorkspaceError> {
+    async fn open_session(&self, place: Option<Place>) -> Result<FakeSession, WorkspaceError> {
         self.opened.fetch_add(1, Ordering::SeqCst);
+        self.places.lock().unwrap().push(place);
         Ok(FakeSession(self.shell.clone()))
+    }
+
+    async fn remove_dir(&self, workdir: &str) -> Result<(), WorkspaceError> {
+        self.removed.lock().unwrap().push(workdir.to_string());
+        Ok(())
     }
 
     async fn close_session(&self, _session: FakeSession) -> Result<(), WorkspaceError> {
@@ -72,12 +81,12 @@ type Play = dyn Fn(&Task) -> Vec<Result<ChatReply, LlmError>> + Send + Sync;
 
 /// A model side whose conversations each play what `play` gives their
 /// task, and whose spend is the replies it gave.
-struct FakeModels {
+pub(super) struct FakeModels {
     play: Box<Play>,
     handles: Mutex<HashMap<String, Arc<ScriptedModel>>>,
 }
 
-struct Handle(Arc<ScriptedModel>);
+pub(super) struct Handle(Arc<ScriptedModel>);
 
 impl Model for Handle {
     fn complete(
@@ -137,7 +146,7 @@ impl Models for FakeModels {
 }
 
 #[derive(Default)]
-struct FakeProbe {
+pub(super) struct FakeProbe {
     samples: usize,
 }
 
@@ -164,7 +173,7 @@ impl Probe for FakeProbe {
     }
 }
 
-fn tasks(n: usize) -> Vec<Task> {
+pub(super) fn tasks(n: usize) -> Vec<Task> {
     (0..n)
         .map(|i| Task {
             index: i,
@@ -181,7 +190,7 @@ fn tasks(n: usize) -> Vec<Task> {
         .collect()
 }
 
-fn config(workers: usize) -> Config {
+pub(super) fn config(workers: usize) -> Config {
     Config {
         tools: crate::agent::tool_schemas(),
         limits: DriveLimits {
@@ -203,13 +212,13 @@ fn config(workers: usize) -> Config {
     }
 }
 
-struct Job {
-    engine: Engine<FakeWorkspace, FakeModels, FakeProbe>,
-    ws: Arc<FakeWorkspace>,
-    rx: mpsc::UnboundedReceiver<Event>,
+pub(super) struct Job {
+    pub engine: Engine<FakeWorkspace, FakeModels, FakeProbe>,
+    pub ws: Arc<FakeWorkspace>,
+    pub rx: mpsc::UnboundedReceiver<Event>,
 }
 
-fn job(
+pub(super) fn job(
     cfg: Config,
     shell: RecordingShell,
     play: impl Fn(&Task) -> Vec<Result<ChatReply, LlmError>> + Send + Sync + 'static,
@@ -219,6 +228,8 @@ fn job(
         opened: AtomicUsize::new(0),
         closed: AtomicUsize::new(0),
         failures: AtomicU64::new(0),
+        places: Mutex::default(),
+        removed: Mutex::default(),
     });
     let models = Arc::new(FakeModels {
         play: Box::new(play),
@@ -237,7 +248,7 @@ fn job(
     Job { engine, ws, rx }
 }
 
-fn started(total: u64) -> RunStarted {
+pub(super) fn started(total: u64) -> RunStarted {
     RunStarted {
         name: "test".into(),
         run_dir: "runs/test".into(),
@@ -252,7 +263,7 @@ fn started(total: u64) -> RunStarted {
 }
 
 /// Every event the run emitted, once it has ended.
-fn drain(rx: &mut mpsc::UnboundedReceiver<Event>) -> Vec<EventKind> {
+pub(super) fn drain(rx: &mut mpsc::UnboundedReceiver<Event>) -> Vec<EventKind> {
     let mut all = Vec::new();
     while let Ok(ev) = rx.try_recv() {
         all.push(ev.kind);
@@ -260,7 +271,7 @@ fn drain(rx: &mut mpsc::UnboundedReceiver<Event>) -> Vec<EventKind> {
     all
 }
 
-fn finished(events: &[EventKind]) -> Vec<(String, Status, u32)> {
+pub(super) fn finished(events: &[EventKind]) -> Vec<(String, Status, u32)> {
     events
         .iter()
         .filter_map(|e| match e {
@@ -279,7 +290,7 @@ fn outcome(events: &[EventKind]) -> &crate::events::Outcome {
     }
 }
 
-fn bash_then_finish(_: &Task) -> Vec<Result<ChatReply, LlmError>> {
+pub(super) fn bash_then_finish(_: &Task) -> Vec<Result<ChatReply, LlmError>> {
     vec![Ok(reply::bash("ls")), Ok(reply::finish("done"))]
 }
 

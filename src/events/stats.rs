@@ -25,6 +25,12 @@ pub struct RunStats {
     /// The most in flight since `take_window` last ran.
     #[serde(skip)]
     pub in_flight_peak: u64,
+    /// Tasks in their setup or verification phase right now: gauges the
+    /// engine fills in for the monitor, not counted from events.
+    #[serde(skip)]
+    pub in_setup: u64,
+    #[serde(skip)]
+    pub in_verify: u64,
     pub usage: Usage,
     /// Model turns.
     pub steps: u64,

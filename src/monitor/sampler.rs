@@ -49,6 +49,10 @@ pub struct Sample {
     pub workspace_procs_peak: Option<u64>,
     pub in_flight_peak: u64,
     pub llm_in_flight_peak: u64,
+    /// Tasks in their setup and verification phases (last, so readers of
+    /// the older columns keep working).
+    pub in_setup: u64,
+    pub in_verify: u64,
 }
 
 /// Seconds to one decimal: a sample is taken every few seconds, so more
@@ -70,6 +74,8 @@ pub struct Counts {
     pub failed: u64,
     /// Tasks this run finished (what the growth rules count).
     pub ran: u64,
+    pub in_setup: u64,
+    pub in_verify: u64,
 }
 
 /// The latest figures, for the progress line; `None` where the last
@@ -189,6 +195,8 @@ impl Monitor {
             workspace_procs_peak: workspace_procs.map(|n| n.max(sessions_peak)),
             in_flight_peak: counts.in_flight_peak.max(counts.in_flight),
             llm_in_flight_peak: llm_peak,
+            in_setup: counts.in_setup,
+            in_verify: counts.in_verify,
         };
         self.peak.threads = self.peak.threads.max(own_peak.1);
         self.peak.rss_bytes = self.peak.rss_bytes.max(own_peak.2);

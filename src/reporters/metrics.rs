@@ -55,7 +55,7 @@ mod tests {
     /// The columns as README and `convoy report` know them.
     const COLUMNS: &str = "elapsed_s,open_fds,threads,rss_bytes,tmux_sessions,workspace_procs,\
         workspace_fds,in_flight,done,failed,llm_in_flight,llm_limit,leaks,open_fds_peak,\
-        tmux_sessions_peak,workspace_procs_peak,in_flight_peak,llm_in_flight_peak";
+        tmux_sessions_peak,workspace_procs_peak,in_flight_peak,llm_in_flight_peak,in_setup,in_verify";
 
     /// The lines of `metrics.csv` after `samples`.
     fn written(samples: &[Sample]) -> Vec<String> {
@@ -80,7 +80,7 @@ mod tests {
     fn the_header_is_the_sample_fields_in_the_documented_order() {
         let lines = written(&[answered(0.04, 1)]);
         assert_eq!(lines[0], COLUMNS);
-        assert_eq!(lines[1], "0.0,12,0,0,1,2,40,0,0,0,0,0,0,0,2,3,0,0");
+        assert_eq!(lines[1], "0.0,12,0,0,1,2,40,0,0,0,0,0,0,0,2,3,0,0,0,0");
         assert_eq!(lines.len(), 2);
     }
 

@@ -5,6 +5,7 @@
 pub mod channel;
 pub mod docker;
 mod docker_exec;
+mod env;
 mod helper_flags;
 mod local;
 pub mod procfs;
@@ -12,6 +13,7 @@ mod session;
 mod shared;
 pub mod sweep;
 
-pub use channel::protocol::{ErrorKind, RunOutput};
+pub use channel::protocol::{ErrorKind, Prepare, RunOutput};
+pub use env::{Place, ALWAYS as DEFAULT_ENV, HOME_DIR, TMP_DIR};
 pub use session::Session;
 pub use shared::{ShutdownReport, Workspace, WorkspaceError};

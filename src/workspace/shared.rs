@@ -13,9 +13,10 @@ use thiserror::Error;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::channel::protocol::{ErrorKind, Op, Reply, WorkspaceStats};
+use super::channel::protocol::{ErrorKind, Op, Prepare, Reply, WorkspaceStats};
 use super::channel::{ChannelError, Link};
 use super::docker::DockerBackend;
+use super::env::{resolve, session_env, Place};
 use super::local::LocalBackend;
 use super::session::Session;
 use crate::manifest::{Job, WorkspaceKind};
@@ -101,6 +102,7 @@ pub(super) struct Inner {
     lost: Mutex<Option<String>>,
     counter: AtomicU64,
     workdir: Option<String>,
+    /// What the manifest gives every session (`pass_env`, `env`).
     env: Vec<(String, String)>,
     reap_tx: mpsc::UnboundedSender<ReapMsg>,
     /// Sessions a conversation owns right now.
@@ -306,7 +308,7 @@ impl Workspace {
             lost: Mutex::default(),
             counter: AtomicU64::new(0),
             workdir: Some(workdir.display().to_string()),
-            env: session_env(spec),
+            env: super::env::configured(spec),
             reap_tx,
             open: Mutex::default(),
             reaped: AtomicUsize::new(0),
@@ -325,10 +327,24 @@ impl Workspace {
         })
     }
 
-    /// Opens a fresh session for one conversation.
-    pub async fn open_session(&self) -> Result<Session, WorkspaceError> {
+    /// Opens a fresh session for one conversation: in the workspace's
+    /// workdir, or in a task's own (`place`), which the helper makes ready
+    /// first.
+    pub async fn open_session(&self, place: Option<Place>) -> Result<Session, WorkspaceError> {
         let n = self.inner.counter.fetch_add(1, Ordering::Relaxed);
         let name = format!("c{n}");
+        let (workdir, env, prepare) = match place {
+            Some(p) => {
+                let workdir = resolve(self.inner.workdir.as_deref(), &p.workdir);
+                let (env, dirs) = session_env(&self.inner.env, Some(&workdir));
+                (Some(workdir), env, Some(Prepare { dirs, ..p.prepare }))
+            }
+            None => (
+                self.inner.workdir.clone(),
+                session_env(&self.inner.env, None).0,
+                None,
+            ),
+        };
         // Owned before it exists: the monitor never sees an unowned session.
         self.inner
             .open
@@ -339,8 +355,9 @@ impl Workspace {
             .inner
             .call(Op::Open {
                 session: name.clone(),
-                workdir: self.inner.workdir.clone(),
-                env: self.inner.env.clone(),
+                workdir,
+                env,
+                prepare,
             })
             .await;
         match reply {
@@ -355,6 +372,15 @@ impl Workspace {
                     Ok(r) => Err(WorkspaceError::unexpected(r)),
                 }
             }
+        }
+    }
+
+    /// Removes a task's workdir (resolved as `open_session` does).
+    pub async fn remove_dir(&self, workdir: &str) -> Result<(), WorkspaceError> {
+        let path = resolve(self.inner.workdir.as_deref(), workdir);
+        match self.inner.call(Op::Remove { path }).await? {
+            Reply::Done => Ok(()),
+            other => Err(WorkspaceError::unexpected(other)),
         }
     }
 
@@ -477,26 +503,6 @@ impl Workspace {
             None => tracing::warn!("the workspace backend is still in use at shutdown"),
         }
     }
-}
-
-/// What every session gets on top of the bare minimum the helper gives it
-/// (PATH, HOME, LANG, USER, LOGNAME, SHELL; TERM from tmux): the variables
-/// of convoy's own environment named in `workspace.pass_env`, then
-/// `workspace.env` (which wins). Validation refused `llm.api_key_env` in
-/// `pass_env`; a named variable convoy does not have is said once.
-fn session_env(spec: &crate::manifest::WorkspaceSpec) -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> = Vec::new();
-    for name in &spec.pass_env {
-        match std::env::var(name) {
-            Ok(v) if !spec.env.contains_key(name) => env.push((name.clone(), v)),
-            Ok(_) => {}
-            Err(_) => tracing::warn!(
-                "workspace.pass_env names `{name}`, which convoy's environment does not have (or not as UTF-8); sessions get none"
-            ),
-        }
-    }
-    env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-    env
 }
 
 /// Watches the link; when it breaks, or its helper stops answering the

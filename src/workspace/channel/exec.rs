@@ -80,6 +80,8 @@ close)
     kill -9 $pids 2>/dev/null
   done
   rm -rf "$dir"; echo OK ;;
+remove)
+  case $1 in /?*) rm -rf -- "$1"; echo OK ;; *) echo "ERR bad_request refusing to remove $1" ;; esac ;;
 list)
   echo OK; t list-sessions -F '#{session_name}' 2>/dev/null ;;
 stats)
@@ -107,10 +109,21 @@ impl ExecClient {
 
     pub async fn call(&self, op: Op) -> Result<Reply, ChannelError> {
         let args: Vec<String> = match &op {
+            // Preparing a workdir (as root, for a session's uid) is the
+            // helper's: this channel has no uids and no file transfer.
+            Op::Open {
+                prepare: Some(_), ..
+            } => {
+                return Ok(Reply::Error {
+                    kind: ErrorKind::BadRequest,
+                    message: "task environments ([environment]) need the workspace helper; workspace.channel = \"exec\" cannot prepare a workdir".into(),
+                })
+            }
             Op::Open {
                 session,
                 workdir,
                 env,
+                prepare: None,
             } => [
                 "open".into(),
                 session.clone(),
@@ -132,6 +145,7 @@ impl ExecClient {
                 command.clone(),
             ],
             Op::Close { session } => vec!["close".into(), session.clone()],
+            Op::Remove { path } => vec!["remove".into(), path.clone()],
             Op::List => vec!["list".into()],
             Op::Stats => vec!["stats".into()],
             Op::Shutdown => vec!["shutdown".into()],

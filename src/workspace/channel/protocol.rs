@@ -16,10 +16,13 @@
 //!    its tmux server and every process any session started, removes what
 //!    it created under its root, and exits.
 //!
-//! Ops: `open` (create a session), `run` (run a command in a session's
-//! shell and return its output), `close` (kill a session and its
-//! processes), `list` (names of the live sessions), `stats` (sessions,
-//! processes and their open files, for the monitor), `shutdown`.
+//! Ops: `open` (create a session, optionally preparing its workdir),
+//! `run` (run a command in a session's shell and return its output),
+//! `close` (kill a session and its processes), `remove` (a task's workdir
+//! at its end), `list` (names of the live sessions), `stats` (sessions,
+//! processes and their open files, for the monitor), `shutdown`. `prepare`
+//! and `remove` are optional fields and a new op: a client that sends
+//! neither speaks to any helper of version 2.
 //!
 //! A failed op answers `{"kind":"error","error":KIND,"message":TEXT}`:
 //! [`ErrorKind`] says what went wrong in words a caller can act on (retry
@@ -48,12 +51,16 @@ pub struct Request {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Op {
-    /// Create a session whose shell starts in `workdir` with `env` set.
+    /// Create a session whose shell starts in `workdir` with `env` set;
+    /// with `prepare`, the helper makes the workdir ready first (see
+    /// [`Prepare`]).
     Open {
         session: String,
         workdir: Option<String>,
         #[serde(default)]
         env: Vec<(String, String)>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        prepare: Option<Prepare>,
     },
     /// Run `command` in the session's shell (state such as `cd` and
     /// `export` persists). Stdin is /dev/null. After `timeout_ms` the
@@ -68,6 +75,9 @@ pub enum Op {
     /// Kill the session and every process it started (background, nohup
     /// and setsid included).
     Close { session: String },
+    /// Remove the directory `path` and everything in it (a task's workdir
+    /// at its end); gone already is fine.
+    Remove { path: String },
     /// Names of live sessions.
     List,
     /// What the monitor samples: live sessions, and every process a session
@@ -76,6 +86,32 @@ pub enum Op {
     Stats,
     /// Kill everything and exit.
     Shutdown,
+}
+
+/// What the helper does to a session's workdir before its shell starts
+/// there (a task's `[environment]`). It runs as the helper (root in a
+/// container), so it can give the tree to the session's uid.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct Prepare {
+    /// Remove whatever is there and start from an empty directory (every
+    /// attempt does: a failed attempt's changes never reach the next).
+    pub fresh: bool,
+    /// A directory whose contents are copied in first (`cp -a seed/.`).
+    #[serde(default)]
+    pub seed: Option<String>,
+    /// (path relative to the workdir, content), written after the seed;
+    /// missing subdirectories are made.
+    #[serde(default)]
+    pub files: Vec<(String, String)>,
+    /// Directories made inside the workdir if missing (the session's HOME
+    /// and TMPDIR).
+    #[serde(default)]
+    pub dirs: Vec<String>,
+    /// The session runs as the helper's own user (root), not as a uid of
+    /// its own (`environment.setup_user` / `verify.user = "root"`); the
+    /// tree is then not given away.
+    #[serde(default)]
+    pub as_root: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

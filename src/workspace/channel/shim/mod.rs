@@ -29,6 +29,7 @@
 //! Where things live: [`stdio`] frames requests and responses on the
 //! helper's stdin and stdout; [`sessions`] keeps the registry of sessions
 //! and serves each op; [`adopt`] takes over a previous helper's sessions;
+//! [`prepare`] makes a task's workdir ready (and removes it);
 //! [`shell`] starts a session's shell (with the rc script, `rc.bash`);
 //! [`users`] hands out session uids and launches shells; [`limits`] holds
 //! each session to `session_memory`; [`run`] runs one command and
@@ -40,6 +41,7 @@ mod adopt;
 mod completions;
 mod diagnose;
 mod limits;
+mod prepare;
 mod reaper;
 mod run;
 mod sessions;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::sync::mpsc;
 
-use super::super::protocol::{ErrorKind, Op, OpError, Reply};
+use super::super::protocol::{ErrorKind, Op, OpError, Prepare, Reply};
 use super::super::tmux::{self, Tmux};
 use super::adopt::SessionMeta;
 use super::completions::{read_completions, SharedDeaths, Waiters};
@@ -112,6 +112,17 @@ async fn start_server(exe: &Path, private: &Path, tmux: &Tmux) -> anyhow::Result
         Ok(_) => anyhow::bail!("tmux does not start: {}", line.trim()),
         Err(_) => anyhow::bail!("tmux does not start: no answer within 30s"),
     }
+}
+
+/// Runs file-system work off the runtime's threads: a seed copy or a
+/// large tree must not hold other sessions' requests.
+async fn blocking(f: impl FnOnce() -> Result<(), OpError> + Send + 'static) -> Result<(), OpError> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(OpError::new(
+            ErrorKind::Internal,
+            format!("preparing the workdir panicked: {e}"),
+        ))
+    })
 }
 
 /// Creates `dir` with `mode` (whatever its mode was).
@@ -278,7 +289,11 @@ impl Shim {
                 session,
                 workdir,
                 env,
-            } => self.open(session, workdir, env).await.map(|()| Reply::Done),
+                prepare,
+            } => self
+                .open(session, workdir, env, prepare)
+                .await
+                .map(|()| Reply::Done),
             Op::Run {
                 session,
                 command,
@@ -294,6 +309,9 @@ impl Shim {
                 .await
                 .map(Reply::Ran),
             Op::Close { session } => self.close(&session).await.map(|()| Reply::Done),
+            Op::Remove { path } => blocking(move || super::prepare::remove(&path))
+                .await
+                .map(|()| Reply::Done),
             Op::List => self.list().await.map(|names| Reply::Sessions { names }),
             Op::Stats => self.stats().await.map(Reply::Stats),
             Op::Shutdown => Ok(Reply::Done),
@@ -310,9 +328,16 @@ impl Shim {
         name: String,
         workdir: Option<String>,
         env: Vec<(String, String)>,
+        prepare: Option<Prepare>,
     ) -> Result<(), OpError> {
         check_name(&name)?;
-        if let Some(w) = &workdir {
+        if prepare.is_some() && workdir.is_none() {
+            return Err(OpError::new(
+                ErrorKind::BadRequest,
+                "prepare without a workdir",
+            ));
+        }
+        if let (Some(w), None) = (&workdir, &prepare) {
             if !Path::new(w).is_dir() {
                 return Err(OpError::new(
                     ErrorKind::BadWorkdir,
@@ -331,15 +356,20 @@ impl Shim {
                 format!("session `{name}` exists already"),
             ));
         }
-        let taken = self
-            .user_isolation
+        let as_root = prepare.as_ref().is_some_and(|p| p.as_root);
+        let taken = (self.user_isolation && !as_root)
             .then(|| self.users.lock().expect("users lock").take(&name));
         if let Some((uid, true)) = taken {
             super::users::name_user(uid);
         }
         let uid = taken.map(|(uid, _)| uid);
         let dir = self.session_dir(&name);
-        let made = self.make_session_files(&name, uid, &workdir, &env);
+        let mut made = self.make_session_files(&name, uid, &workdir, &env);
+        if let (Ok(()), Some(p), Some(w)) = (&made, prepare, workdir.clone()) {
+            // Before the shell exists: it starts in the finished tree, as
+            // its owner.
+            made = blocking(move || super::prepare::prepare(&w, &p, uid)).await;
+        }
         let reader = match made.and_then(|()| {
             self.listen(&name)
                 .map_err(|e| OpError::io(format!("cannot open the FIFO of `{name}`"), &e))

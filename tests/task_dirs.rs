@@ -1,0 +1,169 @@
+//! A task's workdir as the workspace helper makes it: the real binary's
+//! `convoy shim` driven over its stdio protocol, as root with a uid per
+//! session (`user` isolation, as in the container) and as one user (the
+//! local workspace). A file written by `prepare` is there, a fresh prepare
+//! removes what the last attempt left, the hidden verify file is not there
+//! before verification, and `remove` takes the workdir away.
+
+mod support;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout};
+
+/// One helper and its stream, one request at a time.
+struct Helper {
+    child: Child,
+    stdin: ChildStdin,
+    lines: Lines<BufReader<ChildStdout>>,
+    next: u64,
+}
+
+impl Helper {
+    async fn start(root: &Path, isolation: &str) -> Helper {
+        let mut child = tokio::process::Command::new(support::convoy_bin())
+            .args(["shim", "--root"])
+            .arg(root)
+            .args(["--isolation", isolation])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the helper starts");
+        let stdin = child.stdin.take().unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let hello = lines.next_line().await.unwrap().expect("a hello line");
+        assert!(hello.contains("convoy-shim"), "{hello}");
+        Helper {
+            child,
+            stdin,
+            lines,
+            next: 1,
+        }
+    }
+
+    async fn call(&mut self, mut op: Value) -> Value {
+        op["id"] = json!(self.next);
+        self.next += 1;
+        let line = format!("{op}\n");
+        self.stdin.write_all(line.as_bytes()).await.unwrap();
+        let answer = self.lines.next_line().await.unwrap().expect("an answer");
+        let v: Value = serde_json::from_str(&answer).unwrap();
+        v["reply"].clone()
+    }
+
+    async fn open(&mut self, name: &str, workdir: &Path, prepare: Value) {
+        let reply = self
+            .call(json!({"op": "open", "session": name,
+                "workdir": workdir.display().to_string(), "env": [], "prepare": prepare}))
+            .await;
+        assert_eq!(reply["kind"], "done", "{reply}");
+    }
+
+    /// The command's output; it must exit 0.
+    async fn run(&mut self, name: &str, command: &str) -> String {
+        let reply = self
+            .call(json!({"op": "run", "session": name, "command": command,
+                "timeout_ms": 20000, "max_output_bytes": 100000}))
+            .await;
+        assert_eq!(reply["exit_code"], 0, "{command}: {reply}");
+        reply["output"].as_str().unwrap().to_string()
+    }
+
+    async fn close(&mut self, name: &str) {
+        let reply = self.call(json!({"op": "close", "session": name})).await;
+        assert_eq!(reply["kind"], "done", "{reply}");
+    }
+
+    async fn shutdown(mut self) {
+        self.call(json!({"op": "shutdown"})).await;
+        let _ = self.child.wait().await;
+    }
+}
+
+async fn attempts_and_verification(isolation: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    // Sessions of their own uid must reach the workdir's parent.
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let seed = tmp.path().join("seed");
+    std::fs::create_dir_all(seed.join("src")).unwrap();
+    std::fs::write(seed.join("src/bug.py"), "print(1/0)\n").unwrap();
+    let workdir = tmp.path().join("tasks/t1");
+    let mut h = Helper::start(&tmp.path().join("root"), isolation).await;
+
+    // Attempt 1: seed and files in a fresh workdir; it leaves a file.
+    let fresh = json!({"fresh": true, "seed": seed.display().to_string(),
+        "files": [["docs/task.md", "fix the bug"]], "dirs": [".home"]});
+    h.open("a1", &workdir, fresh.clone()).await;
+    let seen = h.run("a1", "cat docs/task.md; echo; ls -A; ls src").await;
+    assert_eq!(seen, "fix the bug\n.home\ndocs\nsrc\nbug.py\n");
+    let owner = h
+        .run("a1", "[ \"$(stat -c %u .)\" = \"$(id -u)\" ] && echo mine")
+        .await;
+    assert_eq!(owner, "mine\n", "the workdir belongs to the session's user");
+    assert!(h
+        .run("a1", "ls check.sh 2>&1 || true")
+        .await
+        .contains("No such file"));
+    h.run("a1", "echo half-done > left.txt").await;
+    h.close("a1").await;
+
+    // Attempt 2 starts from a clean workdir: no trace of attempt 1.
+    h.open("a2", &workdir, fresh).await;
+    assert_eq!(h.run("a2", "ls -A").await, ".home\ndocs\nsrc\n");
+    h.run("a2", "echo fixed > src/bug.py").await;
+    h.close("a2").await;
+
+    // Verification: the same workdir, plus its hidden file.
+    let verify =
+        json!({"fresh": false, "files": [["check.sh", "grep -q fixed src/bug.py && echo passed"]]});
+    h.open("v", &workdir, verify).await;
+    assert_eq!(h.run("v", "bash check.sh").await, "passed\n");
+    h.close("v").await;
+    if isolation == "user" {
+        let mode = std::fs::metadata(&workdir).unwrap().mode() & 0o777;
+        assert_eq!(mode, 0o700, "other sessions cannot look in");
+    }
+
+    let reply = h
+        .call(json!({"op": "remove", "path": workdir.display().to_string()}))
+        .await;
+    assert_eq!(reply["kind"], "done", "{reply}");
+    assert!(!workdir.exists());
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_attempt_gets_a_fresh_workdir_and_verify_files_come_only_after() {
+    attempts_and_verification("none").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_uid_per_session_the_workdir_is_given_to_each_session_in_turn() {
+    // As root only (the container's case): uids need root to hand out.
+    if !nix::unistd::geteuid().is_root() {
+        panic!("this test needs root, as the rest of the suite (see README)");
+    }
+    attempts_and_verification("user").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_seed_is_a_bad_workdir_and_nothing_is_left() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut h = Helper::start(&tmp.path().join("root"), "none").await;
+    let workdir = tmp.path().join("w");
+    let reply = h
+        .call(
+            json!({"op": "open", "session": "s", "workdir": workdir.display().to_string(),
+            "env": [], "prepare": {"fresh": true, "seed": "/no/such/seed"}}),
+        )
+        .await;
+    assert_eq!(reply["error"], "bad_workdir", "{reply}");
+    assert!(reply["message"].as_str().unwrap().contains("/no/such/seed"));
+    let listed = h.call(json!({"op": "list"})).await;
+    assert_eq!(listed["names"], json!([]));
+    h.shutdown().await;
+}
