@@ -88,8 +88,10 @@ async fn a_shell_that_exits_again_and_again_never_meets_a_duplicate_session_dock
 }
 
 /// What a session may see of the environment: the bare minimum, convoy's
-/// session variables, tmux's and bash's own, and what the manifest names.
-const ALLOWED_ENV: [&str; 19] = [
+/// session variables, tmux's and bash's own, the defaults that keep a
+/// pager or a prompt from swallowing a command, and what the manifest
+/// names.
+const ALLOWED_ENV: [&str; 25] = [
     "PATH",
     "HOME",
     "LANG",
@@ -108,6 +110,12 @@ const ALLOWED_ENV: [&str; 19] = [
     "OLDPWD",
     "SHLVL",
     "_",
+    "PAGER",
+    "GIT_PAGER",
+    "MANPAGER",
+    "GIT_TERMINAL_PROMPT",
+    "DEBIAN_FRONTEND",
+    "PIP_NO_INPUT",
     // workspace.env and workspace.pass_env of the test below
     "FROM_MANIFEST",
 ];
