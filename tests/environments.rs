@@ -237,7 +237,7 @@ async fn a_verify_that_times_out_gives_no_reward_and_leaves_the_status() {
         &job,
         &[row("slow", &["echo hi"])],
         "[environment]\nworkdir = \"t/{{ id }}\"\n\
-         [verify]\ncommand = \"echo started; sleep 60\"\ntimeout = \"1s\"\n",
+         [verify]\ncommand = \"echo started; sleep 3607\"\ntimeout = \"1s\"\n",
     )
     .await;
     assert_eq!(code, Some(0), "the task itself was ok");
@@ -246,7 +246,7 @@ async fn a_verify_that_times_out_gives_no_reward_and_leaves_the_status() {
     assert_eq!(r["reward"], Value::Null, "{r}");
     assert_eq!(r["verify"]["status"], "timeout", "{r}");
     assert!(
-        support::processes_with("sleep 60").is_empty(),
+        support::processes_with("sleep 3607").is_empty(),
         "the check was stopped"
     );
 }
@@ -362,18 +362,22 @@ async fn exported(job: &TestJob, args: &[&str]) -> Vec<String> {
 }
 
 /// In the container, with a uid per session (the default isolation): the
-/// agent's session owns its workdir and cannot see the check, which is
-/// written afterwards and runs as that user too.
+/// agent's session owns its workdir, setup ran as that same user, and the
+/// check is written only afterwards and runs as that user too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_sessions_own_their_workdir_and_the_check_comes_after() {
     let job = TestJob::new();
     job.tasks(&[row(
         "d1",
-        &["[ \"$(stat -c %u .)\" = \"$(id -u)\" ] && [ \"$(id -u)\" != 0 ] && echo mine; ls -A"],
+        &[
+            "[ \"$(stat -c %u .)\" = \"$(id -u)\" ] && [ \"$(id -u)\" != 0 ] && echo mine; ls -A",
+            "stat -c %a bug.sh; bash bug.sh",
+        ],
     )]);
     job.manifest(&support::hostile::docker_job(
         "",
         "[environment]\nworkdir = \"/tasks/{{ id }}\"\nfiles = { \"bug.sh\" = \"echo 5\" }\n\
+         setup = [\"chmod 600 bug.sh\"]\n\
          [verify]\nfiles = { \"check.sh\" = \"[ \\\"$(stat -c %U check.sh)\\\" = \\\"$(id -un)\\\" ] && ls -A\" }\n\
          command = \"bash check.sh\"\n",
     ));
@@ -381,7 +385,8 @@ async fn docker_sessions_own_their_workdir_and_the_check_comes_after() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(
         observations(&job.trajectory("d1")),
-        ["mine\n.home\n.tmp\nbug.sh\n"]
+        ["mine\n.home\n.tmp\nbug.sh\n", "600\n5\n"],
+        "setup ran as the session's user: its 0600 file is the agent's to read"
     );
     let r = &job.results()[0];
     assert_eq!(r["reward"], 1.0, "{r}");
