@@ -207,9 +207,10 @@ task_timeout = "60m"
     let wall = started.elapsed();
     assert!(
         status.success(),
-        "convoy failed ({} isolation {}): {status}",
+        "convoy failed ({} isolation {}): {status}\n{}",
         mode.channel,
-        mode.isolation
+        mode.isolation,
+        failures(dir.path())
     );
     let summary: Value = serde_json::from_str(
         &std::fs::read_to_string(dir.path().join("out/summary.json")).unwrap(),
@@ -228,6 +229,21 @@ task_timeout = "60m"
         timing: Timing::of(&llm.requests(), load.convos),
         results,
     }
+}
+
+/// Why a run failed, for the panic: its counts and its first few errors
+/// (the run directory goes with the temporary directory).
+fn failures(dir: &Path) -> String {
+    let read = |name: &str| std::fs::read_to_string(dir.join("out").join(name)).unwrap_or_default();
+    let errors: Vec<String> = read("results.jsonl")
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|r| r["status"] != "ok")
+        .take(3)
+        .map(|r| format!("{} {}: {}", r["id"], r["status"], r["error"]))
+        .collect();
+    let summary = read("summary.json");
+    format!("summary: {summary}\nfirst errors:\n{}", errors.join("\n"))
 }
 
 /// Runs `load` through `a` and `b`, `a` first unless `b_first`.
