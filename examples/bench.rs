@@ -15,6 +15,8 @@
 //! between a reply to a conversation and that conversation's next request
 //! is what convoy spent running the tool call (plus its own HTTP client).
 
+#[path = "bench/environments.rs"]
+mod environments;
 #[path = "../tests/support/fake_llm.rs"]
 mod fake_llm;
 
@@ -73,6 +75,8 @@ struct Run {
     peak_rss_kb: u64,
     peak_fds: u64,
     timing: Timing,
+    /// The lines of results.jsonl.
+    results: Vec<Value>,
 }
 
 /// What the fake saw of one or more runs of the same load.
@@ -129,6 +133,12 @@ fn convoy_bin() -> PathBuf {
 
 /// Runs `load` through `mode`, each tool call running `true`.
 async fn run(llm: &FakeLlm, mode: Mode, load: Load) -> Run {
+    run_with(llm, mode, load, "").await
+}
+
+/// `run`, with `extra` appended to the manifest (tables such as
+/// `[environment]` and `[verify]`).
+async fn run_with(llm: &FakeLlm, mode: Mode, load: Load, extra: &str) -> Run {
     llm.clear();
     let dir = tempfile::tempdir().unwrap();
     let turns: Vec<Value> = (0..load.calls)
@@ -163,12 +173,13 @@ isolation = "{}"
 [run]
 workers = {}
 task_timeout = "60m"
-"#,
+{}"#,
         llm.base_url(),
         load.calls + 1,
         mode.channel,
         mode.isolation,
         load.workers,
+        extra,
     );
     std::fs::write(dir.path().join("job.toml"), manifest).unwrap();
 
@@ -196,21 +207,43 @@ task_timeout = "60m"
     let wall = started.elapsed();
     assert!(
         status.success(),
-        "convoy failed ({} isolation {}): {status}",
+        "convoy failed ({} isolation {}): {status}\n{}",
         mode.channel,
-        mode.isolation
+        mode.isolation,
+        failures(dir.path())
     );
     let summary: Value = serde_json::from_str(
         &std::fs::read_to_string(dir.path().join("out/summary.json")).unwrap(),
     )
     .unwrap();
+    let results = std::fs::read_to_string(dir.path().join("out/results.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     Run {
         wall,
         summary,
         peak_rss_kb,
         peak_fds,
         timing: Timing::of(&llm.requests(), load.convos),
+        results,
     }
+}
+
+/// Why a run failed, for the panic: its counts and its first few errors
+/// (the run directory goes with the temporary directory).
+fn failures(dir: &Path) -> String {
+    let read = |name: &str| std::fs::read_to_string(dir.join("out").join(name)).unwrap_or_default();
+    let errors: Vec<String> = read("results.jsonl")
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|r| r["status"] != "ok")
+        .take(3)
+        .map(|r| format!("{} {}: {}", r["id"], r["status"], r["error"]))
+        .collect();
+    let summary = read("summary.json");
+    format!("summary: {summary}\nfirst errors:\n{}", errors.join("\n"))
 }
 
 /// Runs `load` through `a` and `b`, `a` first unless `b_first`.
@@ -327,6 +360,10 @@ async fn main() {
     let quick = arg == "--quick";
     if arg == "--overhead" {
         overhead(&llm).await;
+        return;
+    }
+    if let Some(how) = arg.strip_prefix("--environments") {
+        environments::table(&llm, how == "-quick").await;
         return;
     }
     println!("convoy Docker workspace benchmark (instant LLM over HTTP, `true` as the command)\n");

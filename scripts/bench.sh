@@ -6,6 +6,8 @@
 #   scripts/bench.sh              full run (about 15 minutes on 2 cores)
 #   scripts/bench.sh --quick      smaller counts
 #   scripts/bench.sh --overhead   the helper's per-call overhead, 5 runs per mode
+#   scripts/bench.sh --environments        task environments: files, verify, a 50 MB seed
+#   scripts/bench.sh --environments-quick  the same with 200 conversations at 64 workers
 # Needs Docker and the workspace image (scripts/build-workspace-image.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
