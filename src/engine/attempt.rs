@@ -186,7 +186,7 @@ async fn attempts<W: Sessions, M: Models>(
                                 task.id,
                                 cfg.max_infra_retries
                             );
-                            emit.emit(failed(task, run, &e, true));
+                            emit.emit(failed(task, run, e.to_string(), true));
                             continue;
                         }
                         InfraOutcome::Retry => {
@@ -220,12 +220,7 @@ async fn attempts<W: Sessions, M: Models>(
         };
         let retry = retry && attempt < cfg.max_attempts && !shared.drain.is_cancelled();
         if let Some(error) = &error {
-            emit.emit(EventKind::AttemptFailed {
-                id: task.id.clone(),
-                attempt: run,
-                error: error.clone(),
-                retry,
-            });
+            emit.emit(failed(task, run, error.clone(), retry));
         }
         if retry {
             tracing::info!(
@@ -289,11 +284,12 @@ async fn attempts<W: Sessions, M: Models>(
     }
 }
 
-fn failed(task: &Task, run: u32, e: &Attempt, retry: bool) -> EventKind {
+/// An attempt of `task` (run `run`) ended with `error`.
+fn failed(task: &Task, run: u32, error: String, retry: bool) -> EventKind {
     EventKind::AttemptFailed {
         id: task.id.clone(),
         attempt: run,
-        error: e.to_string(),
+        error,
         retry,
     }
 }
@@ -506,7 +502,8 @@ async fn remove_workdir<W: Sessions>(ws: &W, id: &str, workdir: &str) {
     }
 }
 
-fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+/// What a caught panic said.
+pub(crate) fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
     p.downcast_ref::<&str>()
         .map(|s| s.to_string())
         .or_else(|| p.downcast_ref::<String>().cloned())

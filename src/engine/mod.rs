@@ -16,6 +16,8 @@
 mod attempt;
 mod budget;
 mod control;
+#[cfg(test)]
+mod fakes;
 mod infra;
 mod phases;
 mod ports;
@@ -28,6 +30,7 @@ mod tests;
 mod tests_env;
 mod track;
 
+pub(crate) use attempt::panic_message;
 pub use budget::Budget;
 pub use control::{forward_signals, Command, EngineHandle, StatusReport, Steering, Waiting};
 pub use ports::{Models, Probe, Sampled, Sessions};

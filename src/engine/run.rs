@@ -57,8 +57,7 @@ impl<W: Sessions, M: Models, P: Probe> Engine<W, M, P> {
             gate,
             drain: CancellationToken::new(),
             cancel: CancellationToken::new(),
-            stopped: Mutex::new(None),
-            asked: Mutex::default(),
+            stops: Mutex::default(),
             flights: Mutex::default(),
             in_setup: Default::default(),
             in_verify: Default::default(),
@@ -228,91 +227,89 @@ fn apply<W: Sessions, M: Models>(
     signals: &mut u32,
     c: Command,
 ) {
-    {
-        match c {
-            Command::Stop { reason, detail } => shared.request_stop(reason, detail),
-            Command::Signal if *signals == 0 => {
-                *signals += 1;
-                shared.request_stop(CancelReason::Signal, "interrupted by a signal".into());
-                let (h, grace) = (handle.clone(), shared.cfg.grace);
-                tokio::spawn(async move {
-                    tokio::time::sleep(grace).await;
-                    h.send(Command::GraceOver);
-                });
+    match c {
+        Command::Stop { reason, detail } => shared.request_stop(reason, detail),
+        Command::Signal if *signals == 0 => {
+            *signals += 1;
+            shared.request_stop(CancelReason::Signal, "interrupted by a signal".into());
+            let (h, grace) = (handle.clone(), shared.cfg.grace);
+            tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                h.send(Command::GraceOver);
+            });
+        }
+        Command::Signal | Command::GraceOver => {
+            if shared.cancel.is_cancelled() {
+                return;
             }
-            Command::Signal | Command::GraceOver => {
-                if shared.cancel.is_cancelled() {
-                    return;
-                }
-                let detail = if matches!(c, Command::Signal) {
-                    "a second signal: in-flight conversations are cancelled"
-                } else {
-                    "the grace after the signal ran out: in-flight conversations are cancelled"
-                };
-                shared.request_stop(CancelReason::SecondSignal, detail.into());
-                shared.cancel.cancel();
-                // A second signal bounds the run itself (`forward_signals`);
-                // the grace running out does it here.
-                if shared.cfg.hard_exit && matches!(c, Command::GraceOver) {
-                    crate::report::term::eprint_line(
-                        "the grace ran out: cancelling in-flight conversations",
-                    );
-                    tokio::spawn(control::exit_after(
-                        control::SHUTDOWN_BOUND,
-                        Exit::Interrupted.as_u8(),
-                    ));
-                }
+            let detail = if matches!(c, Command::Signal) {
+                "a second signal: in-flight conversations are cancelled"
+            } else {
+                "the grace after the signal ran out: in-flight conversations are cancelled"
+            };
+            shared.request_stop(CancelReason::SecondSignal, detail.into());
+            shared.cancel.cancel();
+            // A second signal bounds the run itself (`forward_signals`);
+            // the grace running out does it here.
+            if shared.cfg.hard_exit && matches!(c, Command::GraceOver) {
+                crate::report::term::eprint_line(
+                    "the grace ran out: cancelling in-flight conversations",
+                );
+                tokio::spawn(control::exit_after(
+                    control::SHUTDOWN_BOUND,
+                    Exit::Interrupted.as_u8(),
+                ));
             }
-            Command::Pause | Command::Resume => {
-                let paused = matches!(c, Command::Pause);
-                shared.gate.send_modify(|g| g.paused = paused);
-                let action = if paused { "pause" } else { "resume" };
+        }
+        Command::Pause | Command::Resume => {
+            let paused = matches!(c, Command::Pause);
+            shared.gate.send_modify(|g| g.paused = paused);
+            let action = if paused { "pause" } else { "resume" };
+            shared.emit.emit(EventKind::Control {
+                action: action.into(),
+            });
+        }
+        Command::Workers(n) => {
+            let n = n.max(1);
+            shared.gate.send_modify(|g| g.workers = n);
+            shared.emit.emit(EventKind::Control {
+                action: format!("workers {n}"),
+            });
+        }
+        Command::Cancel { id, reply } => {
+            // Under the lock: an attempt seals itself under it too, so
+            // a cancel acknowledged here is one the attempt sees.
+            let flights = shared.flights.lock().expect("flights lock");
+            let answer = match flights.get(&id) {
+                Some(f) if f.cancellable => {
+                    f.cancel.cancel();
+                    Ok(())
+                }
+                Some(_) => Err(format!(
+                    "task `{id}` is just ending its attempt: too late to cancel"
+                )),
+                None => Err(format!("no conversation of task `{id}` is in flight")),
+            };
+            drop(flights);
+            if answer.is_ok() {
                 shared.emit.emit(EventKind::Control {
-                    action: action.into(),
+                    action: format!("cancel {id}"),
                 });
             }
-            Command::Workers(n) => {
-                let n = n.max(1);
-                shared.gate.send_modify(|g| g.workers = n);
-                shared.emit.emit(EventKind::Control {
-                    action: format!("workers {n}"),
-                });
-            }
-            Command::Cancel { id, reply } => {
-                // Under the lock: an attempt seals itself under it too, so
-                // a cancel acknowledged here is one the attempt sees.
-                let flights = shared.flights.lock().expect("flights lock");
-                let answer = match flights.get(&id) {
-                    Some(f) if f.cancellable => {
-                        f.cancel.cancel();
-                        Ok(())
-                    }
-                    Some(_) => Err(format!(
-                        "task `{id}` is just ending its attempt: too late to cancel"
-                    )),
-                    None => Err(format!("no conversation of task `{id}` is in flight")),
-                };
-                drop(flights);
-                if answer.is_ok() {
-                    shared.emit.emit(EventKind::Control {
-                        action: format!("cancel {id}"),
-                    });
-                }
-                let _ = reply.send(answer);
-            }
-            Command::End => {}
-            Command::Status(reply) => {
-                let stats = shared.emit.stats();
-                let g = *shared.gate.borrow();
-                let _ = reply.send(StatusReport {
-                    in_flight: stats.in_flight,
-                    done: stats.done,
-                    failed: stats.not_ok(),
-                    paused: g.paused,
-                    workers: g.workers,
-                    slowest: shared.slowest(SLOWEST),
-                });
-            }
+            let _ = reply.send(answer);
+        }
+        Command::End => {}
+        Command::Status(reply) => {
+            let stats = shared.emit.stats();
+            let g = *shared.gate.borrow();
+            let _ = reply.send(StatusReport {
+                in_flight: stats.in_flight,
+                done: stats.done,
+                failed: stats.not_ok(),
+                paused: g.paused,
+                workers: g.workers,
+                slowest: shared.slowest(SLOWEST),
+            });
         }
     }
 }

@@ -137,9 +137,8 @@ pub(super) struct Shared<W, M> {
     pub drain: CancellationToken,
     /// Stop in-flight conversations too.
     pub cancel: CancellationToken,
-    pub stopped: Mutex<Option<Stopped>>,
-    /// The reasons asked for so far.
-    pub asked: Mutex<Vec<CancelReason>>,
+    /// Each reason to stop asked for so far (its first detail), in order.
+    pub stops: Mutex<Vec<Stopped>>,
     pub flights: Mutex<HashMap<String, Flight>>,
     /// Tasks in their setup and verification phases right now.
     pub in_setup: AtomicU64,
@@ -151,26 +150,22 @@ impl<W, M> Shared<W, M> {
     /// run's (its first detail kept); each reason is emitted the first
     /// time it is asked for, in the order asked (under the lock).
     pub fn request_stop(&self, reason: CancelReason, detail: String) {
-        let mut s = self.stopped.lock().expect("stop lock");
-        let mut asked = self.asked.lock().expect("asked lock");
-        if asked.contains(&reason) {
+        let mut stops = self.stops.lock().expect("stop lock");
+        if stops.iter().any(|s| s.reason == reason) {
             return;
         }
-        asked.push(reason);
         match reason {
             CancelReason::Budget => tracing::warn!("no new tasks start: {detail}"),
             CancelReason::Outage => tracing::error!("stopping the job: {detail}"),
             _ => {}
         }
-        if s.as_ref().is_none_or(|s| s.reason < reason) {
-            *s = Some(Stopped {
-                reason,
-                detail: detail.clone(),
-            });
-        }
+        stops.push(Stopped {
+            reason,
+            detail: detail.clone(),
+        });
         self.emit
             .emit(EventKind::CancelRequested { reason, detail });
-        drop((asked, s));
+        drop(stops);
         self.drain.cancel();
     }
 
@@ -182,8 +177,10 @@ impl<W, M> Shared<W, M> {
         stats
     }
 
+    /// The highest reason asked for: the run's.
     pub fn stopped(&self) -> Option<Stopped> {
-        self.stopped.lock().expect("stop lock").clone()
+        let stops = self.stops.lock().expect("stop lock");
+        stops.iter().max_by_key(|s| s.reason).cloned()
     }
 
     /// The conversations waiting longest on their current step.

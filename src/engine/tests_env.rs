@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::tests::{bash_then_finish, config, drain, job, started, tasks, Job};
+use super::fakes::{bash_then_finish, config, drain, job, started, tasks, Job};
 use crate::agent::fakes::{reply, RecordingShell};
 use crate::events::{EventKind, Finished, Status, VerifyStatus};
 use crate::exit::Exit;

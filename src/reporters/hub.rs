@@ -117,11 +117,9 @@ impl Slot {
 /// others, or the run's results, down with it).
 fn guarded<T>(f: AssertUnwindSafe<impl FnOnce() -> anyhow::Result<T>>) -> anyhow::Result<T> {
     std::panic::catch_unwind(f).unwrap_or_else(|p| {
-        let why = p
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| p.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown panic".into());
-        Err(anyhow::anyhow!("it panicked: {why}"))
+        Err(anyhow::anyhow!(
+            "it panicked: {}",
+            crate::engine::panic_message(&p)
+        ))
     })
 }

@@ -22,8 +22,8 @@ use bollard::Docker;
 
 use super::channel::{ExecClient, Isolation, Link, CONF, EXEC_FILES, EXEC_ROOT, RC};
 use super::docker_exec::{exec_output, start_helper, upload};
+use super::error::WorkspaceError;
 use super::helper_flags::{shim_config, shim_flags};
-use super::shared::WorkspaceError;
 use super::sweep;
 use crate::manifest::{ChannelKind, Job, WorkspaceSpec};
 

@@ -11,7 +11,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::channel::ShimClient;
 use super::docker::boot;
-use super::shared::WorkspaceError;
+use super::error::WorkspaceError;
 
 /// Runs a command in the container; its exit code and combined output.
 pub(super) async fn exec_output(

@@ -8,8 +8,8 @@ use std::time::Duration;
 use tokio::io::AsyncBufReadExt;
 
 use super::channel::{Link, ShimClient};
+use super::error::WorkspaceError;
 use super::helper_flags::{shim_config, shim_flags};
-use super::shared::WorkspaceError;
 use crate::manifest::WorkspaceSpec;
 
 /// The helper process and the directory it owns. The helper removes that

@@ -6,6 +6,7 @@ pub mod channel;
 pub mod docker;
 mod docker_exec;
 mod env;
+mod error;
 mod helper_flags;
 mod local;
 pub mod procfs;
@@ -15,5 +16,6 @@ pub mod sweep;
 
 pub use channel::protocol::{ErrorKind, Prepare, RunOutput};
 pub use env::{Place, ALWAYS as DEFAULT_ENV, HOME_DIR, TMP_DIR};
+pub use error::WorkspaceError;
 pub use session::Session;
-pub use shared::{ShutdownReport, Workspace, WorkspaceError};
+pub use shared::{ShutdownReport, Workspace};

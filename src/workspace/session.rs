@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::channel::protocol::{Op, Reply, RunOutput};
-use super::shared::{Inner, WorkspaceError};
+use super::error::WorkspaceError;
+use super::shared::Inner;
 
 pub struct Session {
     name: String,
