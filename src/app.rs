@@ -30,9 +30,25 @@ pub use plan::{EventsTo, RunPlan};
 /// Runs the command and returns the exit code; errors are printed here.
 pub fn main(cli: Cli) -> Exit {
     // In a session's pane: no runtime, no logging, just the exec.
-    if let Command::SessionExec { uid, nproc, argv } = cli.command {
-        let launch = crate::workspace::channel::Launch { uid, nproc, argv };
-        eprintln!("{}", crate::workspace::channel::session_exec(&launch));
+    if let Command::SessionExec {
+        uid,
+        nproc,
+        hold,
+        argv,
+    } = cli.command
+    {
+        let launch = crate::workspace::channel::Launch {
+            uid,
+            nproc,
+            hold,
+            argv,
+        };
+        let failed = if hold {
+            crate::workspace::channel::hold(&launch)
+        } else {
+            crate::workspace::channel::session_exec(&launch)
+        };
+        eprintln!("{failed}");
         return Exit::Infrastructure;
     }
     if let Command::Reaper { pid_file, argv } = &cli.command {

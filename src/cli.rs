@@ -326,6 +326,10 @@ pub enum Command {
         /// RLIMIT_NPROC for that uid.
         #[arg(long)]
         nproc: Option<u64>,
+        /// Stay, as a subreaper, the parent of the command: say its pid and
+        /// exit status on stdout, then kill what it left behind (a check).
+        #[arg(long)]
+        hold: bool,
         /// The shell and its arguments.
         #[arg(last = true, required = true)]
         argv: Vec<String>,

@@ -394,6 +394,18 @@ async fn docker_sessions_own_their_workdir_and_the_check_comes_after() {
         r["verify"]["output"], ".home\n.tmp\nbug.sh\ncheck.sh\n",
         "{r}"
     );
+    // Workdirs on the container's own filesystem: said when that is slow.
+    let driver = std::process::Command::new("docker")
+        .args(["info", "--format", "{{.Driver}}"])
+        .output()
+        .expect("docker info runs");
+    let driver = String::from_utf8_lossy(&driver.stdout);
+    assert_eq!(
+        stderr(&out).contains("is on the container's own filesystem"),
+        driver.trim() == "fuse-overlayfs",
+        "storage driver {driver}: {}",
+        stderr(&out)
+    );
 }
 
 /// The worked example in `jobs/fix-the-bug`, as a user runs it: offline,

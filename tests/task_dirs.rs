@@ -55,12 +55,31 @@ impl Helper {
         v["reply"].clone()
     }
 
+    /// Opens a session whose workdir the helper prepares; it says how
+    /// long that took.
     async fn open(&mut self, name: &str, workdir: &Path, prepare: Value) {
         let reply = self
             .call(json!({"op": "open", "session": name,
                 "workdir": workdir.display().to_string(), "env": [], "prepare": prepare}))
             .await;
-        assert_eq!(reply["kind"], "done", "{reply}");
+        assert_eq!(reply["kind"], "prepared", "{reply}");
+        assert!(reply["prepare_s"].as_f64().unwrap() >= 0.0, "{reply}");
+    }
+
+    /// Runs `command` as a check (a session of its own with no shell).
+    async fn check(
+        &mut self,
+        name: &str,
+        workdir: &Path,
+        prepare: Value,
+        command: &str,
+        timeout_ms: u64,
+    ) -> Value {
+        self.call(json!({"op": "check", "session": name,
+            "workdir": workdir.display().to_string(), "env": [["GREETING", "hi"]],
+            "prepare": prepare, "command": command, "timeout_ms": timeout_ms,
+            "max_output_bytes": 100000}))
+            .await
     }
 
     /// The command's output; it must exit 0.
@@ -117,12 +136,29 @@ async fn attempts_and_verification(isolation: &str) {
     h.run("a2", "echo fixed > src/bug.py").await;
     h.close("a2").await;
 
-    // Verification: the same workdir, plus its hidden file.
+    // Verification: the same workdir, plus its hidden file, as a check
+    // of its own uid (with `user` isolation: not attempt 2's).
     let verify =
         json!({"fresh": false, "files": [["check.sh", "grep -q fixed src/bug.py && echo passed"]]});
-    h.open("v", &workdir, verify).await;
-    assert_eq!(h.run("v", "bash check.sh").await, "passed\n");
-    h.close("v").await;
+    let ran = h
+        .check(
+            "v",
+            &workdir,
+            verify,
+            "bash check.sh; echo $GREETING; id -u; exit 3",
+            20000,
+        )
+        .await;
+    assert_eq!(ran["kind"], "ran", "{ran}");
+    assert_eq!(ran["exit_code"], 3, "{ran}");
+    assert_eq!(ran["timed_out"], false, "{ran}");
+    let lines: Vec<&str> = ran["output"].as_str().unwrap().lines().collect();
+    assert_eq!(lines[..2], ["passed", "hi"], "{ran}");
+    let uid: u32 = lines[2].parse().unwrap();
+    if isolation == "user" {
+        assert!(uid >= 1 << 20, "a session uid of its own: {uid}");
+    }
+    assert_eq!(h.call(json!({"op": "list"})).await["names"], json!([]));
     if isolation == "user" {
         let mode = std::fs::metadata(&workdir).unwrap().mode() & 0o777;
         assert_eq!(mode, 0o700, "other sessions cannot look in");
@@ -166,4 +202,77 @@ async fn a_missing_seed_is_a_bad_workdir_and_nothing_is_left() {
     let listed = h.call(json!({"op": "list"})).await;
     assert_eq!(listed["names"], json!([]));
     h.shutdown().await;
+}
+
+/// Processes whose command line has `tag` (other than this test's own).
+fn with_tag(tag: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != std::process::id())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(tag))
+        })
+        .collect()
+}
+
+/// A check's processes end with it: what it left running (in the
+/// background, `setsid`, `nohup`, `env -i`) and, past its timeout, the
+/// command itself; the helper answers at once either way.
+async fn a_check_leaves_nothing(isolation: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let workdir = tmp.path().join("w");
+    let mut h = Helper::start(&tmp.path().join("root"), isolation).await;
+    let fresh = json!({"fresh": true, "files": [["a.txt", "x"]]});
+    // Numbers for `sleep`, apart from the other test's (which runs at the
+    // same time in this process).
+    let tag = format!("31{}{}", std::process::id(), isolation.as_bytes()[0]);
+    let left = format!(
+        "(setsid sleep {tag}1 &); nohup sleep {tag}2 >/dev/null 2>&1 & env -i /bin/sleep {tag}3 & echo started"
+    );
+    let ran = h.check("k1", &workdir, fresh.clone(), &left, 20000).await;
+    assert_eq!(ran["exit_code"], 0, "{ran}");
+    assert_eq!(ran["output"], "started\n", "{ran}");
+    assert_eq!(with_tag(&tag), Vec::<u32>::new(), "left behind by a check");
+
+    let started = std::time::Instant::now();
+    let ran = h
+        .check(
+            "k2",
+            &workdir,
+            fresh,
+            &format!("echo before; sleep {tag}4"),
+            500,
+        )
+        .await;
+    assert_eq!(ran["timed_out"], true, "{ran}");
+    assert_eq!(ran["output"], "before\n", "{ran}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(15),
+        "the helper answered a timed-out check only after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        with_tag(&tag),
+        Vec::<u32>::new(),
+        "left by a timed-out check"
+    );
+    let stats = h.call(json!({"op": "stats"})).await;
+    assert_eq!(stats["processes"], json!([]), "{stats}");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_leaves_nothing_behind_as_the_helpers_user() {
+    a_check_leaves_nothing("none").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_leaves_nothing_behind_as_a_uid_of_its_own() {
+    if !nix::unistd::geteuid().is_root() {
+        panic!("this test needs root, as the rest of the suite (see README)");
+    }
+    a_check_leaves_nothing("user").await;
 }

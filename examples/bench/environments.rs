@@ -22,13 +22,22 @@ const FILES: &str = r#"files = { "task.md" = "Fix {{ id }}.", "src/main.py" = "p
 pub async fn table(llm: &FakeLlm, quick: bool) {
     let (convos, workers) = if quick { (200, 64) } else { (1000, 256) };
     let seed = seed_dir();
+    let scratch = scratch_dir();
     let environment = format!("[environment]\nworkdir = \"/envs/{{{{ id }}}}\"\n{FILES}\n");
+    // The same, with the workdirs on a host directory bind-mounted into
+    // the container (not the container's own filesystem).
+    let mounted = format!(
+        "{}[[workspace.mounts]]\nhost = \"{}\"\ncontainer = \"/envs\"\n",
+        environment,
+        scratch.path().display()
+    );
+    let verify = "[verify]\ncommand = \"true\"\n";
     let jobs = [
         ("no `[environment]`", String::new()),
         ("files only (3 small files)", environment.clone()),
         (
             "files and `[verify]` (`true`)",
-            format!("{environment}[verify]\ncommand = \"true\"\n"),
+            format!("{environment}{verify}"),
         ),
         (
             "files and a 50 MB seed",
@@ -36,6 +45,12 @@ pub async fn table(llm: &FakeLlm, quick: bool) {
                 "{environment}seed = \"/seed\"\n[[workspace.mounts]]\nhost = \"{}\"\ncontainer = \"/seed\"\nread_only = true\n",
                 seed.path().display()
             ),
+        ),
+        ("files only, workdirs on a mount", mounted.clone()),
+        (
+            "files and `[verify]`, workdirs on a mount",
+            // [verify] after the mount's table: a table header ends it.
+            format!("{mounted}{verify}"),
         ),
     ];
     println!(
@@ -78,8 +93,8 @@ pub async fn table(llm: &FakeLlm, quick: bool) {
     }
     // One conversation at a time: what setup costs a conversation when
     // no other session opens or copies at the same moment.
-    let mut alone = [f64::NAN; 2];
-    for (k, i) in [1, 3].into_iter().enumerate() {
+    let mut alone = [f64::NAN; 3];
+    for (k, i) in [1, 3, 4].into_iter().enumerate() {
         let r = run_with(llm, USER, Load::new(20, 3, 1), &jobs[i].1).await;
         let setup = phase_ms(&r, "setup_s");
         alone[k] = percentile(&setup, 0.5);
@@ -124,6 +139,14 @@ fn cell(sorted: &[f64], p: f64) -> String {
     } else {
         format!("{:.1}", percentile(sorted, p))
     }
+}
+
+/// A host directory for the workdirs, reachable by every session's uid.
+fn scratch_dir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
 }
 
 /// The seed directory on the host (bind-mounted read-only at `/seed`).

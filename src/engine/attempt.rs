@@ -380,9 +380,8 @@ async fn run_attempt<W: Sessions, M: Models>(
     let mut session = None;
     if let Some(env) = &task.env {
         *activity.lock().expect("activity lock") = Activity::new("setup");
-        let clock = Instant::now();
-        let set_up = set_up(task, env, shared, activity, &mut session).await;
-        phases.setup_s = Some(clock.elapsed().as_secs_f64());
+        let (set_up, setup_s) = set_up(task, env, shared, activity, &mut session).await;
+        phases.setup_s = Some(setup_s);
         if let Err(e) = set_up {
             close(shared, task, session).await;
             return Err(e);
@@ -421,15 +420,20 @@ async fn run_attempt<W: Sessions, M: Models>(
 /// Setup: the task's workdir made anew (seed, files), then its setup
 /// commands, all within `setup_timeout`. Leaves the agent's session in
 /// `session`, unless setup ran as root (in a session of its own, closed
-/// here) or the workdir is all there is to make.
+/// here) or the workdir is all there is to make. Also returns the phase's
+/// seconds: the helper's time making the workdir ready plus the setup
+/// commands' (not the start of the session's shell, which a task without
+/// an environment has too); all of it when the phase timed out.
 async fn set_up<W: Sessions, M: Models>(
     task: &Task,
     env: &TaskEnv,
     shared: &Shared<W, M>,
     activity: &Arc<Mutex<Activity>>,
     session: &mut Option<TrackedShell<W::Session>>,
-) -> Result<(), Attempt> {
+) -> (Result<(), Attempt>, f64) {
     let _in = Gauge::enter(&shared.in_setup);
+    let started = Instant::now();
+    let mut seconds = 0.0;
     let deadline = Instant::now() + env.setup_timeout;
     let as_root = env.setup_as_root && !env.setup.is_empty();
     let mut own = None;
@@ -442,14 +446,17 @@ async fn set_up<W: Sessions, M: Models>(
             .ws
             .open_session(Some(phases::place(env, true, as_root)))
             .await;
-        let s = slot.insert(TrackedShell::new(
-            opened.map_err(|e| prepare_failed(env, e))?,
-            activity.clone(),
-        ));
-        phases::setup(s, env, deadline).await.map_err(Attempt::from)
+        let opened = opened.map_err(|e| prepare_failed(env, e))?;
+        seconds += W::prepare_s(&opened).unwrap_or(0.0);
+        let s = slot.insert(TrackedShell::new(opened, activity.clone()));
+        let clock = Instant::now();
+        let ran = phases::setup(s, env, deadline).await.map_err(Attempt::from);
+        seconds += clock.elapsed().as_secs_f64();
+        ran
     })
     .await
     .unwrap_or_else(|_| {
+        seconds = started.elapsed().as_secs_f64();
         Err(Attempt::Setup(SetupError {
             message: format!(
                 "setup did not end within environment.setup_timeout = {}",
@@ -459,7 +466,7 @@ async fn set_up<W: Sessions, M: Models>(
         }))
     });
     close(shared, task, own).await;
-    result
+    (result, seconds)
 }
 
 /// A workdir the helper could not make: a bad seed or path is the task's

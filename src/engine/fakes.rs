@@ -55,6 +55,25 @@ impl Sessions for FakeWorkspace {
         Ok(FakeSession(self.shell.clone()))
     }
 
+    fn prepare_s(_session: &FakeSession) -> Option<f64> {
+        None
+    }
+
+    /// A session of its own, opened and closed around the command.
+    async fn check(
+        &self,
+        place: Option<Place>,
+        command: &str,
+        timeout: Duration,
+        max_output_bytes: u64,
+    ) -> Result<RunOutput, WorkspaceError> {
+        self.opened.fetch_add(1, Ordering::SeqCst);
+        self.places.lock().unwrap().push(place);
+        let out = self.shell.run(command, timeout, max_output_bytes).await;
+        self.closed.fetch_add(1, Ordering::SeqCst);
+        out
+    }
+
     async fn remove_dir(&self, workdir: &str) -> Result<(), WorkspaceError> {
         self.removed.lock().unwrap().push(workdir.to_string());
         Ok(())

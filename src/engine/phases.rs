@@ -117,8 +117,9 @@ pub(super) fn applies(v: &TaskVerify, status: Status) -> bool {
     )
 }
 
-/// Runs the check in a fresh session in the task's workdir (its hidden
-/// files written first) and closes it: the reward and the record.
+/// Runs the check as a session of its own in the task's workdir (its
+/// hidden files written first; no shell: see `Sessions::check`): the
+/// reward and the record.
 pub(super) async fn verify<W: Sessions>(
     ws: &W,
     env: Option<&TaskEnv>,
@@ -162,20 +163,15 @@ async fn run_check<W: Sessions>(
             ..Prepare::default()
         },
     });
-    let session = ws.open_session(place).await?;
-    // The check's own timeout, plus a moment for the helper to interrupt
-    // it and answer; a workspace that does not answer by then is an error.
-    let ran = tokio::time::timeout(
+    // The check's own timeout, plus a moment for the helper to kill it,
+    // sweep and answer; a workspace that does not answer by then is an
+    // error.
+    tokio::time::timeout(
         v.timeout + super::attempt::CLEANUP_WAIT,
-        session.run(&v.command, v.timeout, MAX_OUTPUT_BYTES),
+        ws.check(place, &v.command, v.timeout, MAX_OUTPUT_BYTES),
     )
-    .await;
-    let closed =
-        tokio::time::timeout(super::attempt::CLEANUP_WAIT, ws.close_session(session)).await;
-    if !matches!(closed, Ok(Ok(()))) {
-        tracing::warn!("the verification's session did not close cleanly; left to the reaper");
-    }
-    ran.unwrap_or_else(|_| {
+    .await
+    .unwrap_or_else(|_| {
         Err(WorkspaceError::Helper {
             kind: crate::workspace::ErrorKind::Internal,
             message: "the workspace did not answer the verification command in time".into(),

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::time::Duration;
 
 use crate::agent::{Model, Shell};
 use crate::events::RunStats;
@@ -13,7 +14,7 @@ use crate::llm::{LlmError, LlmReport};
 use crate::manifest::Price;
 use crate::monitor::{Finding, LeakVerdict, MetricsSummary, Sample};
 use crate::tasks::Task;
-use crate::workspace::{Place, ShutdownReport, WorkspaceError};
+use crate::workspace::{Place, RunOutput, ShutdownReport, WorkspaceError};
 
 /// Where conversations' commands run.
 pub trait Sessions: Send + Sync + 'static {
@@ -25,6 +26,20 @@ pub trait Sessions: Send + Sync + 'static {
         &self,
         place: Option<Place>,
     ) -> impl Future<Output = Result<Self::Session, WorkspaceError>> + Send;
+
+    /// How long the workspace took to make `session`'s workdir ready, when
+    /// it opened in a task's own (`place`).
+    fn prepare_s(session: &Self::Session) -> Option<f64>;
+
+    /// Runs `command` once in a session of its own with no shell (in
+    /// `place`), closed before this returns: a task's verification.
+    fn check(
+        &self,
+        place: Option<Place>,
+        command: &str,
+        timeout: Duration,
+        max_output_bytes: u64,
+    ) -> impl Future<Output = Result<RunOutput, WorkspaceError>> + Send;
 
     /// Removes a task's workdir (its `keep` did not hold it).
     fn remove_dir(&self, workdir: &str) -> impl Future<Output = Result<(), WorkspaceError>> + Send;

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::ports::{Models, Probe, Sampled, Sessions};
 use crate::events::RunStats;
@@ -10,13 +11,27 @@ use crate::llm::{Llm, LlmError, LlmReport, ModelHandle};
 use crate::manifest::Price;
 use crate::monitor::{Counts, LeakVerdict, MetricsSummary, Monitor};
 use crate::tasks::Task;
-use crate::workspace::{Place, Session, ShutdownReport, Workspace, WorkspaceError};
+use crate::workspace::{Place, RunOutput, Session, ShutdownReport, Workspace, WorkspaceError};
 
 impl Sessions for Workspace {
     type Session = Session;
 
     async fn open_session(&self, place: Option<Place>) -> Result<Session, WorkspaceError> {
         Workspace::open_session(self, place).await
+    }
+
+    fn prepare_s(session: &Session) -> Option<f64> {
+        session.prepare_s()
+    }
+
+    async fn check(
+        &self,
+        place: Option<Place>,
+        command: &str,
+        timeout: Duration,
+        max_output_bytes: u64,
+    ) -> Result<RunOutput, WorkspaceError> {
+        Workspace::check(self, place, command, timeout, max_output_bytes).await
     }
 
     async fn remove_dir(&self, workdir: &str) -> Result<(), WorkspaceError> {

@@ -14,15 +14,23 @@ pub struct Session {
     name: String,
     inner: Arc<Inner>,
     closed: bool,
+    prepare_s: Option<f64>,
 }
 
 impl Session {
-    pub(super) fn new(name: String, inner: Arc<Inner>) -> Session {
+    pub(super) fn new(name: String, inner: Arc<Inner>, prepare_s: Option<f64>) -> Session {
         Session {
             name,
             inner,
             closed: false,
+            prepare_s,
         }
+    }
+
+    /// How long the helper took to make this session's workdir ready (a
+    /// task's environment), if it did.
+    pub fn prepare_s(&self) -> Option<f64> {
+        self.prepare_s
     }
 
     /// Runs a command in this session's shell.
@@ -35,7 +43,7 @@ impl Session {
         let op = Op::Run {
             session: self.name.clone(),
             command: command.to_string(),
-            timeout_ms: timeout.as_millis().min(u64::MAX as u128) as u64,
+            timeout_ms: super::shared::millis(timeout),
             max_output_bytes,
         };
         match self.inner.call(op).await? {

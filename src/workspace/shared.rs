@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::channel::protocol::{ErrorKind, Op, Prepare, Reply, WorkspaceStats};
+use super::channel::protocol::{ErrorKind, Op, Prepare, Reply, RunOutput, WorkspaceStats};
 use super::channel::{ChannelError, Link};
 use super::docker::DockerBackend;
 use super::env::{resolve, session_env, Place};
@@ -285,6 +285,74 @@ impl Workspace {
     /// workdir, or in a task's own (`place`), which the helper makes ready
     /// first.
     pub async fn open_session(&self, place: Option<Place>) -> Result<Session, WorkspaceError> {
+        let Opening {
+            name,
+            workdir,
+            env,
+            prepare,
+        } = self.admit(place);
+        let reply = self
+            .inner
+            .call(Op::Open {
+                session: name.clone(),
+                workdir,
+                env,
+                prepare,
+            })
+            .await;
+        let prepare_s = match reply {
+            Ok(Reply::Done) => None,
+            Ok(Reply::Prepared { prepare_s }) => Some(prepare_s),
+            other => {
+                self.inner.open.lock().expect("open lock").remove(&name);
+                return Err(match other {
+                    Err(e) => e,
+                    Ok(r) => WorkspaceError::unexpected(r),
+                });
+            }
+        };
+        self.inner.sessions.inc();
+        Ok(Session::new(name, self.inner.clone(), prepare_s))
+    }
+
+    /// Runs `command` once in a session of its own that has no shell (in
+    /// `place`, made ready as for `open_session`), which is closed before
+    /// this returns: a task's verification.
+    pub async fn check(
+        &self,
+        place: Option<Place>,
+        command: &str,
+        timeout: Duration,
+        max_output_bytes: u64,
+    ) -> Result<RunOutput, WorkspaceError> {
+        let Opening {
+            name,
+            workdir,
+            env,
+            prepare,
+        } = self.admit(place);
+        let reply = self
+            .inner
+            .call(Op::Check {
+                session: name.clone(),
+                workdir,
+                env,
+                prepare,
+                command: command.to_string(),
+                timeout_ms: millis(timeout),
+                max_output_bytes,
+            })
+            .await;
+        self.inner.open.lock().expect("open lock").remove(&name);
+        match reply? {
+            Reply::Ran(out) => Ok(out),
+            other => Err(WorkspaceError::unexpected(other)),
+        }
+    }
+
+    /// A new session's name, owned before it exists (the monitor never
+    /// sees an unowned session), and where and how it opens.
+    fn admit(&self, place: Option<Place>) -> Opening {
         let n = self.inner.counter.fetch_add(1, Ordering::Relaxed);
         let name = format!("c{n}");
         let (workdir, env, prepare) = match place {
@@ -299,33 +367,16 @@ impl Workspace {
                 None,
             ),
         };
-        // Owned before it exists: the monitor never sees an unowned session.
         self.inner
             .open
             .lock()
             .expect("open lock")
             .insert(name.clone());
-        let reply = self
-            .inner
-            .call(Op::Open {
-                session: name.clone(),
-                workdir,
-                env,
-                prepare,
-            })
-            .await;
-        match reply {
-            Ok(Reply::Done) => {
-                self.inner.sessions.inc();
-                Ok(Session::new(name, self.inner.clone()))
-            }
-            other => {
-                self.inner.open.lock().expect("open lock").remove(&name);
-                match other {
-                    Err(e) => Err(e),
-                    Ok(r) => Err(WorkspaceError::unexpected(r)),
-                }
-            }
+        Opening {
+            name,
+            workdir,
+            env,
+            prepare,
         }
     }
 
@@ -554,4 +605,17 @@ async fn reap(inner: std::sync::Weak<Inner>, mut rx: mpsc::UnboundedReceiver<Rea
         }
         while closing.try_join_next().is_some() {}
     }
+}
+
+/// A session about to open: its name and where and how.
+struct Opening {
+    name: String,
+    workdir: Option<String>,
+    env: Vec<(String, String)>,
+    prepare: Option<Prepare>,
+}
+
+/// A timeout as the protocol's milliseconds.
+pub(super) fn millis(d: Duration) -> u64 {
+    d.as_millis().min(u64::MAX as u128) as u64
 }

@@ -13,7 +13,7 @@ use bollard::Docker;
 use futures::StreamExt;
 
 use super::client::ChannelError;
-use super::protocol::{ErrorKind, Op, Reply, RunOutput, WorkspaceStats};
+use super::protocol::{ErrorKind, Op, Prepare, Reply, RunOutput, WorkspaceStats};
 
 /// Where the exec channel keeps its tmux socket and sessions (a tmpfs).
 pub const EXEC_ROOT: &str = "/tmp/convoy-exec";
@@ -108,6 +108,72 @@ impl ExecClient {
     }
 
     pub async fn call(&self, op: Op) -> Result<Reply, ChannelError> {
+        match op {
+            Op::Check {
+                session,
+                workdir,
+                env,
+                prepare,
+                command,
+                timeout_ms,
+                max_output_bytes,
+            } => {
+                self.check(
+                    session,
+                    workdir,
+                    env,
+                    prepare,
+                    command,
+                    timeout_ms,
+                    max_output_bytes,
+                )
+                .await
+            }
+            op => self.call_one(op).await,
+        }
+    }
+
+    /// A check, as this channel has no holder: a session opened, the
+    /// command run in its shell, the session closed.
+    #[allow(clippy::too_many_arguments)]
+    async fn check(
+        &self,
+        session: String,
+        workdir: Option<String>,
+        env: Vec<(String, String)>,
+        prepare: Option<Prepare>,
+        command: String,
+        timeout_ms: u64,
+        max_output_bytes: u64,
+    ) -> Result<Reply, ChannelError> {
+        let opened = self
+            .call_one(Op::Open {
+                session: session.clone(),
+                workdir,
+                env,
+                prepare,
+            })
+            .await?;
+        if !matches!(opened, Reply::Done) {
+            return Ok(opened);
+        }
+        let ran = self
+            .call_one(Op::Run {
+                session: session.clone(),
+                command,
+                timeout_ms,
+                max_output_bytes,
+            })
+            .await;
+        let closed = self.call_one(Op::Close { session }).await;
+        let ran = ran?;
+        match closed? {
+            Reply::Done => Ok(ran),
+            error => Ok(error),
+        }
+    }
+
+    async fn call_one(&self, op: Op) -> Result<Reply, ChannelError> {
         let args: Vec<String> = match &op {
             // Preparing a workdir (as root, for a session's uid) is the
             // helper's: this channel has no uids and no file transfer.
@@ -149,6 +215,13 @@ impl ExecClient {
             Op::List => vec!["list".into()],
             Op::Stats => vec!["stats".into()],
             Op::Shutdown => vec!["shutdown".into()],
+            // `call` makes a check three calls of this channel.
+            Op::Check { .. } => {
+                return Ok(Reply::Error {
+                    kind: ErrorKind::BadRequest,
+                    message: "the exec channel runs a check as open, run and close".into(),
+                })
+            }
         };
         let out = self.exec(&args).await?;
         let (header, payload) = out.split_once('\n').unwrap_or((out.as_str(), ""));

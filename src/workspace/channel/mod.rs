@@ -14,5 +14,5 @@ pub use client::{ChannelError, ShimClient};
 pub use exec::{ExecClient, EXEC_FILES, EXEC_ROOT};
 pub use link::Link;
 pub use shim::RC;
-pub use shim::{reaper, serve, session_exec, Isolation, Launch, ShimConfig};
+pub use shim::{hold, reaper, serve, session_exec, Isolation, Launch, ShimConfig};
 pub use tmux::CONF;

@@ -75,6 +75,21 @@ pub enum Op {
     /// Kill the session and every process it started (background, nohup
     /// and setsid included).
     Close { session: String },
+    /// Run `command` once with `bash -c` as a session of its own (named
+    /// `session`, made as `Open` makes one, `prepare` included) that has no
+    /// shell or tmux session; then close it. Stdin is /dev/null; after
+    /// `timeout_ms` its process group is killed. A task's verification.
+    Check {
+        session: String,
+        workdir: Option<String>,
+        #[serde(default)]
+        env: Vec<(String, String)>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        prepare: Option<Prepare>,
+        command: String,
+        timeout_ms: u64,
+        max_output_bytes: u64,
+    },
     /// Remove the directory `path` and everything in it (a task's workdir
     /// at its end); gone already is fine.
     Remove { path: String },
@@ -124,6 +139,11 @@ pub struct Response {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Reply {
     Done,
+    /// A session opened with `prepare`: how long making its workdir ready
+    /// took the helper.
+    Prepared {
+        prepare_s: f64,
+    },
     Ran(RunOutput),
     Sessions {
         names: Vec<String>,

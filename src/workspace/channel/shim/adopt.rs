@@ -100,7 +100,7 @@ impl Shim {
                 uid: meta.uid,
                 dead: false,
                 pane,
-                _reader: reader,
+                _reader: Some(reader),
             };
             let shell = shell
                 .flatten()

@@ -29,7 +29,8 @@
 //! Where things live: [`stdio`] frames requests and responses on the
 //! helper's stdin and stdout; [`sessions`] keeps the registry of sessions
 //! and serves each op; [`adopt`] takes over a previous helper's sessions;
-//! [`prepare`] makes a task's workdir ready (and removes it);
+//! [`prepare`] makes a task's workdir ready (and removes it); [`check`]
+//! runs one command as a session without a shell (a verification);
 //! [`shell`] starts a session's shell (with the rc script, `rc.bash`);
 //! [`users`] hands out session uids and launches shells; [`limits`] holds
 //! each session to `session_memory`; [`run`] runs one command and
@@ -38,6 +39,7 @@
 //! shell did not start.
 
 mod adopt;
+mod check;
 mod completions;
 mod diagnose;
 mod limits;
@@ -50,6 +52,7 @@ mod stdio;
 mod sweep;
 mod users;
 
+pub use check::hold;
 pub use reaper::reaper;
 pub use shell::RC;
 pub use stdio::serve;

@@ -248,7 +248,7 @@ const NOT_A_FILE: &str =
 /// have replaced the file: a symlink is not followed, a FIFO or device is
 /// not read (it could block or never end), and no more than the size it
 /// had when opened is read (a background process may still be writing).
-fn read_capped(path: &Path, max: u64) -> (String, u64) {
+pub(super) fn read_capped(path: &Path, max: u64) -> (String, u64) {
     use std::io::{Read, Seek, SeekFrom};
     use std::os::unix::fs::OpenOptionsExt;
     let Ok(f) = std::fs::OpenOptions::new()

@@ -30,8 +30,9 @@ pub(super) struct SessionState {
     pub dead: bool,
     /// The tmux pane id (`%N`) of its shell, to learn of its death.
     pub pane: Option<u32>,
-    /// Reads the session's completion FIFO while the session lives.
-    pub _reader: Reader,
+    /// Reads the session's completion FIFO while the session lives (a
+    /// check has no shell to write there).
+    pub _reader: Option<Reader>,
 }
 
 /// The task reading one session's completion FIFO; stops when dropped.
@@ -293,7 +294,32 @@ impl Shim {
             } => self
                 .open(session, workdir, env, prepare)
                 .await
-                .map(|()| Reply::Done),
+                .map(|prepared| match prepared {
+                    Some(d) => Reply::Prepared {
+                        prepare_s: d.as_secs_f64(),
+                    },
+                    None => Reply::Done,
+                }),
+            Op::Check {
+                session,
+                workdir,
+                env,
+                prepare,
+                command,
+                timeout_ms,
+                max_output_bytes,
+            } => self
+                .check(
+                    session,
+                    workdir,
+                    env,
+                    prepare,
+                    &command,
+                    Duration::from_millis(timeout_ms),
+                    max_output_bytes,
+                )
+                .await
+                .map(Reply::Ran),
             Op::Run {
                 session,
                 command,
@@ -323,14 +349,44 @@ impl Shim {
         self.root.join("s").join(session)
     }
 
+    /// Opens a session; with `prepare`, says how long making its workdir
+    /// ready took.
     async fn open(
         &self,
         name: String,
         workdir: Option<String>,
         env: Vec<(String, String)>,
         prepare: Option<Prepare>,
-    ) -> Result<(), OpError> {
-        check_name(&name)?;
+    ) -> Result<Option<Duration>, OpError> {
+        let (state, prepared) = self.admit(&name, workdir, env, prepare, true).await?;
+        let mut state = state.lock().await;
+        match self.spawn_shell(&name, &state).await {
+            Ok((pane, shell)) => {
+                state.pane = pane;
+                self.set_shell(&name, &state, shell);
+                Ok(prepared)
+            }
+            Err(e) => {
+                drop(state);
+                let _ = self.close(&name).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Registers the new session `name`: its uid, its files, its workdir
+    /// made ready (`prepare`, timed), and its entry in the registry, so that
+    /// a sweep counts its processes as an open session's from the first.
+    /// `listen`: read its completion FIFO (a shell will write there).
+    pub(super) async fn admit(
+        &self,
+        name: &str,
+        workdir: Option<String>,
+        env: Vec<(String, String)>,
+        prepare: Option<Prepare>,
+        listen: bool,
+    ) -> Result<(Arc<tokio::sync::Mutex<SessionState>>, Option<Duration>), OpError> {
+        check_name(name)?;
         if prepare.is_some() && workdir.is_none() {
             return Err(OpError::new(
                 ErrorKind::BadRequest,
@@ -345,38 +401,49 @@ impl Shim {
                 ));
             }
         }
+        let exists = || {
+            OpError::new(
+                ErrorKind::SessionExists,
+                format!("session `{name}` exists already"),
+            )
+        };
         if self
             .sessions
             .lock()
             .expect("sessions lock")
-            .contains_key(&name)
+            .contains_key(name)
         {
-            return Err(OpError::new(
-                ErrorKind::SessionExists,
-                format!("session `{name}` exists already"),
-            ));
+            return Err(exists());
         }
         let as_root = prepare.as_ref().is_some_and(|p| p.as_root);
         let taken = (self.user_isolation && !as_root)
-            .then(|| self.users.lock().expect("users lock").take(&name));
+            .then(|| self.users.lock().expect("users lock").take(name));
         if let Some((uid, true)) = taken {
             super::users::name_user(uid);
         }
         let uid = taken.map(|(uid, _)| uid);
-        let dir = self.session_dir(&name);
-        let mut made = self.make_session_files(&name, uid, &workdir, &env);
+        let dir = self.session_dir(name);
+        let mut made = self.make_session_files(name, uid, &workdir, &env);
+        let mut prepared = None;
         if let (Ok(()), Some(p), Some(w)) = (&made, prepare, workdir.clone()) {
             // Before the shell exists: it starts in the finished tree, as
             // its owner.
+            let clock = std::time::Instant::now();
             made = blocking(move || super::prepare::prepare(&w, &p, uid)).await;
+            prepared = Some(clock.elapsed());
         }
-        let reader = match made.and_then(|()| {
-            self.listen(&name)
-                .map_err(|e| OpError::io(format!("cannot open the FIFO of `{name}`"), &e))
-        }) {
+        let reader = made.and_then(|()| {
+            listen
+                .then(|| {
+                    self.listen(name)
+                        .map_err(|e| OpError::io(format!("cannot open the FIFO of `{name}`"), &e))
+                })
+                .transpose()
+        });
+        let reader = match reader {
             Ok(r) => r,
             Err(e) => {
-                self.remove_session_files(&name, uid);
+                self.remove_session_files(name, uid);
                 return Err(e);
             }
         };
@@ -392,33 +459,18 @@ impl Shim {
         }));
         {
             let mut sessions = self.sessions.lock().expect("sessions lock");
-            if sessions.contains_key(&name) {
+            if sessions.contains_key(name) {
                 drop(sessions);
-                self.remove_session_files(&name, uid);
-                return Err(OpError::new(
-                    ErrorKind::SessionExists,
-                    format!("session `{name}` exists already"),
-                ));
+                self.remove_session_files(name, uid);
+                return Err(exists());
             }
-            sessions.insert(name.clone(), state.clone());
+            sessions.insert(name.to_string(), state.clone());
         }
         self.ids
             .lock()
             .expect("ids lock")
-            .insert(name.clone(), (uid, None));
-        let mut state = state.lock().await;
-        match self.spawn_shell(&name, &state).await {
-            Ok((pane, shell)) => {
-                state.pane = pane;
-                self.set_shell(&name, &state, shell);
-                Ok(())
-            }
-            Err(e) => {
-                drop(state);
-                let _ = self.close(&name).await;
-                Err(e)
-            }
-        }
+            .insert(name.to_string(), (uid, None));
+        Ok((state, prepared))
     }
 
     /// The session's directory (its own, with its HOME), its completion
@@ -506,7 +558,7 @@ impl Shim {
 
     /// Idempotent: closing a session that is gone (or that a previous
     /// helper owned) still sweeps its processes and files.
-    async fn close(&self, name: &str) -> Result<(), OpError> {
+    pub(super) async fn close(&self, name: &str) -> Result<(), OpError> {
         check_name(name)?;
         let state = self.state(name).ok();
         // Wake a command still waiting on this session before taking its lock.

@@ -35,6 +35,35 @@ impl Shim {
         self.spawn_shell(name, state).await
     }
 
+    /// What a session's processes are told besides the helper's own
+    /// environment: its HOME and name when it has a uid of its own (unless
+    /// `workspace.env` says otherwise), the session's env, and its markers
+    /// (`fifo`: the completion FIFO, for a shell).
+    pub(super) fn session_vars(
+        &self,
+        name: &str,
+        state: &SessionState,
+        fifo: bool,
+    ) -> Vec<(String, String)> {
+        let mut vars: Vec<(String, String)> = Vec::new();
+        if let Some(uid) = state.uid {
+            let user = format!("convoy-{uid}");
+            vars.push(("HOME".into(), state.dir.join("home").display().to_string()));
+            vars.push(("USER".into(), user.clone()));
+            vars.push(("LOGNAME".into(), user));
+        }
+        vars.extend(state.env.iter().cloned());
+        vars.push(("CONVOY_SESSION".into(), name.to_string()));
+        vars.push(("CONVOY_SESSION_DIR".into(), state.dir.display().to_string()));
+        if fifo {
+            vars.push((
+                "CONVOY_FIFO".into(),
+                self.fifo_path(name).display().to_string(),
+            ));
+        }
+        vars
+    }
+
     /// Starts the session's shell; returns its pane id and its pid (with
     /// its start time) when tmux told them.
     pub(super) async fn spawn_shell(
@@ -60,32 +89,7 @@ impl Shim {
         if let Some(w) = &state.workdir {
             args.extend(["-c".into(), w.clone()]);
         }
-        let fixed = [
-            ("CONVOY_SESSION", name.to_string()),
-            ("CONVOY_SESSION_DIR", state.dir.display().to_string()),
-            ("CONVOY_FIFO", self.fifo_path(name).display().to_string()),
-        ];
-        // A session of its own user has a home and a name of its own,
-        // unless `workspace.env` says otherwise.
-        let own: Vec<(String, String)> = state
-            .uid
-            .map(|uid| {
-                let user = format!("convoy-{uid}");
-                vec![
-                    (
-                        "HOME".to_string(),
-                        state.dir.join("home").display().to_string(),
-                    ),
-                    ("USER".to_string(), user.clone()),
-                    ("LOGNAME".to_string(), user),
-                ]
-            })
-            .unwrap_or_default();
-        for (k, v) in own
-            .into_iter()
-            .chain(state.env.iter().cloned())
-            .chain(fixed.map(|(k, v)| (k.to_string(), v)))
-        {
+        for (k, v) in self.session_vars(name, state, true) {
             args.extend(["-e".into(), format!("{k}={v}")]);
         }
         // Without bash the shell says so itself (tmux does not always learn

@@ -161,6 +161,9 @@ pub struct Launch {
     pub uid: Option<u32>,
     /// RLIMIT_NPROC for that uid.
     pub nproc: Option<u64>,
+    /// Hold the command as a subreaper rather than become it (a check's
+    /// holder, see `check::hold`).
+    pub hold: bool,
     /// The shell and its arguments.
     pub argv: Vec<String>,
 }
