@@ -483,6 +483,37 @@ fn helper_command(spec: &WorkspaceSpec) -> Vec<String> {
         .collect()
 }
 
+/// Says so when task workdirs will be made on the container's own
+/// filesystem and the engine's storage driver is fuse-overlayfs, where
+/// every directory and file created costs a round trip to its daemon
+/// (measured here: 1 to 2 ms each, and they queue under load; README,
+/// "What a task environment costs"). A mount is the way out.
+async fn warn_slow_workdirs(docker: &Docker, job: &Job) {
+    let Some(env) = &job.manifest.environment else {
+        return;
+    };
+    if under_a_mount(&env.workdir, &job.manifest.workspace.mounts) {
+        return;
+    }
+    let driver = docker.info().await.ok().and_then(|i| i.driver);
+    if driver.as_deref() == Some("fuse-overlayfs") {
+        tracing::warn!(
+            "environment.workdir = {:?} is on the container's own filesystem, and this Docker engine's storage driver is fuse-overlayfs: each file and directory a task's workdir gets costs 1 to 2 ms there; mount a host directory at its parent ([[workspace.mounts]]) (a task of 3 small files then takes under a millisecond)",
+            env.workdir
+        );
+    }
+}
+
+/// Whether every workdir the template renders is inside a mount: its part
+/// before anything rendered is.
+fn under_a_mount(workdir: &str, mounts: &[crate::manifest::Mount]) -> bool {
+    let fixed = workdir.split("{{").next().unwrap_or_default();
+    mounts.iter().any(|m| {
+        let root = m.container.trim_end_matches('/');
+        fixed.starts_with(&format!("{root}/"))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -560,35 +591,4 @@ mod tests {
             "{cmd}"
         );
     }
-}
-
-/// Says so when task workdirs will be made on the container's own
-/// filesystem and the engine's storage driver is fuse-overlayfs, where
-/// every directory and file created costs a round trip to its daemon
-/// (measured here: 1 to 2 ms each, and they queue under load; README,
-/// "What a task environment costs"). A mount is the way out.
-async fn warn_slow_workdirs(docker: &Docker, job: &Job) {
-    let Some(env) = &job.manifest.environment else {
-        return;
-    };
-    if under_a_mount(&env.workdir, &job.manifest.workspace.mounts) {
-        return;
-    }
-    let driver = docker.info().await.ok().and_then(|i| i.driver);
-    if driver.as_deref() == Some("fuse-overlayfs") {
-        tracing::warn!(
-            "environment.workdir = {:?} is on the container's own filesystem, and this Docker engine's storage driver is fuse-overlayfs: each file and directory a task's workdir gets costs 1 to 2 ms there; mount a host directory at its parent ([[workspace.mounts]]) (a task of 3 small files then takes under a millisecond)",
-            env.workdir
-        );
-    }
-}
-
-/// Whether every workdir the template renders is inside a mount: its part
-/// before anything rendered is.
-fn under_a_mount(workdir: &str, mounts: &[crate::manifest::Mount]) -> bool {
-    let fixed = workdir.split("{{").next().unwrap_or_default();
-    mounts.iter().any(|m| {
-        let root = m.container.trim_end_matches('/');
-        fixed.starts_with(&format!("{root}/"))
-    })
 }
