@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::channel::protocol::{ErrorKind, Op, Prepare, Reply, RunOutput, WorkspaceStats};
+use super::channel::protocol::{
+    CheckOp, ErrorKind, Op, Opening, Prepare, Reply, RunOutput, WorkspaceStats,
+};
 use super::channel::{ChannelError, Link};
 use super::docker::DockerBackend;
 use super::env::{resolve, session_env, Place};
@@ -285,21 +287,9 @@ impl Workspace {
     /// workdir, or in a task's own (`place`), which the helper makes ready
     /// first.
     pub async fn open_session(&self, place: Option<Place>) -> Result<Session, WorkspaceError> {
-        let Opening {
-            name,
-            workdir,
-            env,
-            prepare,
-        } = self.admit(place);
-        let reply = self
-            .inner
-            .call(Op::Open {
-                session: name.clone(),
-                workdir,
-                env,
-                prepare,
-            })
-            .await;
+        let at = self.admit(place);
+        let name = at.session.clone();
+        let reply = self.inner.call(Op::Open(at)).await;
         let prepare_s = match reply {
             Ok(Reply::Done) => None,
             Ok(Reply::Prepared { prepare_s }) => Some(prepare_s),
@@ -325,23 +315,16 @@ impl Workspace {
         timeout: Duration,
         max_output_bytes: u64,
     ) -> Result<RunOutput, WorkspaceError> {
-        let Opening {
-            name,
-            workdir,
-            env,
-            prepare,
-        } = self.admit(place);
+        let at = self.admit(place);
+        let name = at.session.clone();
         let reply = self
             .inner
-            .call(Op::Check {
-                session: name.clone(),
-                workdir,
-                env,
-                prepare,
+            .call(Op::Check(CheckOp {
+                at,
                 command: command.to_string(),
                 timeout_ms: millis(timeout),
                 max_output_bytes,
-            })
+            }))
             .await;
         self.inner.open.lock().expect("open lock").remove(&name);
         match reply? {
@@ -373,7 +356,7 @@ impl Workspace {
             .expect("open lock")
             .insert(name.clone());
         Opening {
-            name,
+            session: name,
             workdir,
             env,
             prepare,
@@ -605,14 +588,6 @@ async fn reap(inner: std::sync::Weak<Inner>, mut rx: mpsc::UnboundedReceiver<Rea
         }
         while closing.try_join_next().is_some() {}
     }
-}
-
-/// A session about to open: its name and where and how.
-struct Opening {
-    name: String,
-    workdir: Option<String>,
-    env: Vec<(String, String)>,
-    prepare: Option<Prepare>,
 }
 
 /// A timeout as the protocol's milliseconds.

@@ -13,7 +13,7 @@ use bollard::Docker;
 use futures::StreamExt;
 
 use super::client::ChannelError;
-use super::protocol::{ErrorKind, Op, Prepare, Reply, RunOutput, WorkspaceStats};
+use super::protocol::{CheckOp, ErrorKind, Op, Opening, Reply, RunOutput, WorkspaceStats};
 
 /// Where the exec channel keeps its tmux socket and sessions (a tmpfs).
 pub const EXEC_ROOT: &str = "/tmp/convoy-exec";
@@ -109,60 +109,25 @@ impl ExecClient {
 
     pub async fn call(&self, op: Op) -> Result<Reply, ChannelError> {
         match op {
-            Op::Check {
-                session,
-                workdir,
-                env,
-                prepare,
-                command,
-                timeout_ms,
-                max_output_bytes,
-            } => {
-                self.check(
-                    session,
-                    workdir,
-                    env,
-                    prepare,
-                    command,
-                    timeout_ms,
-                    max_output_bytes,
-                )
-                .await
-            }
+            Op::Check(check) => self.check(check).await,
             op => self.call_one(op).await,
         }
     }
 
     /// A check, as this channel has no holder: a session opened, the
     /// command run in its shell, the session closed.
-    #[allow(clippy::too_many_arguments)]
-    async fn check(
-        &self,
-        session: String,
-        workdir: Option<String>,
-        env: Vec<(String, String)>,
-        prepare: Option<Prepare>,
-        command: String,
-        timeout_ms: u64,
-        max_output_bytes: u64,
-    ) -> Result<Reply, ChannelError> {
-        let opened = self
-            .call_one(Op::Open {
-                session: session.clone(),
-                workdir,
-                env,
-                prepare,
-            })
-            .await?;
+    async fn check(&self, check: CheckOp) -> Result<Reply, ChannelError> {
+        let session = check.at.session.clone();
+        let opened = self.call_one(Op::Open(check.at)).await?;
         if !matches!(opened, Reply::Done) {
             return Ok(opened);
         }
         let ran = self
             .call_one(Op::Run {
                 session: session.clone(),
-                command,
-                timeout_ms,
-                max_output_bytes,
+                command: check.command,
+                timeout_ms: check.timeout_ms,
+                max_output_bytes: check.max_output_bytes,
             })
             .await;
         let closed = self.call_one(Op::Close { session }).await;
@@ -177,20 +142,20 @@ impl ExecClient {
         let args: Vec<String> = match &op {
             // Preparing a workdir (as root, for a session's uid) is the
             // helper's: this channel has no uids and no file transfer.
-            Op::Open {
+            Op::Open(Opening {
                 prepare: Some(_), ..
-            } => {
+            }) => {
                 return Ok(Reply::Error {
                     kind: ErrorKind::BadRequest,
                     message: "task environments ([environment]) need the workspace helper; workspace.channel = \"exec\" cannot prepare a workdir".into(),
                 })
             }
-            Op::Open {
+            Op::Open(Opening {
                 session,
                 workdir,
                 env,
                 prepare: None,
-            } => [
+            }) => [
                 "open".into(),
                 session.clone(),
                 workdir.clone().unwrap_or_default(),
@@ -216,7 +181,7 @@ impl ExecClient {
             Op::Stats => vec!["stats".into()],
             Op::Shutdown => vec!["shutdown".into()],
             // `call` makes a check three calls of this channel.
-            Op::Check { .. } => {
+            Op::Check(_) => {
                 return Ok(Reply::Error {
                     kind: ErrorKind::BadRequest,
                     message: "the exec channel runs a check as open, run and close".into(),

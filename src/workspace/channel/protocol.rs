@@ -54,14 +54,7 @@ pub enum Op {
     /// Create a session whose shell starts in `workdir` with `env` set;
     /// with `prepare`, the helper makes the workdir ready first (see
     /// [`Prepare`]).
-    Open {
-        session: String,
-        workdir: Option<String>,
-        #[serde(default)]
-        env: Vec<(String, String)>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        prepare: Option<Prepare>,
-    },
+    Open(Opening),
     /// Run `command` in the session's shell (state such as `cd` and
     /// `export` persists). Stdin is /dev/null. After `timeout_ms` the
     /// command gets C-c, then its process group is killed.
@@ -79,17 +72,7 @@ pub enum Op {
     /// `session`, made as `Open` makes one, `prepare` included) that has no
     /// shell or tmux session; then close it. Stdin is /dev/null; after
     /// `timeout_ms` its process group is killed. A task's verification.
-    Check {
-        session: String,
-        workdir: Option<String>,
-        #[serde(default)]
-        env: Vec<(String, String)>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        prepare: Option<Prepare>,
-        command: String,
-        timeout_ms: u64,
-        max_output_bytes: u64,
-    },
+    Check(CheckOp),
     /// Remove the directory `path` and everything in it (a task's workdir
     /// at its end); gone already is fine.
     Remove { path: String },
@@ -101,6 +84,29 @@ pub enum Op {
     Stats,
     /// Kill everything and exit.
     Shutdown,
+}
+
+/// A new session: its name, where its processes start (`workdir`; the
+/// workspace's default when none), what they are told (`env`), and with
+/// `prepare`, what the helper makes of the workdir first.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Opening {
+    pub session: String,
+    pub workdir: Option<String>,
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prepare: Option<Prepare>,
+}
+
+/// A check: the session it is (`Op::Check`) and its one command.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CheckOp {
+    #[serde(flatten)]
+    pub at: Opening,
+    pub command: String,
+    pub timeout_ms: u64,
+    pub max_output_bytes: u64,
 }
 
 /// What the helper does to a session's workdir before its shell starts
@@ -361,6 +367,17 @@ mod tests {
                 names: vec!["a".into()]
             }
         );
+        // Open and check carry their session's fields flat.
+        let open = r#"{"op":"open","session":"c2","workdir":"/t/1","env":[["A","b"]]}"#;
+        let op: Op = serde_json::from_str(open).unwrap();
+        assert_eq!(serde_json::to_string(&op).unwrap(), open);
+        let check = r#"{"op":"check","session":"c3","workdir":null,"env":[],"command":"true","timeout_ms":5,"max_output_bytes":9}"#;
+        let op: Op = serde_json::from_str(check).unwrap();
+        assert!(
+            matches!(&op, Op::Check(c) if c.at.session == "c3" && c.timeout_ms == 5),
+            "{op:?}"
+        );
+        assert_eq!(serde_json::to_string(&op).unwrap(), check);
         let err = Reply::Error {
             kind: ErrorKind::NoSuchSession,
             message: "no session `c1`".into(),

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use tokio::io::AsyncBufReadExt;
 
-use super::super::protocol::{ErrorKind, OpError, Prepare, RunOutput};
+use super::super::protocol::{CheckOp, ErrorKind, OpError, RunOutput};
 use super::sessions::Shim;
 use super::sweep::kill_group;
 use super::users::Launch;
@@ -31,24 +31,22 @@ use super::users::Launch;
 const GRACE: Duration = Duration::from_secs(5);
 
 impl Shim {
-    /// Runs `command` once in a new session `name` (made as `open` makes
-    /// one, with `prepare`), then closes that session.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) async fn check(
-        &self,
-        name: String,
-        workdir: Option<String>,
-        env: Vec<(String, String)>,
-        prepare: Option<Prepare>,
-        command: &str,
-        timeout: Duration,
-        max_output_bytes: u64,
-    ) -> Result<RunOutput, OpError> {
-        let (state, _) = self.admit(&name, workdir, env, prepare, false).await?;
+    /// Runs the check's command once in its new session (made as `open`
+    /// makes one, `prepare` included), then closes that session.
+    pub(super) async fn check(&self, check: CheckOp) -> Result<RunOutput, OpError> {
+        let name = check.at.session.clone();
+        let (state, _) = self.admit(check.at, false).await?;
+        let timeout = Duration::from_millis(check.timeout_ms);
         let ran = {
             let state = state.lock().await;
-            self.hold(&name, &state, command, timeout, max_output_bytes)
-                .await
+            self.hold(
+                &name,
+                &state,
+                &check.command,
+                timeout,
+                check.max_output_bytes,
+            )
+            .await
         };
         let closed = self.close(&name).await;
         let out = ran?;

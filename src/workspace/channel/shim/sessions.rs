@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::sync::mpsc;
 
-use super::super::protocol::{ErrorKind, Op, OpError, Prepare, Reply};
+use super::super::protocol::{ErrorKind, Op, OpError, Opening, Reply};
 use super::super::tmux::{self, Tmux};
 use super::adopt::SessionMeta;
 use super::completions::{read_completions, SharedDeaths, Waiters};
@@ -286,40 +286,13 @@ impl Shim {
 
     pub(super) async fn handle(&self, op: Op) -> Reply {
         let result = match op {
-            Op::Open {
-                session,
-                workdir,
-                env,
-                prepare,
-            } => self
-                .open(session, workdir, env, prepare)
-                .await
-                .map(|prepared| match prepared {
-                    Some(d) => Reply::Prepared {
-                        prepare_s: d.as_secs_f64(),
-                    },
-                    None => Reply::Done,
-                }),
-            Op::Check {
-                session,
-                workdir,
-                env,
-                prepare,
-                command,
-                timeout_ms,
-                max_output_bytes,
-            } => self
-                .check(
-                    session,
-                    workdir,
-                    env,
-                    prepare,
-                    &command,
-                    Duration::from_millis(timeout_ms),
-                    max_output_bytes,
-                )
-                .await
-                .map(Reply::Ran),
+            Op::Open(at) => self.open(at).await.map(|prepared| match prepared {
+                Some(d) => Reply::Prepared {
+                    prepare_s: d.as_secs_f64(),
+                },
+                None => Reply::Done,
+            }),
+            Op::Check(check) => self.check(check).await.map(Reply::Ran),
             Op::Run {
                 session,
                 command,
@@ -351,14 +324,9 @@ impl Shim {
 
     /// Opens a session; with `prepare`, says how long making its workdir
     /// ready took.
-    async fn open(
-        &self,
-        name: String,
-        workdir: Option<String>,
-        env: Vec<(String, String)>,
-        prepare: Option<Prepare>,
-    ) -> Result<Option<Duration>, OpError> {
-        let (state, prepared) = self.admit(&name, workdir, env, prepare, true).await?;
+    async fn open(&self, at: Opening) -> Result<Option<Duration>, OpError> {
+        let name = at.session.clone();
+        let (state, prepared) = self.admit(at, true).await?;
         let mut state = state.lock().await;
         match self.spawn_shell(&name, &state).await {
             Ok((pane, shell)) => {
@@ -380,12 +348,16 @@ impl Shim {
     /// `listen`: read its completion FIFO (a shell will write there).
     pub(super) async fn admit(
         &self,
-        name: &str,
-        workdir: Option<String>,
-        env: Vec<(String, String)>,
-        prepare: Option<Prepare>,
+        at: Opening,
         listen: bool,
     ) -> Result<(Arc<tokio::sync::Mutex<SessionState>>, Option<Duration>), OpError> {
+        let Opening {
+            session,
+            workdir,
+            env,
+            prepare,
+        } = at;
+        let name = session.as_str();
         check_name(name)?;
         if prepare.is_some() && workdir.is_none() {
             return Err(OpError::new(
