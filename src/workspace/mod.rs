@@ -7,6 +7,7 @@ pub mod docker;
 mod docker_exec;
 mod env;
 mod error;
+pub mod gateway;
 mod helper_flags;
 mod local;
 pub mod procfs;

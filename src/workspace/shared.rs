@@ -387,6 +387,11 @@ impl Workspace {
         self.inner.failures()
     }
 
+    /// The workspace's shared state, for the gateway's polls.
+    pub(super) fn inner(&self) -> Arc<Inner> {
+        self.inner.clone()
+    }
+
     /// Sessions that conversations own right now.
     pub fn open_sessions(&self) -> HashSet<String> {
         self.inner.open.lock().expect("open lock").clone()

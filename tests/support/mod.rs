@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod fake_llm;
+pub mod helper;
 pub mod hostile;
 
 use std::path::{Path, PathBuf};

@@ -180,6 +180,12 @@ impl ExecClient {
             Op::List => vec!["list".into()],
             Op::Stats => vec!["stats".into()],
             Op::Shutdown => vec!["shutdown".into()],
+            Op::GatewayOpen { .. } | Op::GatewayNext { .. } | Op::GatewayAnswer(_) => {
+                return Ok(Reply::Error {
+                    kind: ErrorKind::BadRequest,
+                    message: "the model gateway (agent.kind = \"external\") needs the workspace helper; workspace.channel = \"exec\" has none".into(),
+                })
+            }
             // `call` makes a check three calls of this channel.
             Op::Check(_) => {
                 return Ok(Reply::Error {

@@ -31,7 +31,7 @@
 
 use serde::{Deserialize, Serialize};
 
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 pub const HELLO: &str = "convoy-shim";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -82,8 +82,49 @@ pub enum Op {
     /// of this helper started (with the session it belongs to, if it still
     /// carries its marker) and its open files.
     Stats,
+    /// Start the model gateway: an HTTP server on a loopback port of the
+    /// workspace (`port`, or one the system picks), whose model calls wait
+    /// for convoy to fetch them (`GatewayNext`) and answer them
+    /// (`GatewayAnswer`). Answers `GatewayPort`; a second call answers the
+    /// port of the first.
+    GatewayOpen {
+        #[serde(default)]
+        port: Option<u16>,
+    },
+    /// The model calls waiting for convoy, at most `max`, once there is
+    /// one (a long poll). Answers `Gateway`.
+    GatewayNext { max: u32 },
+    /// The answer to call `call`, sent to its HTTP client as is.
+    GatewayAnswer(GatewayAnswer),
     /// Kill everything and exit.
     Shutdown,
+}
+
+/// A model call an agent made to the gateway, as the helper forwards it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GatewayCall {
+    /// The helper's number for it (what `GatewayAnswer` names).
+    pub call: u64,
+    /// `GET` or `POST`.
+    pub method: String,
+    /// `/v1/chat/completions` or `/v1/models`.
+    pub path: String,
+    /// The `Authorization` header (`Bearer TOKEN`), if any.
+    #[serde(default)]
+    pub authorization: Option<String>,
+    /// The request body (JSON text for chat completions).
+    #[serde(default)]
+    pub body: String,
+}
+
+/// What the gateway answers a model call with.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GatewayAnswer {
+    pub call: u64,
+    pub status: u16,
+    /// `application/json`, or `text/event-stream` for a streamed answer.
+    pub content_type: String,
+    pub body: String,
 }
 
 /// A new session: its name, where its processes start (`workdir`; the
@@ -155,6 +196,14 @@ pub enum Reply {
         names: Vec<String>,
     },
     Stats(WorkspaceStats),
+    /// The gateway's port (`GatewayOpen`).
+    GatewayPort {
+        port: u16,
+    },
+    /// Model calls for convoy to answer (`GatewayNext`).
+    Gateway {
+        calls: Vec<GatewayCall>,
+    },
     Error {
         #[serde(rename = "error")]
         kind: ErrorKind,

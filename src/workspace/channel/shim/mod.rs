@@ -31,6 +31,8 @@
 //! and serves each op; [`adopt`] takes over a previous helper's sessions;
 //! [`prepare`] makes a task's workdir ready (and removes it); [`check`]
 //! runs one command as a session without a shell (a verification);
+//! [`gateway`] serves agents' model calls on a loopback port, for convoy
+//! to answer;
 //! [`shell`] starts a session's shell (with the rc script, `rc.bash`);
 //! [`users`] hands out session uids and launches shells; [`limits`] holds
 //! each session to `session_memory`; [`run`] runs one command and
@@ -42,6 +44,7 @@ mod adopt;
 mod check;
 mod completions;
 mod diagnose;
+mod gateway;
 mod limits;
 mod prepare;
 mod reaper;

@@ -79,6 +79,8 @@ pub(super) struct Shim {
     /// Each session's uid and shell, readable while a command holds the
     /// session's lock (a close must not wait for it).
     ids: Mutex<HashMap<String, Ids>>,
+    /// The model gateway (idle until convoy opens it).
+    gateway: Arc<super::gateway::Gateway>,
 }
 
 /// A session's uid and its shell's pid and start time.
@@ -260,6 +262,7 @@ impl Shim {
             sweeps,
             notes: Mutex::default(),
             ids: Mutex::default(),
+            gateway: Arc::default(),
         };
         shim.replace_previous()?;
         shim.adopt().await;
@@ -313,6 +316,15 @@ impl Shim {
                 .map(|()| Reply::Done),
             Op::List => self.list().await.map(|names| Reply::Sessions { names }),
             Op::Stats => self.stats().await.map(Reply::Stats),
+            Op::GatewayOpen { port } => self
+                .gateway
+                .open(port)
+                .await
+                .map(|port| Reply::GatewayPort { port }),
+            Op::GatewayNext { max } => Ok(Reply::Gateway {
+                calls: self.gateway.next(max).await,
+            }),
+            Op::GatewayAnswer(answer) => self.gateway.answer(answer).map(|()| Reply::Done),
             Op::Shutdown => Ok(Reply::Done),
         };
         result.unwrap_or_else(OpError::into_reply)

@@ -1,0 +1,231 @@
+//! The model gateway's workspace end: the real helper (`convoy shim`)
+//! serving HTTP on a loopback port, each model call waiting until it is
+//! fetched over the helper's stream (`gateway_next`) and answered
+//! (`gateway_answer`). Real HTTP from reqwest, as an agent sends it.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::helper::Helper;
+
+async fn helper_with_gateway() -> (Helper, tempfile::TempDir, String) {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut h = Helper::start(&tmp.path().join("root"), "none").await;
+    let opened = h.call(json!({"op": "gateway_open"})).await;
+    assert_eq!(opened["kind"], "gateway_port", "{opened}");
+    let port = opened["port"].as_u64().unwrap();
+    let again = h.call(json!({"op": "gateway_open"})).await;
+    assert_eq!(again["port"], port, "a second open is the first's port");
+    (h, tmp, format!("http://127.0.0.1:{port}"))
+}
+
+fn post(url: &str, token: &str, body: String) -> tokio::task::JoinHandle<reqwest::Response> {
+    let url = format!("{url}/v1/chat/completions");
+    let token = token.to_string();
+    tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(url)
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("the gateway answers")
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_waits_for_convoy_and_gets_its_answer_as_given() {
+    let (mut h, _tmp, url) = helper_with_gateway().await;
+    let body = json!({"model": "m", "messages": [{"role": "user", "content": "hé"}]}).to_string();
+    let client = post(&url, "tok-1", body.clone());
+    let fetched = h.call(json!({"op": "gateway_next", "max": 8})).await;
+    assert_eq!(fetched["kind"], "gateway", "{fetched}");
+    let call = &fetched["calls"][0];
+    assert_eq!(call["method"], "POST");
+    assert_eq!(call["path"], "/v1/chat/completions");
+    assert_eq!(call["authorization"], "Bearer tok-1");
+    assert_eq!(call["body"], body.as_str());
+    let answer = "data: {\"x\":1}\n\ndata: [DONE]\n\n";
+    let sent = h
+        .call(
+            json!({"op": "gateway_answer", "call": call["call"], "status": 201,
+            "content_type": "text/event-stream", "body": answer}),
+        )
+        .await;
+    assert_eq!(sent["kind"], "done", "{sent}");
+    let resp = client.await.unwrap();
+    assert_eq!(resp.status().as_u16(), 201);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    assert_eq!(resp.text().await.unwrap(), answer);
+    // An answer to a call that never was is refused.
+    let bogus = h
+        .call(json!({"op": "gateway_answer", "call": 999, "status": 200,
+            "content_type": "application/json", "body": "{}"}))
+        .await;
+    assert_eq!(bogus["error"], "bad_request", "{bogus}");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_paths_are_404_with_a_json_error_and_models_is_forwarded() {
+    let (mut h, _tmp, url) = helper_with_gateway().await;
+    let client = reqwest::Client::new();
+    for (method, path) in [
+        ("GET", "/v1/other"),
+        ("POST", "/v1/models"),
+        ("GET", "/v1/chat/completions"),
+    ] {
+        let resp = client
+            .request(method.parse().unwrap(), format!("{url}{path}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 404, "{method} {path}");
+        let body: Value = resp.json().await.unwrap();
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains(path),
+            "{body}"
+        );
+    }
+    let models = tokio::spawn(client.get(format!("{url}/v1/models")).send());
+    let fetched = h.call(json!({"op": "gateway_next", "max": 8})).await;
+    let call = &fetched["calls"][0];
+    assert_eq!(
+        (call["method"].as_str(), call["path"].as_str()),
+        (Some("GET"), Some("/v1/models"))
+    );
+    assert_eq!(call["authorization"], Value::Null);
+    h.call(
+        json!({"op": "gateway_answer", "call": call["call"], "status": 200,
+        "content_type": "application/json", "body": "{\"data\":[]}"}),
+    )
+    .await;
+    let resp = models.await.unwrap().unwrap();
+    assert_eq!(resp.text().await.unwrap(), "{\"data\":[]}");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_gives_up_before_convoy_fetches_its_call_is_forgotten() {
+    let (mut h, _tmp, url) = helper_with_gateway().await;
+    let gone = reqwest::Client::new()
+        .post(format!("{url}/v1/chat/completions"))
+        .timeout(Duration::from_millis(300))
+        .body("{\"gone\":true}")
+        .send()
+        .await;
+    assert!(gone.is_err(), "nobody answered it");
+    // The helper notices the closed connection at once; give it a moment.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let kept = post(&url, "t", "{\"kept\":true}".into());
+    let fetched = h.call(json!({"op": "gateway_next", "max": 8})).await;
+    let bodies: Vec<&str> = fetched["calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["body"].as_str().unwrap())
+        .collect();
+    assert_eq!(bodies, ["{\"kept\":true}"]);
+    let call = fetched["calls"][0]["call"].clone();
+    h.call(json!({"op": "gateway_answer", "call": call, "status": 200,
+        "content_type": "application/json", "body": "{}"}))
+        .await;
+    assert_eq!(kept.await.unwrap().status().as_u16(), 200);
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_calls_at_once_each_get_their_own_answer() {
+    let (mut h, _tmp, url) = helper_with_gateway().await;
+    let clients: Vec<_> = (0..200)
+        .map(|i| post(&url, &format!("tok-{i}"), json!({"n": i}).to_string()))
+        .collect();
+    let mut answered = 0;
+    let mut batches = 0;
+    while answered < 200 {
+        let fetched = h.call(json!({"op": "gateway_next", "max": 64})).await;
+        let calls = fetched["calls"].as_array().unwrap().clone();
+        assert!(!calls.is_empty() && calls.len() <= 64, "{}", calls.len());
+        batches += 1;
+        for c in calls {
+            let body: Value = serde_json::from_str(c["body"].as_str().unwrap()).unwrap();
+            assert_eq!(
+                c["authorization"].as_str().unwrap(),
+                format!("Bearer tok-{}", body["n"]),
+                "a call keeps its own token"
+            );
+            let reply = json!({"echo": body["n"]}).to_string();
+            h.call(
+                json!({"op": "gateway_answer", "call": c["call"], "status": 200,
+                "content_type": "application/json", "body": reply}),
+            )
+            .await;
+            answered += 1;
+        }
+    }
+    assert!(batches < 200, "calls come in batches: {batches} polls");
+    for (i, c) in clients.into_iter().enumerate() {
+        let got: Value = c.await.unwrap().json().await.unwrap();
+        assert_eq!(got, json!({"echo": i}), "client {i} got another's answer");
+    }
+    h.shutdown().await;
+}
+
+/// Answers each call with what it was sent, as convoy's handler would
+/// answer with the model's reply.
+struct Echo;
+
+impl convoy::workspace::gateway::GatewayHandler for Echo {
+    async fn handle(
+        &self,
+        call: convoy::workspace::gateway::GatewayCall,
+    ) -> convoy::workspace::gateway::GatewayReply {
+        convoy::workspace::gateway::GatewayReply::json(
+            200,
+            &json!({"auth": call.authorization, "path": call.path, "body": call.body}),
+        )
+    }
+}
+
+/// The convoy end on a real Docker workspace without a network: a
+/// session's process reaches the gateway on the container's loopback and
+/// gets convoy's answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_in_a_container_without_network_reaches_convoy_through_the_gateway() {
+    let job = support::TestJob::new();
+    job.tasks(&[json!({"id": "t", "commands": ["true"]})]);
+    job.manifest(&support::hostile::docker_job("network = \"none\"\n", ""));
+    let loaded = convoy::manifest::load(&job.path("job.toml")).expect("the manifest loads");
+    // The helper copied into the container: the real convoy binary (this
+    // test's own binary is not one).
+    std::env::set_var("CONVOY_HELPER", support::convoy_bin());
+    let ws = convoy::workspace::Workspace::boot(&loaded, "gateway-test")
+        .await
+        .expect("the workspace boots");
+    let server = ws
+        .serve_gateway(std::sync::Arc::new(Echo))
+        .await
+        .expect("the gateway starts");
+    let session = ws.open_session(None).await.unwrap();
+    let client = format!(
+        "python3 -c \"import urllib.request as u; r = u.Request('http://127.0.0.1:{}/v1/chat/completions', data=b'{{\\\"n\\\": 7}}', headers={{'Authorization': 'Bearer tok'}}); print(u.urlopen(r).read().decode())\"",
+        server.port
+    );
+    let out = session
+        .run(&client, Duration::from_secs(60), 100_000)
+        .await
+        .unwrap();
+    assert_eq!(out.exit_code, 0, "{}", out.output);
+    let got: Value = serde_json::from_str(out.output.trim()).expect(&out.output);
+    assert_eq!(
+        got,
+        json!({"auth": "Bearer tok", "path": "/v1/chat/completions", "body": "{\"n\": 7}"})
+    );
+    session.close().await.unwrap();
+    drop(server);
+    ws.finish().await;
+    ws.shutdown().await;
+}
