@@ -28,7 +28,8 @@
 //!
 //! Where things live: [`stdio`] frames requests and responses on the
 //! helper's stdin and stdout; [`sessions`] keeps the registry of sessions
-//! and serves each op; [`adopt`] takes over a previous helper's sessions;
+//! and serves each op; [`register`] makes a new session's uid, files and
+//! registry entry; [`adopt`] takes over a previous helper's sessions;
 //! [`prepare`] makes a task's workdir ready (and removes it); [`check`]
 //! runs one command as a session without a shell (a verification);
 //! [`gateway`] serves agents' model calls on a loopback port, for convoy
@@ -48,6 +49,7 @@ mod gateway;
 mod limits;
 mod prepare;
 mod reaper;
+mod register;
 mod run;
 mod sessions;
 mod shell;
