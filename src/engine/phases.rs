@@ -1,7 +1,7 @@
 //! The phases around a conversation when its task has an environment:
 //! setup (before the first model turn, in the task's fresh workdir, not in
 //! the trajectory) and verification (after the agent's session is closed,
-//! in a fresh session in the same workdir), the reward it gives, and
+//! as a session of its own in the same workdir), the reward it gives, and
 //! whether the workdir outlives the task (`keep`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
