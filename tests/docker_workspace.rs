@@ -286,7 +286,12 @@ async fn the_exec_channel_gives_the_same_observations_and_kills_background_jobs(
             "exit 3".into(),
         ]
     }));
-    job.manifest(&script_manifest("channel = \"exec\"", ""));
+    // A verification here is a session opened, run and closed (this
+    // channel has no holder for a check of its own).
+    job.manifest(&script_manifest(
+        "channel = \"exec\"",
+        "[verify]\ncommand = \"echo $N; echo 0.5\"\nreward = \"last_line\"\n",
+    ));
     let out = job.run(&[]).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     for i in 0..4 {
@@ -294,6 +299,10 @@ async fn the_exec_channel_gives_the_same_observations_and_kills_background_jobs(
         assert_eq!(obs[0], "a\tb");
         assert_eq!(obs[1], format!("{i} /tmp\n"));
         assert!(obs[2].starts_with("[exit code: 3]"), "{}", obs[2]);
+    }
+    for r in job.results() {
+        assert_eq!(r["reward"], 0.5, "{r}");
+        assert_eq!(r["verify"]["output"], "\n0.5\n", "a fresh session: {r}");
     }
     assert!(processes_with("sleep 1000.7").is_empty());
     assert_no_container(&job);
