@@ -6,7 +6,6 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
-use crate::agent::tool_schemas;
 use crate::cli::{Cli, Command, RunArgs};
 use crate::ctl::CtlServer;
 use crate::engine::{forward_signals, Engine, MonitorProbe, Steering};
@@ -224,11 +223,16 @@ async fn run(args: RunArgs) -> Result<Exit, Failure> {
     // Before the run directory: a path `--events` cannot create is the
     // user's to fix, and nothing is left half made.
     let events_out = open_events(&plan)?;
-    let (journal, previous) = Journal::open(&plan.out, &plan.job, tool_schemas(), plan.force)
-        .map_err(|e| match e {
-            JournalError::Io { .. } => Failure::infra(e),
-            other => Failure::invalid(other),
-        })?;
+    let (journal, previous) = Journal::open(
+        &plan.out,
+        &plan.job,
+        plan.tools.schemas().clone(),
+        plan.force,
+    )
+    .map_err(|e| match e {
+        JournalError::Io { .. } => Failure::infra(e),
+        other => Failure::invalid(other),
+    })?;
     plan.resume(&previous);
     // `convoy report` tells this run (live, or killed while booting) from
     // the one summary.json describes by this.

@@ -157,6 +157,7 @@ fn dry_run_prints_the_plan_and_creates_nothing() {
         "tasks:     4 (first `t0`, last `t3`)",
         "workspace: local",
         "endpoint:  script provider (no network)",
+        "tools:     bash, finish",
         "workers:   3",
         "isolation: none (local: every session runs as convoy's own user)",
         "run dir:   runs/plan",

@@ -4,6 +4,7 @@
 
 use serde_json::{json, Value};
 
+use super::toolbox::Toolbox;
 use super::tools::{parse_call, ToolCall};
 use crate::llm::Usage;
 
@@ -40,8 +41,11 @@ impl Conversation {
         }
     }
 
-    /// Records a model reply (as received) and says what it asks for.
-    pub fn on_reply(&mut self, message: Value, usage: &Usage) -> Next {
+    /// Records a model reply (as received) and says what it asks for, each
+    /// call read against the `tools` offered. Calls that will not run
+    /// (bad JSON, an unknown tool, arguments their schema refuses) are
+    /// counted in `usage.invalid_tool_calls`.
+    pub fn on_reply(&mut self, message: Value, usage: &Usage, tools: &Toolbox) -> Next {
         self.steps += 1;
         self.usage.add(usage);
         let calls: Vec<ToolCall> = message
@@ -51,7 +55,7 @@ impl Conversation {
                 calls
                     .iter()
                     .enumerate()
-                    .map(|(i, c)| parse_call(i, c))
+                    .map(|(i, c)| parse_call(i, c, tools))
                     .collect()
             })
             .unwrap_or_default();
@@ -99,6 +103,7 @@ mod tests {
         let next = c.on_reply(
             json!({"role": "assistant", "content": "done"}),
             &Usage::default(),
+            &Toolbox::builtin(),
         );
         assert_eq!(next, Next::Final("done".into()));
         assert_eq!(c.messages.len(), 3);
@@ -112,7 +117,7 @@ mod tests {
             {"id": "x1", "type": "function", "function": {"name": "bash", "arguments": "{\"command\":\"ls\"}"}},
             {"id": "x2", "type": "function", "function": {"name": "finish", "arguments": "{\"message\":\"m\"}"}}
         ]});
-        let Next::Calls(calls) = c.on_reply(reply, &Usage::default()) else {
+        let Next::Calls(calls) = c.on_reply(reply, &Usage::default(), &Toolbox::builtin()) else {
             panic!("expected calls")
         };
         assert_eq!(calls[0].id, "x1");
@@ -134,7 +139,7 @@ mod tests {
             {"id": "b", "type": "function", "function": {"name": "python", "arguments": "{}"}},
             {"id": "c", "type": "function", "function": {"name": "bash", "arguments": "{\"command\":\"ls\"}"}}
         ]});
-        let Next::Calls(calls) = c.on_reply(reply, &Usage::default()) else {
+        let Next::Calls(calls) = c.on_reply(reply, &Usage::default(), &Toolbox::builtin()) else {
             panic!("expected calls")
         };
         assert_eq!(calls.len(), 3);

@@ -12,6 +12,7 @@ use thiserror::Error;
 
 use super::conversation::{Conversation, Next};
 use super::ports::{Model, Shell};
+use super::toolbox::Toolbox;
 use super::tools::{observation, Action};
 use crate::llm::LlmError;
 use crate::manifest::OnText;
@@ -49,7 +50,7 @@ pub async fn drive(
     conv: &mut Conversation,
     model: &impl Model,
     shell: &impl Shell,
-    tools: &Value,
+    tools: &Toolbox,
     limits: &DriveLimits,
     mut on_turn: impl FnMut(u32, &[Value]),
 ) -> Result<String, AgentError> {
@@ -67,9 +68,9 @@ pub async fn drive(
         if conv.steps >= limits.max_steps {
             return Err(AgentError::MaxSteps(limits.max_steps));
         }
-        let reply = model.complete(&conv.messages, tools).await?;
+        let reply = model.complete(&conv.messages, tools.schemas()).await?;
         let cut = reply.finish_reason.as_deref() == Some("length");
-        let next = conv.on_reply(reply.message, &reply.usage);
+        let next = conv.on_reply(reply.message, &reply.usage, tools);
         let calls = match next {
             // The text stays in the trajectory; the model is asked to go
             // on, cut or not, until it calls a tool or `finish`.
@@ -85,7 +86,12 @@ pub async fn drive(
             match call.action {
                 Action::Finish { message } => return Ok(message),
                 Action::Invalid { error } => conv.on_observation(&call.id, error),
-                Action::Bash { command, timeout } => {
+                // A manifest tool's command runs as `bash` would run it:
+                // same session, same timeout handling, same observation.
+                Action::Bash { command, timeout }
+                | Action::Tool {
+                    command, timeout, ..
+                } => {
                     crate::test_hooks::panic_on(&command);
                     let timeout = timeout.unwrap_or(limits.command_timeout);
                     let out = shell.run(&command, timeout, max_bytes).await?;
@@ -103,7 +109,6 @@ mod tests {
 
     use super::*;
     use crate::agent::fakes::{reply, RecordingShell, ScriptedModel, ShellCall};
-    use crate::agent::tool_schemas;
 
     fn limits(max_steps: u32, on_text: OnText) -> DriveLimits {
         DriveLimits {
@@ -122,7 +127,8 @@ mod tests {
         limits: &DriveLimits,
     ) -> (Result<String, AgentError>, Conversation) {
         let mut conv = Conversation::new(Some("sys"), "task");
-        let r = drive(&mut conv, model, shell, &tool_schemas(), limits, |_, _| {}).await;
+        let tools = Toolbox::builtin();
+        let r = drive(&mut conv, model, shell, &tools, limits, |_, _| {}).await;
         (r, conv)
     }
 
@@ -154,6 +160,61 @@ mod tests {
         assert_eq!(second[3]["tool_call_id"], second[2]["tool_calls"][0]["id"]);
         assert_eq!(second[4]["content"], "out\n");
         assert_eq!(conv.steps, 3);
+    }
+
+    #[tokio::test]
+    async fn a_manifest_tool_runs_in_the_shell_and_a_bad_call_is_answered() {
+        let text = r#"
+name = "t"
+[tasks]
+source = "t.jsonl"
+[prompt]
+user = "go"
+[llm]
+provider = "script"
+[[tools]]
+name = "view"
+parameters = { type = "object", properties = { path = { type = "string" } }, required = ["path"] }
+command = "cat {{ path | sh }}"
+timeout = "3s"
+[[tools]]
+name = "here"
+command = "pwd"
+"#;
+        let tools = Toolbox::new(&toml::from_str(text).unwrap()).unwrap();
+        let model = ScriptedModel::new([
+            reply::tools([
+                ("view", json!({ "path": "a b" })),
+                ("view", json!({ "file": "a" })),
+                ("here", json!({})),
+            ]),
+            reply::finish("done"),
+        ]);
+        let shell = RecordingShell::output("contents\n");
+        let mut conv = Conversation::new(None, "task");
+        let limits = limits(10, OnText::Finish);
+        let r = drive(&mut conv, &model, &shell, &tools, &limits, |_, _| {}).await;
+        assert_eq!(r.expect("a final answer"), "done");
+        let call = |command: &str, secs| ShellCall {
+            command: command.into(),
+            timeout: Duration::from_secs(secs),
+            max_output_bytes: 8000,
+        };
+        // The tool's own timeout, else the job's command timeout.
+        assert_eq!(shell.calls(), [call("cat 'a b'", 3), call("pwd", 7)]);
+        let answers: Vec<Value> = conv.messages[2..5]
+            .iter()
+            .map(|m| m["content"].clone())
+            .collect();
+        assert_eq!(
+            answers,
+            [
+                "contents\n",
+                "error: view: missing required argument `path`; unknown argument `file` (known: path)",
+                "contents\n"
+            ]
+        );
+        assert_eq!(conv.usage.invalid_tool_calls, 1);
     }
 
     #[tokio::test]
@@ -191,9 +252,14 @@ mod tests {
         let mut turns = Vec::new();
         let mut conv = Conversation::new(None, "task");
         let limits = limits(2, OnText::Finish);
-        let r = drive(&mut conv, &model, &shell, &json!([]), &limits, |step, _| {
-            turns.push(step)
-        })
+        let r = drive(
+            &mut conv,
+            &model,
+            &shell,
+            &Toolbox::builtin(),
+            &limits,
+            |step, _| turns.push(step),
+        )
         .await;
         assert!(matches!(r, Err(AgentError::MaxSteps(2))), "{r:?}");
         assert_eq!(model.seen().len(), 2);
@@ -223,7 +289,7 @@ mod tests {
         let model = ScriptedModel::new([reply::bash("hangs")]);
         let shell = RecordingShell::hanging();
         let mut conv = Conversation::new(None, "task");
-        let (tools, limits) = (json!([]), limits(10, OnText::Finish));
+        let (tools, limits) = (Toolbox::builtin(), limits(10, OnText::Finish));
         // Cancellation as the pool does it: the drive's future is dropped,
         // here once its command has begun.
         tokio::select! {

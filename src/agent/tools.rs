@@ -1,10 +1,12 @@
-//! The tools a conversation offers (`bash`, `finish`), how a model's tool
-//! call is parsed, and how command output becomes an observation.
+//! convoy's own tools (`bash`, `finish`), how a model's tool call is
+//! parsed (the `Toolbox` says what a call to each offered tool means), and
+//! how command output becomes an observation.
 
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use super::toolbox::Toolbox;
 use crate::workspace::RunOutput;
 
 /// A parsed tool call, answered under its `id`.
@@ -23,6 +25,13 @@ pub enum Action {
     Finish {
         message: String,
     },
+    /// A call to a manifest tool: its command, rendered with the call's
+    /// arguments, and the tool's own timeout if it has one.
+    Tool {
+        name: String,
+        command: String,
+        timeout: Option<Duration>,
+    },
     /// A call the model got wrong; the error goes back as the observation
     /// so the model can correct itself.
     Invalid {
@@ -30,50 +39,53 @@ pub enum Action {
     },
 }
 
-/// The tool schemas sent with every request (OpenAI `tools`).
-pub fn tool_schemas() -> Value {
-    json!([
-        {
-            "type": "function",
-            "function": {
-                "name": "bash",
-                "description": "Run a shell command in your own persistent bash session: the working directory and exported variables carry over to the next call. Stdin is closed. Returns stdout and stderr as written, then the exit code if it is not 0.",
-                "parameters": {
-                    "type": "object",
-                    "properties": {
-                        "command": { "type": "string", "description": "The command line to run." },
-                        "timeout": { "type": "integer", "description": "Seconds before the command is interrupted (default set by the job)." }
-                    },
-                    "required": ["command"]
-                }
-            }
-        },
-        {
-            "type": "function",
-            "function": {
-                "name": "finish",
-                "description": "End the task with your final answer.",
-                "parameters": {
-                    "type": "object",
-                    "properties": {
-                        "message": { "type": "string", "description": "The final answer." }
-                    },
-                    "required": ["message"]
-                }
+/// The schema of `bash`.
+pub(super) fn bash_schema() -> Value {
+    json!({
+        "type": "function",
+        "function": {
+            "name": "bash",
+            "description": "Run a shell command in your own persistent bash session: the working directory and exported variables carry over to the next call. Stdin is closed. Returns stdout and stderr as written, then the exit code if it is not 0.",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "command": { "type": "string", "description": "The command line to run." },
+                    "timeout": { "type": "integer", "description": "Seconds before the command is interrupted (default set by the job)." }
+                },
+                "required": ["command"]
             }
         }
-    ])
+    })
 }
 
-/// Parses one entry of an assistant message's `tool_calls`.
-pub fn parse_call(index: usize, call: &Value) -> ToolCall {
+/// The schema of `finish`.
+pub(super) fn finish_schema() -> Value {
+    json!({
+        "type": "function",
+        "function": {
+            "name": "finish",
+            "description": "End the task with your final answer.",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "message": { "type": "string", "description": "The final answer." }
+                },
+                "required": ["message"]
+            }
+        }
+    })
+}
+
+/// Parses one entry of an assistant message's `tool_calls` against the
+/// tools offered.
+pub fn parse_call(index: usize, call: &Value, tools: &Toolbox) -> ToolCall {
     // The same id the canonical message sent back carries.
     let id = crate::llm::call_id(call, index);
-    let action = parse_action(call);
+    let action = parse_action(call, tools);
     ToolCall { id, action }
 }
 
-fn parse_action(call: &Value) -> Action {
+fn parse_action(call: &Value, tools: &Toolbox) -> Action {
     let invalid = |error: String| Action::Invalid { error };
     let Some(name) = call.pointer("/function/name").and_then(Value::as_str) else {
         return invalid("error: the tool call has no function name".into());
@@ -82,7 +94,12 @@ fn parse_action(call: &Value) -> Action {
     let args = match call.pointer("/function/arguments") {
         Some(Value::String(s)) if s.trim().is_empty() => json!({}),
         Some(Value::String(s)) => match serde_json::from_str::<Value>(s) {
-            Ok(v) => v,
+            Ok(v @ Value::Object(_)) => v,
+            Ok(_) => {
+                return invalid(format!(
+                    "error: the arguments of `{name}` must be a JSON object"
+                ))
+            }
             Err(e) => {
                 return invalid(format!(
                     "error: the arguments of `{name}` are not valid JSON ({e}); send a JSON object"
@@ -97,25 +114,34 @@ fn parse_action(call: &Value) -> Action {
             ))
         }
     };
-    let string_arg = |key: &str| args.get(key).and_then(Value::as_str).map(str::to_string);
-    match name {
-        "bash" => match string_arg("command") {
-            Some(command) => Action::Bash {
-                command,
-                timeout: args
-                    .get("timeout")
-                    .and_then(Value::as_f64)
-                    .filter(|s| *s > 0.0 && s.is_finite())
-                    .map(|s| Duration::from_secs_f64(s.min(86_400.0))),
-            },
-            None => invalid("error: `bash` needs a string argument `command`".into()),
+    tools.action(name, &args)
+}
+
+/// A call to `bash` with these arguments.
+pub(super) fn bash_action(args: &Value) -> Action {
+    match args.get("command").and_then(Value::as_str) {
+        Some(command) => Action::Bash {
+            command: command.to_string(),
+            timeout: args
+                .get("timeout")
+                .and_then(Value::as_f64)
+                .filter(|s| *s > 0.0 && s.is_finite())
+                .map(|s| Duration::from_secs_f64(s.min(86_400.0))),
         },
-        "finish" => Action::Finish {
-            message: string_arg("message").unwrap_or_default(),
+        None => Action::Invalid {
+            error: "error: `bash` needs a string argument `command`".into(),
         },
-        other => invalid(format!(
-            "error: there is no tool `{other}`; the tools are `bash` and `finish`"
-        )),
+    }
+}
+
+/// A call to `finish` with these arguments.
+pub(super) fn finish_action(args: &Value) -> Action {
+    Action::Finish {
+        message: args
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
     }
 }
 
@@ -181,16 +207,28 @@ mod tests {
 
     #[test]
     fn bad_arguments_and_unknown_tools_become_errors() {
+        let tools = Toolbox::builtin();
         let c = json!({"id": "a", "function": {"name": "bash", "arguments": "{oops"}});
-        assert!(matches!(parse_call(0, &c).action, Action::Invalid { .. }));
+        assert!(matches!(
+            parse_call(0, &c, &tools).action,
+            Action::Invalid { .. }
+        ));
+        let c = json!({"id": "a", "function": {"name": "bash", "arguments": "[\"ls\"]"}});
+        assert!(matches!(
+            parse_call(0, &c, &tools).action,
+            Action::Invalid { .. }
+        ));
         let c = json!({"id": "a", "function": {"name": "python", "arguments": "{}"}});
-        match parse_call(0, &c).action {
-            Action::Invalid { error } => assert!(error.contains("no tool `python`")),
+        match parse_call(0, &c, &tools).action {
+            Action::Invalid { error } => assert_eq!(
+                error,
+                "error: there is no tool `python`; the tools are `bash` and `finish`"
+            ),
             other => panic!("{other:?}"),
         }
         let c = json!({"id": "b", "function": {"name": "bash", "arguments": "{\"command\":\"ls\",\"timeout\":5}"}});
         assert_eq!(
-            parse_call(0, &c),
+            parse_call(0, &c, &tools),
             ToolCall {
                 id: "b".into(),
                 action: Action::Bash {

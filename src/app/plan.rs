@@ -6,8 +6,9 @@
 //! Nothing downstream reads `RunArgs` or changes the job.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
-use crate::agent::{tool_schemas, DriveLimits};
+use crate::agent::{DriveLimits, Toolbox};
 use crate::cli::RunArgs;
 use crate::engine::{Budget, Config};
 use crate::events::{RunStarted, RunStats, Status};
@@ -27,6 +28,8 @@ pub enum EventsTo {
 pub struct RunPlan {
     /// The manifest, with `--workers` applied.
     pub job: Job,
+    /// The tools the model is offered (`agent.tools`, `[[tools]]`).
+    pub tools: Arc<Toolbox>,
     /// Tasks to run: after `--shard`, `--limit` and, once resumed, what the
     /// directory already holds.
     pub tasks: Vec<Task>,
@@ -45,6 +48,12 @@ pub struct RunPlan {
 impl RunPlan {
     pub fn new(args: RunArgs) -> Result<RunPlan, Failure> {
         let (mut job, mut tasks) = super::load_plan(&args.manifest)?;
+        let tools = Toolbox::new(&job.manifest).map_err(|e| {
+            Failure::invalid(anyhow::anyhow!(
+                "invalid manifest `{}`: {e}",
+                job.path.display()
+            ))
+        })?;
         if let Some(w) = args.workers {
             job.manifest.run.workers = w;
         }
@@ -72,6 +81,7 @@ impl RunPlan {
         Ok(RunPlan {
             total: tasks.len() as u64,
             job,
+            tools: Arc::new(tools),
             tasks,
             out,
             shard: args.shard,
@@ -118,7 +128,7 @@ impl RunPlan {
     pub fn engine_config(&self, hard_exit: bool) -> Config {
         let m = &self.job.manifest;
         Config {
-            tools: tool_schemas(),
+            tools: self.tools.clone(),
             limits: DriveLimits {
                 max_steps: m.agent.max_steps,
                 command_timeout: m.agent.command_timeout,

@@ -208,7 +208,7 @@ pub(super) fn tasks(n: usize) -> Vec<Task> {
 
 pub(super) fn config(workers: usize) -> Config {
     Config {
-        tools: crate::agent::tool_schemas(),
+        tools: Arc::new(crate::agent::Toolbox::builtin()),
         limits: DriveLimits {
             max_steps: 10,
             command_timeout: Duration::from_secs(30),

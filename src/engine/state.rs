@@ -8,20 +8,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::budget::Budget;
 use super::control::Waiting;
 use super::infra::InfraLedger;
-use crate::agent::DriveLimits;
+use crate::agent::{DriveLimits, Toolbox};
 use crate::events::{CancelReason, Event, EventKind, RunStats, Stopped};
 
 /// The engine's settings, all from the plan.
 #[derive(Debug)]
 pub struct Config {
-    pub tools: Value,
+    /// What every conversation offers the model.
+    pub tools: Arc<Toolbox>,
     pub limits: DriveLimits,
     pub task_timeout: Duration,
     pub max_attempts: u32,

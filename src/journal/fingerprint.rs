@@ -1,8 +1,10 @@
 //! The fingerprint of what shapes a run's data, stored as
 //! `fingerprint.json`. One hash per part, so a refused resume (or merge)
 //! can say what changed: `prompt` (templates), `model` (provider, model and
-//! sampling options), `tools` (the schemas the model gets), `agent` (step
-//! limit, timeouts, observation size), `tasks` (the source rows, the id
+//! sampling options), `tools` (the schemas the model gets, in their order,
+//! and the commands of `[[tools]]` but not their timeouts: `[[tools]]` and
+//! `agent.tools` change this part, not `agent`), `agent`
+//! (step limit, timeouts, observation size), `tasks` (the source rows, the id
 //! template, repeat), and, when the manifest has them, `environment` and
 //! `verify` (the tables without `keep` and their timeouts, which may
 //! change on resume). Workers, timeouts of the run, the workspace and the
@@ -46,6 +48,16 @@ fn table<T: Serialize>(spec: &Option<T>, free: &[&str]) -> Option<Value> {
     Some(v)
 }
 
+/// The schemas, plus the commands of `[[tools]]` when there are any (a run
+/// directory from before `[[tools]]` keeps its digest).
+fn tools_digest(m: &crate::manifest::Manifest, schemas: &Value) -> String {
+    if m.tools.is_empty() {
+        return digest_json(schemas);
+    }
+    let commands: Vec<Value> = m.tools.iter().map(|t| json!([t.name, t.command])).collect();
+    digest_json(&json!([schemas, commands]))
+}
+
 impl Fingerprint {
     /// The fingerprint of `job` with these tool schemas. The task source is
     /// read here; an unreadable source has already failed planning.
@@ -68,10 +80,10 @@ impl Fingerprint {
                     "extra_body": l.extra_body, "send_reasoning_content": l.send_reasoning_content,
                 })),
             ),
-            ("tools", digest_json(tools)),
+            ("tools", tools_digest(m, tools)),
             (
                 "agent",
-                digest_json(&serde_json::to_value(&m.agent).unwrap_or_default()),
+                digest_json(&table(&Some(&m.agent), &["tools"]).unwrap_or_default()),
             ),
             ("tasks", digest(&rows)),
         ];
@@ -142,7 +154,30 @@ mod tests {
             "name = \"j\"\n[tasks]\nsource = \"t.jsonl\"\n[prompt]\nuser = \"go\"\n[llm]\nprovider = \"script\"\n{tail}\n"
         );
         std::fs::write(&path, text).unwrap();
-        Fingerprint::of(&crate::manifest::load(&path).unwrap(), &json!([]))
+        let job = crate::manifest::load(&path).unwrap();
+        let tools = crate::agent::Toolbox::new(&job.manifest).unwrap();
+        Fingerprint::of(&job, tools.schemas())
+    }
+
+    #[test]
+    fn tools_and_their_order_are_the_part_tools_not_agent() {
+        let dir = tempfile::tempdir().unwrap();
+        let of = |tail: &str| of_job(dir.path(), tail);
+        let view = "[[tools]]\nname = \"view\"\nparameters = { type = \"object\", properties = { path = { type = \"string\" } } }\ncommand = \"cat {{ path | sh }}\"\n";
+        let base = of("");
+        let with_view = of(view);
+        assert_eq!(base.changed(&with_view), ["tools"]);
+        let integer = view.replace("\"string\"", "\"integer\"");
+        assert_eq!(with_view.changed(&of(&integer)), ["tools"]);
+        let order = format!("[agent]\ntools = [\"view\", \"bash\", \"finish\"]\n{view}");
+        assert_eq!(with_view.changed(&of(&order)), ["tools"]);
+        // Listing the default order changes nothing, nor does a timeout.
+        let same =
+            format!("[agent]\ntools = [\"bash\", \"view\", \"finish\"]\n{view}timeout = \"5s\"\n");
+        assert!(with_view.changed(&of(&same)).is_empty());
+        // What the tool runs is part of it too.
+        let command = view.replace("cat ", "head ");
+        assert_eq!(with_view.changed(&of(&command)), ["tools"]);
     }
 
     #[test]

@@ -9,6 +9,7 @@ use thiserror::Error;
 
 use super::environment::check_environment;
 use super::schema::{Manifest, OnText, Provider};
+use super::tools::check_tools;
 #[cfg(test)]
 use super::wording::MINIMUMS;
 use super::wording::{key_at_line, line_of, line_of_key, plain_words, with_caret};
@@ -361,6 +362,7 @@ fn validate(m: &Manifest, text: &str) -> Vec<Problem> {
 
     check_workspace(m, &mut check);
     check_environment(m, &mut check);
+    check_tools(m, &mut check);
     problems
 }
 

@@ -9,6 +9,7 @@ mod environment;
 mod load;
 mod schema;
 mod starter;
+mod tools;
 mod wording;
 mod workspace_rules;
 

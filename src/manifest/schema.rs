@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 pub use super::environment::{
     EnvironmentSpec, FileTemplates, Keep, RewardRule, RunAs, VerifySpec, VerifyWhen,
 };
+pub use super::tools::{offered_tools, ToolSpec, BUILTIN_TOOLS};
 
 /// How conversations are kept apart in the workspace: the helper's own
 /// enum, so the manifest and `convoy shim --isolation` take the same words.
@@ -39,6 +40,10 @@ pub struct Manifest {
     /// The check after the agent and its reward (`[verify]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify: Option<VerifySpec>,
+    /// Tools of the job's own (`[[tools]]`), offered next to `bash` and
+    /// `finish`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<ToolSpec>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -230,6 +235,11 @@ pub struct AgentSpec {
     /// "continue"`).
     #[serde(default = "AgentSpec::default_continue_prompt")]
     pub continue_prompt: String,
+    /// The tools the model is offered, in this order: `bash`, `finish`
+    /// and names of `[[tools]]`. Default: `bash`, every `[[tools]]` entry,
+    /// `finish`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<Vec<String>>,
 }
 
 /// What a reply with text and no tool call means.
@@ -268,6 +278,7 @@ impl Default for AgentSpec {
             max_observation_chars: Self::default_max_observation_chars(),
             on_text: OnText::default(),
             continue_prompt: Self::default_continue_prompt(),
+            tools: None,
         }
     }
 }

@@ -67,6 +67,7 @@ max_steps = 10                   # model turns per conversation (default 30)
 #max_observation_chars = 30000   # longer command output keeps its head and tail
 #on_text = "continue"            # a reply with text and no tool call: "continue" or "finish" (the text is the answer)
 #continue_prompt = "Continue. When you are done, call the `finish` tool with your answer."
+#tools = ["view", "bash", "finish"]   # the tools offered, in this order (default: bash, every [[tools]] entry, finish)
 
 [workspace]
 # "local": a private tmux server on this host. "docker": one shared
@@ -124,6 +125,18 @@ workers = 4                      # conversations in flight at once (default 128;
 #reward = "exit_code"            # 1.0 when it exits 0, else 0.0; or "last_line": its last line as a number
 #when = "finished"               # only tasks that ended ok; or "always"
 #user = "agent"                  # or "root" (docker only)
+
+# Tools of your own, offered next to bash and finish. A call's arguments
+# are checked against `parameters` (a JSON schema) before anything runs,
+# then fill in `command`, which runs in the conversation's shell like a
+# bash call; `sh` shell-quotes a value. To add one, remove the `#` of the
+# table line too; repeat the table for more.
+#[[tools]]
+#name = "view"                   # a function name: letters, digits, _ and -
+#description = "Print a file with line numbers."
+#parameters = { type = "object", properties = { path = { type = "string", description = "File path" } }, required = ["path"] }
+#command = "nl -ba {{ path | sh }}"
+#timeout = "30s"                 # default: agent.command_timeout
 "##;
 
 /// `tasks.jsonl` of the starter job: what the script provider plays.
@@ -206,6 +219,11 @@ mod tests {
         let m: Manifest = toml::from_str(&all).unwrap_or_else(|e| panic!("{e}\n{all}"));
         assert_eq!(m.llm.max_retries, 8);
         assert_eq!(m.workspace.mounts.len(), 1);
+        assert_eq!(m.tools.len(), 1);
+        assert_eq!(
+            crate::manifest::offered_tools(&m),
+            ["view", "bash", "finish"]
+        );
         // Each commented value is the documented default where there is one.
         let d: Manifest = toml::from_str(JOB_TOML).unwrap();
         assert_eq!(d.llm.timeout, m.llm.timeout);
@@ -227,6 +245,7 @@ mod tests {
         let fields_of = |table: &str| -> Vec<String> {
             let text = match table {
                 "" => format!("zzz_unknown = 1\n{all}"),
+                "tools" => all.replace("[[tools]]\n", "[[tools]]\nzzz_unknown = 1\n"),
                 t => all.replace(&format!("[{t}]\n"), &format!("[{t}]\nzzz_unknown = 1\n")),
             };
             let err = toml::from_str::<Manifest>(&text).unwrap_err().to_string();
@@ -256,13 +275,16 @@ mod tests {
             "monitor",
             "environment",
             "verify",
+            "tools",
         ] {
             let fields = fields_of(table);
             assert!(!fields.is_empty(), "{table}");
             for field in fields {
                 let written = JOB_TOML.lines().any(|l| {
                     let l = l.strip_prefix('#').unwrap_or(l);
-                    l.starts_with(&format!("{field} ")) || l.starts_with(&format!("[{field}]"))
+                    l.starts_with(&format!("{field} "))
+                        || l.starts_with(&format!("[{field}]"))
+                        || l.starts_with(&format!("[[{field}]]"))
                 });
                 assert!(written, "`{table}.{field}` is not in the starter job.toml");
             }

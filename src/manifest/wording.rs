@@ -8,16 +8,47 @@ pub(super) fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }
 
-/// Line where `key` (dotted path) is written, if it is written at all.
+/// Line where `key` (dotted path; `tools[1].name` for an entry of an
+/// array) is written, if it is written at all.
 pub(super) fn line_of_key(text: &str, key: &str) -> Option<usize> {
+    use toml_edit::{Item, TableLike, Value};
+    /// Where the walk is: a key's item, an entry of an array of tables, or
+    /// a value inside an array.
+    enum Node<'a> {
+        Item(&'a Item),
+        Table(&'a toml_edit::Table),
+        Value(&'a Value),
+    }
     let doc: toml_edit::ImDocument<&str> = toml_edit::ImDocument::parse(text).ok()?;
-    let mut item: &toml_edit::Item = doc.as_item();
+    let mut node = Node::Item(doc.as_item());
     let mut span = None;
     for part in key.split('.') {
-        let table = item.as_table_like()?;
-        let (k, next) = table.get_key_value(part)?;
-        span = k.span().or_else(|| next.span());
-        item = next;
+        let mut pieces = part.split('[');
+        let name = pieces.next()?;
+        let table: &dyn TableLike = match node {
+            Node::Item(item) => item.as_table_like()?,
+            Node::Table(t) => t,
+            Node::Value(v) => v.as_inline_table()?,
+        };
+        let (k, item) = table.get_key_value(name)?;
+        span = k.span().or_else(|| item.span()).or(span);
+        node = Node::Item(item);
+        for index in pieces {
+            let i: usize = index.strip_suffix(']')?.parse().ok()?;
+            node = match node {
+                Node::Item(Item::ArrayOfTables(a)) => {
+                    let t = a.get(i)?;
+                    span = t.span().or(span);
+                    Node::Table(t)
+                }
+                Node::Item(Item::Value(Value::Array(a))) | Node::Value(Value::Array(a)) => {
+                    let v = a.get(i)?;
+                    span = v.span().or(span);
+                    Node::Value(v)
+                }
+                _ => return None,
+            };
+        }
     }
     span.map(|s| line_of(text, s.start))
 }
@@ -205,7 +236,19 @@ pub(super) fn key_at_line(text: &str, line: usize) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::plain_words;
+    use super::{line_of_key, plain_words};
+
+    #[test]
+    fn keys_inside_arrays_are_found_by_index() {
+        let text = "[agent]\ntools = [\"a\",\n  \"b\"]\n\n[[tools]]\nname = \"a\"\n\n[[tools]]\nname = \"b\"\ncommand = \"x\"\n";
+        assert_eq!(line_of_key(text, "agent.tools"), Some(2));
+        assert_eq!(line_of_key(text, "tools[0].name"), Some(6));
+        assert_eq!(line_of_key(text, "tools[1].name"), Some(9));
+        assert_eq!(line_of_key(text, "tools[1].command"), Some(10));
+        assert_eq!(line_of_key(text, "tools[2].name"), None);
+        let inline = "x = 1\nitems = [\n  { name = \"a\" },\n  { name = \"b\" },\n]\n";
+        assert_eq!(line_of_key(inline, "items[1].name"), Some(4));
+    }
 
     #[test]
     fn unknown_keys_get_the_closest_known_key_or_the_list() {

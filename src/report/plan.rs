@@ -1,7 +1,7 @@
 //! The plan at a glance, before anything runs: what `convoy validate`
 //! (`--json`) and `convoy run --dry-run` print. How many tasks, which ids,
-//! what the first prompt looks like once rendered, where the commands run
-//! and which model answers; with `[environment]` and `[verify]`, the first
+//! what the first prompt looks like once rendered, where the commands run,
+//! which model answers and with which tools; with `[environment]` and `[verify]`, the first
 //! task's rendered workdir, files, setup and check.
 
 use std::fmt::Write as _;
@@ -30,6 +30,8 @@ pub struct PlanSummary {
     pub first_verify: Option<VerifyView>,
     pub workspace: WorkspaceView,
     pub endpoint: EndpointView,
+    /// The tools the model is offered, in order.
+    pub tools: Vec<String>,
     pub workers: u32,
     /// The run directory `convoy run` would write (when known).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -166,6 +168,7 @@ impl PlanSummary {
                 model: m.llm.model.clone().filter(|_| openai),
                 api_key_env: m.llm.api_key_env.clone().filter(|_| openai),
             },
+            tools: crate::manifest::offered_tools(m),
             workers: m.run.workers,
             run_dir: run_dir.map(|d| d.display().to_string()),
         }
@@ -261,6 +264,7 @@ impl PlanSummary {
             _ => format!("{} provider (no network)", e.provider),
         };
         let _ = writeln!(s, "  endpoint:  {endpoint}");
+        let _ = writeln!(s, "  tools:     {}", self.tools.join(", "));
         let _ = writeln!(s, "  workers:   {}", self.workers);
         if let Some(dir) = &self.run_dir {
             let _ = writeln!(s, "  run dir:   {dir}");

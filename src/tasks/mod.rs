@@ -1,9 +1,10 @@
 //! Tasks: reading rows from a JSONL or CSV source, giving each an id,
 //! `repeat`, and rendering its prompts and its environment (minijinja,
-//! strict undefined).
+//! strict undefined, with the `sh` filter of `quote`).
 
 mod env;
 mod plan;
+mod quote;
 mod shard;
 mod source;
 

@@ -69,12 +69,14 @@ impl TaskError {
     }
 }
 
-/// The template environment every prompt and id is rendered with: an
-/// undefined variable is an error, never "".
+/// The template environment every template of a job is rendered with
+/// (prompts, ids, environments, tool commands): an undefined variable is
+/// an error, never "", and `sh` shell-quotes a value.
 pub fn template_env() -> Environment<'static> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     env.set_keep_trailing_newline(true);
+    env.add_filter("sh", super::quote::sh);
     env
 }
 
