@@ -36,21 +36,11 @@ timeout = "1s"
 /// with `rest` after it.
 fn job_for(llm: &FakeLlm, workspace: &str, rest: &str) -> TestJob {
     let job = TestJob::new();
-    job.manifest(&format!(
-        r#"
-[prompt]
-system = "You are a test."
-user = "{{{{ script }}}}"
-[llm]
-base_url = "{}"
-model = "fake-model"
-api_key_env = "CONVOY_TEST_KEY"
-max_retries = 0
-[workspace]
-{workspace}
-{rest}
-"#,
-        llm.base_url()
+    job.manifest(&support::http_manifest_on(
+        llm,
+        "max_retries = 0",
+        workspace,
+        rest,
     ));
     job
 }

@@ -24,6 +24,16 @@ pub fn script(turns: Value) -> String {
 /// is its user message; `llm_keys` go into `[llm]`, `rest` after the local
 /// `[workspace]` table.
 pub fn http_manifest(llm: &fake_llm::FakeLlm, llm_keys: &str, rest: &str) -> String {
+    http_manifest_on(llm, llm_keys, "kind = \"local\"\nworkdir = \"work\"", rest)
+}
+
+/// `http_manifest` with `workspace` as the `[workspace]` keys.
+pub fn http_manifest_on(
+    llm: &fake_llm::FakeLlm,
+    llm_keys: &str,
+    workspace: &str,
+    rest: &str,
+) -> String {
     format!(
         r#"
 [prompt]
@@ -35,8 +45,7 @@ model = "fake-model"
 api_key_env = "CONVOY_TEST_KEY"
 {llm_keys}
 [workspace]
-kind = "local"
-workdir = "work"
+{workspace}
 {rest}
 "#,
         llm.base_url()
