@@ -62,6 +62,7 @@ pub mod ctl;
 pub mod engine;
 pub mod events;
 pub mod exit;
+pub mod gateway;
 pub mod journal;
 pub mod llm;
 pub mod manifest;

@@ -1,0 +1,354 @@
+//! The model gateway's logic (issue 14, external agents): who may call,
+//! what a call is answered with, and what is recorded of it. The transport
+//! is the workspace's (`workspace::gateway`); the upstream call goes
+//! through convoy's own model client behind [`Forward`].
+//!
+//! Each running external conversation holds a [`Grant`]: a token of its
+//! own, valid while the grant lives (dropping it revokes the token on
+//! every path). A call is answered:
+//! - 401 with an unknown or revoked token (not recorded);
+//! - the model list for `GET /v1/models`;
+//! - 400 for a body that is not a JSON object with a `messages` array;
+//! - 400 with `code: "max_steps"` past `agent.max_steps` calls (a status
+//!   clients do not retry; the conversation is then `max_steps`);
+//! - otherwise what the endpoint answered (the whole reply, as JSON or,
+//!   for `stream: true`, as server-sent events), or the endpoint's error
+//!   status and message when it refused the request, or 503 when it could
+//!   not be reached within convoy's retries.
+
+mod chain;
+mod sse;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io::Read;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+
+pub use chain::{Added, Chain};
+
+use crate::llm::Usage;
+use crate::workspace::gateway::{GatewayCall, GatewayHandler, GatewayReply};
+
+/// The upstream side of a call: convoy's model client.
+pub trait Forward: Send + Sync + 'static {
+    /// Sends the agent's request body on (the client sets the model, the
+    /// key and the job's options) and returns the whole reply.
+    fn forward(
+        &self,
+        body: Map<String, Value>,
+    ) -> impl Future<Output = Result<Forwarded, ForwardError>> + Send;
+}
+
+/// A reply from the endpoint.
+#[derive(Debug, Clone)]
+pub struct Forwarded {
+    /// The `chat.completion` object as received.
+    pub response: Value,
+    pub usage: Usage,
+}
+
+/// Why a call got no reply.
+#[derive(Debug, Clone)]
+pub enum ForwardError {
+    /// The endpoint refused the request (told to the agent as is).
+    Refused { status: u16, message: String },
+    /// No answer within convoy's retries, or the endpoint is down.
+    Unavailable(String),
+}
+
+/// One call as `calls.jsonl` keeps it.
+#[derive(Debug, Clone, Serialize)]
+pub struct CallRecord {
+    pub id: String,
+    pub attempt: u32,
+    /// 1 for the conversation's first call.
+    pub seq: u32,
+    pub latency_s: f64,
+    pub usage: Usage,
+    /// The HTTP status the agent got.
+    pub status: u16,
+    pub messages_added: Vec<Value>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub restart: bool,
+    /// The endpoint's reply, or the error the agent got.
+    pub response: Value,
+    /// The first 16 hex digits of the SHA-256 of the request's `tools`.
+    pub tools_hash: String,
+}
+
+/// A running external conversation, as its calls find it.
+pub struct Conversation<F> {
+    pub id: String,
+    pub attempt: u32,
+    model: F,
+    max_steps: u32,
+    state: Mutex<State>,
+    /// Where each call is recorded as it happens.
+    record: Box<dyn Fn(CallRecord) + Send + Sync>,
+}
+
+#[derive(Default)]
+struct State {
+    calls: u32,
+    chain: Chain,
+    usage: Usage,
+    over_max_steps: bool,
+    last_tools: Option<Value>,
+}
+
+/// What a conversation's calls came to, once it ended.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    pub calls: u32,
+    pub usage: Usage,
+    /// It asked for more than `agent.max_steps` calls.
+    pub over_max_steps: bool,
+    /// The longest chain: the last request's messages and its reply.
+    pub messages: Vec<Value>,
+    /// The last request's `tools`.
+    pub tools: Option<Value>,
+}
+
+impl<F> Conversation<F> {
+    pub fn new(
+        id: String,
+        attempt: u32,
+        model: F,
+        max_steps: u32,
+        record: impl Fn(CallRecord) + Send + Sync + 'static,
+    ) -> Conversation<F> {
+        Conversation {
+            id,
+            attempt,
+            model,
+            max_steps,
+            state: Mutex::default(),
+            record: Box::new(record),
+        }
+    }
+
+    pub fn summary(&self) -> Summary {
+        let s = self.state.lock().expect("state lock");
+        Summary {
+            calls: s.calls,
+            usage: s.usage,
+            over_max_steps: s.over_max_steps,
+            messages: s.chain.messages().to_vec(),
+            tools: s.last_tools.clone(),
+        }
+    }
+}
+
+/// The tokens of the running conversations.
+pub struct Tokens<F> {
+    live: Mutex<HashMap<String, Arc<Conversation<F>>>>,
+}
+
+impl<F> Default for Tokens<F> {
+    fn default() -> Self {
+        Tokens {
+            live: Mutex::default(),
+        }
+    }
+}
+
+/// A conversation's token, valid while this lives.
+pub struct Grant<F> {
+    pub token: String,
+    pub conversation: Arc<Conversation<F>>,
+    tokens: Arc<Tokens<F>>,
+}
+
+impl<F> Drop for Grant<F> {
+    fn drop(&mut self) {
+        self.tokens
+            .live
+            .lock()
+            .expect("tokens lock")
+            .remove(&self.token);
+    }
+}
+
+impl<F> Tokens<F> {
+    /// A new token for `conversation`.
+    pub fn grant(self: &Arc<Self>, conversation: Conversation<F>) -> Grant<F> {
+        let conversation = Arc::new(conversation);
+        let token = format!("convoy-{}", random_hex(24));
+        self.live
+            .lock()
+            .expect("tokens lock")
+            .insert(token.clone(), conversation.clone());
+        Grant {
+            token,
+            conversation,
+            tokens: self.clone(),
+        }
+    }
+
+    fn find(&self, authorization: Option<&str>) -> Option<Arc<Conversation<F>>> {
+        let token = authorization?.strip_prefix("Bearer ")?.trim();
+        self.live.lock().expect("tokens lock").get(token).cloned()
+    }
+}
+
+/// `n` random bytes from the kernel, as hex.
+fn random_hex(n: usize) -> String {
+    let mut bytes = vec![0u8; n];
+    let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+    if read.is_err() {
+        // Not secret then, but still unique per conversation.
+        bytes.iter_mut().for_each(|b| *b = fastrand::u8(..));
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Answers the gateway's calls for the job's conversations.
+pub struct Service<F> {
+    pub tokens: Arc<Tokens<F>>,
+    /// The model name agents see (`llm.model`).
+    pub model: String,
+}
+
+fn error(status: u16, message: &str, code: &str) -> GatewayReply {
+    GatewayReply::json(
+        status,
+        &json!({"error": {"message": message, "type": "invalid_request_error", "code": code}}),
+    )
+}
+
+impl<F: Forward> GatewayHandler for Service<F> {
+    async fn handle(&self, call: GatewayCall) -> GatewayReply {
+        let Some(conv) = self.tokens.find(call.authorization.as_deref()) else {
+            return error(
+                401,
+                "unknown or expired API key: each conversation gets its own in OPENAI_API_KEY, valid while it runs",
+                "invalid_api_key",
+            );
+        };
+        if call.method == "GET" {
+            return GatewayReply::json(
+                200,
+                &json!({"object": "list", "data": [{"id": self.model, "object": "model", "owned_by": "convoy"}]}),
+            );
+        }
+        let body: Map<String, Value> = match serde_json::from_str(&call.body) {
+            Ok(Value::Object(m)) if m.get("messages").is_some_and(Value::is_array) => m,
+            _ => {
+                return error(
+                    400,
+                    "the body must be a JSON object with a `messages` array",
+                    "invalid_request",
+                )
+            }
+        };
+        complete(&conv, body).await
+    }
+}
+
+async fn complete<F: Forward>(conv: &Conversation<F>, body: Map<String, Value>) -> GatewayReply {
+    let seq = {
+        let mut s = conv.state.lock().expect("state lock");
+        if s.calls >= conv.max_steps {
+            s.over_max_steps = true;
+            return error(
+                400,
+                &format!(
+                    "this conversation used its {} model calls (agent.max_steps)",
+                    conv.max_steps
+                ),
+                "max_steps",
+            );
+        }
+        s.calls += 1;
+        s.calls
+    };
+    let stream = body.get("stream") == Some(&Value::Bool(true));
+    // (A `Map` indexed by a missing key panics: `get` it.)
+    let include_usage = body
+        .get("stream_options")
+        .and_then(|o| o.get("include_usage"))
+        == Some(&Value::Bool(true));
+    let messages = body
+        .get("messages")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let tools = body.get("tools").cloned();
+    let tools_hash = hash(tools.as_ref().unwrap_or(&Value::Null));
+    let clock = Instant::now();
+    let forwarded = conv.model.forward(body).await;
+    let latency_s = clock.elapsed().as_secs_f64();
+    let (reply, status, response, usage, added) = match forwarded {
+        Ok(f) => {
+            let message = f.response["choices"][0]["message"].clone();
+            let added = {
+                let mut s = conv.state.lock().expect("state lock");
+                s.usage.add(&f.usage);
+                s.last_tools = tools;
+                s.chain.extend(&messages, &message)
+            };
+            let reply = if stream {
+                GatewayReply {
+                    status: 200,
+                    content_type: "text/event-stream".into(),
+                    body: sse::events(&f.response, include_usage),
+                }
+            } else {
+                GatewayReply::json(200, &f.response)
+            };
+            (reply, 200, f.response, f.usage, Some(added))
+        }
+        Err(ForwardError::Refused { status, message }) => {
+            let reply = error(status, &message, "upstream_refused");
+            (
+                reply,
+                status,
+                json!({"error": message}),
+                Usage::default(),
+                None,
+            )
+        }
+        Err(ForwardError::Unavailable(message)) => {
+            let reply = error(503, &message, "upstream_unavailable");
+            (
+                reply,
+                503,
+                json!({"error": message}),
+                Usage::default(),
+                None,
+            )
+        }
+    };
+    // A call that got no reply adds nothing: its messages come again with
+    // the next call that does.
+    let added = added.unwrap_or(Added {
+        messages: Vec::new(),
+        restart: false,
+    });
+    (conv.record)(CallRecord {
+        id: conv.id.clone(),
+        attempt: conv.attempt,
+        seq,
+        latency_s,
+        usage,
+        status,
+        messages_added: added.messages,
+        restart: added.restart,
+        response,
+        tools_hash,
+    });
+    reply
+}
+
+fn hash(v: &Value) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(v.to_string().as_bytes());
+    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests;
