@@ -202,6 +202,7 @@ pub(super) fn tasks(n: usize) -> Vec<Task> {
             verify: None,
             group: None,
             sample: None,
+            agent_command: None,
         })
         .collect()
 }

@@ -43,6 +43,23 @@ pub trait Forward: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Forwarded, ForwardError>> + Send;
 }
 
+/// A conversation's way upstream, as the gateway holds it (any
+/// [`Forward`], boxed: see [`forwarder`]).
+pub type Forwarder = Arc<
+    dyn Fn(Map<String, Value>) -> futures::future::BoxFuture<'static, Result<Forwarded, ForwardError>>
+        + Send
+        + Sync,
+>;
+
+/// `f` as a [`Forwarder`].
+pub fn forwarder<F: Forward>(f: F) -> Forwarder {
+    let f = Arc::new(f);
+    Arc::new(move |body| {
+        let f = f.clone();
+        Box::pin(async move { f.forward(body).await })
+    })
+}
+
 /// A reply from the endpoint.
 #[derive(Debug, Clone)]
 pub struct Forwarded {
@@ -81,10 +98,10 @@ pub struct CallRecord {
 }
 
 /// A running external conversation, as its calls find it.
-pub struct Conversation<F> {
+pub struct Conversation {
     pub id: String,
     pub attempt: u32,
-    model: F,
+    model: Forwarder,
     max_steps: u32,
     state: Mutex<State>,
     /// Where each call is recorded as it happens.
@@ -113,14 +130,14 @@ pub struct Summary {
     pub tools: Option<Value>,
 }
 
-impl<F> Conversation<F> {
+impl Conversation {
     pub fn new(
         id: String,
         attempt: u32,
-        model: F,
+        model: Forwarder,
         max_steps: u32,
         record: impl Fn(CallRecord) + Send + Sync + 'static,
-    ) -> Conversation<F> {
+    ) -> Conversation {
         Conversation {
             id,
             attempt,
@@ -144,26 +161,19 @@ impl<F> Conversation<F> {
 }
 
 /// The tokens of the running conversations.
-pub struct Tokens<F> {
-    live: Mutex<HashMap<String, Arc<Conversation<F>>>>,
-}
-
-impl<F> Default for Tokens<F> {
-    fn default() -> Self {
-        Tokens {
-            live: Mutex::default(),
-        }
-    }
+#[derive(Default)]
+pub struct Tokens {
+    live: Mutex<HashMap<String, Arc<Conversation>>>,
 }
 
 /// A conversation's token, valid while this lives.
-pub struct Grant<F> {
+pub struct Grant {
     pub token: String,
-    pub conversation: Arc<Conversation<F>>,
-    tokens: Arc<Tokens<F>>,
+    pub conversation: Arc<Conversation>,
+    tokens: Arc<Tokens>,
 }
 
-impl<F> Drop for Grant<F> {
+impl Drop for Grant {
     fn drop(&mut self) {
         self.tokens
             .live
@@ -173,9 +183,9 @@ impl<F> Drop for Grant<F> {
     }
 }
 
-impl<F> Tokens<F> {
+impl Tokens {
     /// A new token for `conversation`.
-    pub fn grant(self: &Arc<Self>, conversation: Conversation<F>) -> Grant<F> {
+    pub fn grant(self: &Arc<Self>, conversation: Conversation) -> Grant {
         let conversation = Arc::new(conversation);
         let token = format!("convoy-{}", random_hex(24));
         self.live
@@ -189,7 +199,7 @@ impl<F> Tokens<F> {
         }
     }
 
-    fn find(&self, authorization: Option<&str>) -> Option<Arc<Conversation<F>>> {
+    fn find(&self, authorization: Option<&str>) -> Option<Arc<Conversation>> {
         let token = authorization?.strip_prefix("Bearer ")?.trim();
         self.live.lock().expect("tokens lock").get(token).cloned()
     }
@@ -207,8 +217,8 @@ fn random_hex(n: usize) -> String {
 }
 
 /// Answers the gateway's calls for the job's conversations.
-pub struct Service<F> {
-    pub tokens: Arc<Tokens<F>>,
+pub struct Service {
+    pub tokens: Arc<Tokens>,
     /// The model name agents see (`llm.model`).
     pub model: String,
 }
@@ -220,7 +230,7 @@ fn error(status: u16, message: &str, code: &str) -> GatewayReply {
     )
 }
 
-impl<F: Forward> GatewayHandler for Service<F> {
+impl GatewayHandler for Service {
     async fn handle(&self, call: GatewayCall) -> GatewayReply {
         let Some(conv) = self.tokens.find(call.authorization.as_deref()) else {
             return error(
@@ -249,7 +259,7 @@ impl<F: Forward> GatewayHandler for Service<F> {
     }
 }
 
-async fn complete<F: Forward>(conv: &Conversation<F>, body: Map<String, Value>) -> GatewayReply {
+async fn complete(conv: &Conversation, body: Map<String, Value>) -> GatewayReply {
     let seq = {
         let mut s = conv.state.lock().expect("state lock");
         if s.calls >= conv.max_steps {
@@ -280,7 +290,7 @@ async fn complete<F: Forward>(conv: &Conversation<F>, body: Map<String, Value>) 
     let tools = body.get("tools").cloned();
     let tools_hash = hash(tools.as_ref().unwrap_or(&Value::Null));
     let clock = Instant::now();
-    let forwarded = conv.model.forward(body).await;
+    let forwarded = (conv.model)(body).await;
     let latency_s = clock.elapsed().as_secs_f64();
     let (reply, status, response, usage, added) = match forwarded {
         Ok(f) => {

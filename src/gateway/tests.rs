@@ -32,17 +32,17 @@ impl Forward for Counting {
 
 type Records = Arc<Mutex<Vec<CallRecord>>>;
 
-fn service() -> Service<Counting> {
+fn service() -> Service {
     Service {
         tokens: Arc::default(),
         model: "the-model".into(),
     }
 }
 
-fn grant(s: &Service<Counting>, id: &str, max_steps: u32) -> (Grant<Counting>, Records) {
+fn grant(s: &Service, id: &str, max_steps: u32) -> (Grant, Records) {
     let records: Records = Arc::default();
     let r = records.clone();
-    let conv = Conversation::new(id.into(), 1, Counting, max_steps, move |c| {
+    let conv = Conversation::new(id.into(), 1, forwarder(Counting), max_steps, move |c| {
         r.lock().unwrap().push(c)
     });
     (s.tokens.grant(conv), records)

@@ -9,6 +9,7 @@ use thiserror::Error;
 
 use super::environment::check_environment;
 use super::schema::{Manifest, OnText, Provider};
+use super::external::check_external;
 use super::tools::check_tools;
 #[cfg(test)]
 use super::wording::MINIMUMS;
@@ -363,6 +364,7 @@ fn validate(m: &Manifest, text: &str) -> Vec<Problem> {
     check_workspace(m, &mut check);
     check_environment(m, &mut check);
     check_tools(m, &mut check);
+    check_external(m, &mut check);
     problems
 }
 

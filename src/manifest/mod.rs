@@ -6,6 +6,7 @@
 //! and the key.
 
 mod environment;
+mod external;
 mod load;
 mod schema;
 mod starter;

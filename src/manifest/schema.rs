@@ -240,6 +240,31 @@ pub struct AgentSpec {
     /// `finish`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tools: Option<Vec<String>>,
+    /// Whose agent runs each conversation: convoy's own, or the job's
+    /// (`command`, talking to the model through the gateway).
+    #[serde(default, skip_serializing_if = "AgentKind::is_builtin")]
+    pub kind: AgentKind,
+    /// The external agent's command, rendered per task (the row's fields
+    /// and `id`); it runs in the conversation's session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+}
+
+/// Whose agent runs the conversations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AgentKind {
+    /// convoy's agent: its tools, its loop.
+    #[default]
+    Builtin,
+    /// The job's own program (`agent.command`), through the gateway.
+    External,
+}
+
+impl AgentKind {
+    fn is_builtin(&self) -> bool {
+        *self == AgentKind::Builtin
+    }
 }
 
 /// What a reply with text and no tool call means.
@@ -279,6 +304,8 @@ impl Default for AgentSpec {
             on_text: OnText::default(),
             continue_prompt: Self::default_continue_prompt(),
             tools: None,
+            kind: AgentKind::Builtin,
+            command: None,
         }
     }
 }

@@ -31,6 +31,8 @@ pub struct Task {
     /// With `tasks.repeat > 1`: the row's id without `#k`, and k.
     pub group: Option<String>,
     pub sample: Option<u32>,
+    /// The external agent's command (`agent.kind = "external"`).
+    pub agent_command: Option<String>,
 }
 
 #[derive(Debug, Error)]
@@ -111,16 +113,16 @@ pub fn plan(job: &Job) -> Result<Vec<Task>, TaskError> {
     if let Some(s) = &m.tasks.id {
         add(&mut env, "id", s)?;
     }
-    let render = |name: &str, key: &str, row: &super::Row| -> Result<String, TaskError> {
+    if let Some(s) = &m.agent.command {
+        add(&mut env, "agent", s)?;
+    }
+    let render_with = |name: &str, key: &str, line: usize, vars: &Map<String, Value>| {
         let tpl = env.get_template(name).expect("template added above");
-        tpl.render(&row.vars).map_err(|e| {
-            TaskError::row(
-                &path,
-                row.line,
-                format!("{key}: {}", describe(&e, &tpl, &row.vars)),
-            )
+        tpl.render(vars).map_err(|e| {
+            TaskError::row(&path, line, format!("{key}: {}", describe(&e, &tpl, vars)))
         })
     };
+    let render = |name: &str, key: &str, row: &super::Row| render_with(name, key, row.line, &row.vars);
 
     let envs = EnvTemplates::new(job, &path)?;
     let repeat = m.tasks.repeat as usize;
@@ -161,6 +163,15 @@ pub fn plan(job: &Job) -> Result<Vec<Task>, TaskError> {
                 Some(e) => e.render(&id, row)?,
                 None => (None, None),
             };
+            // As the environment's templates: the row's fields and `id`.
+            let agent_command = match &m.agent.command {
+                Some(_) => {
+                    let mut vars = row.vars.clone();
+                    vars.insert("id".into(), Value::String(id.clone()));
+                    Some(render_with("agent", "agent.command", row.line, &vars)?)
+                }
+                None => None,
+            };
             tasks.push(Task {
                 index: tasks.len(),
                 id,
@@ -172,6 +183,7 @@ pub fn plan(job: &Job) -> Result<Vec<Task>, TaskError> {
                 verify,
                 group,
                 sample,
+                agent_command,
             });
         }
     }
