@@ -351,7 +351,9 @@ fn classify(e: &Attempt) -> (Status, bool) {
         Attempt::Setup(e) => (Status::SetupFailed, e.retry),
         Attempt::Agent(AgentError::MaxSteps(_)) => (Status::MaxSteps, false),
         Attempt::Agent(AgentError::Truncated) => (Status::Failed, false),
-        Attempt::Agent(AgentError::Llm(LlmError::ContextLimit(_))) => (Status::ContextLimit, false),
+        Attempt::Agent(AgentError::Llm(LlmError::ContextLimit { .. })) => {
+            (Status::ContextLimit, false)
+        }
         Attempt::Agent(AgentError::Llm(LlmError::Rejected { .. })) => (Status::Failed, false),
         Attempt::Agent(AgentError::Llm(LlmError::Deterministic { .. })) => (Status::Failed, false),
         Attempt::Agent(_) => (Status::Failed, true),

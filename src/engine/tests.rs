@@ -53,7 +53,11 @@ async fn a_transient_failure_is_retried_and_a_context_limit_is_not() {
     let seen = calls.clone();
     let Job { engine, mut rx, .. } = job(cfg, RecordingShell::output(""), move |t| {
         if t.id == "t-1" {
-            return vec![Err(LlmError::ContextLimit("too long".into()))];
+            return vec![Err(LlmError::ContextLimit {
+                status: 400,
+                message: "too long".into(),
+                body: String::new(),
+            })];
         }
         // t-0: the first attempt's request fails for good, the second works.
         if seen.fetch_add(1, Ordering::SeqCst) == 0 {

@@ -15,7 +15,7 @@ use std::time::Duration;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use serde_json::Value;
 
-use super::types::{ChatReply, LlmError, Usage};
+use super::types::{ChatReply, Forwarded, LlmError, Usage};
 
 const BACKOFF_BASE: Duration = Duration::from_millis(500);
 const BACKOFF_CAP: Duration = Duration::from_secs(60);
@@ -42,7 +42,7 @@ impl Reason {
 
 /// The outcome of one attempt.
 pub(super) enum Attempt {
-    Done(ChatReply),
+    Done(Forwarded),
     Retry {
         reason: Reason,
         detail: String,
@@ -154,9 +154,10 @@ pub(super) fn is_context_limit(message: &str) -> bool {
     .any(|p| m.contains(p))
 }
 
-/// The first choice's message. A reply without one (empty `choices`, a
-/// proxy's HTML page) is retried: endpoints send those under load.
-pub(super) fn parse_reply(text: &str) -> Result<ChatReply, String> {
+/// The reply, and its first choice's message. A reply without one (empty
+/// `choices`, a proxy's HTML page) is retried: endpoints send those under
+/// load.
+pub(super) fn parse_reply(text: &str) -> Result<Forwarded, String> {
     let v: Value = serde_json::from_str(text).map_err(|e| format!("not JSON ({e})"))?;
     let choice = v
         .get("choices")
@@ -168,14 +169,15 @@ pub(super) fn parse_reply(text: &str) -> Result<ChatReply, String> {
         .filter(|m| m.is_object())
         .cloned()
         .ok_or("the choice has no message")?;
-    Ok(ChatReply {
+    let reply = ChatReply {
         message,
         finish_reason: choice
             .get("finish_reason")
             .and_then(Value::as_str)
             .map(str::to_string),
         usage: Usage::from_json(v.get("usage")),
-    })
+    };
+    Ok(Forwarded { response: v, reply })
 }
 
 #[cfg(test)]
@@ -209,7 +211,7 @@ mod tests {
         assert_eq!(parse_reply(r#"{"choices": []}"#).unwrap_err(), "no choices");
         assert!(parse_reply("<html>").is_err());
         let ok = parse_reply(r#"{"choices":[{"message":{"role":"assistant","content":null,"tool_calls":[]},"finish_reason":"length"}]}"#).unwrap();
-        assert_eq!(ok.finish_reason.as_deref(), Some("length"));
+        assert_eq!(ok.reply.finish_reason.as_deref(), Some("length"));
     }
 
     #[test]

@@ -6,11 +6,11 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::openai::OpenAiClient;
 use super::script::Script;
-use super::types::{ChatReply, LlmError, Usage};
+use super::types::{ChatReply, Forwarded, LlmError, Usage};
 
 /// The job's running totals, added to by every conversation's handle and
 /// read by budgets, the monitor and the summary.
@@ -75,5 +75,19 @@ impl ModelHandle {
         };
         self.totals.record(&reply.usage);
         Ok(reply)
+    }
+
+    /// The model's reply to a request an external agent wrote itself (the
+    /// model gateway), sent as `forward` says, with everything `complete`
+    /// has: retries, limits, the outage gate, the job's totals. The script
+    /// provider plays the row's next turn, as for `complete`.
+    pub async fn forward(&self, request: Map<String, Value>) -> Result<Forwarded, LlmError> {
+        let forwarded = match &self.source {
+            Source::Endpoint(c) => c.forward(request).await?,
+            Source::Script(Ok(script)) => script.forward(&request),
+            Source::Script(Err(e)) => return Err(LlmError::Config(e.clone())),
+        };
+        self.totals.record(&forwarded.reply.usage);
+        Ok(forwarded)
     }
 }

@@ -8,6 +8,7 @@
 mod bucket;
 mod client;
 mod failure;
+mod forward;
 mod handle;
 mod health;
 mod limiter;
@@ -22,4 +23,4 @@ pub use handle::ModelHandle;
 pub use limiter::LimiterStats;
 pub use openai::OpenAiClient;
 pub use request::{call_id, TOOL_CHOICE_OMIT};
-pub use types::{ChatReply, LlmError, Usage};
+pub use types::{ChatReply, Forwarded, LlmError, Usage};

@@ -7,7 +7,9 @@
 //! context-length 400 ends the task as `context_limit`; any other 4xx fails
 //! the task with the endpoint's message. Before each attempt a request
 //! passes, in order: the outage gate (`health`), the rate buckets, the
-//! adaptive in-flight limit. The body is built in `request`.
+//! adaptive in-flight limit. The body is built in `request`, or for a
+//! request an external agent wrote, in `forward`; both go through the same
+//! attempts (`send`).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -23,11 +25,12 @@ use super::failure::{
     backoff, error_message, first_line, is_context_limit, may_be_deterministic, parse_reply,
     retry_after, transport_failure, Attempt, Reason,
 };
+use super::forward::ForwardRules;
 use super::health::Health;
 use super::limiter::{Limiter, LimiterStats};
 use super::preflight;
 use super::request::{self, Body, Outgoing};
-use super::types::{ChatReply, LlmError};
+use super::types::{ChatReply, Forwarded, LlmError};
 use crate::manifest::LlmSpec;
 
 /// An API key. Its `Debug` never shows it.
@@ -81,6 +84,8 @@ pub struct OpenAiClient {
     max_retries: u32,
     /// Sampling and extra fields, merged into every request body.
     options: Map<String, Value>,
+    /// What the manifest changes in an external agent's request.
+    forward: ForwardRules,
     send_reasoning: bool,
     limiter: Limiter,
     health: Arc<Health>,
@@ -147,6 +152,7 @@ impl OpenAiClient {
             key_env: spec.api_key_env.clone(),
             max_retries: spec.max_retries,
             options: request::options(spec),
+            forward: ForwardRules::new(spec),
             send_reasoning: spec.send_reasoning_content,
             limiter: Limiter::new(spec.max_in_flight as usize),
             health: Arc::new(Health::new(base, spec.outage_after, spec.outage_timeout)),
@@ -243,6 +249,19 @@ impl OpenAiClient {
             tools,
             options: &self.options,
         };
+        Ok(self.send(&body).await?.reply)
+    }
+
+    /// Sends a request an external agent wrote, as `forward` changes it,
+    /// with the same retries, limits and gates as `complete`.
+    pub async fn forward(&self, request: Map<String, Value>) -> Result<Forwarded, LlmError> {
+        self.send(&self.forward.body(request)).await
+    }
+
+    /// Sends `body` until the endpoint gives a usable reply or a reason to
+    /// stop. An error the endpoint answered carries its status and body
+    /// (`LlmError::upstream`).
+    async fn send(&self, body: &impl serde::Serialize) -> Result<Forwarded, LlmError> {
         // `retries` counts every resend (reported in usage.retries);
         // `spent` only those charged to llm.max_retries: waiting out an
         // outage is not.
@@ -260,7 +279,7 @@ impl OpenAiClient {
             }
             let outcome = {
                 let permit = self.limiter.acquire().await;
-                let outcome = self.send_once(&body).await;
+                let outcome = self.send_once(body).await;
                 match &outcome {
                     Attempt::Done(_) => permit.success(),
                     Attempt::Retry {
@@ -272,12 +291,12 @@ impl OpenAiClient {
                 outcome
             };
             let (reason, detail, after, error_body) = match outcome {
-                Attempt::Done(mut reply) => {
-                    reply.usage.retries = retries as u64;
+                Attempt::Done(mut done) => {
+                    done.reply.usage.retries = retries as u64;
                     if let Some(b) = &self.tokens_bucket {
-                        b.charge(reply.usage.total_tokens as f64);
+                        b.charge(done.reply.usage.total_tokens as f64);
                     }
-                    return Ok(reply);
+                    return Ok(done);
                 }
                 Attempt::Fail(e) => return Err(e),
                 Attempt::Retry {
@@ -296,6 +315,7 @@ impl OpenAiClient {
                 return Err(LlmError::Deterministic {
                     status: *status,
                     message: first_line(&error_message(text)),
+                    body: text.clone(),
                 });
             }
             previous = this;
@@ -326,7 +346,7 @@ impl OpenAiClient {
         }
     }
 
-    async fn send_once(&self, body: &Body<'_>) -> Attempt {
+    async fn send_once(&self, body: &impl serde::Serialize) -> Attempt {
         let mut req = self.http().post(&self.url).json(body);
         if let Some(Secret(k)) = &self.key {
             req = req.bearer_auth(k);
@@ -358,6 +378,7 @@ impl OpenAiClient {
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Attempt::Fail(LlmError::Auth {
                 status: status.as_u16(),
                 message,
+                body: text,
             }),
             s if s == StatusCode::TOO_MANY_REQUESTS
                 || s == StatusCode::REQUEST_TIMEOUT
@@ -371,11 +392,16 @@ impl OpenAiClient {
                 }
             }
             StatusCode::BAD_REQUEST if is_context_limit(&message) => {
-                Attempt::Fail(LlmError::ContextLimit(message))
+                Attempt::Fail(LlmError::ContextLimit {
+                    status: status.as_u16(),
+                    message,
+                    body: text,
+                })
             }
             s => Attempt::Fail(LlmError::Rejected {
                 status: s.as_u16(),
                 message,
+                body: text,
             }),
         }
     }

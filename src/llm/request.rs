@@ -36,16 +36,12 @@ pub(super) struct Body<'a> {
 /// `tool_choice` defaults to `"auto"`: some servers (llama-cpp-python)
 /// ignore the tools without it, and for the others it is the default.
 pub(super) fn options(spec: &LlmSpec) -> Map<String, Value> {
-    let mut options = Map::new();
+    let mut options = sampling(spec);
     let mut set = |k: &str, v: Option<Value>| {
         if let Some(v) = v {
             options.insert(k.to_string(), v);
         }
     };
-    set("temperature", spec.temperature.map(|v| json!(v)));
-    set("top_p", spec.top_p.map(|v| json!(v)));
-    set("max_tokens", spec.max_tokens.map(|v| json!(v)));
-    set("seed", spec.seed.map(|v| json!(v)));
     set(
         "tool_choice",
         match &spec.tool_choice {
@@ -62,6 +58,20 @@ pub(super) fn options(spec: &LlmSpec) -> Map<String, Value> {
         options.insert(k.clone(), v.clone());
     }
     options
+}
+
+/// The sampling options the manifest sets: `temperature`, `top_p`,
+/// `max_tokens`, `seed`.
+pub(super) fn sampling(spec: &LlmSpec) -> Map<String, Value> {
+    [
+        ("temperature", spec.temperature.map(|v| json!(v))),
+        ("top_p", spec.top_p.map(|v| json!(v))),
+        ("max_tokens", spec.max_tokens.map(|v| json!(v))),
+        ("seed", spec.seed.map(|v| json!(v))),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| Some((k.to_string(), v?)))
+    .collect()
 }
 
 /// The messages as sent: assistant messages canonical, the rest as built.

@@ -6,7 +6,7 @@
 
 use serde_json::{json, Map, Value};
 
-use super::types::{ChatReply, Usage};
+use super::types::{ChatReply, Forwarded, Usage};
 
 /// What one row asks the provider to play: read once, when a
 /// conversation's model handle is built, so the check before the job and
@@ -67,6 +67,32 @@ impl Script {
     }
 }
 
+impl Script {
+    /// The reply to an external agent's request, as an endpoint would send
+    /// it: the next turn for the request's `messages`, whatever tools the
+    /// agent offers (a smoke job's agent offers `bash` and `finish`).
+    pub fn forward(&self, request: &Map<String, Value>) -> Forwarded {
+        let messages = request
+            .get("messages")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let reply = self.reply(messages);
+        let response = json!({
+            "id": "chatcmpl-script",
+            "object": "chat.completion",
+            "model": "script",
+            "choices": [{
+                "index": 0,
+                "message": reply.message,
+                "finish_reason": reply.finish_reason,
+            }],
+            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+        });
+        Forwarded { response, reply }
+    }
+}
+
 /// Checks a row has what the script provider plays.
 pub fn check_row(vars: &Map<String, Value>) -> Result<(), String> {
     Script::from_row(vars).map(drop)
@@ -100,6 +126,34 @@ mod tests {
         assert_eq!(
             msgs[3]["tool_calls"][0]["function"]["arguments"],
             r#"{"message":"ok"}"#
+        );
+    }
+
+    #[test]
+    fn a_forwarded_request_gets_the_next_turn_as_an_endpoint_reply() {
+        let script = Script::from_row(&row(json!({"commands": ["ls"], "answer": "ok"})))
+            .expect("a valid row");
+        let first = script.forward(&row(
+            json!({"messages": [{"role": "user", "content": "go"}]}),
+        ));
+        assert_eq!(first.response["choices"][0]["message"], first.reply.message);
+        assert_eq!(
+            first.response["choices"][0]["message"]["tool_calls"][0]["function"]["name"],
+            "bash"
+        );
+        assert_eq!(first.response["choices"][0]["finish_reason"], "tool_calls");
+        let later = script.forward(&row(json!({"messages": [
+            {"role": "user", "content": "go"}, first.reply.message,
+            {"role": "tool", "tool_call_id": "call_0", "content": "a"},
+        ]})));
+        assert_eq!(
+            later.reply.message["tool_calls"][0]["function"]["name"],
+            "finish"
+        );
+        // A request without messages is the first turn, not a panic.
+        assert_eq!(
+            script.forward(&Map::new()).reply.message,
+            first.reply.message
         );
     }
 

@@ -50,6 +50,15 @@ impl Usage {
     }
 }
 
+/// The answer to a request an external agent wrote itself
+/// (`ModelHandle::forward`): the endpoint's JSON reply as received, for the
+/// agent, and the same reply parsed, for usage and the trajectory.
+#[derive(Debug, Clone)]
+pub struct Forwarded {
+    pub response: Value,
+    pub reply: ChatReply,
+}
+
 /// One model reply: the assistant message exactly as received.
 #[derive(Debug, Clone)]
 pub struct ChatReply {
@@ -63,16 +72,32 @@ pub enum LlmError {
     /// The endpoint rejected our credentials: no task can succeed, so the
     /// job stops (exit 4).
     #[error("the LLM endpoint rejected the credentials (HTTP {status}): {message}")]
-    Auth { status: u16, message: String },
+    Auth {
+        status: u16,
+        message: String,
+        body: String,
+    },
     /// The conversation no longer fits the model's context.
-    #[error("context limit: {0}")]
-    ContextLimit(String),
+    #[error("context limit: {message}")]
+    ContextLimit {
+        status: u16,
+        message: String,
+        body: String,
+    },
     #[error("the LLM endpoint refused the request (HTTP {status}): {message}")]
-    Rejected { status: u16, message: String },
+    Rejected {
+        status: u16,
+        message: String,
+        body: String,
+    },
     /// A 5xx that came back with the same body for the same request: the
     /// server fails on this input, and more attempts would too.
     #[error("the LLM endpoint answered HTTP {status} twice with the same error, so it is not retried: {message}")]
-    Deterministic { status: u16, message: String },
+    Deterministic {
+        status: u16,
+        message: String,
+        body: String,
+    },
     /// The check before the job found the endpoint unusable; the message
     /// says what to check.
     #[error("{0}")]
@@ -90,5 +115,21 @@ impl LlmError {
     /// Errors after which no other task can succeed either.
     pub fn is_fatal(&self) -> bool {
         matches!(self, LlmError::Auth { .. } | LlmError::Outage(_))
+    }
+
+    /// The HTTP status and the raw body of an error the endpoint itself
+    /// answered and convoy did not retry (credentials, context limit, any
+    /// other 4xx, a deterministic 5xx): what the model gateway hands back
+    /// to an external agent as is, so its client reads the endpoint's own
+    /// `error.code`. `None` for errors without such an answer (retries
+    /// used up, outage, configuration).
+    pub fn upstream(&self) -> Option<(u16, &str)> {
+        match self {
+            LlmError::Auth { status, body, .. }
+            | LlmError::ContextLimit { status, body, .. }
+            | LlmError::Rejected { status, body, .. }
+            | LlmError::Deterministic { status, body, .. } => Some((*status, body)),
+            _ => None,
+        }
     }
 }

@@ -35,7 +35,8 @@
 //! A user message that is not such JSON gets `"bash" {"command": <text>}`
 //! once, then `finish` with "done": the "instant LLM" used by benchmarks.
 //!
-//! Every request is recorded (headers, body, time) for assertions.
+//! Every request is recorded (headers, body as parsed and as sent, time)
+//! for assertions; a body that is not JSON gets HTTP 400.
 
 #![allow(dead_code)]
 
@@ -58,6 +59,8 @@ pub struct Recorded {
     pub authorization: Option<String>,
     pub headers: HeaderMap,
     pub body: Value,
+    /// The body exactly as it came over the wire.
+    pub raw: Bytes,
     /// The HTTP status answered (0: the connection was broken).
     pub status: u16,
 }
@@ -222,11 +225,10 @@ fn broken_reply() -> Response {
     Response::new(Body::from_stream(futures::stream::iter(chunks)))
 }
 
-async fn complete(
-    State(shared): State<Shared>,
-    headers: HeaderMap,
-    Json(body): Json<Value>,
-) -> Response {
+async fn complete(State(shared): State<Shared>, headers: HeaderMap, raw: Bytes) -> Response {
+    let Ok(body) = serde_json::from_slice::<Value>(&raw) else {
+        return error_reply(400, "the body is not JSON");
+    };
     let (status, response) = match key_refused(&shared, &headers) {
         Some(refused) => (401, refused),
         None => answer(&shared, &body).await,
@@ -239,6 +241,7 @@ async fn complete(
             .map(str::to_string),
         headers,
         body,
+        raw,
         status,
     });
     response
