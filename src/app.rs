@@ -253,13 +253,28 @@ async fn run(args: RunArgs) -> Result<Exit, Failure> {
             .await
             .map_err(workspace_failure)?,
     );
+    let mut config = plan.engine_config(true);
+    // External agents' model calls: served while the engine runs.
+    let gateway = match serve_gateway(&plan, &workspace).await {
+        Ok(Some((server, access))) => {
+            config.gateway = Some(access);
+            Some(server)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            if let Some(ws) = Arc::into_inner(workspace) {
+                ws.shutdown().await;
+            }
+            return Err(workspace_failure(e));
+        }
+    };
     // From here on every path reaches the workspace shutdown below.
     let clock = Instant::now();
     let warmup = 100.max(2 * plan.workers() as u64);
     let probe = MonitorProbe::new(Monitor::new(warmup, clock), workspace.clone(), llm.clone());
     let (tx, rx) = mpsc::unbounded_channel();
     let engine = Engine::new(
-        plan.engine_config(true),
+        config,
         workspace.clone(),
         llm,
         probe,
@@ -289,6 +304,7 @@ async fn run(args: RunArgs) -> Result<Exit, Failure> {
     let started = plan.started(&plan.out);
     let exit = engine.run(started, plan.tasks).await;
     drop(ctl);
+    drop(gateway);
     match Arc::into_inner(workspace) {
         Some(ws) => ws.shutdown().await,
         None => {
@@ -386,4 +402,38 @@ fn workspace_failure(e: WorkspaceError) -> Failure {
         WorkspaceError::MissingImage(_) => Failure::invalid(e),
         other => Failure::infra(other),
     }
+}
+
+/// The model gateway for a job of external agents (`agent.kind =
+/// "external"`): its server (serving while it lives) and the engine's
+/// access to it; nothing for convoy's own agent.
+async fn serve_gateway(
+    plan: &RunPlan,
+    workspace: &Workspace,
+) -> Result<
+    Option<(
+        crate::workspace::gateway::GatewayServer,
+        crate::engine::GatewayAccess,
+    )>,
+    crate::workspace::WorkspaceError,
+> {
+    let m = &plan.job.manifest;
+    if m.agent.kind != crate::manifest::AgentKind::External {
+        return Ok(None);
+    }
+    let tokens = Arc::new(crate::gateway::Tokens::default());
+    let service = crate::gateway::Service {
+        tokens: tokens.clone(),
+        model: m.llm.model.clone().unwrap_or_else(|| "script".into()),
+    };
+    let server = workspace.serve_gateway(Arc::new(service)).await?;
+    tracing::info!(
+        "the model gateway serves the workspace on its port {}",
+        server.port
+    );
+    let access = crate::engine::GatewayAccess {
+        tokens,
+        port: server.port,
+    };
+    Ok(Some((server, access)))
 }

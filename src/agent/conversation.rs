@@ -15,6 +15,10 @@ pub struct Conversation {
     /// Model replies so far.
     pub steps: u32,
     pub usage: Usage,
+    /// An external agent's: the tools of its last request (the
+    /// trajectory's, in place of the job's), and its own output.
+    pub tools: Option<Value>,
+    pub agent_output: Option<String>,
 }
 
 /// What a model reply asks for.
@@ -38,6 +42,8 @@ impl Conversation {
             messages,
             steps: 0,
             usage: Usage::default(),
+            tools: None,
+            agent_output: None,
         }
     }
 

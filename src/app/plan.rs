@@ -145,6 +145,8 @@ impl RunPlan {
             budget: Budget::new(&m.llm),
             fail_on_leak: m.monitor.on_leak == OnLeak::Fail,
             hard_exit,
+            // Set once the workspace serves it (external agents).
+            gateway: None,
         }
     }
 

@@ -162,6 +162,7 @@ async fn attempts<W: Sessions, M: Models>(
                 // is not recorded and a rerun does it.
                 let fatal = match &e {
                     Attempt::Agent(AgentError::Llm(l)) if l.is_fatal() => Some(l.to_string()),
+                    Attempt::Fatal(why) => Some(why.clone()),
                     Attempt::Agent(AgentError::Workspace(w @ WorkspaceError::Lost(_))) => {
                         Some(w.to_string())
                     }
@@ -274,11 +275,13 @@ async fn attempts<W: Sessions, M: Models>(
             phases,
             group: task.group.clone(),
             sample: task.sample,
+            agent_output: conv.agent_output.take(),
         };
         cfg.budget.on_task_end(conv.usage.total_tokens);
         emit.emit(EventKind::TaskFinished(Box::new(Finished {
             record,
             messages: conv.messages,
+            tools: conv.tools,
         })));
         return;
     }
@@ -335,13 +338,19 @@ fn infra_outcome<W, M>(
 
 /// Why an attempt did not end with an answer.
 #[derive(Debug, thiserror::Error)]
-enum Attempt {
+pub(super) enum Attempt {
     #[error(transparent)]
     Agent(#[from] AgentError),
     #[error("the task deadline ({}) passed", humantime::format_duration(*.0))]
     Deadline(Duration),
     #[error(transparent)]
     Setup(#[from] SetupError),
+    /// An external agent failed (its exit status, its files).
+    #[error("{0}")]
+    External(String),
+    /// The job cannot go on (an external agent's call found out).
+    #[error("{0}")]
+    Fatal(String),
 }
 
 /// The status an error gives a task, and whether another attempt may help.
@@ -349,6 +358,7 @@ fn classify(e: &Attempt) -> (Status, bool) {
     match e {
         Attempt::Deadline(_) => (Status::Timeout, false),
         Attempt::Setup(e) => (Status::SetupFailed, e.retry),
+        Attempt::External(_) | Attempt::Fatal(_) => (Status::Failed, false),
         Attempt::Agent(AgentError::MaxSteps(_)) => (Status::MaxSteps, false),
         Attempt::Agent(AgentError::Truncated) => (Status::Failed, false),
         Attempt::Agent(AgentError::Llm(LlmError::ContextLimit { .. })) => {
@@ -403,19 +413,26 @@ async fn run_attempt<W: Sessions, M: Models>(
         if session.is_none() {
             let opened = shared.ws.open_session(place).await;
             session = Some(TrackedShell::new(
-                opened.map_err(AgentError::from)?,
+                opened.map_err(|e| Attempt::Agent(AgentError::from(e)))?,
                 activity.clone(),
             ));
         }
         let s = session.as_ref().expect("opened above");
-        drive(conv, &model, s, &cfg.tools, &cfg.limits, on_turn).await
+        match &task.agent_command {
+            Some(command) => {
+                super::external::run(task, attempt, command, shared, s, conv, activity).await
+            }
+            None => drive(conv, &model, s, &cfg.tools, &cfg.limits, on_turn)
+                .await
+                .map_err(Attempt::Agent),
+        }
     })
     .await;
     phases.agent_s = clock.elapsed().as_secs_f64();
     close(shared, task, session).await;
     match driven {
         Err(_) => Err(Attempt::Deadline(cfg.task_timeout)),
-        Ok(r) => r.map_err(Attempt::Agent),
+        Ok(r) => r,
     }
 }
 

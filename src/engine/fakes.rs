@@ -114,8 +114,34 @@ impl Model for Handle {
     }
 }
 
+/// A forwarded request is the scripted model's next reply, as an
+/// endpoint's `chat.completion`.
+impl crate::gateway::Forward for Handle {
+    async fn forward(
+        &self,
+        body: Map<String, Value>,
+    ) -> Result<crate::gateway::Forwarded, crate::gateway::ForwardError> {
+        let messages = body
+            .get("messages")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let tools = body.get("tools").cloned().unwrap_or(Value::Null);
+        let reply = self.0.complete(&messages, &tools).await?;
+        Ok(crate::gateway::Forwarded {
+            response: serde_json::json!({"object": "chat.completion", "choices": [
+                {"index": 0, "message": reply.message, "finish_reason": reply.finish_reason}]}),
+            usage: reply.usage,
+        })
+    }
+}
+
 impl Models for FakeModels {
     type Handle = Handle;
+
+    fn forwarder(&self, task: &Task) -> crate::gateway::Forwarder {
+        crate::gateway::forwarder(self.for_task(task))
+    }
 
     fn for_task(&self, task: &Task) -> Handle {
         let model = Arc::new(ScriptedModel::from_results((self.play)(task)));
@@ -226,6 +252,7 @@ pub(super) fn config(workers: usize) -> Config {
         budget: Budget::unlimited(),
         fail_on_leak: false,
         hard_exit: false,
+        gateway: None,
     }
 }
 

@@ -16,6 +16,7 @@
 mod attempt;
 mod budget;
 mod control;
+mod external;
 #[cfg(test)]
 mod fakes;
 mod infra;
@@ -33,6 +34,7 @@ mod track;
 pub(crate) use attempt::panic_message;
 pub use budget::Budget;
 pub use control::{forward_signals, Command, EngineHandle, StatusReport, Steering, Waiting};
+pub use external::GatewayAccess;
 pub use ports::{Models, Probe, Sampled, Sessions};
 pub use real::MonitorProbe;
 pub use run::{exit_code, Engine};

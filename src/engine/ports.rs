@@ -67,6 +67,9 @@ pub trait Models: Send + Sync + 'static {
     /// The handle a conversation of `task` talks through.
     fn for_task(&self, task: &Task) -> Self::Handle;
 
+    /// The way upstream of an external agent's conversation of `task`.
+    fn forwarder(&self, task: &Task) -> crate::gateway::Forwarder;
+
     /// Returns once the endpoint is up (at once when it is); an error when
     /// it stayed down past the outage timeout.
     fn wait_up(&self) -> impl Future<Output = Result<(), LlmError>> + Send;

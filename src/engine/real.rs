@@ -58,6 +58,10 @@ impl Models for Llm {
         Llm::for_task(self, &task.vars)
     }
 
+    fn forwarder(&self, task: &Task) -> crate::gateway::Forwarder {
+        crate::gateway::forwarder(Llm::for_task(self, &task.vars))
+    }
+
     async fn wait_up(&self) -> Result<(), LlmError> {
         Llm::wait_up(self).await
     }

@@ -39,6 +39,8 @@ pub struct Config {
     /// After a cancel by signal, exit the process if shutdown takes longer
     /// than `control::SHUTDOWN_BOUND` (real runs; never in unit tests).
     pub hard_exit: bool,
+    /// The model gateway, for external agents.
+    pub gateway: Option<super::external::GatewayAccess>,
 }
 
 /// Sends events in order, counting them into the engine's statistics

@@ -82,6 +82,10 @@ pub struct Finished {
     /// in the `--events` stream, which stays small).
     #[serde(skip)]
     pub messages: Vec<Value>,
+    /// The tools of the trajectory when they are not the job's (an
+    /// external agent's last request's).
+    #[serde(skip)]
+    pub tools: Option<Value>,
 }
 
 /// A monitor sample: the `metrics.csv` row, and the retry counts so far
@@ -139,6 +143,16 @@ pub enum EventKind {
         step: u32,
         #[serde(skip)]
         messages: Vec<Value>,
+    },
+    /// An external agent's model call was answered (`calls.jsonl` keeps
+    /// the record).
+    CallDone {
+        id: String,
+        attempt: u32,
+        seq: u32,
+        status: u16,
+        #[serde(skip)]
+        record: Box<crate::gateway::CallRecord>,
     },
     /// An attempt ended without an answer; `retry` says whether the task
     /// runs again.

@@ -83,6 +83,10 @@ pub struct TaskRecord {
     pub group: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sample: Option<u32>,
+    /// An external agent's own output (stdout and stderr), its last 2,000
+    /// characters; never in the trajectory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_output: Option<String>,
 }
 
 /// The verification of a task (`[verify]`). A line written before

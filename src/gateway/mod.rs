@@ -46,7 +46,9 @@ pub trait Forward: Send + Sync + 'static {
 /// A conversation's way upstream, as the gateway holds it (any
 /// [`Forward`], boxed: see [`forwarder`]).
 pub type Forwarder = Arc<
-    dyn Fn(Map<String, Value>) -> futures::future::BoxFuture<'static, Result<Forwarded, ForwardError>>
+    dyn Fn(
+            Map<String, Value>,
+        ) -> futures::future::BoxFuture<'static, Result<Forwarded, ForwardError>>
         + Send
         + Sync,
 >;
@@ -68,13 +70,45 @@ pub struct Forwarded {
     pub usage: Usage,
 }
 
-/// Why a call got no reply.
+/// Why a call got no reply: what the agent is answered, and whether the
+/// job cannot go on (the endpoint refused convoy's credentials, or stayed
+/// down past `llm.outage_timeout`).
 #[derive(Debug, Clone)]
-pub enum ForwardError {
-    /// The endpoint refused the request (told to the agent as is).
-    Refused { status: u16, message: String },
-    /// No answer within convoy's retries, or the endpoint is down.
-    Unavailable(String),
+pub struct ForwardError {
+    pub status: u16,
+    /// The endpoint's own error body when it answered one (so the agent's
+    /// client reads its `error.code`), else convoy's.
+    pub body: Value,
+    pub fatal: Option<String>,
+}
+
+impl From<crate::llm::LlmError> for ForwardError {
+    fn from(e: crate::llm::LlmError) -> ForwardError {
+        let fatal = e.is_fatal().then(|| e.to_string());
+        let (status, body) = match e.upstream() {
+            Some((status, raw)) => (
+                status,
+                serde_json::from_str(raw).unwrap_or_else(|_| error_body(raw, "upstream_error")),
+            ),
+            // Retries used up, or the endpoint is down.
+            None => (503, error_body(&e.to_string(), "upstream_unavailable")),
+        };
+        ForwardError {
+            status,
+            body,
+            fatal,
+        }
+    }
+}
+
+impl Forward for crate::llm::ModelHandle {
+    async fn forward(&self, body: Map<String, Value>) -> Result<Forwarded, ForwardError> {
+        let f = crate::llm::ModelHandle::forward(self, body).await?;
+        Ok(Forwarded {
+            response: f.response,
+            usage: f.reply.usage,
+        })
+    }
 }
 
 /// One call as `calls.jsonl` keeps it.
@@ -115,6 +149,7 @@ struct State {
     usage: Usage,
     over_max_steps: bool,
     last_tools: Option<Value>,
+    fatal: Option<String>,
 }
 
 /// What a conversation's calls came to, once it ended.
@@ -128,6 +163,8 @@ pub struct Summary {
     pub messages: Vec<Value>,
     /// The last request's `tools`.
     pub tools: Option<Value>,
+    /// Why the job cannot go on, if a call found out.
+    pub fatal: Option<String>,
 }
 
 impl Conversation {
@@ -156,6 +193,7 @@ impl Conversation {
             over_max_steps: s.over_max_steps,
             messages: s.chain.messages().to_vec(),
             tools: s.last_tools.clone(),
+            fatal: s.fatal.clone(),
         }
     }
 }
@@ -223,11 +261,12 @@ pub struct Service {
     pub model: String,
 }
 
+fn error_body(message: &str, code: &str) -> Value {
+    json!({"error": {"message": message, "type": "invalid_request_error", "code": code}})
+}
+
 fn error(status: u16, message: &str, code: &str) -> GatewayReply {
-    GatewayReply::json(
-        status,
-        &json!({"error": {"message": message, "type": "invalid_request_error", "code": code}}),
-    )
+    GatewayReply::json(status, &error_body(message, code))
 }
 
 impl GatewayHandler for Service {
@@ -312,25 +351,16 @@ async fn complete(conv: &Conversation, body: Map<String, Value>) -> GatewayReply
             };
             (reply, 200, f.response, f.usage, Some(added))
         }
-        Err(ForwardError::Refused { status, message }) => {
-            let reply = error(status, &message, "upstream_refused");
-            (
-                reply,
-                status,
-                json!({"error": message}),
-                Usage::default(),
-                None,
-            )
-        }
-        Err(ForwardError::Unavailable(message)) => {
-            let reply = error(503, &message, "upstream_unavailable");
-            (
-                reply,
-                503,
-                json!({"error": message}),
-                Usage::default(),
-                None,
-            )
+        Err(e) => {
+            if let Some(why) = e.fatal {
+                conv.state
+                    .lock()
+                    .expect("state lock")
+                    .fatal
+                    .get_or_insert(why);
+            }
+            let reply = GatewayReply::json(e.status, &e.body);
+            (reply, e.status, e.body, Usage::default(), None)
         }
     };
     // A call that got no reply adds nothing: its messages come again with

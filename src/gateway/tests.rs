@@ -10,9 +10,10 @@ impl Forward for Counting {
     async fn forward(&self, body: Map<String, Value>) -> Result<Forwarded, ForwardError> {
         let messages = body["messages"].as_array().unwrap();
         if messages.last().unwrap()["content"] == "refuse" {
-            return Err(ForwardError::Refused {
+            return Err(ForwardError {
                 status: 400,
-                message: "context length exceeded".into(),
+                body: json!({"error": {"message": "context length exceeded", "code": "context_length_exceeded"}}),
+                fatal: None,
             });
         }
         Ok(Forwarded {
@@ -124,7 +125,10 @@ async fn calls_are_answered_and_recorded_as_what_they_add() {
         ))
         .await;
     assert_eq!(refused.status, 400);
-    assert!(refused.body.contains("context length exceeded"));
+    assert!(
+        refused.body.contains("context_length_exceeded"),
+        "the endpoint's own body"
+    );
     let r = records.lock().unwrap();
     assert_eq!(r.iter().map(|c| c.seq).collect::<Vec<_>>(), [1, 2, 3]);
     assert_eq!(r[0].messages_added.len(), 2, "the request and its reply");

@@ -49,6 +49,8 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> JournalError + '_ {
 const RESULTS: &str = "results.jsonl";
 const TRAJECTORIES: &str = "trajectories.jsonl";
 const TURNS: &str = "turns.jsonl";
+/// An external agent's model calls, as they happen (see `crate::gateway`).
+pub const CALLS: &str = "calls.jsonl";
 const LOCK: &str = "convoy.lock";
 const SUMMARIES: &str = "summaries.jsonl";
 /// The latest invocation: written when it starts, so `convoy report` can
@@ -73,6 +75,8 @@ pub struct Journal {
     results: BufWriter<File>,
     trajectories: BufWriter<File>,
     turns: BufWriter<File>,
+    /// Opened at the first call (a job of convoy's own agent has none).
+    calls: Option<BufWriter<File>>,
     tools: Value,
     /// Ids with a final record, from earlier runs and this one: their
     /// partial turns are superseded.
@@ -174,6 +178,7 @@ impl Journal {
             results: open(RESULTS)?,
             trajectories: open(TRAJECTORIES)?,
             turns: open(TURNS)?,
+            calls: None,
             tools,
             finals: previous.records.keys().cloned().collect(),
             _lock: lock,
@@ -204,6 +209,21 @@ impl Journal {
         write_line(&mut self.turns, &line).map_err(io(&self.dir.join(TURNS)))
     }
 
+    /// Appends an external agent's model call (not yet durable).
+    pub fn append_call(&mut self, call: &crate::gateway::CallRecord) -> Result<(), JournalError> {
+        let path = self.dir.join(CALLS);
+        if self.calls.is_none() {
+            let f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(io(&path))?;
+            self.calls = Some(BufWriter::with_capacity(256 * 1024, f));
+        }
+        let w = self.calls.as_mut().expect("opened above");
+        write_line(w, call).map_err(io(&path))
+    }
+
     /// Appends a finished task's result and trajectory (not yet durable).
     pub fn append(&mut self, f: &Finished) -> Result<(), JournalError> {
         let traj = TrajectoryLine {
@@ -211,7 +231,7 @@ impl Journal {
             attempt: f.record.attempt,
             status: f.record.status,
             messages: &f.messages,
-            tools: &self.tools,
+            tools: f.tools.as_ref().unwrap_or(&self.tools),
         };
         write_line(&mut self.trajectories, &traj).map_err(io(&self.dir.join(TRAJECTORIES)))?;
         write_line(&mut self.results, &f.record).map_err(io(&self.dir.join(RESULTS)))?;
@@ -222,6 +242,11 @@ impl Journal {
     /// Makes everything appended so far durable. Turns and trajectories go
     /// first, so a durable result always has its trajectory.
     pub fn sync(&mut self) -> Result<(), JournalError> {
+        if let Some(w) = &mut self.calls {
+            let p = self.dir.join(CALLS);
+            w.flush().map_err(io(&p))?;
+            w.get_ref().sync_data().map_err(io(&p))?;
+        }
         for (name, w) in [
             (TURNS, &mut self.turns),
             (TRAJECTORIES, &mut self.trajectories),
@@ -361,7 +386,7 @@ pub fn lock_holder(dir: &Path) -> Option<String> {
 
 /// Cuts the torn last lines a killed run left.
 fn repair(dir: &Path, previous: &mut Previous) -> Result<(), JournalError> {
-    for name in [RESULTS, TRAJECTORIES, TURNS, SUMMARIES] {
+    for name in [RESULTS, TRAJECTORIES, TURNS, CALLS, SUMMARIES] {
         let path = dir.join(name);
         let dropped = super::tail::repair_tail(&path).map_err(io(&path))?;
         if dropped > 0 {

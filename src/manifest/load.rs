@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 use super::environment::check_environment;
-use super::schema::{Manifest, OnText, Provider};
 use super::external::check_external;
+use super::schema::{Manifest, OnText, Provider};
 use super::tools::check_tools;
 #[cfg(test)]
 use super::wording::MINIMUMS;

@@ -38,6 +38,7 @@ impl Reporter for JournalReporter {
                 messages,
             } => self.journal.append_turn(id, *attempt, *step, messages)?,
             EventKind::TaskFinished(f) => self.journal.append(f)?,
+            EventKind::CallDone { record, .. } => self.journal.append_call(record)?,
             EventKind::RunFinished(o) => {
                 // Tried even after the journal failed: the summary says
                 // why the run stopped.

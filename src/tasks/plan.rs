@@ -122,7 +122,8 @@ pub fn plan(job: &Job) -> Result<Vec<Task>, TaskError> {
             TaskError::row(&path, line, format!("{key}: {}", describe(&e, &tpl, vars)))
         })
     };
-    let render = |name: &str, key: &str, row: &super::Row| render_with(name, key, row.line, &row.vars);
+    let render =
+        |name: &str, key: &str, row: &super::Row| render_with(name, key, row.line, &row.vars);
 
     let envs = EnvTemplates::new(job, &path)?;
     let repeat = m.tasks.repeat as usize;
