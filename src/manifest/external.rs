@@ -1,7 +1,7 @@
 //! The rules of `agent.kind = "external"`: the job's own agent, talking
 //! to the model through convoy's gateway (see `crate::gateway`).
 
-use super::schema::{AgentKind, ChannelKind, Manifest, Provider};
+use super::schema::{AgentKind, ChannelKind, Manifest};
 
 /// Reports through `check(ok, key, message)` each rule the agent's kind
 /// and command break.
@@ -37,10 +37,5 @@ pub(super) fn check_external(m: &Manifest, check: &mut impl FnMut(bool, &str, &s
         m.workspace.channel != ChannelKind::Exec,
         "workspace.channel",
         "an external agent needs the workspace helper (its model gateway); \"exec\" has none",
-    );
-    check(
-        m.llm.provider != Provider::Script,
-        "llm.provider",
-        "an external agent needs a model endpoint (provider \"openai\"); the script provider plays convoy's own agent only",
     );
 }
