@@ -229,3 +229,48 @@ async fn a_session_in_a_container_without_network_reaches_convoy_through_the_gat
     ws.finish().await;
     ws.shutdown().await;
 }
+
+/// A storm of 429s upstream is convoy's to weather: external agents (the
+/// example agent, which gives up on any HTTP error) see only replies, a
+/// little later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_agents_never_see_an_upstream_429_storm() {
+    use support::fake_llm::{FakeLlm, Storm};
+    let llm = FakeLlm::start().await;
+    llm.storm(Storm {
+        p429: 0.2,
+        p503: 0.0,
+        retry_after_s: Some(0),
+    });
+    let job = support::TestJob::new();
+    let agent = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/agent/run.py");
+    job.manifest(&support::http_manifest(
+        &llm,
+        "max_retries = 20",
+        &format!(
+            "[agent]\nkind = \"external\"\ncommand = \"python3 {}\"\n",
+            agent.display()
+        ),
+    ));
+    std::fs::create_dir_all(job.path("work")).unwrap();
+    let turns: Vec<Value> = (0..4)
+        .map(|i| json!({"content": null, "calls": [["bash", {"command": format!("echo {i}")}]]}))
+        .collect();
+    let rows: Vec<Value> = (0..20)
+        .map(|i| json!({"id": format!("s{i}"), "script": json!({"turns": turns}).to_string()}))
+        .collect();
+    job.tasks(&rows);
+    let out = job.run(&[("CONVOY_TEST_KEY", support::KEY)]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", support::stderr(&out));
+    let results = job.results();
+    assert_eq!(results.len(), 20);
+    for r in &results {
+        assert_eq!(r["status"], "ok", "{r}");
+        assert_eq!(r["steps"], 5, "{r}");
+    }
+    let throttled = llm.requests().iter().filter(|r| r.status == 429).count();
+    assert!(throttled >= 5, "the storm hit: {throttled} 429s");
+    let calls = std::fs::read_to_string(job.path("out/calls.jsonl")).unwrap();
+    assert_eq!(calls.lines().count(), 100);
+    assert!(calls.lines().all(|l| l.contains("\"status\":200")), "the agents saw only replies");
+}
