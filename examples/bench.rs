@@ -19,6 +19,8 @@
 mod environments;
 #[path = "../tests/support/fake_llm.rs"]
 mod fake_llm;
+#[path = "bench/gateway.rs"]
+mod gateway;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -360,6 +362,10 @@ async fn main() {
     let quick = arg == "--quick";
     if arg == "--overhead" {
         overhead(&llm).await;
+        return;
+    }
+    if let Some(how) = arg.strip_prefix("--gateway") {
+        gateway::table(&llm, how == "-quick").await;
         return;
     }
     if let Some(how) = arg.strip_prefix("--environments") {

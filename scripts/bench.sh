@@ -8,6 +8,8 @@
 #   scripts/bench.sh --overhead   the helper's per-call overhead, 5 runs per mode
 #   scripts/bench.sh --environments        task environments: files, verify, a 50 MB seed
 #   scripts/bench.sh --environments-quick  the same with 200 conversations at 64 workers
+#   scripts/bench.sh --gateway     model calls through the gateway (external agents), 64 and 512 at once
+#   scripts/bench.sh --gateway-quick       the same with 16 and 64
 # Needs Docker and the workspace image (scripts/build-workspace-image.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -272,5 +272,8 @@ async fn external_agents_never_see_an_upstream_429_storm() {
     assert!(throttled >= 5, "the storm hit: {throttled} 429s");
     let calls = std::fs::read_to_string(job.path("out/calls.jsonl")).unwrap();
     assert_eq!(calls.lines().count(), 100);
-    assert!(calls.lines().all(|l| l.contains("\"status\":200")), "the agents saw only replies");
+    assert!(
+        calls.lines().all(|l| l.contains("\"status\":200")),
+        "the agents saw only replies"
+    );
 }
