@@ -28,6 +28,10 @@ pub struct PlanSummary {
     /// The first task's rendered `[verify]`, when the job has one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_verify: Option<VerifyView>,
+    /// The first task's rendered external agent command
+    /// (`agent.kind = "external"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_agent_command: Option<String>,
     pub workspace: WorkspaceView,
     pub endpoint: EndpointView,
     /// The tools the model is offered, in order.
@@ -154,6 +158,7 @@ impl PlanSummary {
             }),
             first_environment: plan.first().and_then(|t| t.env.as_ref()).map(Into::into),
             first_verify: plan.first().and_then(|t| t.verify.as_ref()).map(Into::into),
+            first_agent_command: plan.first().and_then(|t| t.agent_command.clone()),
             workspace: WorkspaceView {
                 kind: spelled(&ws.kind),
                 image: docker.then(|| ws.image.clone()),
@@ -168,7 +173,11 @@ impl PlanSummary {
                 model: m.llm.model.clone().filter(|_| openai),
                 api_key_env: m.llm.api_key_env.clone().filter(|_| openai),
             },
-            tools: crate::manifest::offered_tools(m),
+            // An external agent brings its own.
+            tools: match m.agent.kind {
+                crate::manifest::AgentKind::External => Vec::new(),
+                crate::manifest::AgentKind::Builtin => crate::manifest::offered_tools(m),
+            },
             workers: m.run.workers,
             run_dir: run_dir.map(|d| d.display().to_string()),
         }
@@ -218,6 +227,10 @@ impl PlanSummary {
                 let _ = writeln!(s, "  {label:<10} {}", one_line_of(command));
             }
         }
+        if let Some(c) = &self.first_agent_command {
+            let _ = writeln!(s, "external agent of the first task (`{id}`):");
+            let _ = writeln!(s, "  command:   {}", one_line_of(c));
+        }
         if let Some(v) = &self.first_verify {
             let _ = writeln!(s, "verification of the first task (`{id}`):");
             let _ = writeln!(s, "  command:   {}", one_line_of(&v.command));
@@ -264,7 +277,14 @@ impl PlanSummary {
             _ => format!("{} provider (no network)", e.provider),
         };
         let _ = writeln!(s, "  endpoint:  {endpoint}");
-        let _ = writeln!(s, "  tools:     {}", self.tools.join(", "));
+        match &self.first_agent_command {
+            Some(c) => {
+                let _ = writeln!(s, "  agent:     external: {}", one_line_of(c));
+            }
+            None => {
+                let _ = writeln!(s, "  tools:     {}", self.tools.join(", "));
+            }
+        }
         let _ = writeln!(s, "  workers:   {}", self.workers);
         if let Some(dir) = &self.run_dir {
             let _ = writeln!(s, "  run dir:   {dir}");
