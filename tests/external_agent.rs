@@ -26,7 +26,7 @@ fn external_job(llm: &FakeLlm, workspace: &str, rest: &str) -> TestJob {
         "max_retries = 3",
         workspace,
         &format!(
-            "[agent]\nkind = \"external\"\ncommand = \"{{{{ cmd }}}}\"\nmax_steps = 8\n{rest}"
+            "[agent]\nkind = \"external\"\ncommand = \"{{{{ cmd }}}}\"\nmax_steps = 25\n{rest}"
         ),
     ));
     job
@@ -69,8 +69,8 @@ async fn external_agents_call_the_model_through_the_gateway_and_are_recorded() {
     let job = external_job(&llm, "kind = \"local\"\nworkdir = \"work\"", "");
     std::fs::create_dir_all(job.path("work")).unwrap();
     job.tasks(&[
-        json!({"id": "twenty", "cmd": agent, "script": turns(5)}),
-        json!({"id": "long", "cmd": agent, "script": turns(12)}),
+        json!({"id": "twenty", "cmd": agent, "script": turns(19)}),
+        json!({"id": "long", "cmd": agent, "script": turns(30)}),
         json!({"id": "stream", "cmd": STREAM, "script": json!({"turns": [{"content": "hello"}]}).to_string()}),
         json!({"id": "bogus", "cmd": BOGUS, "script": "{}"}),
         json!({"id": "killed", "cmd": "kill -9 $BASHPID", "script": "{}"}),
@@ -91,8 +91,8 @@ async fn external_agents_call_the_model_through_the_gateway_and_are_recorded() {
         stderr(&out)
     );
     assert_eq!(results["twenty"]["final"], "done");
-    assert_eq!(results["twenty"]["steps"], 6);
-    // 12 scripted calls and max_steps = 8: the 9th call is refused.
+    assert_eq!(results["twenty"]["steps"], 20);
+    // 30 scripted calls and max_steps = 25: the 26th call is refused.
     assert_eq!(status("long"), "max_steps", "{}", results["long"]);
     assert_eq!(status("stream"), "ok", "{}", results["stream"]);
     assert!(results["stream"]["agent_output"]
@@ -121,9 +121,9 @@ async fn external_agents_call_the_model_through_the_gateway_and_are_recorded() {
         .iter()
         .map(|c| c["seq"].as_u64().unwrap())
         .collect();
-    assert_eq!(seqs, [1, 2, 3, 4, 5, 6]);
+    assert_eq!(seqs, (1..=20).collect::<Vec<u64>>());
     assert!(of("twenty").iter().all(|c| c["status"] == 200));
-    let script = turns(5);
+    let script = turns(19);
     let sent = llm
         .requests()
         .into_iter()

@@ -277,3 +277,64 @@ async fn external_agents_never_see_an_upstream_429_storm() {
         "the agents saw only replies"
     );
 }
+
+/// 200 external conversations at once: every call convoy records belongs
+/// to the task whose agent made it (each script names its task).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_external_conversations_at_once_never_cross() {
+    use support::fake_llm::FakeLlm;
+    let llm = FakeLlm::start().await;
+    let job = support::TestJob::new();
+    let agent = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/agent/run.py");
+    job.manifest(&support::http_manifest(
+        &llm,
+        "max_in_flight = 512",
+        &format!(
+            "[agent]\nkind = \"external\"\ncommand = \"python3 {}\"\n[run]\nworkers = 200\n",
+            agent.display()
+        ),
+    ));
+    std::fs::create_dir_all(job.path("work")).unwrap();
+    let rows: Vec<Value> = (0..200)
+        .map(|i| {
+            let turns = json!([{"content": null, "calls": [["bash", {"command": format!("echo from x{i}")}]]}]);
+            json!({"id": format!("x{i}"), "script": json!({"task": format!("x{i}"), "turns": turns}).to_string()})
+        })
+        .collect();
+    job.tasks(&rows);
+    let out = job.run(&[("CONVOY_TEST_KEY", support::KEY)]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", support::stderr(&out));
+    assert!(job.results().iter().all(|r| r["status"] == "ok"));
+    let calls: Vec<Value> = std::fs::read_to_string(job.path("out/calls.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        calls.len(),
+        400,
+        "two calls each: the tool call, then finish"
+    );
+    for c in &calls {
+        let id = c["id"].as_str().unwrap();
+        let added = c["messages_added"].to_string();
+        // Every task named in what the call added (its prompt, its tool
+        // call, its tool's output) is the call's own.
+        let named: Vec<&str> = added
+            .split("from x")
+            .skip(1)
+            .map(|rest| {
+                &rest[..rest
+                    .find(|ch: char| !ch.is_ascii_digit())
+                    .unwrap_or(rest.len())]
+            })
+            .collect();
+        assert!(!named.is_empty(), "{id}: {added}");
+        assert!(
+            named.iter().all(|n| format!("x{n}") == id),
+            "a call of {id} holds another task's messages: {added}"
+        );
+    }
+    let summary = job.summary();
+    assert_eq!(summary["leaks"]["verdict"], "clean", "{summary}");
+}
