@@ -276,6 +276,35 @@ async fn external_agents_never_see_an_upstream_429_storm() {
         calls.lines().all(|l| l.contains("\"status\":200")),
         "the agents saw only replies"
     );
+
+    // Such a run is a run like any other: it resumes (nothing left to
+    // do), exports and reports.
+    let again = job.run(&[("CONVOY_TEST_KEY", support::KEY)]).await;
+    assert_eq!(again.status.code(), Some(0), "{}", support::stderr(&again));
+    assert_eq!(job.results().len(), 20, "nothing ran twice");
+    let exported = job.convoy(&["export", "out"], &[]).await;
+    assert_eq!(
+        exported.status.code(),
+        Some(0),
+        "{}",
+        support::stderr(&exported)
+    );
+    let lines: Vec<Value> = String::from_utf8_lossy(&exported.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 20);
+    for l in &lines {
+        // System, user, 4 x (call, result), the finish call.
+        assert_eq!(l["messages"].as_array().unwrap().len(), 11, "{l}");
+        assert_eq!(
+            l["tools"][0]["function"]["name"], "bash",
+            "the agent's own tools"
+        );
+    }
+    let report = job.convoy(&["report", "out", "--json"], &[]).await;
+    let report: Value = serde_json::from_slice(&report.stdout).unwrap();
+    assert_eq!(report["counts"]["ok"], 20, "{report}");
 }
 
 /// 200 external conversations at once: every call convoy records belongs
