@@ -184,3 +184,57 @@ async fn in_a_container_without_network_the_key_is_never_inside() {
     assert_eq!(r["agent_output"].as_str().unwrap().trim(), "0", "{r}");
     assert_eq!(r["steps"], 4);
 }
+
+/// The worked example in `jobs/external-agent`, as a user runs it:
+/// offline (the script provider answers the example agent's calls), on the
+/// local workspace; every task ends `ok` with its row's answer, and
+/// `calls.jsonl` holds each of its calls, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_external_agent_example_job_ends_ok_with_every_answer() {
+    let job = TestJob::new();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs/external-agent");
+    let out = job
+        .convoy(
+            &[
+                "run",
+                dir.join("job.toml").to_str().unwrap(),
+                "--out",
+                "out",
+            ],
+            &[],
+        )
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let rows = support::read_jsonl(&dir.join("tasks.jsonl"));
+    let results = job.results();
+    assert_eq!(results.len(), rows.len());
+    let calls = support::read_jsonl(&job.path("out/calls.jsonl"));
+    for row in &rows {
+        let id = row["id"].as_str().unwrap();
+        let r = results.iter().find(|r| r["id"] == id).unwrap();
+        assert_eq!(r["status"], "ok", "{r}");
+        assert_eq!(r["final"], row["answer"], "{r}");
+        // One call per command, then the one answered with `finish`.
+        let n = row["commands"].as_array().unwrap().len() + 1;
+        assert_eq!(r["steps"], n, "{r}");
+        let seqs: Vec<u64> = calls
+            .iter()
+            .filter(|c| c["id"] == id)
+            .map(|c| c["seq"].as_u64().unwrap())
+            .collect();
+        assert_eq!(seqs, (1..=n as u64).collect::<Vec<_>>(), "{id}");
+        // The trajectory offers the agent's own tools (convoy's `bash` is
+        // described otherwise).
+        let tools = &job.trajectory(id)["tools"];
+        assert_eq!(tools.as_array().map(Vec::len), Some(2), "{tools}");
+        assert_eq!(tools[0]["function"]["description"], "Run a shell command.");
+        assert_eq!(tools[1]["function"]["description"], "End with the answer.");
+    }
+    assert!(calls.iter().all(|c| c["status"] == 200));
+    // The agent's commands saw its environment: its task id, and a token of
+    // its own in OPENAI_API_KEY.
+    assert_eq!(
+        support::observations(&job.trajectory("task-id")),
+        ["task-id\n", "a per-conversation token\n"]
+    );
+}

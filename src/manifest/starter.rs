@@ -68,6 +68,10 @@ max_steps = 10                   # model turns per conversation (default 30)
 #on_text = "continue"            # a reply with text and no tool call: "continue" or "finish" (the text is the answer)
 #continue_prompt = "Continue. When you are done, call the `finish` tool with your answer."
 #tools = ["view", "bash", "finish"]   # the tools offered, in this order (default: bash, every [[tools]] entry, finish)
+#kind = "builtin"                # or "external": a program of your own runs each conversation (its own tools,
+                                 # its own loop) and calls the model through convoy's gateway; needs `command`
+#command = "python3 /opt/agent/run.py --task {{ id | sh }}"   # external only: rendered per task like the prompts,
+                                 # run in the conversation's session (relative paths: from its working directory)
 
 [workspace]
 # "local": a private tmux server on this host. "docker": one shared
