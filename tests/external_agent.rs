@@ -238,3 +238,43 @@ async fn the_external_agent_example_job_ends_ok_with_every_answer() {
         ["task-id\n", "a per-conversation token\n"]
     );
 }
+
+/// An agent still running at `run.task_timeout` is stopped by its own
+/// deadline, a moment before the attempt's: the task is `timeout` with the
+/// calls it made, its trajectory and its output kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_past_its_deadline_is_timeout_with_its_calls_kept() {
+    let llm = FakeLlm::start().await;
+    let job = external_job(
+        &llm,
+        "kind = \"local\"\nworkdir = \"work\"",
+        "[run]\ntask_timeout = \"8s\"\n",
+    );
+    std::fs::create_dir_all(job.path("work")).unwrap();
+    let slow = r#"python3 -c "
+import json, os, time, urllib.request as u
+r = u.Request(os.environ['OPENAI_BASE_URL'] + '/chat/completions', data=json.dumps({'model': 'x', 'messages': [{'role': 'user', 'content': open(os.environ['CONVOY_PROMPT_FILE']).read()}]}).encode(), headers={'Authorization': 'Bearer ' + os.environ['OPENAI_API_KEY'], 'Content-Type': 'application/json'})
+u.urlopen(r).read()
+print('called, now stuck', flush=True)
+time.sleep(600)
+""#;
+    job.tasks(&[json!({"id": "slow", "cmd": slow, "script": turns(3)})]);
+    let out = job.run(&[("CONVOY_TEST_KEY", KEY)]).await;
+    let r = &job.results()[0];
+    assert_eq!(r["status"], "timeout", "{r}\n{}", stderr(&out));
+    assert_eq!(r["steps"], 1, "{r}");
+    assert!(
+        r["agent_output"]
+            .as_str()
+            .unwrap()
+            .contains("called, now stuck"),
+        "{r}"
+    );
+    let traj = job.trajectory("slow");
+    assert_eq!(
+        traj["messages"].as_array().unwrap().len(),
+        2,
+        "its request and the reply: {traj}"
+    );
+    assert_eq!(traj["tools"], json!([]), "it sent no tools");
+}

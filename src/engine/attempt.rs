@@ -407,6 +407,7 @@ async fn run_attempt<W: Sessions, M: Models>(
         .filter(|_| session.is_none())
         .map(|env| phases::place(env, false, false));
     let clock = Instant::now();
+    let deadline = clock + cfg.task_timeout;
     // The deadline covers opening the session too: a workspace that does
     // not answer (a stopped tmux server) must not hold a task past it.
     let driven = tokio::time::timeout(cfg.task_timeout, async {
@@ -420,7 +421,8 @@ async fn run_attempt<W: Sessions, M: Models>(
         let s = session.as_ref().expect("opened above");
         match &task.agent_command {
             Some(command) => {
-                super::external::run(task, attempt, command, shared, s, conv, activity).await
+                super::external::run(task, attempt, command, shared, s, conv, activity, deadline)
+                    .await
             }
             None => drive(conv, &model, s, &cfg.tools, &cfg.limits, on_turn)
                 .await

@@ -45,8 +45,15 @@ impl std::fmt::Debug for GatewayAccess {
     }
 }
 
-/// Runs the task's agent command in `session`; fills `conv` with its
-/// trajectory, usage and output; returns its answer.
+/// What the attempt's deadline leaves the agent's command: the rest,
+/// less the time to interrupt it, read what it did and answer, so that
+/// the command's own timeout (not the attempt's) ends it and its calls,
+/// trajectory and output are kept.
+const WIND_DOWN: Duration = Duration::from_secs(5);
+
+/// Runs the task's agent command in `session` until `deadline`; fills
+/// `conv` with its trajectory, usage and output; returns its answer.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn run<W: Sessions, M: Models>(
     task: &Task,
     run: u32,
@@ -55,6 +62,7 @@ pub(super) async fn run<W: Sessions, M: Models>(
     session: &impl Shell,
     conv: &mut Conversation,
     activity: &Arc<Mutex<Activity>>,
+    deadline: std::time::Instant,
 ) -> Result<String, Attempt> {
     let cfg = &shared.cfg;
     let Some(gw) = &cfg.gateway else {
@@ -97,7 +105,11 @@ pub(super) async fn run<W: Sessions, M: Models>(
     );
     *activity.lock().expect("activity lock") = Activity::new("agent");
     let ran = {
-        let running = session.run(&line, cfg.task_timeout, MAX_OUTPUT);
+        let left = deadline
+            .saturating_duration_since(std::time::Instant::now())
+            .saturating_sub(WIND_DOWN)
+            .max(Duration::from_secs(1));
+        let running = session.run(&line, left, MAX_OUTPUT);
         tokio::pin!(running);
         loop {
             tokio::select! {
@@ -117,7 +129,8 @@ pub(super) async fn run<W: Sessions, M: Models>(
     }
     conv.steps = summary.calls;
     conv.usage = summary.usage;
-    conv.tools = summary.tools;
+    // Its own tools; none known when it made no call.
+    conv.tools = Some(summary.tools.unwrap_or_else(|| serde_json::json!([])));
     let out = ran.map_err(|e| Attempt::Agent(AgentError::Workspace(e)))?;
     conv.agent_output = Some(tail(&out.output, OUTPUT_TAIL));
     if let Some(why) = summary.fatal {

@@ -215,7 +215,8 @@ impl Drop for Waiting<'_> {
 /// An OpenAI-style error body.
 fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
     let body = serde_json::json!({
-        "error": {"message": message, "type": "invalid_request_error", "code": status.as_u16()}
+        "error": {"message": message, "type": "invalid_request_error",
+            "code": status.canonical_reason().unwrap_or("error").to_lowercase().replace(' ', "_")}
     });
     Response::builder()
         .status(status)
