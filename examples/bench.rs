@@ -147,25 +147,9 @@ async fn run_with(llm: &FakeLlm, mode: Mode, load: Load, extra: &str) -> Run {
         .map(|_| json!({"calls": [["bash", {"command": "true"}]], "delay_ms": load.think_ms}))
         .chain([json!({"calls": [["finish", {"message": "done"}]]})])
         .collect();
-    let mut rows = String::new();
-    for i in 0..load.convos {
-        let script = json!({"conv": i, "turns": turns}).to_string();
-        rows.push_str(&json!({"id": format!("c{i}"), "script": script}).to_string());
-        rows.push('\n');
-    }
-    std::fs::write(dir.path().join("tasks.jsonl"), rows).unwrap();
+    write_rows(dir.path(), "c", load.convos, &turns);
     let manifest = format!(
-        r#"name = "bench"
-[tasks]
-source = "tasks.jsonl"
-id = "{{{{ id }}}}"
-[prompt]
-user = "{{{{ script }}}}"
-[llm]
-base_url = "{}"
-model = "instant"
-max_in_flight = 4096
-[agent]
+        r#"{}[agent]
 max_steps = {}
 [workspace]
 kind = "docker"
@@ -176,7 +160,7 @@ isolation = "{}"
 workers = {}
 task_timeout = "60m"
 {}"#,
-        llm.base_url(),
+        head("bench", llm),
         load.calls + 1,
         mode.channel,
         mode.isolation,
@@ -469,4 +453,25 @@ async fn main() {
         o.summary["counts"]["ok"],
         u.wall.as_secs_f64() / o.wall.as_secs_f64()
     );
+}
+
+/// `tasks.jsonl` in `dir`: `n` rows `{id: PREFIXi, script}`, each playing
+/// `turns` on the fake endpoint.
+fn write_rows(dir: &Path, prefix: &str, n: usize, turns: &[Value]) {
+    let mut rows = String::new();
+    for i in 0..n {
+        let script = json!({"conv": i, "turns": turns}).to_string();
+        rows.push_str(&json!({"id": format!("{prefix}{i}"), "script": script}).to_string());
+        rows.push('\n');
+    }
+    std::fs::write(dir.join("tasks.jsonl"), rows).unwrap();
+}
+
+/// The manifest's first tables for a job of `tasks.jsonl` rows whose
+/// `script` the instant fake endpoint plays.
+fn head(name: &str, llm: &FakeLlm) -> String {
+    format!(
+        "name = \"{name}\"\n[tasks]\nsource = \"tasks.jsonl\"\nid = \"{{{{ id }}}}\"\n[prompt]\nuser = \"{{{{ script }}}}\"\n[llm]\nbase_url = \"{}\"\nmodel = \"instant\"\nmax_in_flight = 4096\n",
+        llm.base_url()
+    )
 }

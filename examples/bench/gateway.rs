@@ -59,25 +59,9 @@ async fn run(llm: &FakeLlm, workers: usize, convos: usize) -> GatewayRun {
     let turns: Vec<Value> = (0..9)
         .map(|_| json!({"calls": [["bash", {"command": "true"}]]}))
         .collect();
-    let mut rows = String::new();
-    for i in 0..convos {
-        let script = json!({"conv": i, "turns": turns}).to_string();
-        rows.push_str(&json!({"id": format!("g{i}"), "script": script}).to_string());
-        rows.push('\n');
-    }
-    std::fs::write(dir.path().join("tasks.jsonl"), rows).unwrap();
+    super::write_rows(dir.path(), "g", convos, &turns);
     let manifest = format!(
-        r#"name = "gateway-bench"
-[tasks]
-source = "tasks.jsonl"
-id = "{{{{ id }}}}"
-[prompt]
-user = "{{{{ script }}}}"
-[llm]
-base_url = "{}"
-model = "instant"
-max_in_flight = 4096
-[agent]
+        r#"{}[agent]
 kind = "external"
 command = "python3 /opt/bench/gateway_agent.py"
 max_steps = 20
@@ -90,7 +74,7 @@ mounts = [{{ host = "{}", container = "/opt/bench", read_only = true }}]
 workers = {workers}
 task_timeout = "30m"
 "#,
-        llm.base_url(),
+        super::head("gateway-bench", llm),
         agent_dir.display()
     );
     std::fs::write(dir.path().join("job.toml"), manifest).unwrap();
