@@ -210,6 +210,9 @@ pub fn merge(out: &Path, inputs: &[PathBuf]) -> Result<MergeStats, MergeError> {
     let summary = serde_json::to_string_pretty(&summary).expect("a json value serializes") + "\n";
 
     let mut files = vec![trajectories_tmp];
+    if let Some(calls) = merge_calls(out, &inputs, &chosen)? {
+        files.push(calls);
+    }
     for (name, bytes) in [
         ("manifest.toml", manifest.as_slice()),
         ("fingerprint.json", fingerprint.0.as_slice()),
@@ -227,6 +230,55 @@ pub fn merge(out: &Path, inputs: &[PathBuf]) -> Result<MergeStats, MergeError> {
         tmp.commit().map_err(write_err(&path))?;
     }
     Ok(stats)
+}
+
+/// External agents' model calls (`calls.jsonl`): each kept task's, from
+/// the input whose record was kept, in that input's order. `None` when no
+/// input has any.
+fn merge_calls(
+    out: &Path,
+    inputs: &[Input],
+    chosen: &[Choice],
+) -> Result<Option<AtomicFile>, MergeError> {
+    use std::io::BufRead;
+    let sources: Vec<PathBuf> = inputs.iter().map(|i| i.dir.join(super::CALLS)).collect();
+    if !sources.iter().any(|p| p.exists()) {
+        return Ok(None);
+    }
+    let from: HashMap<&str, usize> = chosen
+        .iter()
+        .map(|c| {
+            (
+                inputs[c.input].results.entries()[c.entry].id.as_str(),
+                c.input,
+            )
+        })
+        .collect();
+    let path = out.join(super::CALLS);
+    let mut tmp = AtomicFile::create(&path).map_err(write_err(&path))?;
+    {
+        let mut w = BufWriter::with_capacity(256 * 1024, tmp.file());
+        for (i, source) in sources.iter().enumerate() {
+            let Ok(file) = std::fs::File::open(source) else {
+                continue;
+            };
+            for line in std::io::BufReader::new(file).lines() {
+                let line = line.map_err(|source_err| JournalReadError::Io {
+                    path: source.clone(),
+                    source: source_err,
+                })?;
+                // A torn last line (a killed run) has no id to keep it by.
+                let id = serde_json::from_str::<Value>(&line)
+                    .ok()
+                    .and_then(|v| v.get("id").and_then(Value::as_str).map(str::to_string));
+                if id.is_some_and(|id| from.get(id.as_str()) == Some(&i)) {
+                    write_line(&mut w, line.as_bytes()).map_err(write_err(&path))?;
+                }
+            }
+        }
+        w.flush().map_err(write_err(&path))?;
+    }
+    Ok(Some(tmp))
 }
 
 /// Reads `dir/fingerprint.json`: its bytes, to copy, and its `parts`.
@@ -510,6 +562,47 @@ mod tests {
         assert!(
             err.contains("b/results.jsonl:1: expected `finished_at`"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn external_agents_calls_come_from_the_input_whose_record_is_kept() {
+        let root = tempfile::tempdir().unwrap();
+        let a = run_dir(
+            root.path(),
+            "a",
+            "m",
+            &[result("x", "failed", T1), result("y", "ok", T1)],
+            &[traj("x", "a"), traj("y", "a")],
+        );
+        let b = run_dir(
+            root.path(),
+            "b",
+            "m",
+            &[result("x", "ok", T2)],
+            &[traj("x", "b")],
+        );
+        let call = |id: &str, tag: &str| format!("{}\n", json!({"id": id, "seq": 1, "tag": tag}));
+        std::fs::write(
+            a.join("calls.jsonl"),
+            call("x", "a") + &call("y", "a") + "{\"id\": \"x\", \"tor",
+        )
+        .unwrap();
+        std::fs::write(b.join("calls.jsonl"), call("x", "b")).unwrap();
+        let out = root.path().join("out");
+        merge(&out, &[a, b]).unwrap();
+        let tags: Vec<(String, String)> = read_lines(&out.join("calls.jsonl"))
+            .iter()
+            .map(|c| {
+                (
+                    c["id"].as_str().unwrap().into(),
+                    c["tag"].as_str().unwrap().into(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            tags,
+            [("y".to_string(), "a".to_string()), ("x".into(), "b".into())]
         );
     }
 }

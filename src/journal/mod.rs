@@ -16,4 +16,4 @@ pub use export::{export, ArgumentsAs, ExportError, ExportFormat, ExportOptions, 
 pub use fingerprint::Fingerprint;
 pub use merge::{merge, MergeError, MergeStats};
 pub use read::{read_final, Final, FinalReader, Finals, JournalReadError};
-pub use writer::{lock_holder, Journal, JournalError, Previous, RunInfo, RUN_INFO};
+pub use writer::{lock_holder, Journal, JournalError, Previous, RunInfo, CALLS, RUN_INFO};
