@@ -123,6 +123,14 @@ async fn external_agents_call_the_model_through_the_gateway_and_are_recorded() {
         .collect();
     assert_eq!(seqs, (1..=20).collect::<Vec<u64>>());
     assert!(of("twenty").iter().all(|c| c["status"] == 200));
+    let run: Value =
+        serde_json::from_str(&std::fs::read_to_string(job.path("out/run.json")).unwrap()).unwrap();
+    assert!(
+        calls
+            .iter()
+            .all(|c| c["run_started_at"] == run["started_at"]),
+        "each call names the invocation that made it"
+    );
     let script = turns(19);
     let sent = llm
         .requests()

@@ -77,6 +77,9 @@ pub struct Journal {
     turns: BufWriter<File>,
     /// Opened at the first call (a job of convoy's own agent has none).
     calls: Option<BufWriter<File>>,
+    /// When this invocation opened the directory (`run.json`'s
+    /// `started_at`; each call line carries it, to tell runs apart).
+    started_at: String,
     tools: Value,
     /// Ids with a final record, from earlier runs and this one: their
     /// partial turns are superseded.
@@ -100,6 +103,14 @@ struct TrajectoryLine<'a> {
     status: Status,
     messages: &'a [Value],
     tools: &'a Value,
+}
+
+/// A call as `calls.jsonl` keeps it: the invocation that made it first.
+#[derive(Serialize)]
+struct CallLine<'a> {
+    run_started_at: &'a str,
+    #[serde(flatten)]
+    call: &'a crate::gateway::CallRecord,
 }
 
 #[derive(Serialize)]
@@ -179,6 +190,7 @@ impl Journal {
             trajectories: open(TRAJECTORIES)?,
             turns: open(TURNS)?,
             calls: None,
+            started_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
             tools,
             finals: previous.records.keys().cloned().collect(),
             _lock: lock,
@@ -221,7 +233,11 @@ impl Journal {
             self.calls = Some(BufWriter::with_capacity(256 * 1024, f));
         }
         let w = self.calls.as_mut().expect("opened above");
-        write_line(w, call).map_err(io(&path))
+        let line = CallLine {
+            run_started_at: &self.started_at,
+            call,
+        };
+        write_line(w, &line).map_err(io(&path))
     }
 
     /// Appends a finished task's result and trajectory (not yet durable).
@@ -264,7 +280,7 @@ impl Journal {
     pub fn write_started(&self, total_tasks: u64) -> Result<(), JournalError> {
         let info = RunInfo {
             pid: std::process::id(),
-            started_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            started_at: self.started_at.clone(),
             total_tasks,
         };
         let text = serde_json::to_string_pretty(&info).expect("run info serializes");
