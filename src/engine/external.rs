@@ -16,11 +16,12 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::attempt::Attempt;
+use super::phases::tail;
 use super::ports::{Models, Sessions};
 use super::state::{Activity, Shared};
 use crate::agent::{AgentError, Conversation, Shell};
 use crate::events::EventKind;
-use crate::tasks::Task;
+use crate::tasks::{quote, Task};
 
 /// How long writing the prompt files and reading the answer may take.
 const FILES_TIMEOUT: Duration = Duration::from_secs(60);
@@ -168,15 +169,4 @@ fn record<W, M>(shared: &Shared<W, M>, call: crate::gateway::CallRecord) {
         status: call.status,
         record: Box::new(call),
     });
-}
-
-/// A string as one single-quoted shell word.
-fn quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
-/// The last `n` characters of `s`.
-fn tail(s: &str, n: usize) -> String {
-    let count = s.chars().count();
-    s.chars().skip(count.saturating_sub(n)).collect()
 }

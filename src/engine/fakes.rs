@@ -131,7 +131,7 @@ impl crate::gateway::Forward for Handle {
         Ok(crate::gateway::Forwarded {
             response: serde_json::json!({"object": "chat.completion", "choices": [
                 {"index": 0, "message": reply.message, "finish_reason": reply.finish_reason}]}),
-            usage: reply.usage,
+            reply,
         })
     }
 }

@@ -212,7 +212,7 @@ pub(super) fn keep(env: &TaskEnv, status: Status, verified: bool, reward: Option
 }
 
 /// The last `n` characters of `s`.
-fn tail(s: &str, n: usize) -> String {
+pub(super) fn tail(s: &str, n: usize) -> String {
     let count = s.chars().count();
     s.chars().skip(count.saturating_sub(n)).collect()
 }

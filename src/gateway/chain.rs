@@ -27,14 +27,14 @@ pub struct Added {
 impl Chain {
     /// Takes in one call (its request's messages and its reply) and says
     /// what it added.
-    pub fn extend(&mut self, request: &[Value], reply: &Value) -> Added {
+    pub fn extend(&mut self, request: Vec<Value>, reply: Value) -> Added {
         let extends = request.len() >= self.seen.len()
             && request.iter().zip(&self.seen).all(|(a, b)| same(a, b));
         let from = if extends { self.seen.len() } else { 0 };
         let mut messages: Vec<Value> = request[from..].to_vec();
         messages.push(reply.clone());
-        self.seen = request.to_vec();
-        self.seen.push(reply.clone());
+        self.seen = request;
+        self.seen.push(reply);
         Added {
             messages,
             restart: !extends,
@@ -96,16 +96,19 @@ mod tests {
     fn each_call_keeps_only_what_it_adds_and_a_rewrite_is_a_restart() {
         let mut chain = Chain::default();
         let (sys, u1, a1) = (m("system", "s"), m("user", "u1"), m("assistant", "a1"));
-        let first = chain.extend(&[sys.clone(), u1.clone()], &a1);
+        let first = chain.extend(vec![sys.clone(), u1.clone()], a1.clone());
         assert_eq!(first.messages, [sys.clone(), u1.clone(), a1.clone()]);
         assert!(!first.restart, "the first call extends the empty chain");
         let (t1, a2) = (m("tool", "out"), m("assistant", "a2"));
-        let second = chain.extend(&[sys.clone(), u1.clone(), a1.clone(), t1.clone()], &a2);
+        let second = chain.extend(
+            vec![sys.clone(), u1.clone(), a1.clone(), t1.clone()],
+            a2.clone(),
+        );
         assert_eq!(second.messages, [t1.clone(), a2.clone()]);
         assert!(!second.restart);
         // The agent dropped a message: the request is kept whole.
         let a3 = m("assistant", "a3");
-        let third = chain.extend(&[sys.clone(), t1.clone()], &a3);
+        let third = chain.extend(vec![sys.clone(), t1.clone()], a3.clone());
         assert_eq!(third.messages, [sys.clone(), t1.clone(), a3.clone()]);
         assert!(third.restart);
         assert_eq!(chain.messages(), [sys, t1, a3]);
@@ -118,11 +121,11 @@ mod tests {
         let received = json!({"role": "assistant", "content": null, "refusal": null,
             "tool_calls": [{"id": "c1", "type": "function", "index": 0,
                 "function": {"name": "ls", "arguments": "{}"}}]});
-        chain.extend(std::slice::from_ref(&u), &received);
+        chain.extend(vec![u.clone()], received);
         let rebuilt = json!({"role": "assistant",
             "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "ls", "arguments": "{}"}}]});
         let out = json!({"role": "tool", "tool_call_id": "c1", "content": "a"});
-        let next = chain.extend(&[u, rebuilt, out.clone()], &m("assistant", "done"));
+        let next = chain.extend(vec![u, rebuilt, out.clone()], m("assistant", "done"));
         assert!(!next.restart);
         assert_eq!(next.messages, [out, m("assistant", "done")]);
     }
@@ -131,9 +134,9 @@ mod tests {
     fn a_request_that_changes_the_reply_it_got_is_a_restart() {
         let mut chain = Chain::default();
         let (u, a) = (m("user", "u"), m("assistant", "a"));
-        chain.extend(std::slice::from_ref(&u), &a);
+        chain.extend(vec![u.clone()], a);
         let edited = m("assistant", "a, edited");
-        let next = chain.extend(&[u.clone(), edited.clone()], &m("assistant", "b"));
+        let next = chain.extend(vec![u.clone(), edited.clone()], m("assistant", "b"));
         assert!(next.restart);
         assert_eq!(next.messages.len(), 3);
     }

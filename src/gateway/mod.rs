@@ -62,13 +62,9 @@ pub fn forwarder<F: Forward>(f: F) -> Forwarder {
     })
 }
 
-/// A reply from the endpoint.
-#[derive(Debug, Clone)]
-pub struct Forwarded {
-    /// The `chat.completion` object as received.
-    pub response: Value,
-    pub usage: Usage,
-}
+/// A reply from the endpoint: the `chat.completion` as received, and
+/// parsed.
+pub use crate::llm::Forwarded;
 
 /// Why a call got no reply: what the agent is answered, and whether the
 /// job cannot go on (the endpoint refused convoy's credentials, or stayed
@@ -103,11 +99,7 @@ impl From<crate::llm::LlmError> for ForwardError {
 
 impl Forward for crate::llm::ModelHandle {
     async fn forward(&self, body: Map<String, Value>) -> Result<Forwarded, ForwardError> {
-        let f = crate::llm::ModelHandle::forward(self, body).await?;
-        Ok(Forwarded {
-            response: f.response,
-            usage: f.reply.usage,
-        })
+        Ok(crate::llm::ModelHandle::forward(self, body).await?)
     }
 }
 
@@ -148,7 +140,10 @@ struct State {
     chain: Chain,
     usage: Usage,
     over_max_steps: bool,
+    /// The last answered request's `tools`, and their hash (an agent sends
+    /// the same tools with every call: hashed once).
     last_tools: Option<Value>,
+    last_hash: Option<String>,
     fatal: Option<String>,
 }
 
@@ -261,9 +256,7 @@ pub struct Service {
     pub model: String,
 }
 
-fn error_body(message: &str, code: &str) -> Value {
-    json!({"error": {"message": message, "type": "invalid_request_error", "code": code}})
-}
+use crate::workspace::channel::protocol::openai_error as error_body;
 
 fn error(status: u16, message: &str, code: &str) -> GatewayReply {
     GatewayReply::json(status, &error_body(message, code))
@@ -326,19 +319,31 @@ async fn complete(conv: &Conversation, body: Map<String, Value>) -> GatewayReply
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
-    let tools = body.get("tools").cloned();
-    let tools_hash = hash(tools.as_ref().unwrap_or(&Value::Null));
+    let sent = body.get("tools");
+    let cached = {
+        let s = conv.state.lock().expect("state lock");
+        s.last_hash
+            .clone()
+            .filter(|_| s.last_tools.as_ref() == sent)
+    };
+    // `Some(tools)`: other tools than the last answered request's.
+    let (tools_hash, tools) = match cached {
+        Some(h) => (h, None),
+        None => (hash(sent.unwrap_or(&Value::Null)), Some(sent.cloned())),
+    };
     let clock = Instant::now();
     let forwarded = (conv.model)(body).await;
     let latency_s = clock.elapsed().as_secs_f64();
     let (reply, status, response, usage, added) = match forwarded {
         Ok(f) => {
-            let message = f.response["choices"][0]["message"].clone();
             let added = {
                 let mut s = conv.state.lock().expect("state lock");
-                s.usage.add(&f.usage);
-                s.last_tools = tools;
-                s.chain.extend(&messages, &message)
+                s.usage.add(&f.reply.usage);
+                if let Some(tools) = tools {
+                    s.last_tools = tools;
+                    s.last_hash = Some(tools_hash.clone());
+                }
+                s.chain.extend(messages, f.reply.message)
             };
             let reply = if stream {
                 GatewayReply {
@@ -349,7 +354,7 @@ async fn complete(conv: &Conversation, body: Map<String, Value>) -> GatewayReply
             } else {
                 GatewayReply::json(200, &f.response)
             };
-            (reply, 200, f.response, f.usage, Some(added))
+            (reply, 200, f.response, f.reply.usage, Some(added))
         }
         Err(e) => {
             if let Some(why) = e.fatal {

@@ -16,16 +16,21 @@ impl Forward for Counting {
                 fatal: None,
             });
         }
+        let message =
+            json!({"role": "assistant", "content": format!("{} messages", messages.len())});
         Ok(Forwarded {
             response: json!({"id": "r", "object": "chat.completion", "created": 1, "model": "m",
-                "choices": [{"index": 0, "finish_reason": "stop",
-                    "message": {"role": "assistant", "content": format!("{} messages", messages.len())}}],
+                "choices": [{"index": 0, "finish_reason": "stop", "message": message}],
                 "usage": {"prompt_tokens": 2, "completion_tokens": 1, "total_tokens": 3}}),
-            usage: Usage {
-                prompt_tokens: 2,
-                completion_tokens: 1,
-                total_tokens: 3,
-                ..Usage::default()
+            reply: crate::llm::ChatReply {
+                message,
+                finish_reason: Some("stop".into()),
+                usage: Usage {
+                    prompt_tokens: 2,
+                    completion_tokens: 1,
+                    total_tokens: 3,
+                    ..Usage::default()
+                },
             },
         })
     }

@@ -10,5 +10,6 @@ mod source;
 
 pub use env::{Keep, RewardRule, TaskEnv, TaskVerify, VerifyWhen};
 pub use plan::{plan, template_env, Task, TaskError};
+pub use quote::quote;
 pub use shard::{Shard, ShardError};
 pub use source::{read_rows, Row};

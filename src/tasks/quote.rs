@@ -39,7 +39,12 @@ fn word(value: &Value) -> Result<String, Error> {
             .map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))?,
         _ => value.to_string(),
     };
-    Ok(format!("'{}'", text.replace('\'', r"'\''")))
+    Ok(quote(&text))
+}
+
+/// A string as one single-quoted shell word.
+pub fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
 }
 
 #[cfg(test)]

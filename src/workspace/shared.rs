@@ -12,15 +12,12 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::channel::protocol::{
-    CheckOp, ErrorKind, Op, Opening, Prepare, Reply, RunOutput, WorkspaceStats,
-};
+use super::channel::protocol::{ErrorKind, Op, Reply, WorkspaceStats};
 use super::channel::{ChannelError, Link};
 use super::docker::DockerBackend;
-use super::env::{resolve, session_env, Place};
+use super::env::resolve;
 use super::error::WorkspaceError;
 use super::local::LocalBackend;
-use super::session::Session;
 use crate::manifest::{Job, WorkspaceKind};
 use crate::monitor::LiveCount;
 
@@ -56,18 +53,18 @@ pub(super) struct Inner {
     replaced: AtomicU64,
     /// Set when recovery gave up.
     lost: Mutex<Option<String>>,
-    counter: AtomicU64,
-    workdir: Option<String>,
+    pub(super) counter: AtomicU64,
+    pub(super) workdir: Option<String>,
     /// What the manifest gives every session (`pass_env`, `env`).
-    env: Vec<(String, String)>,
+    pub(super) env: Vec<(String, String)>,
     reap_tx: mpsc::UnboundedSender<ReapMsg>,
     /// Sessions a conversation owns right now.
-    open: Mutex<HashSet<String>>,
+    pub(super) open: Mutex<HashSet<String>>,
     /// Sessions closed by the reaper rather than by their conversation.
     reaped: AtomicUsize,
     /// Sessions alive in the workspace (opened and not yet closed), with
     /// their peak between the monitor's samples.
-    sessions: LiveCount,
+    pub(super) sessions: LiveCount,
     /// Test-only: never close sessions (CONVOY_TEST_LEAK=session).
     leak_sessions: bool,
     /// Test-only: leak one file descriptor per closed session
@@ -226,7 +223,7 @@ pub struct ShutdownReport {
 
 /// One job's workspace.
 pub struct Workspace {
-    inner: Arc<Inner>,
+    pub(super) inner: Arc<Inner>,
     backend: Arc<tokio::sync::Mutex<Backend>>,
     reaper: tokio::task::JoinHandle<()>,
     supervisor: tokio::task::JoinHandle<()>,
@@ -281,86 +278,6 @@ impl Workspace {
             reaper,
             supervisor,
         })
-    }
-
-    /// Opens a fresh session for one conversation: in the workspace's
-    /// workdir, or in a task's own (`place`), which the helper makes ready
-    /// first.
-    pub async fn open_session(&self, place: Option<Place>) -> Result<Session, WorkspaceError> {
-        let at = self.admit(place);
-        let name = at.session.clone();
-        let reply = self.inner.call(Op::Open(at)).await;
-        let prepare_s = match reply {
-            Ok(Reply::Done) => None,
-            Ok(Reply::Prepared { prepare_s }) => Some(prepare_s),
-            other => {
-                self.inner.open.lock().expect("open lock").remove(&name);
-                return Err(match other {
-                    Err(e) => e,
-                    Ok(r) => WorkspaceError::unexpected(r),
-                });
-            }
-        };
-        self.inner.sessions.inc();
-        Ok(Session::new(name, self.inner.clone(), prepare_s))
-    }
-
-    /// Runs `command` once in a session of its own that has no shell (in
-    /// `place`, made ready as for `open_session`), which is closed before
-    /// this returns: a task's verification.
-    pub async fn check(
-        &self,
-        place: Option<Place>,
-        command: &str,
-        timeout: Duration,
-        max_output_bytes: u64,
-    ) -> Result<RunOutput, WorkspaceError> {
-        let at = self.admit(place);
-        let name = at.session.clone();
-        let reply = self
-            .inner
-            .call(Op::Check(CheckOp {
-                at,
-                command: command.to_string(),
-                timeout_ms: millis(timeout),
-                max_output_bytes,
-            }))
-            .await;
-        self.inner.open.lock().expect("open lock").remove(&name);
-        match reply? {
-            Reply::Ran(out) => Ok(out),
-            other => Err(WorkspaceError::unexpected(other)),
-        }
-    }
-
-    /// A new session's name, owned before it exists (the monitor never
-    /// sees an unowned session), and where and how it opens.
-    fn admit(&self, place: Option<Place>) -> Opening {
-        let n = self.inner.counter.fetch_add(1, Ordering::Relaxed);
-        let name = format!("c{n}");
-        let (workdir, env, prepare) = match place {
-            Some(p) => {
-                let workdir = resolve(self.inner.workdir.as_deref(), &p.workdir);
-                let (env, dirs) = session_env(&self.inner.env, Some(&workdir));
-                (Some(workdir), env, Some(Prepare { dirs, ..p.prepare }))
-            }
-            None => (
-                self.inner.workdir.clone(),
-                session_env(&self.inner.env, None).0,
-                None,
-            ),
-        };
-        self.inner
-            .open
-            .lock()
-            .expect("open lock")
-            .insert(name.clone());
-        Opening {
-            session: name,
-            workdir,
-            env,
-            prepare,
-        }
     }
 
     /// Removes a task's workdir (resolved as `open_session` does).
@@ -593,9 +510,4 @@ async fn reap(inner: std::sync::Weak<Inner>, mut rx: mpsc::UnboundedReceiver<Rea
         }
         while closing.try_join_next().is_some() {}
     }
-}
-
-/// A timeout as the protocol's milliseconds.
-pub(super) fn millis(d: Duration) -> u64 {
-    d.as_millis().min(u64::MAX as u128) as u64
 }

@@ -117,6 +117,11 @@ pub struct GatewayCall {
     pub body: String,
 }
 
+/// An OpenAI-style error body, as the gateway's errors are told to agents.
+pub fn openai_error(message: &str, code: &str) -> serde_json::Value {
+    serde_json::json!({"error": {"message": message, "type": "invalid_request_error", "code": code}})
+}
+
 /// What the gateway answers a model call with.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct GatewayAnswer {

@@ -200,7 +200,6 @@ pub fn hold(launch: &Launch) -> std::io::Error {
 /// this subreaper as its parents end), children first, pass after pass,
 /// reaping as they end. A command that left nothing costs one read.
 fn kill_left_behind() {
-    use nix::sys::signal::{kill, Signal};
     use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
     use nix::unistd::Pid;
     let me = std::process::id();
@@ -211,7 +210,7 @@ fn kill_left_behind() {
                 break;
             }
         }
-        let left: Vec<i32> = std::fs::read_to_string(&children)
+        let left: Vec<u32> = std::fs::read_to_string(&children)
             .unwrap_or_default()
             .split_whitespace()
             .filter_map(|p| p.parse().ok())
@@ -219,11 +218,7 @@ fn kill_left_behind() {
         if left.is_empty() {
             return;
         }
-        for sig in [Signal::SIGSTOP, Signal::SIGKILL] {
-            for &pid in &left {
-                let _ = kill(Pid::from_raw(pid), sig);
-            }
-        }
+        super::sweep::stop_then_kill(&left);
         std::thread::sleep(Duration::from_millis(1 << pass.min(7)));
     }
 }

@@ -214,10 +214,12 @@ impl Drop for Waiting<'_> {
 
 /// An OpenAI-style error body.
 fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
-    let body = serde_json::json!({
-        "error": {"message": message, "type": "invalid_request_error",
-            "code": status.canonical_reason().unwrap_or("error").to_lowercase().replace(' ', "_")}
-    });
+    let code = status
+        .canonical_reason()
+        .unwrap_or("error")
+        .to_lowercase()
+        .replace(' ', "_");
+    let body = super::super::protocol::openai_error(message, &code);
     Response::builder()
         .status(status)
         .header(hyper::header::CONTENT_TYPE, "application/json")

@@ -265,10 +265,7 @@ fn shell_pid(out: &str) -> Option<u32> {
     out.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// A string as one single-quoted shell word.
-pub(super) fn quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
+pub(super) use crate::tasks::quote;
 
 /// Session names become tmux targets and directory names.
 pub(super) fn check_name(name: &str) -> Result<(), OpError> {

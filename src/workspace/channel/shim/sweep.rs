@@ -213,7 +213,7 @@ impl Scope {
     }
 }
 
-fn stop_then_kill(pids: &HashSet<u32>) {
+pub(super) fn stop_then_kill<'a>(pids: impl IntoIterator<Item = &'a u32> + Copy) {
     for &pid in pids {
         let _ = kill(Pid::from_raw(pid as i32), Signal::SIGSTOP);
     }
