@@ -15,6 +15,8 @@
 //! between a reply to a conversation and that conversation's next request
 //! is what convoy spent running the tool call (plus its own HTTP client).
 
+#[path = "bench/cpu.rs"]
+mod cpu;
 #[path = "bench/environments.rs"]
 mod environments;
 #[path = "../tests/support/fake_llm.rs"]

@@ -4,6 +4,11 @@
 //! requests with 429 (`Retry-After: 1`) and 5% with 503. Prints the wall
 //! times side by side, retries by reason, and the adaptive limiter's trace
 //! from the storm run's metrics.csv.
+//!
+//! `--endpoints`: the overhead of routing instead. The same healthy job
+//! through one fake endpoint and through three (`llm.endpoints`), three
+//! runs of each, alternating; requests/s of each run and the ratio of the
+//! medians.
 
 #[path = "../tests/support/fake_llm.rs"]
 mod fake_llm;
@@ -29,11 +34,25 @@ struct Run {
     metrics: String,
 }
 
-async fn run(storm: Option<Storm>) -> Run {
-    let llm = FakeLlm::start().await;
-    if let Some(s) = storm {
-        llm.storm(s);
+/// One run of the job against `servers` fake endpoints (1: `base_url`).
+async fn run(storm: Option<Storm>, servers: usize) -> Run {
+    let mut llms = Vec::new();
+    for _ in 0..servers {
+        llms.push(FakeLlm::start().await);
     }
+    if let Some(s) = storm {
+        llms[0].storm(s);
+    }
+    let endpoint = match llms.as_slice() {
+        [one] => format!("base_url = \"{}\"", one.base_url()),
+        all => format!(
+            "endpoints = [{}]",
+            all.iter()
+                .map(|l| format!("{{ base_url = \"{}\" }}", l.base_url()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("work")).unwrap();
     let rows: String = (0..CONVERSATIONS)
@@ -48,7 +67,7 @@ id = "{{{{ id }}}}"
 [prompt]
 user = "{{{{ script }}}}"
 [llm]
-base_url = "{}"
+{endpoint}
 model = "fake"
 max_in_flight = {WORKERS}
 max_retries = 12
@@ -59,8 +78,7 @@ workdir = "work"
 workers = {WORKERS}
 [monitor]
 interval = "500ms"
-"#,
-        llm.base_url()
+"#
     );
     std::fs::write(dir.path().join("job.toml"), manifest).unwrap();
     let t0 = Instant::now();
@@ -85,14 +103,50 @@ interval = "500ms"
     }
 }
 
+/// One endpoint against three, same job, alternating runs.
+async fn routing() {
+    let rate =
+        |r: &Run| r.summary["llm"]["requests"].as_f64().unwrap_or(0.0) / r.wall.as_secs_f64();
+    let (mut one, mut three) = (Vec::new(), Vec::new());
+    println!("| run | endpoints | wall time (s) | requests | requests/s |");
+    println!("|---:|---:|---:|---:|---:|");
+    for i in 1..=3 {
+        for (servers, rates) in [(1, &mut one), (3, &mut three)] {
+            let r = run(None, servers).await;
+            println!(
+                "| {i} | {servers} | {:.2} | {} | {:.0} |",
+                r.wall.as_secs_f64(),
+                r.summary["llm"]["requests"],
+                rate(&r)
+            );
+            rates.push(rate(&r));
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[v.len() / 2]
+    };
+    let (m1, m3) = (median(&mut one), median(&mut three));
+    println!(
+        "\nmedian requests/s: one endpoint {m1:.0}, three {m3:.0}; three / one = {:.3}",
+        m3 / m1
+    );
+}
+
 #[tokio::main]
 async fn main() {
-    let calm = run(None).await;
-    let stormy = run(Some(Storm {
-        p429: 0.20,
-        p503: 0.05,
-        retry_after_s: Some(1),
-    }))
+    if std::env::args().any(|a| a == "--endpoints") {
+        return routing().await;
+    }
+    let calm = run(None, 1).await;
+    let stormy = run(
+        Some(Storm {
+            p429: 0.20,
+            p503: 0.05,
+            retry_after_s: Some(1),
+        }),
+        1,
+    )
     .await;
     let ok = |r: &Run| r.summary["counts"]["ok"].as_u64().unwrap_or(0);
     let reason = |r: &Run, k: &str| {

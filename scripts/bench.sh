@@ -13,7 +13,7 @@
 # Needs Docker and the workspace image (scripts/build-workspace-image.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --quiet --bin convoy --example bench
+cargo build --release --quiet --bin convoy --example bench --example gateway_client
 scripts/provenance.sh
 echo
 exec target/release/examples/bench "$@"

@@ -58,6 +58,23 @@ fn tools_digest(m: &crate::manifest::Manifest, schemas: &Value) -> String {
     digest_json(&json!([schemas, commands]))
 }
 
+/// The model part: what shapes the model's answers. With `llm.endpoints`
+/// it also covers each endpoint's model name, not its URL: a job moved to
+/// other replicas of the same model resumes (and a job on `base_url` keeps
+/// the fingerprint it had before endpoints existed).
+fn model_digest(l: &crate::manifest::LlmSpec) -> String {
+    let mut v = json!({
+        "provider": l.provider, "model": l.model, "temperature": l.temperature,
+        "top_p": l.top_p, "max_tokens": l.max_tokens, "seed": l.seed,
+        "tool_choice": l.tool_choice, "parallel_tool_calls": l.parallel_tool_calls,
+        "extra_body": l.extra_body, "send_reasoning_content": l.send_reasoning_content,
+    });
+    if !l.endpoints.is_empty() {
+        v["endpoint_models"] = json!(l.model_names());
+    }
+    digest_json(&v)
+}
+
 impl Fingerprint {
     /// The fingerprint of `job` with these tool schemas. The task source is
     /// read here; an unreadable source has already failed planning.
@@ -71,15 +88,7 @@ impl Fingerprint {
                 "prompt",
                 digest_json(&json!([m.prompt.system, m.prompt.user])),
             ),
-            (
-                "model",
-                digest_json(&json!({
-                    "provider": l.provider, "model": l.model, "temperature": l.temperature,
-                    "top_p": l.top_p, "max_tokens": l.max_tokens, "seed": l.seed,
-                    "tool_choice": l.tool_choice, "parallel_tool_calls": l.parallel_tool_calls,
-                    "extra_body": l.extra_body, "send_reasoning_content": l.send_reasoning_content,
-                })),
-            ),
+            ("model", model_digest(l)),
             ("tools", tools_digest(m, tools)),
             (
                 "agent",
@@ -210,6 +219,30 @@ mod tests {
         let free =
             format!("{env}keep = \"always\"\nsetup_timeout = \"1m\"\n{verify}timeout = \"1s\"\n");
         assert!(base.changed(&of(&free)).is_empty());
+    }
+
+    #[test]
+    fn endpoints_count_by_model_name_not_url() {
+        let dir = tempfile::tempdir().unwrap();
+        let of = |llm: &str| {
+            let path = dir.path().join("job.toml");
+            let text = format!("name = \"j\"\n[tasks]\nsource = \"t.jsonl\"\n[prompt]\nuser = \"go\"\n[llm]\nmodel = \"m\"\n{llm}\n");
+            std::fs::write(&path, text).unwrap();
+            let job = crate::manifest::load(&path).unwrap();
+            let tools = crate::agent::Toolbox::new(&job.manifest).unwrap();
+            Fingerprint::of(&job, tools.schemas())
+        };
+        let one = of("base_url = \"http://a:1/v1\"");
+        assert!(one.changed(&of("base_url = \"http://b:2/v1\"")).is_empty());
+        let two = of("endpoints = [{ base_url = \"http://a:1/v1\" }, { base_url = \"http://b:1/v1\", weight = 3 }]");
+        let moved =
+            of("endpoints = [{ base_url = \"http://c:1/v1\" }, { base_url = \"http://d:1/v1\" }]");
+        assert!(
+            two.changed(&moved).is_empty(),
+            "other replicas of the same model resume"
+        );
+        let other = of("endpoints = [{ base_url = \"http://a:1/v1\" }, { base_url = \"http://b:1/v1\", model = \"n\" }]");
+        assert_eq!(two.changed(&other), ["model"]);
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::endpoint::EndpointReport;
 use super::handle::{ModelHandle, Source, Totals};
 use super::limiter::LimiterStats;
 use super::openai::OpenAiClient;
@@ -43,6 +44,9 @@ pub struct LlmReport {
     pub limiter: Option<LimiterStats>,
     pub outages: u64,
     pub outage_s: f64,
+    /// Per endpoint, with more than one (`llm.endpoints`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<EndpointReport>,
 }
 
 impl LlmReport {
@@ -73,11 +77,15 @@ impl LlmReport {
         if let Some(cost) = self.cost {
             parts.push(format!("cost {cost:.4}"));
         }
-        if parts.is_empty() {
-            String::new()
-        } else {
-            format!("llm: {} requests; {}\n", self.requests, parts.join("; "))
+        let mut text = match (parts.is_empty(), self.endpoints.is_empty()) {
+            (true, true) => String::new(),
+            (true, false) => format!("llm: {} requests\n", self.requests),
+            _ => format!("llm: {} requests; {}\n", self.requests, parts.join("; ")),
+        };
+        for e in &self.endpoints {
+            text.push_str(&format!("  {}\n", e.render()));
         }
+        text
     }
 }
 
@@ -99,7 +107,7 @@ impl Llm {
     /// Cheap (reference counts and, for a script, the row's commands).
     pub fn for_task(&self, vars: &Map<String, Value>) -> ModelHandle {
         let source = match &self.backend {
-            Backend::OpenAi(c) => Source::Endpoint(c.clone()),
+            Backend::OpenAi(c) => Source::Endpoint(c.clone(), Arc::default()),
             Backend::Script => Source::Script(Script::from_row(vars)),
         };
         ModelHandle::new(self.totals.clone(), source)
@@ -161,7 +169,7 @@ impl Llm {
     /// script provider): the most connections the HTTP pool can need.
     pub fn in_flight_ceiling(&self) -> u64 {
         match &self.backend {
-            Backend::OpenAi(c) => c.limiter_stats().ceiling as u64,
+            Backend::OpenAi(c) => c.ceiling() as u64,
             Backend::Script => 0,
         }
     }
@@ -174,7 +182,16 @@ impl Llm {
         }
     }
 
-    /// Waits while the endpoint is down; an error once the job gave up.
+    /// Per endpoint, requests in flight now and its limit (for the
+    /// monitor's `llm_in_flight_N` and `llm_limit_N`); empty with one.
+    pub fn endpoint_load(&self) -> Vec<(usize, usize)> {
+        match &self.backend {
+            Backend::OpenAi(c) => c.endpoint_load(),
+            Backend::Script => Vec::new(),
+        }
+    }
+
+    /// Waits while no endpoint is up; an error once the job gave up.
     pub async fn wait_up(&self) -> Result<(), LlmError> {
         match &self.backend {
             Backend::OpenAi(c) => c.wait_up().await,
@@ -193,9 +210,14 @@ impl Llm {
 
     pub fn report(&self) -> LlmReport {
         let (prompt, completion) = self.tokens_used();
-        let (limiter, retries_by_reason, (outages, outage_s)) = match &self.backend {
-            Backend::OpenAi(c) => (Some(c.limiter_stats()), c.retries_by_reason(), c.outages()),
-            Backend::Script => (None, BTreeMap::new(), (0, 0.0)),
+        let (limiter, retries_by_reason, (outages, outage_s), endpoints) = match &self.backend {
+            Backend::OpenAi(c) => (
+                Some(c.limiter_stats()),
+                c.retries_by_reason(),
+                c.outages(),
+                c.endpoint_reports(),
+            ),
+            Backend::Script => (None, BTreeMap::new(), (0, 0.0), Vec::new()),
         };
         LlmReport {
             requests: self.totals.requests(),
@@ -206,6 +228,7 @@ impl Llm {
             limiter,
             outages,
             outage_s,
+            endpoints,
         }
     }
 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use super::openai::OpenAiClient;
+use super::route::Sticky;
 use super::script::Script;
 use super::types::{ChatReply, Forwarded, LlmError, Usage};
 
@@ -53,8 +54,9 @@ pub struct ModelHandle {
 
 #[derive(Debug, Clone)]
 pub(super) enum Source {
-    /// The job's endpoint, its limiter and outage gate shared by all.
-    Endpoint(Arc<OpenAiClient>),
+    /// The job's endpoints, their limiters and outage gates shared by
+    /// all; the endpoint this conversation is on, its own.
+    Endpoint(Arc<OpenAiClient>, Arc<Sticky>),
     /// The policy this conversation's row holds. A row the check before
     /// the job would refuse keeps its error, which the first request
     /// returns: building a handle never fails.
@@ -69,7 +71,7 @@ impl ModelHandle {
     /// The model's next reply to `messages`.
     pub async fn complete(&self, messages: &[Value], tools: &Value) -> Result<ChatReply, LlmError> {
         let reply = match &self.source {
-            Source::Endpoint(c) => c.complete(messages, tools).await?,
+            Source::Endpoint(c, sticky) => c.complete(sticky, messages, tools).await?,
             Source::Script(Ok(script)) => script.reply(messages),
             Source::Script(Err(e)) => return Err(LlmError::Config(e.clone())),
         };
@@ -83,7 +85,7 @@ impl ModelHandle {
     /// provider plays the row's next turn, as for `complete`.
     pub async fn forward(&self, request: Map<String, Value>) -> Result<Forwarded, LlmError> {
         let forwarded = match &self.source {
-            Source::Endpoint(c) => c.forward(request).await?,
+            Source::Endpoint(c, sticky) => c.forward(sticky, request).await?,
             Source::Script(Ok(script)) => script.forward(&request),
             Source::Script(Err(e)) => return Err(LlmError::Config(e.clone())),
         };

@@ -5,15 +5,16 @@
 //! answers, everything resumes; after `llm.outage_timeout` the job gives up.
 //!
 //! Requests that wait out an outage do not spend their retries on it: the
-//! outage has its own deadline.
+//! outage has its own deadline. Each endpoint of the job has its own; with
+//! several, one past its deadline keeps being probed (it may come back
+//! while the others carry the job), and the job gives up only when every
+//! endpoint is past its deadline (`route`).
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
-
-use super::types::LlmError;
+use tokio::sync::{watch, Notify};
 
 const PROBE_FIRST: Duration = Duration::from_millis(500);
 /// An endpoint that never answered since the job started is most likely a
@@ -40,10 +41,17 @@ pub struct Health {
     outages: AtomicU64,
     outage_ms: AtomicU64,
     probe_url: String,
+    /// Told of every change of state.
+    changed: Arc<Notify>,
+    /// Go on probing past the deadline (a job with several endpoints).
+    keep_probing: bool,
+    /// How log lines name it: "the LLM endpoint", or with several,
+    /// "LLM endpoint 1 (gpu-b:8000)".
+    name: String,
 }
 
 impl Health {
-    pub fn new(base_url: &str, threshold: u32, timeout: Duration) -> Health {
+    pub fn new(base_url: &str, threshold: u32, timeout: Duration, changed: Arc<Notify>) -> Health {
         Health {
             state: watch::Sender::new(State::Up),
             consecutive: AtomicU32::new(0),
@@ -53,32 +61,55 @@ impl Health {
             outages: AtomicU64::new(0),
             outage_ms: AtomicU64::new(0),
             probe_url: format!("{}/models", base_url.trim_end_matches('/')),
+            changed,
+            keep_probing: false,
+            name: "the LLM endpoint".into(),
         }
     }
 
-    /// Waits while the endpoint is down; an error once the job gave up on it.
-    pub async fn wait_up(&self) -> Result<(), LlmError> {
-        let mut rx = self.state.subscribe();
-        loop {
-            match &*rx.borrow_and_update() {
-                State::Up => return Ok(()),
-                State::Gone(why) => return Err(LlmError::Outage(why.clone())),
-                State::Down => {}
-            }
-            if rx.changed().await.is_err() {
-                return Err(LlmError::Outage("the LLM client shut down".into()));
-            }
-        }
+    /// One of several endpoints, named `name` in log lines: probed on past
+    /// the deadline, since it may come back while the others carry the job.
+    pub fn one_of_several(mut self, name: String) -> Health {
+        self.keep_probing = true;
+        self.name = format!("LLM {name}");
+        self
+    }
+
+    fn set(&self, state: State) {
+        self.state.send_replace(state);
+        self.changed.notify_waiters();
     }
 
     pub fn is_down(&self) -> bool {
         *self.state.borrow() == State::Down
     }
 
+    pub fn is_up(&self) -> bool {
+        *self.state.borrow() == State::Up
+    }
+
+    /// Down past its deadline; `Some(why)`.
+    pub fn gone_why(&self) -> Option<String> {
+        match &*self.state.borrow() {
+            State::Gone(why) => Some(why.clone()),
+            _ => None,
+        }
+    }
+
+    pub fn is_gone(&self) -> bool {
+        self.gone_why().is_some()
+    }
+
     /// Any HTTP answer: the endpoint is reachable.
     pub fn on_answer(&self) {
         self.consecutive.store(0, Ordering::Relaxed);
         self.ever_answered.store(true, Ordering::Relaxed);
+    }
+
+    /// The check before the job could not reach it: down from the start.
+    pub fn declare_down(self: &Arc<Self>, http: &reqwest::Client) {
+        self.consecutive.store(self.threshold, Ordering::Relaxed);
+        self.went_down(self.threshold, http);
     }
 
     /// A request could not reach the endpoint. The `threshold`-th in a row
@@ -88,6 +119,10 @@ impl Health {
         if n < self.threshold {
             return;
         }
+        self.went_down(n, http);
+    }
+
+    fn went_down(self: &Arc<Self>, n: u32, http: &reqwest::Client) {
         let went_down = self.state.send_if_modified(|s| {
             if *s == State::Up {
                 *s = State::Down;
@@ -97,9 +132,11 @@ impl Health {
             }
         });
         if went_down {
+            self.changed.notify_waiters();
             self.outages.fetch_add(1, Ordering::Relaxed);
             tracing::error!(
-                "the LLM endpoint is down ({n} connection failures in a row): no new requests; probing {} (giving up after {}{})",
+                "{} is down ({n} connection failures in a row): no new requests to it; probing {} (giving up after {}{})",
+                self.name,
                 self.probe_url,
                 humantime::format_duration(self.give_up_after()),
                 if self.ever_answered.load(Ordering::Relaxed) {
@@ -129,7 +166,12 @@ impl Health {
         let mut every = PROBE_FIRST;
         loop {
             let left = self.give_up_after().saturating_sub(since.elapsed());
-            tokio::time::sleep(every.min(left)).await;
+            let pause = if self.is_gone() {
+                PROBE_MAX
+            } else {
+                every.min(left)
+            };
+            tokio::time::sleep(pause).await;
             every = (every * 2).min(PROBE_MAX);
             let left = self.give_up_after().saturating_sub(since.elapsed());
             let answered = http
@@ -144,31 +186,36 @@ impl Health {
                     .fetch_add(down_for.as_millis() as u64, Ordering::Relaxed);
                 self.on_answer();
                 tracing::warn!(
-                    "the LLM endpoint answers again after {:.1}s; resuming",
+                    "{} answers again after {:.1}s; resuming",
+                    self.name,
                     down_for.as_secs_f64()
                 );
-                self.state.send_replace(State::Up);
+                self.set(State::Up);
                 return;
             }
-            if down_for < self.give_up_after() {
+            if down_for < self.give_up_after() || self.is_gone() {
                 continue;
             }
             let why = if self.ever_answered.load(Ordering::Relaxed) {
                 format!(
-                    "the LLM endpoint has been unreachable for {} (llm.outage_timeout); results so far are kept",
+                    "{} has been unreachable for {} (llm.outage_timeout); results so far are kept",
+                    self.name,
                     humantime::format_duration(Duration::from_secs(down_for.as_secs()))
                 )
             } else {
                 format!(
-                    "the LLM endpoint {} has not answered once in {}s since the job started: check llm.base_url and that the server is running",
+                    "{} {} has not answered once in {}s since the job started: check llm.base_url and that the server is running",
+                    self.name,
                     self.probe_url.trim_end_matches("/models"),
                     down_for.as_secs()
                 )
             };
-            self.outage_ms
-                .fetch_add(down_for.as_millis() as u64, Ordering::Relaxed);
-            self.state.send_replace(State::Gone(why));
-            return;
+            self.set(State::Gone(why));
+            if !self.keep_probing {
+                self.outage_ms
+                    .fetch_add(down_for.as_millis() as u64, Ordering::Relaxed);
+                return;
+            }
         }
     }
 

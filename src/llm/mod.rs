@@ -7,18 +7,22 @@
 
 mod bucket;
 mod client;
+mod endpoint;
 mod failure;
 mod forward;
 mod handle;
 mod health;
+mod latency;
 mod limiter;
 mod openai;
 mod preflight;
 mod request;
+mod route;
 pub mod script;
 mod types;
 
 pub use client::{Llm, LlmReport};
+pub use endpoint::EndpointReport;
 pub use handle::ModelHandle;
 pub use limiter::LimiterStats;
 pub use openai::OpenAiClient;

@@ -6,42 +6,38 @@
 //! retried further (`failure`). 401/403 are fatal for the job; a
 //! context-length 400 ends the task as `context_limit`; any other 4xx fails
 //! the task with the endpoint's message. Before each attempt a request
-//! passes, in order: the outage gate (`health`), the rate buckets, the
-//! adaptive in-flight limit. The body is built in `request`, or for a
+//! passes, in order: the rate buckets, then routing (`route`): an endpoint
+//! that is up, a slot in its adaptive in-flight limit, a slot in the job's.
+//! With several endpoints, a request whose endpoint went down or refused
+//! the key (401/403: taken out for the rest of the job) is sent elsewhere
+//! without spending its retries. The body is built in `request`, or for a
 //! request an external agent wrote, in `forward`; both go through the same
 //! attempts (`send`).
 
 use std::collections::BTreeMap;
-use std::fmt;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use hyper::body::Bytes;
+
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 use reqwest::StatusCode;
 use serde_json::{Map, Value};
 
 use super::bucket::Bucket;
+use super::endpoint::{read_key, EndpointReport, Secret, Upstream};
 use super::failure::{
     backoff, error_message, first_line, is_context_limit, may_be_deterministic, parse_reply,
     retry_after, transport_failure, Attempt, Reason,
 };
 use super::forward::ForwardRules;
-use super::health::Health;
-use super::limiter::{Limiter, LimiterStats};
+use super::limiter::LimiterStats;
 use super::preflight;
 use super::request::{self, Body, Outgoing};
+use super::route::{Pool, Sticky};
 use super::types::{ChatReply, Forwarded, LlmError};
 use crate::manifest::LlmSpec;
-
-/// An API key. Its `Debug` never shows it.
-#[derive(Clone)]
-struct Secret(String);
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(..)")
-    }
-}
 
 /// A Retry-After longer than this is capped: a misconfigured proxy must not
 /// park a conversation for hours.
@@ -76,58 +72,53 @@ pub struct OpenAiClient {
     /// takes a clone (an `Arc` inside), so none holds the lock across I/O.
     http: std::sync::RwLock<reqwest::Client>,
     http_config: HttpConfig,
-    base: String,
-    url: String,
-    model: String,
-    key: Option<Secret>,
-    key_env: Option<String>,
+    /// The endpoints, the job's ceiling, routing.
+    pool: Pool,
     max_retries: u32,
     /// Sampling and extra fields, merged into every request body.
     options: Map<String, Value>,
     /// What the manifest changes in an external agent's request.
     forward: ForwardRules,
     send_reasoning: bool,
-    limiter: Limiter,
-    health: Arc<Health>,
     requests_bucket: Option<Bucket>,
     tokens_bucket: Option<Bucket>,
     retries: Mutex<BTreeMap<String, u64>>,
 }
 
-/// The key named by `llm.api_key_env`; an error when the variable is unset.
-fn read_key(spec: &LlmSpec) -> Result<Option<Secret>, LlmError> {
-    let Some(var) = &spec.api_key_env else {
-        return Ok(None);
-    };
-    match std::env::var(var) {
-        Ok(k) if !k.is_empty() => Ok(Some(Secret(k))),
-        _ => Err(LlmError::Config(format!(
-            "the environment variable `{var}` (llm.api_key_env) is not set"
-        ))),
-    }
-}
-
 impl OpenAiClient {
     pub fn new(spec: &LlmSpec) -> Result<OpenAiClient, LlmError> {
-        let key = read_key(spec)?;
-        OpenAiClient::build(spec, key)
+        let keys = spec
+            .endpoints()
+            .iter()
+            .map(|e| read_key(e.api_key_env.as_deref()))
+            .collect::<Result<_, _>>()?;
+        OpenAiClient::build(spec, keys)
     }
 
     /// Checks everything `new` checks but the key, for `convoy validate`,
     /// which must work where the key is not set: a missing key is a warning.
     pub fn check(spec: &LlmSpec) -> Result<Option<String>, LlmError> {
-        OpenAiClient::build(spec, None)?;
-        Ok(read_key(spec)
-            .err()
-            .map(|e| format!("{e}: `convoy run` will need it")))
+        OpenAiClient::build(spec, Vec::new())?;
+        let missing: Vec<String> = spec
+            .endpoints()
+            .iter()
+            .filter_map(|e| read_key(e.api_key_env.as_deref()).err())
+            .map(|e| e.to_string())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        Ok((!missing.is_empty())
+            .then(|| format!("{}: `convoy run` will need it", missing.join("; "))))
     }
 
-    fn build(spec: &LlmSpec, key: Option<Secret>) -> Result<OpenAiClient, LlmError> {
-        let base = spec
-            .base_url
-            .as_deref()
-            .ok_or_else(|| LlmError::Config("llm.base_url is required".into()))?
-            .trim_end_matches('/');
+    /// `keys`: one per endpoint, in order (none at all for `check`).
+    fn build(spec: &LlmSpec, keys: Vec<Option<Secret>>) -> Result<OpenAiClient, LlmError> {
+        let endpoints = spec.endpoints();
+        if endpoints.is_empty() {
+            return Err(LlmError::Config(
+                "llm.base_url (or llm.endpoints) is required".into(),
+            ));
+        }
         let mut headers = HeaderMap::new();
         for (name, value) in &spec.extra_headers {
             let bad =
@@ -142,20 +133,36 @@ impl OpenAiClient {
             timeout: spec.timeout,
             headers,
         };
+        let changed = Arc::default();
+        let several = endpoints.len() > 1;
+        let upstreams = endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let key = keys.get(i).cloned().flatten();
+                Arc::new(Upstream::new(
+                    i,
+                    e,
+                    spec,
+                    key,
+                    several,
+                    Arc::clone(&changed),
+                ))
+            })
+            .collect();
         Ok(OpenAiClient {
             http: std::sync::RwLock::new(http_config.build()?),
             http_config,
-            base: base.to_string(),
-            url: format!("{base}/chat/completions"),
-            model: spec.model.clone().unwrap_or_default(),
-            key,
-            key_env: spec.api_key_env.clone(),
+            pool: Pool::new(
+                upstreams,
+                spec.max_in_flight as usize,
+                spec.sticky_wait,
+                changed,
+            ),
             max_retries: spec.max_retries,
             options: request::options(spec),
             forward: ForwardRules::new(spec),
             send_reasoning: spec.send_reasoning_content,
-            limiter: Limiter::new(spec.max_in_flight as usize),
-            health: Arc::new(Health::new(base, spec.outage_after, spec.outage_timeout)),
             requests_bucket: spec
                 .requests_per_minute
                 .map(|n| Bucket::per_minute(n as f64)),
@@ -164,23 +171,49 @@ impl OpenAiClient {
         })
     }
 
-    /// Requests in flight to the endpoint now.
+    /// Requests in flight now, job-wide.
     pub fn in_flight(&self) -> usize {
-        self.limiter.in_flight()
+        self.pool.in_flight()
     }
 
     /// The most requests in flight since the last call.
     pub fn take_in_flight_peak(&self) -> usize {
-        self.limiter.take_peak()
+        self.pool.take_in_flight_peak()
     }
 
-    /// Requests allowed in flight now (the adaptive limit).
+    /// Requests allowed in flight now (the adaptive limits).
     pub fn limit(&self) -> usize {
-        self.limiter.limit()
+        self.pool.limit()
+    }
+
+    /// The job-wide ceiling (`llm.max_in_flight`).
+    pub fn ceiling(&self) -> usize {
+        self.pool.ceiling()
     }
 
     pub fn limiter_stats(&self) -> LimiterStats {
-        self.limiter.stats()
+        self.pool.limiter_stats()
+    }
+
+    /// Per endpoint, in flight now and its limit (for the monitor); empty
+    /// with one endpoint, whose figures are the job's.
+    pub fn endpoint_load(&self) -> Vec<(usize, usize)> {
+        if !self.pool.several() {
+            return Vec::new();
+        }
+        self.pool
+            .upstreams
+            .iter()
+            .map(|u| (u.limiter.in_flight(), u.limiter.limit()))
+            .collect()
+    }
+
+    /// What each endpoint did; empty with one endpoint.
+    pub fn endpoint_reports(&self) -> Vec<EndpointReport> {
+        if !self.pool.several() {
+            return Vec::new();
+        }
+        self.pool.upstreams.iter().map(|u| u.report()).collect()
     }
 
     /// Retries so far, by reason (`http_429`, `timeout`, ...).
@@ -188,32 +221,67 @@ impl OpenAiClient {
         self.retries.lock().expect("retries lock").clone()
     }
 
-    /// Outages so far and their total length in seconds.
+    /// Outages so far (of every endpoint) and their total length in seconds.
     pub fn outages(&self) -> (u64, f64) {
-        self.health.outages()
+        self.pool
+            .upstreams
+            .iter()
+            .map(|u| u.health.outages())
+            .fold((0, 0.0), |(n, s), (m, t)| (n + m, s + t))
     }
 
-    /// Waits while the endpoint is down (the engine dispatches no task
-    /// meanwhile); an error once the job gave up on it.
+    /// Waits while no endpoint can take requests (the engine dispatches
+    /// no task meanwhile); an error once the job gave up on every one.
     pub async fn wait_up(&self) -> Result<(), LlmError> {
-        self.health.wait_up().await
+        self.pool.wait_usable().await
     }
 
-    /// One look at the endpoint before the job starts (see `preflight`).
+    /// One look at each endpoint before the job starts (see `preflight`).
+    /// With one endpoint its error ends the run; with several, an endpoint
+    /// that fails is taken out (a rejected key) or counted down (probed
+    /// until it answers), and only all of them failing ends the run.
     pub async fn preflight(&self) -> Result<(), LlmError> {
-        let key = self.key.as_ref().map(|Secret(k)| k.as_str());
         let http = self.http();
-        let probe = preflight::Probe {
-            http: &http,
-            base: &self.base,
-            model: &self.model,
-            key,
-            key_env: self.key_env.as_deref(),
-            connect_timeout: self.http_config.connect_timeout,
-        };
-        probe.run().await?;
-        self.health.on_answer();
-        Ok(())
+        let probes = self.pool.upstreams.iter().map(|u| {
+            let http = &http;
+            async move {
+                let probe = preflight::Probe {
+                    http,
+                    base: &u.base,
+                    model: &u.model,
+                    key: u.key.as_ref().map(|Secret(k)| k.as_str()),
+                    key_env: u.key_env.as_deref(),
+                    connect_timeout: self.http_config.connect_timeout,
+                };
+                (u, probe.run().await)
+            }
+        });
+        let outcomes = futures::future::join_all(probes).await;
+        let mut first_error = None;
+        let mut any_ok = false;
+        for (u, outcome) in outcomes {
+            match outcome {
+                Ok(()) => {
+                    u.health.on_answer();
+                    any_ok = true;
+                }
+                Err(e) if self.pool.several() => {
+                    if e.is_fatal() && matches!(e, LlmError::Auth { .. }) {
+                        tracing::error!("{}: {e}; taken out for the rest of the job", u.name());
+                        u.remove(e.to_string());
+                    } else {
+                        tracing::warn!("{}: {e}; counted as down until it answers", u.name());
+                        u.health.declare_down(&http);
+                    }
+                    first_error.get_or_insert(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        match first_error {
+            Some(e) if !any_ok => Err(e),
+            _ => Ok(()),
+        }
     }
 
     /// Closes every idle connection by replacing the client (and with it
@@ -239,57 +307,95 @@ impl OpenAiClient {
             .or_default() += 1;
     }
 
-    pub async fn complete(&self, messages: &[Value], tools: &Value) -> Result<ChatReply, LlmError> {
-        let body = Body {
-            model: &self.model,
-            messages: Outgoing {
-                messages,
-                send_reasoning: self.send_reasoning,
-            },
-            tools,
-            options: &self.options,
+    /// The model's next reply to `messages`, for the conversation whose
+    /// endpoint `sticky` holds.
+    pub async fn complete(
+        &self,
+        sticky: &Sticky,
+        messages: &[Value],
+        tools: &Value,
+    ) -> Result<ChatReply, LlmError> {
+        let body = |model: &str| {
+            json_bytes(&Body {
+                model,
+                messages: Outgoing {
+                    messages,
+                    send_reasoning: self.send_reasoning,
+                },
+                tools,
+                options: &self.options,
+            })
         };
-        Ok(self.send(&body).await?.reply)
+        Ok(self.send(sticky, body).await?.reply)
     }
 
     /// Sends a request an external agent wrote, as `forward` changes it,
     /// with the same retries, limits and gates as `complete`.
-    pub async fn forward(&self, request: Map<String, Value>) -> Result<Forwarded, LlmError> {
-        self.send(&self.forward.body(request)).await
+    pub async fn forward(
+        &self,
+        sticky: &Sticky,
+        request: Map<String, Value>,
+    ) -> Result<Forwarded, LlmError> {
+        let mut request = self.forward.body(request);
+        let body = move |model: &str| {
+            request.insert("model".into(), Value::String(model.to_string()));
+            json_bytes(&request)
+        };
+        self.send(sticky, body).await
     }
 
-    /// Sends `body` until the endpoint gives a usable reply or a reason to
-    /// stop. An error the endpoint answered carries its status and body
-    /// (`LlmError::upstream`).
-    async fn send(&self, body: &impl serde::Serialize) -> Result<Forwarded, LlmError> {
+    /// Sends the body `body` writes for an endpoint's model until an
+    /// endpoint gives a usable reply or a reason to stop. An error the
+    /// endpoint answered carries its status and body (`LlmError::upstream`).
+    async fn send(
+        &self,
+        sticky: &Sticky,
+        mut body: impl FnMut(&str) -> Bytes,
+    ) -> Result<Forwarded, LlmError> {
         // `retries` counts every resend (reported in usage.retries);
         // `spent` only those charged to llm.max_retries: waiting out an
-        // outage is not.
+        // outage, or going to another endpoint, is not.
         let (mut retries, mut spent) = (0u32, 0u32);
         // The previous attempt's error (status, body), when it may have
         // been deterministic.
         let mut previous: Option<(u16, String)> = None;
+        // The body, written once per model name.
+        let mut written: Option<(String, Bytes)> = None;
         loop {
-            self.health.wait_up().await?;
             if let Some(b) = &self.requests_bucket {
                 b.take(1.0).await;
             }
             if let Some(b) = &self.tokens_bucket {
                 b.take(0.0).await;
             }
-            let outcome = {
-                let permit = self.limiter.acquire().await;
-                let outcome = self.send_once(body).await;
-                match &outcome {
-                    Attempt::Done(_) => permit.success(),
-                    Attempt::Retry {
-                        reason: Reason::Status(429),
-                        ..
-                    } => permit.throttled(),
-                    _ => {}
+            let routed = self.pool.route(sticky).await?;
+            let up = routed.up;
+            let bytes = match &written {
+                Some((model, bytes)) if *model == up.model => bytes.clone(),
+                _ => {
+                    let bytes = body(&up.model);
+                    written = Some((up.model.clone(), bytes.clone()));
+                    bytes
                 }
-                outcome
             };
+            let started = Instant::now();
+            let outcome = self.send_once(up, bytes).await;
+            match &outcome {
+                Attempt::Done(_) => {
+                    routed.slot.success();
+                    up.answered.fetch_add(1, Ordering::Relaxed);
+                    up.latencies.record(started.elapsed());
+                }
+                Attempt::Retry {
+                    reason: Reason::Status(429),
+                    ..
+                } => routed.slot.throttled(),
+                _ => {}
+            }
+            if !matches!(outcome, Attempt::Done(_)) {
+                up.errors.fetch_add(1, Ordering::Relaxed);
+            }
+            drop(routed);
             let (reason, detail, after, error_body) = match outcome {
                 Attempt::Done(mut done) => {
                     done.reply.usage.retries = retries as u64;
@@ -297,6 +403,24 @@ impl OpenAiClient {
                         b.charge(done.reply.usage.total_tokens as f64);
                     }
                     return Ok(done);
+                }
+                Attempt::Fail(e @ LlmError::Auth { .. }) if self.pool.several() => {
+                    // This endpoint refuses the key: out for the rest of the
+                    // job; the request goes elsewhere, or the job stops
+                    // when no endpoint is left.
+                    if up.remove(e.to_string()) {
+                        tracing::error!(
+                            "{}: {e}; taken out for the rest of the job (check {})",
+                            up.name(),
+                            up.key_env.as_deref().unwrap_or("its api_key_env")
+                        );
+                    }
+                    if self.pool.upstreams.iter().all(|u| u.gone()) {
+                        return Err(e);
+                    }
+                    up.retries.fetch_add(1, Ordering::Relaxed);
+                    retries += 1;
+                    continue;
                 }
                 Attempt::Fail(e) => return Err(e),
                 Attempt::Retry {
@@ -320,19 +444,25 @@ impl OpenAiClient {
             }
             previous = this;
             if reason == Reason::Connection {
-                self.health.on_connection_failure(&self.http());
+                up.health.on_connection_failure(&self.http());
             }
-            let waiting_out_outage = reason == Reason::Connection && self.health.is_down();
-            if !waiting_out_outage && spent >= self.max_retries {
+            // Its endpoint is down: the request waits for it (one
+            // endpoint) or goes to another, without spending a retry. With
+            // several, a connection that failed moves the conversation to
+            // another endpoint at once, also without spending one.
+            let rerouted = reason == Reason::Connection
+                && (up.health.is_down() || self.pool.move_away(sticky, up.index));
+            if !rerouted && spent >= self.max_retries {
                 return Err(LlmError::Exhausted {
                     attempts: spent + 1,
                     last: detail,
                 });
             }
             self.count_retry(reason.key());
+            up.retries.fetch_add(1, Ordering::Relaxed);
             retries += 1;
-            if waiting_out_outage {
-                tracing::debug!("LLM request waits for the endpoint to come back: {detail}");
+            if rerouted {
+                tracing::debug!("LLM request goes on once an endpoint is up: {detail}");
                 continue;
             }
             let wait = after.unwrap_or_else(|| backoff(spent));
@@ -346,9 +476,13 @@ impl OpenAiClient {
         }
     }
 
-    async fn send_once(&self, body: &impl serde::Serialize) -> Attempt {
-        let mut req = self.http().post(&self.url).json(body);
-        if let Some(Secret(k)) = &self.key {
+    async fn send_once(&self, up: &Upstream, body: Bytes) -> Attempt {
+        let mut req = self
+            .http()
+            .post(&up.url)
+            .header(CONTENT_TYPE, "application/json")
+            .body(body);
+        if let Some(Secret(k)) = &up.key {
             req = req.bearer_auth(k);
         }
         let resp = match req.send().await {
@@ -361,7 +495,7 @@ impl OpenAiClient {
             Ok(t) => t,
             Err(e) => return transport_failure(&e),
         };
-        self.health.on_answer();
+        up.health.on_answer();
         if status.is_success() {
             return match parse_reply(&text) {
                 Ok(r) => Attempt::Done(r),
@@ -405,4 +539,10 @@ impl OpenAiClient {
             }),
         }
     }
+}
+
+/// A request body as JSON bytes. Serializing a `serde_json` value or the
+/// request structs cannot fail (string keys, finite numbers).
+fn json_bytes(body: &impl serde::Serialize) -> Bytes {
+    Bytes::from(serde_json::to_vec(body).expect("a request body serializes"))
 }

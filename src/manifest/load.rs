@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
+use super::endpoints::check_endpoints;
 use super::environment::check_environment;
 use super::external::check_external;
-use super::schema::{Manifest, OnText, Provider};
+use super::schema::{Manifest, OnText};
 use super::tools::check_tools;
 #[cfg(test)]
 use super::wording::MINIMUMS;
@@ -222,23 +223,7 @@ fn validate(m: &Manifest, text: &str) -> Vec<Problem> {
         }
     }
 
-    if m.llm.provider == Provider::Openai {
-        let url_ok = m
-            .llm
-            .base_url
-            .as_deref()
-            .is_some_and(|u| u.starts_with("http://") || u.starts_with("https://"));
-        check(
-            url_ok,
-            "llm.base_url",
-            "an http:// or https:// URL is required for provider \"openai\"",
-        );
-        check(
-            m.llm.model.as_deref().is_some_and(|s| !s.is_empty()),
-            "llm.model",
-            "is required for provider \"openai\"",
-        );
-    }
+    check_endpoints(m, &mut check);
     check(
         m.llm.max_in_flight >= 1,
         "llm.max_in_flight",

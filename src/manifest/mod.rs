@@ -5,6 +5,7 @@
 //! durations and impossible values are errors that name the file, the line
 //! and the key.
 
+mod endpoints;
 mod environment;
 mod external;
 mod load;
@@ -14,6 +15,7 @@ mod tools;
 mod wording;
 mod workspace_rules;
 
+pub use endpoints::{Endpoint, EndpointSpec, Role};
 pub use environment::escapes;
 pub use load::{load, Job, ManifestError, Problem};
 pub use schema::*;

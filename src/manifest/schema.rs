@@ -93,9 +93,17 @@ pub struct LlmSpec {
     #[serde(default)]
     pub provider: Provider,
     /// Endpoint root, e.g. `http://127.0.0.1:8000/v1`; convoy posts to
-    /// `{base_url}/chat/completions`. Required for `openai`.
+    /// `{base_url}/chat/completions`. For `openai`, this or `endpoints`.
     #[serde(default)]
     pub base_url: Option<String>,
+    /// Several servers for one job (see `endpoints`): conversations are
+    /// spread over them and stay on theirs.
+    #[serde(default)]
+    pub endpoints: Vec<super::EndpointSpec>,
+    /// How long a conversation waits for room on its endpoint before it
+    /// moves to one with room (and stays there).
+    #[serde(default = "LlmSpec::default_sticky_wait", with = "humantime_serde")]
+    pub sticky_wait: Duration,
     /// Model name sent with every request. Required for `openai`.
     #[serde(default)]
     pub model: Option<String>,
@@ -111,7 +119,8 @@ pub struct LlmSpec {
     /// Retries of one request on 429, 408, 5xx, connection errors, timeouts.
     #[serde(default = "LlmSpec::default_max_retries")]
     pub max_retries: u32,
-    /// Most requests in flight to the endpoint at once, for the whole job.
+    /// Most requests in flight at once, for the whole job (and each
+    /// endpoint's ceiling unless it sets its own).
     #[serde(default = "LlmSpec::default_max_in_flight")]
     pub max_in_flight: u32,
     /// Consecutive connection failures (across all conversations) after
@@ -198,6 +207,9 @@ impl LlmSpec {
     }
     fn default_max_retries() -> u32 {
         8
+    }
+    fn default_sticky_wait() -> Duration {
+        Duration::from_secs(2)
     }
     fn default_max_in_flight() -> u32 {
         256

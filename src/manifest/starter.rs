@@ -37,12 +37,16 @@ user = "{{ question }}"
 # set provider = "openai" and the three keys below it.
 provider = "script"
 #base_url = "http://127.0.0.1:8000/v1"   # requests go to {base_url}/chat/completions
+# Instead of base_url, several servers (README, "Many model servers"); each entry may
+# also set model, api_key_env, max_in_flight and role = "fallback":
+#endpoints = [{ base_url = "http://gpu-a:8000/v1" }, { base_url = "http://gpu-b:8000/v1", weight = 2 }]
+#sticky_wait = "2s"                      # a conversation moves off its endpoint after waiting this long for room
 #model = "qwen2.5-7b-instruct"
 #api_key_env = "OPENAI_API_KEY"          # the variable's NAME; the key never goes in a file
 #timeout = "600s"                        # per request, a slow generation included
 #connect_timeout = "10s"
 #max_retries = 8                         # per request: 429, 408, 5xx, connection errors, timeouts
-#max_in_flight = 256                     # ceiling of the adaptive in-flight limit, whole job
+#max_in_flight = 256                     # requests in flight, whole job (each endpoint adapts its own limit under it)
 #outage_after = 5                        # consecutive connection failures that mean "endpoint down"
 #outage_timeout = "10m"                  # give up on an outage after this long (exit 4)
 #requests_per_minute = 600               # rate caps for the whole job

@@ -53,6 +53,11 @@ pub struct Sample {
     /// the older columns keep working).
     pub in_setup: u64,
     pub in_verify: u64,
+    /// Per endpoint (with `llm.endpoints` of more than one), requests in
+    /// flight and its adaptive limit: the columns `llm_in_flight_N` and
+    /// `llm_limit_N` after all the others (`reporters::metrics`).
+    #[serde(skip)]
+    pub llm_endpoints: Vec<(u64, u64)>,
 }
 
 /// Seconds to one decimal: a sample is taken every few seconds, so more
@@ -197,6 +202,11 @@ impl Monitor {
             llm_in_flight_peak: llm_peak,
             in_setup: counts.in_setup,
             in_verify: counts.in_verify,
+            llm_endpoints: llm
+                .endpoint_load()
+                .into_iter()
+                .map(|(n, limit)| (n as u64, limit as u64))
+                .collect(),
         };
         self.peak.threads = self.peak.threads.max(own_peak.1);
         self.peak.rss_bytes = self.peak.rss_bytes.max(own_peak.2);

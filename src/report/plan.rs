@@ -129,6 +129,26 @@ pub struct EndpointView {
     /// The variable the API key is read from (never the key).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_key_env: Option<String>,
+    /// With `llm.endpoints`: one line per server.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub servers: Vec<String>,
+}
+
+/// One server of `llm.endpoints`, in one line.
+fn server_line(e: &crate::manifest::Endpoint) -> String {
+    let mut line = format!("{}/chat/completions, model {}", e.base_url, e.model);
+    if let Some(k) = &e.api_key_env {
+        let _ = write!(line, ", key from ${k}");
+    }
+    let _ = write!(
+        line,
+        ", weight {}, max_in_flight {}",
+        e.weight, e.max_in_flight
+    );
+    if e.role == crate::manifest::Role::Fallback {
+        line.push_str(", fallback");
+    }
+    line
 }
 
 /// A unit enum's name as the manifest spells it (its serde name), so
@@ -172,6 +192,11 @@ impl PlanSummary {
                 base_url: m.llm.base_url.clone().filter(|_| openai),
                 model: m.llm.model.clone().filter(|_| openai),
                 api_key_env: m.llm.api_key_env.clone().filter(|_| openai),
+                servers: if m.llm.endpoints.is_empty() {
+                    Vec::new()
+                } else {
+                    m.llm.endpoints().iter().map(server_line).collect()
+                },
             },
             // An external agent brings its own.
             tools: match m.agent.kind {
@@ -276,7 +301,14 @@ impl PlanSummary {
             ),
             _ => format!("{} provider (no network)", e.provider),
         };
-        let _ = writeln!(s, "  endpoint:  {endpoint}");
+        if e.servers.is_empty() {
+            let _ = writeln!(s, "  endpoint:  {endpoint}");
+        } else {
+            let _ = writeln!(s, "  endpoints: {} servers", e.servers.len());
+            for line in &e.servers {
+                let _ = writeln!(s, "    {line}");
+            }
+        }
         match &self.first_agent_command {
             Some(c) => {
                 let _ = writeln!(s, "  agent:     external: {}", one_line_of(c));

@@ -1,22 +1,51 @@
 //! `metrics.csv`: one row per monitor sample, written by the `csv` crate
-//! from the `Sample` type, so the header and the rows cannot drift.
+//! from the `Sample` type, so the header and the rows cannot drift. A job
+//! with several endpoints has two more columns per endpoint at the end,
+//! `llm_in_flight_N` and `llm_limit_N`.
 
 use std::fs::File;
 use std::path::Path;
 
 use crate::events::{Event, EventKind};
+use crate::monitor::Sample;
 
 use super::Reporter;
 
 pub struct MetricsCsv {
     csv: csv::Writer<File>,
+    header_written: bool,
 }
 
 impl MetricsCsv {
     pub fn create(run_dir: &Path) -> std::io::Result<MetricsCsv> {
         Ok(MetricsCsv {
-            csv: csv::Writer::from_writer(File::create(run_dir.join("metrics.csv"))?),
+            csv: csv::WriterBuilder::new()
+                .has_headers(false)
+                .from_writer(File::create(run_dir.join("metrics.csv"))?),
+            header_written: false,
         })
+    }
+
+    /// The header: `Sample`'s fields, as the serializer names them, then
+    /// the endpoints' columns.
+    fn write_header(&mut self, sample: &Sample) -> anyhow::Result<()> {
+        let mut names = csv::Writer::from_writer(Vec::new());
+        names.serialize(Sample::default())?;
+        let text = String::from_utf8(names.into_inner()?)?;
+        let mut header: Vec<String> = text
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split(',')
+            .map(str::to_string)
+            .collect();
+        for i in 0..sample.llm_endpoints.len() {
+            header.push(format!("llm_in_flight_{i}"));
+            header.push(format!("llm_limit_{i}"));
+        }
+        self.csv.write_record(&header)?;
+        self.header_written = true;
+        Ok(())
     }
 }
 
@@ -33,7 +62,16 @@ impl Reporter for MetricsCsv {
 
     fn on(&mut self, ev: &Event) -> anyhow::Result<()> {
         if let EventKind::SampleTaken(s) = &ev.kind {
-            self.csv.serialize(&s.sample)?;
+            if !self.header_written {
+                self.write_header(&s.sample)?;
+            }
+            let endpoints: Vec<u64> = s
+                .sample
+                .llm_endpoints
+                .iter()
+                .flat_map(|(n, limit)| [*n, *limit])
+                .collect();
+            self.csv.serialize((&s.sample, endpoints))?;
         }
         Ok(())
     }
@@ -50,7 +88,6 @@ mod tests {
     use super::*;
     use crate::events::SampleTaken;
     use crate::monitor::test_samples::{answered, unanswered};
-    use crate::monitor::Sample;
 
     /// The columns as README and `convoy report` know them.
     const COLUMNS: &str = "elapsed_s,open_fds,threads,rss_bytes,tmux_sessions,workspace_procs,\
@@ -82,6 +119,21 @@ mod tests {
         assert_eq!(lines[0], COLUMNS);
         assert_eq!(lines[1], "0.0,12,0,0,1,2,40,0,0,0,0,0,0,0,2,3,0,0,0,0");
         assert_eq!(lines.len(), 2);
+    }
+
+    #[test]
+    fn each_endpoint_adds_its_in_flight_and_limit_at_the_end() {
+        let mut s = answered(0.04, 1);
+        s.llm_endpoints = vec![(3, 64), (0, 32)];
+        let lines = written(&[s]);
+        assert_eq!(
+            lines[0],
+            format!("{COLUMNS},llm_in_flight_0,llm_limit_0,llm_in_flight_1,llm_limit_1")
+        );
+        assert_eq!(
+            lines[1],
+            "0.0,12,0,0,1,2,40,0,0,0,0,0,0,0,2,3,0,0,0,0,3,64,0,32"
+        );
     }
 
     #[test]

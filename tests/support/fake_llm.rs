@@ -30,7 +30,8 @@
 //! `{"body": {...}}` (a 200 with that body, e.g. `{"choices": []}`).
 //!
 //! Faults for the whole server: `storm` (a share of all requests get 429 or
-//! 503) and `go_down` (every connection breaks and the port closes).
+//! 503), `go_down` (every connection breaks and the port closes) and `slow`
+//! (every answer that much later).
 //!
 //! A user message that is not such JSON gets `"bash" {"command": <text>}`
 //! once, then `finish` with "done": the "instant LLM" used by benchmarks.
@@ -91,6 +92,8 @@ struct Shared {
     key: Arc<Mutex<Option<String>>>,
     /// `/v1/models` answers 404, as on servers without it.
     no_models: Arc<std::sync::atomic::AtomicBool>,
+    /// Every chat answer takes this long (a slow server).
+    delay_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 pub struct FakeLlm {
@@ -154,6 +157,13 @@ impl FakeLlm {
             .down
             .store(true, std::sync::atomic::Ordering::SeqCst);
         self.task.abort();
+    }
+
+    /// Every chat answer takes `ms` longer from now on (a slow server).
+    pub fn slow(&self, ms: u64) {
+        self.shared
+            .delay_ms
+            .store(ms, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Both routes answer 401 unless the request carries `Bearer key`.
@@ -257,6 +267,10 @@ async fn answer(shared: &Shared, body: &Value) -> (u16, Response) {
     }
     if let Err((status, message)) = check_request(body, shared.accept_reasoning.load(SeqCst)) {
         return (status, error_reply(status, &message));
+    }
+    let delay = shared.delay_ms.load(SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
     }
     if let Some((storm, rng)) = shared.storm.lock().unwrap().as_mut() {
         let x = rng.f64();
