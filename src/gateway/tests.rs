@@ -31,6 +31,7 @@ impl Forward for Counting {
                     total_tokens: 3,
                     ..Usage::default()
                 },
+                record: serde_json::Map::new(),
             },
         })
     }

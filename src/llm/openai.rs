@@ -30,6 +30,7 @@ use super::health::Health;
 use super::limiter::{Limiter, LimiterStats};
 use super::preflight;
 use super::request::{self, Body, Outgoing};
+use super::tokens;
 use super::types::{ChatReply, Forwarded, LlmError};
 use crate::manifest::LlmSpec;
 
@@ -84,6 +85,9 @@ pub struct OpenAiClient {
     max_retries: u32,
     /// Sampling and extra fields, merged into every request body.
     options: Map<String, Value>,
+    /// The requests ask for token data (`tokens`): each reply's is kept
+    /// in its `record`, an external agent's requests' too.
+    keep_tokens: bool,
     /// What the manifest changes in an external agent's request.
     forward: ForwardRules,
     send_reasoning: bool,
@@ -142,6 +146,7 @@ impl OpenAiClient {
             timeout: spec.timeout,
             headers,
         };
+        let options = request::options(spec);
         Ok(OpenAiClient {
             http: std::sync::RwLock::new(http_config.build()?),
             http_config,
@@ -151,7 +156,8 @@ impl OpenAiClient {
             key,
             key_env: spec.api_key_env.clone(),
             max_retries: spec.max_retries,
-            options: request::options(spec),
+            keep_tokens: tokens::asked(&options),
+            options,
             forward: ForwardRules::new(spec),
             send_reasoning: spec.send_reasoning_content,
             limiter: Limiter::new(spec.max_in_flight as usize),
@@ -293,10 +299,13 @@ impl OpenAiClient {
             let (reason, detail, after, error_body) = match outcome {
                 Attempt::Done(mut done) => {
                     done.reply.usage.retries = retries as u64;
+                    if self.keep_tokens {
+                        tokens::keep(&done.response, &mut done.reply.record);
+                    }
                     if let Some(b) = &self.tokens_bucket {
                         b.charge(done.reply.usage.total_tokens as f64);
                     }
-                    return Ok(done);
+                    return Ok(*done);
                 }
                 Attempt::Fail(e) => return Err(e),
                 Attempt::Retry {
@@ -364,7 +373,7 @@ impl OpenAiClient {
         self.health.on_answer();
         if status.is_success() {
             return match parse_reply(&text) {
-                Ok(r) => Attempt::Done(r),
+                Ok(r) => Attempt::Done(Box::new(r)),
                 Err(why) => Attempt::Retry {
                     reason: Reason::Malformed,
                     detail: format!("the reply is malformed: {why}"),
