@@ -83,6 +83,7 @@ pub fn main(cli: Cli) -> Exit {
             min_reward,
             best_of_group,
             keep_reasoning,
+            keep_token_data,
             format,
             arguments,
             out,
@@ -92,6 +93,7 @@ pub fn main(cli: Cli) -> Exit {
                 min_reward,
                 best_of_group,
                 keep_reasoning,
+                keep_token_data,
                 format,
                 arguments,
             };

@@ -261,6 +261,15 @@ pub enum Command {
         /// Keep `reasoning_content` in assistant messages.
         #[arg(long)]
         keep_reasoning: bool,
+        /// Keep each line's `convoy` key: per assistant turn, the token
+        /// ids, logprobs, finish and stop reasons the endpoint returned
+        /// (`llm.logprobs`, `llm.return_token_ids`), as
+        /// `{"turns": [{"message": <index in messages>, ...}]}` beside
+        /// `messages`, for RL trainers that must not re-tokenize. Default:
+        /// dropped, as SFT trainers read only `messages` and `tools`.
+        /// --format openai only (sharegpt merges the messages it indexes).
+        #[arg(long)]
+        keep_token_data: bool,
         /// The shape of each line.
         #[arg(long, value_enum, default_value_t)]
         format: crate::journal::ExportFormat,

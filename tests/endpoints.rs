@@ -136,6 +136,30 @@ async fn load_follows_weights_and_each_conversation_stays_on_its_endpoint() {
         assert_eq!(e["model"], "fake-model");
     }
     assert_eq!(eps[1]["host"], b.addr.to_string());
+    // Each assistant turn names the server that answered it, beside the
+    // message (the messages stay plain OpenAI format).
+    let hosts = [a.addr.to_string(), b.addr.to_string(), c.addr.to_string()];
+    for t in job.trajectories() {
+        let turns = t["convoy"]["turns"].as_array().expect("per-turn records");
+        assert_eq!(turns.len(), 5, "{t}");
+        let first = &turns[0];
+        let i = first["endpoint"].as_u64().unwrap() as usize;
+        assert_eq!(first["host"], hosts[i]);
+        assert_eq!(first["model"], "fake-model");
+        for turn in turns {
+            assert_eq!(turn["endpoint"], first["endpoint"], "sticky: {t}");
+            let m = &t["messages"][turn["message"].as_u64().unwrap() as usize];
+            assert_eq!(m["role"], "assistant");
+            assert!(m.get("endpoint").is_none() && m.get("convoy").is_none());
+        }
+        // The server's own record agrees.
+        let id = t["id"].as_str().unwrap();
+        let servers = [&a, &b, &c];
+        assert!(
+            servers[i].requests().iter().any(|r| conv(r) == id),
+            "{id} on {i}"
+        );
+    }
     let report = job.convoy(&["report", "out"], ENV).await;
     let text = String::from_utf8_lossy(&report.stdout);
     for (i, n) in counts.iter().enumerate() {

@@ -6,12 +6,17 @@ use serde_json::{json, Value};
 
 use super::toolbox::Toolbox;
 use super::tools::{parse_call, ToolCall};
-use crate::llm::Usage;
+use crate::llm::{turn_record, ChatReply, Usage};
 
 #[derive(Debug, Clone)]
 pub struct Conversation {
     /// Exactly what was sent and received, in OpenAI chat format.
     pub messages: Vec<Value>,
+    /// What convoy keeps about assistant turns beside their messages (the
+    /// trajectory's `convoy.turns`): `{"message": <index in messages>,
+    /// ...the reply's record}` for each reply whose record is not empty.
+    /// Never sent to the endpoint, so `messages` stays OpenAI's format.
+    pub turns: Vec<Value>,
     /// Model replies so far.
     pub steps: u32,
     pub usage: Usage,
@@ -40,6 +45,7 @@ impl Conversation {
         messages.push(json!({ "role": "user", "content": user }));
         Conversation {
             messages,
+            turns: Vec::new(),
             steps: 0,
             usage: Usage::default(),
             tools: None,
@@ -47,13 +53,21 @@ impl Conversation {
         }
     }
 
-    /// Records a model reply (as received) and says what it asks for, each
-    /// call read against the `tools` offered. Calls that will not run
-    /// (bad JSON, an unknown tool, arguments their schema refuses) are
-    /// counted in `usage.invalid_tool_calls`.
-    pub fn on_reply(&mut self, message: Value, usage: &Usage, tools: &Toolbox) -> Next {
+    /// Records a model reply (its message as received, and its record
+    /// beside it) and says what it asks for, each call read against the
+    /// `tools` offered. Calls that will not run (bad JSON, an unknown tool,
+    /// arguments their schema refuses) are counted in
+    /// `usage.invalid_tool_calls`.
+    pub fn on_reply(&mut self, reply: ChatReply, tools: &Toolbox) -> Next {
+        let ChatReply {
+            message,
+            usage,
+            record,
+            ..
+        } = reply;
         self.steps += 1;
-        self.usage.add(usage);
+        self.usage.add(&usage);
+        self.turns.extend(turn_record(self.messages.len(), record));
         let calls: Vec<ToolCall> = message
             .get("tool_calls")
             .and_then(Value::as_array)
@@ -100,20 +114,31 @@ impl Conversation {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::Map;
+
     use super::*;
     use crate::agent::Action;
+
+    fn reply(message: Value) -> ChatReply {
+        ChatReply {
+            message,
+            finish_reason: None,
+            usage: Usage::default(),
+            record: Map::new(),
+        }
+    }
 
     #[test]
     fn text_without_tool_calls_is_final() {
         let mut c = Conversation::new(Some("sys"), "hi");
         let next = c.on_reply(
-            json!({"role": "assistant", "content": "done"}),
-            &Usage::default(),
+            reply(json!({"role": "assistant", "content": "done"})),
             &Toolbox::builtin(),
         );
         assert_eq!(next, Next::Final("done".into()));
         assert_eq!(c.messages.len(), 3);
         assert_eq!(c.steps, 1);
+        assert!(c.turns.is_empty());
     }
 
     #[test]
@@ -123,7 +148,7 @@ mod tests {
             {"id": "x1", "type": "function", "function": {"name": "bash", "arguments": "{\"command\":\"ls\"}"}},
             {"id": "x2", "type": "function", "function": {"name": "finish", "arguments": "{\"message\":\"m\"}"}}
         ]});
-        let Next::Calls(calls) = c.on_reply(reply, &Usage::default(), &Toolbox::builtin()) else {
+        let Next::Calls(calls) = c.on_reply(self::reply(reply), &Toolbox::builtin()) else {
             panic!("expected calls")
         };
         assert_eq!(calls[0].id, "x1");
@@ -145,11 +170,40 @@ mod tests {
             {"id": "b", "type": "function", "function": {"name": "python", "arguments": "{}"}},
             {"id": "c", "type": "function", "function": {"name": "bash", "arguments": "{\"command\":\"ls\"}"}}
         ]});
-        let Next::Calls(calls) = c.on_reply(reply, &Usage::default(), &Toolbox::builtin()) else {
+        let Next::Calls(calls) = c.on_reply(self::reply(reply), &Toolbox::builtin()) else {
             panic!("expected calls")
         };
         assert_eq!(calls.len(), 3);
         assert_eq!(c.usage.invalid_tool_calls, 2);
         assert_eq!(c.messages[1]["reasoning_content"], "hmm");
+    }
+
+    #[test]
+    fn a_reply_s_record_is_kept_beside_its_message() {
+        let mut c = Conversation::new(Some("sys"), "hi");
+        let mut first = reply(json!({"role": "assistant", "content": null, "tool_calls": [
+            {"id": "a", "type": "function", "function": {"name": "bash", "arguments": "{\"command\":\"ls\"}"}}
+        ]}));
+        first.record.insert("token_ids".into(), json!([1, 2]));
+        c.on_reply(first, &Toolbox::builtin());
+        c.on_observation("a", "out".into());
+        // A reply without a record adds no turn.
+        c.on_reply(
+            reply(json!({"role": "assistant", "content": "x"})),
+            &Toolbox::builtin(),
+        );
+        c.on_nudge("go on");
+        let mut last = reply(json!({"role": "assistant", "content": "done"}));
+        last.record.insert("finish_reason".into(), json!("stop"));
+        c.on_reply(last, &Toolbox::builtin());
+        assert_eq!(
+            c.turns,
+            [
+                json!({"message": 2, "token_ids": [1, 2]}),
+                json!({"message": 6, "finish_reason": "stop"})
+            ]
+        );
+        assert_eq!(c.messages[6]["content"], "done");
+        assert!(c.messages.iter().all(|m| m.get("token_ids").is_none()));
     }
 }

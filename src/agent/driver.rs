@@ -45,32 +45,38 @@ pub enum AgentError {
 
 /// Runs the conversation to its end; the final answer on success. The
 /// conversation keeps every message even when this returns an error or is
-/// cancelled, so partial trajectories are never lost.
+/// cancelled, so partial trajectories are never lost. `on_turn` gets each
+/// finished turn: its step, the messages it added and the records of its
+/// replies (`Conversation::turns`).
 pub async fn drive(
     conv: &mut Conversation,
     model: &impl Model,
     shell: &impl Shell,
     tools: &Toolbox,
     limits: &DriveLimits,
-    mut on_turn: impl FnMut(u32, &[Value]),
+    mut on_turn: impl FnMut(u32, &[Value], &[Value]),
 ) -> Result<String, AgentError> {
     // Output beyond this is cut by the helper already; the model sees at
     // most `max_observation_chars` after `observation` trims it.
     let max_bytes = (limits.max_observation_chars as u64)
         .saturating_mul(4)
         .max(4096);
-    let mut reported = 0;
+    let (mut reported, mut reported_turns) = (0, 0);
     loop {
         // Everything since the last report is one finished turn (the first
         // time: the prompt).
-        on_turn(conv.steps, &conv.messages[reported..]);
-        reported = conv.messages.len();
+        on_turn(
+            conv.steps,
+            &conv.messages[reported..],
+            &conv.turns[reported_turns..],
+        );
+        (reported, reported_turns) = (conv.messages.len(), conv.turns.len());
         if conv.steps >= limits.max_steps {
             return Err(AgentError::MaxSteps(limits.max_steps));
         }
         let reply = model.complete(&conv.messages, tools.schemas()).await?;
         let cut = reply.finish_reason.as_deref() == Some("length");
-        let next = conv.on_reply(reply.message, &reply.usage, tools);
+        let next = conv.on_reply(reply, tools);
         let calls = match next {
             // The text stays in the trajectory; the model is asked to go
             // on, cut or not, until it calls a tool or `finish`.
@@ -128,7 +134,7 @@ mod tests {
     ) -> (Result<String, AgentError>, Conversation) {
         let mut conv = Conversation::new(Some("sys"), "task");
         let tools = Toolbox::builtin();
-        let r = drive(&mut conv, model, shell, &tools, limits, |_, _| {}).await;
+        let r = drive(&mut conv, model, shell, &tools, limits, |_, _, _| {}).await;
         (r, conv)
     }
 
@@ -193,7 +199,7 @@ command = "pwd"
         let shell = RecordingShell::output("contents\n");
         let mut conv = Conversation::new(None, "task");
         let limits = limits(10, OnText::Finish);
-        let r = drive(&mut conv, &model, &shell, &tools, &limits, |_, _| {}).await;
+        let r = drive(&mut conv, &model, &shell, &tools, &limits, |_, _, _| {}).await;
         assert_eq!(r.expect("a final answer"), "done");
         let call = |command: &str, secs| ShellCall {
             command: command.into(),
@@ -247,7 +253,11 @@ command = "pwd"
 
     #[tokio::test]
     async fn the_step_limit_ends_the_drive_with_max_steps() {
-        let model = ScriptedModel::new((0..5).map(|i| reply::bash(&format!("echo {i}"))));
+        let model = ScriptedModel::new((0..5).map(|i| {
+            let mut r = reply::bash(&format!("echo {i}"));
+            r.record.insert("token_ids".into(), json!([i]));
+            r
+        }));
         let shell = RecordingShell::output("");
         let mut turns = Vec::new();
         let mut conv = Conversation::new(None, "task");
@@ -258,14 +268,24 @@ command = "pwd"
             &shell,
             &Toolbox::builtin(),
             &limits,
-            |step, _| turns.push(step),
+            |step, _, records: &[Value]| turns.push((step, records.to_vec())),
         )
         .await;
         assert!(matches!(r, Err(AgentError::MaxSteps(2))), "{r:?}");
         assert_eq!(model.seen().len(), 2);
         assert_eq!(shell.commands(), ["echo 0", "echo 1"]);
-        // The prompt, then each turn, reported once.
-        assert_eq!(turns, [0, 1, 2]);
+        // The prompt, then each turn with its reply's record, reported once.
+        let first = json!({"message": 1, "token_ids": [0]});
+        let second = json!({"message": 3, "token_ids": [1]});
+        assert_eq!(
+            turns,
+            [
+                (0, vec![]),
+                (1, vec![first.clone()]),
+                (2, vec![second.clone()])
+            ]
+        );
+        assert_eq!(conv.turns, [first, second]);
     }
 
     #[tokio::test]
@@ -293,7 +313,7 @@ command = "pwd"
         // Cancellation as the pool does it: the drive's future is dropped,
         // here once its command has begun.
         tokio::select! {
-            r = drive(&mut conv, &model, &shell, &tools, &limits, |_, _| {}) => {
+            r = drive(&mut conv, &model, &shell, &tools, &limits, |_, _, _| {}) => {
                 panic!("the drive ended: {r:?}")
             }
             () = shell.wait_calls(1) => {}

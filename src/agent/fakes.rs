@@ -118,6 +118,7 @@ pub(crate) mod reply {
             message,
             finish_reason: Some(finish_reason.into()),
             usage: USAGE,
+            record: serde_json::Map::new(),
         }
     }
 }

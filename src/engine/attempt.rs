@@ -282,6 +282,7 @@ async fn attempts<W: Sessions, M: Models>(
             record,
             messages: conv.messages,
             tools: conv.tools,
+            turns: conv.turns,
         })));
         return;
     }
@@ -379,13 +380,14 @@ async fn run_attempt<W: Sessions, M: Models>(
     phases: &mut Phases,
 ) -> Result<String, Attempt> {
     let cfg = &shared.cfg;
-    let on_turn = |step, messages: &[Value]| {
+    let on_turn = |step, messages: &[Value], turns: &[Value]| {
         activity.lock().expect("activity lock").step = step;
         shared.emit.emit(EventKind::TurnDone {
             id: task.id.clone(),
             attempt,
             step,
             messages: messages.to_vec(),
+            turns: turns.to_vec(),
         });
     };
     let model = Tracked::new(shared.models.for_task(task), activity.clone());

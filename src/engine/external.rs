@@ -127,6 +127,7 @@ pub(super) async fn run<W: Sessions, M: Models>(
     }
     if summary.calls > 0 {
         conv.messages = summary.messages;
+        conv.turns = summary.turns;
     }
     conv.steps = summary.calls;
     conv.usage = summary.usage;

@@ -331,6 +331,7 @@ fn the_exit_code_follows_the_highest_stop_reason_then_leaks_then_tasks() {
                 .unwrap(),
                 messages: Vec::new(),
                 tools: None,
+                turns: Vec::new(),
             })));
             }
             Outcome {

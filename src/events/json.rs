@@ -41,6 +41,7 @@ mod tests {
                 attempt: 1,
                 step: 2,
                 messages: vec![serde_json::json!({"role": "user", "content": "x"})],
+                turns: vec![serde_json::json!({"message": 0, "token_ids": [1]})],
             },
         };
         assert_eq!(

@@ -86,6 +86,10 @@ pub struct Finished {
     /// external agent's last request's).
     #[serde(skip)]
     pub tools: Option<Value>,
+    /// What convoy keeps about assistant turns beside `messages`
+    /// (`Conversation::turns`): the trajectory's `convoy.turns`.
+    #[serde(skip)]
+    pub turns: Vec<Value>,
 }
 
 /// A monitor sample: the `metrics.csv` row, and the retry counts so far
@@ -143,6 +147,9 @@ pub enum EventKind {
         step: u32,
         #[serde(skip)]
         messages: Vec<Value>,
+        /// The records of its replies (`Finished::turns`), usually none.
+        #[serde(skip)]
+        turns: Vec<Value>,
     },
     /// An external agent's model call was answered (`calls.jsonl` keeps
     /// the record).

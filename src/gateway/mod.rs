@@ -30,7 +30,7 @@ use serde_json::{json, Map, Value};
 
 pub use chain::{Added, Chain};
 
-use crate::llm::Usage;
+use crate::llm::{turn_record, Usage};
 use crate::workspace::gateway::{GatewayCall, GatewayHandler, GatewayReply};
 
 /// The upstream side of a call: convoy's model client.
@@ -144,6 +144,8 @@ struct State {
     /// the same tools with every call: hashed once).
     last_tools: Option<Value>,
     last_hash: Option<String>,
+    /// The record of the chain's last reply (`llm::turn_record`), if any.
+    last_turn: Option<Value>,
     fatal: Option<String>,
 }
 
@@ -156,6 +158,11 @@ pub struct Summary {
     pub over_max_steps: bool,
     /// The longest chain: the last request's messages and its reply.
     pub messages: Vec<Value>,
+    /// The trajectory's `convoy.turns`: the last reply's record, when the
+    /// job keeps token data. The earlier replies in `messages` are the
+    /// agent's copies sent back, so their token data is only in
+    /// `calls.jsonl` (each call's `response`).
+    pub turns: Vec<Value>,
     /// The last request's `tools`.
     pub tools: Option<Value>,
     /// Why the job cannot go on, if a call found out.
@@ -187,6 +194,7 @@ impl Conversation {
             usage: s.usage,
             over_max_steps: s.over_max_steps,
             messages: s.chain.messages().to_vec(),
+            turns: s.last_turn.iter().cloned().collect(),
             tools: s.last_tools.clone(),
             fatal: s.fatal.clone(),
         }
@@ -343,7 +351,9 @@ async fn complete(conv: &Conversation, body: Map<String, Value>) -> GatewayReply
                     s.last_tools = tools;
                     s.last_hash = Some(tools_hash.clone());
                 }
-                s.chain.extend(messages, f.reply.message)
+                let added = s.chain.extend(messages, f.reply.message);
+                s.last_turn = turn_record(s.chain.messages().len() - 1, f.reply.record);
+                added
             };
             let reply = if stream {
                 GatewayReply {

@@ -3,7 +3,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use super::*;
 
 /// An endpoint that answers each call with how many messages it got, or
-/// refuses when the last message says "refuse".
+/// refuses when the last message says "refuse". Asked `return_token_ids`,
+/// the reply's record holds that count as its token ids.
 struct Counting;
 
 impl Forward for Counting {
@@ -30,6 +31,13 @@ impl Forward for Counting {
                     completion_tokens: 1,
                     total_tokens: 3,
                     ..Usage::default()
+                },
+                record: match body.get("return_token_ids") {
+                    Some(Value::Bool(true)) => json!({"token_ids": [messages.len()]})
+                        .as_object()
+                        .unwrap()
+                        .clone(),
+                    _ => serde_json::Map::new(),
                 },
             },
         })
@@ -150,6 +158,33 @@ async fn calls_are_answered_and_recorded_as_what_they_add() {
     let summary = g.conversation.summary();
     assert_eq!((summary.calls, summary.usage.total_tokens), (3, 6));
     assert_eq!(summary.messages.len(), 4);
+    assert!(summary.turns.is_empty(), "no token data asked for");
+}
+
+#[tokio::test]
+async fn the_last_reply_s_record_indexes_the_longest_chain() {
+    let s = service();
+    let (g, _) = grant(&s, "t1", 10);
+    let ask = |messages: Vec<Value>| json!({"messages": messages, "return_token_ids": true});
+    let first = s.handle(call(&g.token, "POST", ask(vec![user("a")]))).await;
+    let reply: Value = serde_json::from_str(&first.body).unwrap();
+    let said = reply["choices"][0]["message"].clone();
+    let second = s
+        .handle(call(
+            &g.token,
+            "POST",
+            ask(vec![user("a"), said, user("b")]),
+        ))
+        .await;
+    assert_eq!(second.status, 200);
+    // A call that gets no reply changes neither the chain nor its record.
+    let refused = s
+        .handle(call(&g.token, "POST", ask(vec![user("refuse")])))
+        .await;
+    assert_eq!(refused.status, 400);
+    let summary = g.conversation.summary();
+    assert_eq!(summary.messages.len(), 4);
+    assert_eq!(summary.turns, [json!({"message": 3, "token_ids": [3]})]);
 }
 
 #[tokio::test]

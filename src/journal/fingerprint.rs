@@ -8,7 +8,12 @@
 //! template, repeat), and, when the manifest has them, `environment` and
 //! `verify` (the tables without `keep` and their timeouts, which may
 //! change on resume). Workers, timeouts of the run, the workspace and the
-//! monitor do not change the data and are not in it.
+//! monitor do not change the data and are not in it. Nor do the token
+//! options (`llm.logprobs`, `top_logprobs`, `return_token_ids`): they
+//! change what is kept beside the conversation (`convoy.turns`), not the
+//! conversation, so turning them on resumes a run, and only the tasks run
+//! from then on carry token data. (Asked for through `llm.extra_body`,
+//! they are in `model`, as all of `extra_body` is.)
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -243,6 +248,15 @@ mod tests {
         );
         let other = of("endpoints = [{ base_url = \"http://a:1/v1\" }, { base_url = \"http://b:1/v1\", model = \"n\" }]");
         assert_eq!(two.changed(&other), ["model"]);
+    }
+
+    #[test]
+    fn token_options_are_not_in_the_fingerprint() {
+        let dir = tempfile::tempdir().unwrap();
+        let of = |tail: &str| of_job(dir.path(), tail);
+        let tokens = of("logprobs = true\ntop_logprobs = 5\nreturn_token_ids = true");
+        assert!(of("").changed(&tokens).is_empty());
+        assert_eq!(of("temperature = 0.5").changed(&tokens), ["model"]);
     }
 
     #[test]

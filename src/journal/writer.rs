@@ -103,6 +103,24 @@ struct TrajectoryLine<'a> {
     status: Status,
     messages: &'a [Value],
     tools: &'a Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    convoy: Option<Beside<'a>>,
+}
+
+/// What convoy keeps beside a trajectory's `messages` (the `convoy` key of
+/// a trajectory or partial turn line), so `messages` stays OpenAI's chat
+/// format: `turns`, one `{"message": <index in messages>, ...}` per
+/// assistant turn with a record (token data). Left out when there is
+/// none, so a job without those options writes what it always did.
+#[derive(Serialize)]
+struct Beside<'a> {
+    turns: &'a [Value],
+}
+
+impl<'a> Beside<'a> {
+    fn of(turns: &'a [Value]) -> Option<Beside<'a>> {
+        (!turns.is_empty()).then_some(Beside { turns })
+    }
 }
 
 /// A call as `calls.jsonl` keeps it: the invocation that made it first.
@@ -113,6 +131,8 @@ struct CallLine<'a> {
     call: &'a crate::gateway::CallRecord,
 }
 
+/// `convoy.turns` indexes the attempt's whole conversation: its partial
+/// lines' messages in order.
 #[derive(Serialize)]
 struct TurnLine<'a> {
     id: &'a str,
@@ -120,6 +140,8 @@ struct TurnLine<'a> {
     turn: u32,
     partial: bool,
     messages: &'a [Value],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    convoy: Option<Beside<'a>>,
 }
 
 impl Journal {
@@ -203,13 +225,15 @@ impl Journal {
     }
 
     /// Appends one finished model turn of a conversation: the messages it
-    /// added (not yet durable). A killed run keeps these partial records.
+    /// added and its replies' records (not yet durable). A killed run keeps
+    /// these partial records.
     pub fn append_turn(
         &mut self,
         id: &str,
         attempt: u32,
         turn: u32,
         messages: &[Value],
+        turns: &[Value],
     ) -> Result<(), JournalError> {
         let line = TurnLine {
             id,
@@ -217,6 +241,7 @@ impl Journal {
             turn,
             partial: true,
             messages,
+            convoy: Beside::of(turns),
         };
         write_line(&mut self.turns, &line).map_err(io(&self.dir.join(TURNS)))
     }
@@ -248,6 +273,7 @@ impl Journal {
             status: f.record.status,
             messages: &f.messages,
             tools: f.tools.as_ref().unwrap_or(&self.tools),
+            convoy: Beside::of(&f.turns),
         };
         write_line(&mut self.trajectories, &traj).map_err(io(&self.dir.join(TRAJECTORIES)))?;
         write_line(&mut self.results, &f.record).map_err(io(&self.dir.join(RESULTS)))?;

@@ -40,9 +40,10 @@ impl Reason {
     }
 }
 
-/// The outcome of one attempt.
+/// The outcome of one attempt. (A reply is boxed: it is much larger than
+/// the other outcomes.)
 pub(super) enum Attempt {
-    Done(Forwarded),
+    Done(Box<Forwarded>),
     Retry {
         reason: Reason,
         detail: String,
@@ -176,6 +177,7 @@ pub(super) fn parse_reply(text: &str) -> Result<Forwarded, String> {
             .and_then(Value::as_str)
             .map(str::to_string),
         usage: Usage::from_json(v.get("usage")),
+        record: serde_json::Map::new(),
     };
     Ok(Forwarded { response: v, reply })
 }

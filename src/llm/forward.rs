@@ -13,6 +13,11 @@
 //! - The sampling options (`llm.temperature`, `top_p`, `max_tokens`,
 //!   `seed`) fill in only what the request leaves out: they are the job's
 //!   defaults, and an agent that sets its own means it.
+//! - So do the token options (`llm.logprobs` with `top_logprobs`,
+//!   `llm.return_token_ids`), so the trajectory's last reply carries its
+//!   token data; `logprobs` and `top_logprobs` as a pair: an agent that
+//!   set either keeps its choice (a `top_logprobs` beside its own
+//!   `logprobs: false` would be a 400).
 //! - `llm.tool_choice` and `llm.parallel_tool_calls` are not applied: they
 //!   are about convoy's own tools, and the agent's tools are its own (a
 //!   `tool_choice` without `tools` is a 400 at OpenAI).
@@ -30,6 +35,7 @@ use crate::manifest::LlmSpec;
 pub(super) struct ForwardRules {
     model: String,
     sampling: Map<String, Value>,
+    tokens: Map<String, Value>,
     extra_body: Map<String, Value>,
 }
 
@@ -38,6 +44,7 @@ impl ForwardRules {
         ForwardRules {
             model: spec.model.clone().unwrap_or_default(),
             sampling: super::request::sampling(spec),
+            tokens: super::tokens::options(spec),
             extra_body: spec
                 .extra_body
                 .iter()
@@ -51,6 +58,16 @@ impl ForwardRules {
     pub(super) fn body(&self, mut request: Map<String, Value>) -> Map<String, Value> {
         for (k, v) in &self.sampling {
             if !request.contains_key(k) {
+                request.insert(k.clone(), v.clone());
+            }
+        }
+        let own_logprobs = ["logprobs", "top_logprobs"]
+            .iter()
+            .any(|k| request.contains_key(*k));
+        for (k, v) in &self.tokens {
+            let paired = matches!(k.as_str(), "logprobs" | "top_logprobs");
+            let agents = request.contains_key(k) || (paired && own_logprobs);
+            if !agents {
                 request.insert(k.clone(), v.clone());
             }
         }
@@ -128,6 +145,27 @@ mod tests {
                 "top_k"
             ]
         );
+    }
+
+    #[test]
+    fn token_options_fill_in_and_logprobs_go_as_a_pair() {
+        let r = rules("logprobs = true\ntop_logprobs = 4\nreturn_token_ids = true");
+        let sent = r.body(map(json!({"messages": []})));
+        assert_eq!(
+            (
+                &sent["logprobs"],
+                &sent["top_logprobs"],
+                &sent["return_token_ids"]
+            ),
+            (&json!(true), &json!(4), &json!(true))
+        );
+        let sent = r.body(map(json!({"messages": [], "logprobs": false})));
+        assert_eq!(sent["logprobs"], false);
+        assert!(!sent.contains_key("top_logprobs"), "{sent:?}");
+        assert_eq!(sent["return_token_ids"], true);
+        assert!(!rules("")
+            .body(map(json!({"messages": []})))
+            .contains_key("logprobs"));
     }
 
     #[test]

@@ -19,6 +19,7 @@ mod preflight;
 mod request;
 mod route;
 pub mod script;
+mod tokens;
 mod types;
 
 pub use client::{Llm, LlmReport};
@@ -27,4 +28,4 @@ pub use handle::ModelHandle;
 pub use limiter::LimiterStats;
 pub use openai::OpenAiClient;
 pub use request::{call_id, TOOL_CHOICE_OMIT};
-pub use types::{ChatReply, Forwarded, LlmError, Usage};
+pub use types::{turn_record, ChatReply, Forwarded, LlmError, Usage};

@@ -36,6 +36,7 @@ use super::limiter::LimiterStats;
 use super::preflight;
 use super::request::{self, Body, Outgoing};
 use super::route::{Pool, Sticky};
+use super::tokens;
 use super::types::{ChatReply, Forwarded, LlmError};
 use crate::manifest::LlmSpec;
 
@@ -77,6 +78,9 @@ pub struct OpenAiClient {
     max_retries: u32,
     /// Sampling and extra fields, merged into every request body.
     options: Map<String, Value>,
+    /// The requests ask for token data (`tokens`): each reply's is kept
+    /// in its `record`, an external agent's requests' too.
+    keep_tokens: bool,
     /// What the manifest changes in an external agent's request.
     forward: ForwardRules,
     send_reasoning: bool,
@@ -150,6 +154,7 @@ impl OpenAiClient {
                 ))
             })
             .collect();
+        let options = request::options(spec);
         Ok(OpenAiClient {
             http: std::sync::RwLock::new(http_config.build()?),
             http_config,
@@ -160,7 +165,8 @@ impl OpenAiClient {
                 changed,
             ),
             max_retries: spec.max_retries,
-            options: request::options(spec),
+            keep_tokens: tokens::asked(&options),
+            options,
             forward: ForwardRules::new(spec),
             send_reasoning: spec.send_reasoning_content,
             requests_bucket: spec
@@ -399,10 +405,20 @@ impl OpenAiClient {
             let (reason, detail, after, error_body) = match outcome {
                 Attempt::Done(mut done) => {
                     done.reply.usage.retries = retries as u64;
+                    if self.keep_tokens {
+                        tokens::keep(&done.response, &mut done.reply.record);
+                    }
+                    if self.pool.several() {
+                        // Which server answered, beside the message.
+                        let r = &mut done.reply.record;
+                        r.insert("endpoint".into(), up.index.into());
+                        r.insert("host".into(), up.host.clone().into());
+                        r.insert("model".into(), up.model.clone().into());
+                    }
                     if let Some(b) = &self.tokens_bucket {
                         b.charge(done.reply.usage.total_tokens as f64);
                     }
-                    return Ok(done);
+                    return Ok(*done);
                 }
                 Attempt::Fail(e @ LlmError::Auth { .. }) if self.pool.several() => {
                     // This endpoint refuses the key: out for the rest of the
@@ -498,7 +514,7 @@ impl OpenAiClient {
         up.health.on_answer();
         if status.is_success() {
             return match parse_reply(&text) {
-                Ok(r) => Attempt::Done(r),
+                Ok(r) => Attempt::Done(Box::new(r)),
                 Err(why) => Attempt::Retry {
                     reason: Reason::Malformed,
                     detail: format!("the reply is malformed: {why}"),

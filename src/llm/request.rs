@@ -32,8 +32,8 @@ pub(super) struct Body<'a> {
     pub options: &'a Map<String, Value>,
 }
 
-/// Sampling and extra fields of the manifest, merged into every request.
-/// `tool_choice` defaults to `"auto"`: some servers (llama-cpp-python)
+/// Sampling, token-record and extra fields of the manifest, merged into
+/// every request; `extra_body` last, so its keys win. `tool_choice` defaults to `"auto"`: some servers (llama-cpp-python)
 /// ignore the tools without it, and for the others it is the default.
 pub(super) fn options(spec: &LlmSpec) -> Map<String, Value> {
     let mut options = sampling(spec);
@@ -54,6 +54,7 @@ pub(super) fn options(spec: &LlmSpec) -> Map<String, Value> {
         "parallel_tool_calls",
         spec.parallel_tool_calls.map(|v| json!(v)),
     );
+    options.extend(super::tokens::options(spec));
     for (k, v) in &spec.extra_body {
         options.insert(k.clone(), v.clone());
     }
@@ -244,5 +245,17 @@ mod tests {
             "required"
         );
         assert!(!options(&spec("tool_choice = \"omit\"")).contains_key("tool_choice"));
+    }
+
+    #[test]
+    fn token_options_are_sent_and_extra_body_wins() {
+        assert!(!options(&spec("")).contains_key("logprobs"));
+        let o = options(&spec(
+            "logprobs = true\ntop_logprobs = 2\nreturn_token_ids = true\nextra_body = { top_logprobs = 5 }",
+        ));
+        assert_eq!(
+            (&o["logprobs"], &o["top_logprobs"], &o["return_token_ids"]),
+            (&json!(true), &json!(5), &json!(true))
+        );
     }
 }

@@ -63,6 +63,7 @@ impl Script {
             }),
             finish_reason: Some("tool_calls".into()),
             usage: Usage::default(),
+            record: serde_json::Map::new(),
         }
     }
 }

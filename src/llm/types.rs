@@ -1,7 +1,7 @@
 //! What a model call returns, and how it fails.
 
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use thiserror::Error;
 
 /// Token usage, summed over a conversation's requests.
@@ -65,6 +65,24 @@ pub struct ChatReply {
     pub message: Value,
     pub finish_reason: Option<String>,
     pub usage: Usage,
+    /// What convoy keeps about this turn beside the message (the
+    /// trajectory's `convoy.turns`): with `llm.logprobs` or
+    /// `llm.return_token_ids`, the token data the endpoint returned (see
+    /// `tokens`). Empty otherwise, and then nothing is recorded.
+    pub record: Map<String, Value>,
+}
+
+/// A reply's `record` as one entry of the trajectory's `convoy.turns`:
+/// `{"message": <its message's index in the trajectory's messages>,
+/// ...record}`; `None` for an empty record, which is not recorded.
+pub fn turn_record(message: usize, record: Map<String, Value>) -> Option<Value> {
+    if record.is_empty() {
+        return None;
+    }
+    let mut turn = Map::with_capacity(record.len() + 1);
+    turn.insert("message".into(), Value::from(message));
+    turn.extend(record);
+    Some(Value::Object(turn))
 }
 
 #[derive(Debug, Error)]

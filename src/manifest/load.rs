@@ -284,6 +284,14 @@ fn validate(m: &Manifest, text: &str) -> Vec<Problem> {
         "llm.price",
         "prices must be 0 or more",
     );
+    if let Some(n) = llm.top_logprobs {
+        check(n <= 20, "llm.top_logprobs", "must be from 0 to 20");
+        check(
+            llm.logprobs,
+            "llm.top_logprobs",
+            "needs llm.logprobs = true (servers refuse top_logprobs without it)",
+        );
+    }
     if let Some(tc) = &llm.tool_choice {
         check(
             matches!(tc.as_str(), Some("auto" | "required" | "none" | "omit")) || tc.is_object(),
@@ -530,5 +538,21 @@ provider = "script"
         assert!(problems("tool_choice = \"required\"\nseed = 7\nparallel_tool_calls = false\n[llm.price]\nprompt = 1.0\ncompletion = 2.0\n").is_empty());
         let p = problems("tool_choice = \"sometimes\"\n");
         assert_eq!(p[0].key.as_deref(), Some("llm.tool_choice"));
+    }
+
+    #[test]
+    fn top_logprobs_needs_logprobs_and_at_most_20() {
+        assert!(
+            problems("logprobs = true\ntop_logprobs = 20\nreturn_token_ids = true\n").is_empty()
+        );
+        for (extra, words) in [
+            ("top_logprobs = 3\n", "needs llm.logprobs = true"),
+            ("logprobs = true\ntop_logprobs = 21\n", "from 0 to 20"),
+            ("logprobs = true\ntop_logprobs = -1\n", "whole number"),
+        ] {
+            let p = problems(extra);
+            assert_eq!(p[0].key.as_deref(), Some("llm.top_logprobs"), "{extra}");
+            assert!(p[0].message.contains(words), "{extra}: {}", p[0].message);
+        }
     }
 }

@@ -161,6 +161,19 @@ pub struct LlmSpec {
     pub max_tokens: Option<u32>,
     #[serde(default)]
     pub seed: Option<i64>,
+    /// Ask for the log-probability of each token the model produced
+    /// (`logprobs: true`); kept per assistant turn in the trajectory
+    /// record, under `convoy`, never in `messages`.
+    #[serde(default)]
+    pub logprobs: bool,
+    /// With `logprobs`: the N most likely alternatives at each token (0 to
+    /// 20, as OpenAI allows).
+    #[serde(default)]
+    pub top_logprobs: Option<u8>,
+    /// Ask the server for the token ids of the prompt and of the reply
+    /// (vLLM's `return_token_ids`), kept like `logprobs`.
+    #[serde(default)]
+    pub return_token_ids: bool,
     /// `"auto"`, `"required"`, `"none"` or an OpenAI tool_choice object;
     /// `"omit"` sends no `tool_choice` (for a server that rejects the
     /// field). Not set: `"auto"`.

@@ -59,6 +59,9 @@ provider = "script"
 #top_p = 0.95
 #max_tokens = 4096
 #seed = 1
+#logprobs = false                        # true: keep each reply's token logprobs (trajectories.jsonl, key `convoy`)
+#top_logprobs = 5                        # with logprobs = true: the N likeliest alternatives per token, 0 to 20
+#return_token_ids = false                # true: keep the prompt's and the reply's token ids (vLLM)
 #tool_choice = "auto"                    # "auto", "required", "none", a tool_choice table, or "omit" (no field)
 #send_reasoning_content = false          # true: reasoning_content goes back to the endpoint
 #parallel_tool_calls = true

@@ -34,6 +34,11 @@ pub struct PlanSummary {
     pub first_agent_command: Option<String>,
     pub workspace: WorkspaceView,
     pub endpoint: EndpointView,
+    /// The token data asked for and kept per assistant turn
+    /// (`llm.logprobs`, `top_logprobs`, `return_token_ids`), e.g.
+    /// `["logprobs", "top_logprobs 5", "token_ids"]`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub token_data: Vec<String>,
     /// The tools the model is offered, in order.
     pub tools: Vec<String>,
     pub workers: u32,
@@ -198,6 +203,7 @@ impl PlanSummary {
                     m.llm.endpoints().iter().map(server_line).collect()
                 },
             },
+            token_data: token_data(&m.llm).filter(|_| openai).collect(),
             // An external agent brings its own.
             tools: match m.agent.kind {
                 crate::manifest::AgentKind::External => Vec::new(),
@@ -309,6 +315,13 @@ impl PlanSummary {
                 let _ = writeln!(s, "    {line}");
             }
         }
+        if !self.token_data.is_empty() {
+            let _ = writeln!(
+                s,
+                "  keeps:     {} per assistant turn (`convoy` in trajectories.jsonl)",
+                self.token_data.join(", ")
+            );
+        }
         match &self.first_agent_command {
             Some(c) => {
                 let _ = writeln!(s, "  agent:     external: {}", one_line_of(c));
@@ -351,6 +364,17 @@ impl WorkspaceView {
             (_, other) => format!("{other} (every session as the container's user)"),
         }
     }
+}
+
+/// The token options the manifest sets, as the plan names them.
+fn token_data(llm: &crate::manifest::LlmSpec) -> impl Iterator<Item = String> {
+    let logprobs = llm.logprobs.then(|| "logprobs".to_string());
+    let top = llm
+        .top_logprobs
+        .filter(|_| llm.logprobs)
+        .map(|n| format!("top_logprobs {n}"));
+    let ids = llm.return_token_ids.then(|| "token_ids".to_string());
+    [logprobs, top, ids].into_iter().flatten()
 }
 
 /// A command on one line: a multi-line one shows its first line and how

@@ -36,7 +36,10 @@ impl Reporter for JournalReporter {
                 attempt,
                 step,
                 messages,
-            } => self.journal.append_turn(id, *attempt, *step, messages)?,
+                turns,
+            } => self
+                .journal
+                .append_turn(id, *attempt, *step, messages, turns)?,
             EventKind::TaskFinished(f) => self.journal.append(f)?,
             EventKind::CallDone { record, .. } => self.journal.append_call(record)?,
             EventKind::RunFinished(o) => {

@@ -5,8 +5,10 @@
 //! `check_request`): an assistant message with `content: null` gets HTTP
 //! 500, as llama-cpp-python answers it; other keys than the canonical ones,
 //! a tool message without a known `tool_call_id`, `reasoning_content`
-//! (unless `accept_reasoning`) or a bad `tool_choice` get HTTP 400. Both
-//! with an OpenAI-style JSON error.
+//! (unless `accept_reasoning`), a bad `tool_choice` or `top_logprobs`
+//! without `logprobs: true` get HTTP 400. Both with an OpenAI-style JSON
+//! error. Asked for `logprobs` or `return_token_ids`, it answers with them
+//! as OpenAI and vLLM do (`fake_tokens`).
 //!
 //! It plays a script carried by the conversation itself: the first user
 //! message must be a JSON object `{"turns": [TURN, ...]}`. The reply to a
@@ -20,7 +22,7 @@
 //! invalid JSON; `delay_ms` makes the model that slow for this turn;
 //! `"status": 400` makes the endpoint fail this turn with that HTTP status;
 //! `"reasoning": "..."` adds `reasoning_content`; `"finish_reason"`
-//! overrides it; `"raw": {...}` is the whole assistant message, verbatim,
+//! overrides it; `"stop_reason"` is put on the choice, as vLLM does; `"raw": {...}` is the whole assistant message, verbatim,
 //! e.g. with a provider's extra fields; `"close": true` answers with
 //! `Connection: close`, so the connection ends after the reply, as with a
 //! server whose keep-alive timeout is short). `"faults": [FAULT, ...]` answers the first attempts at
@@ -40,6 +42,10 @@
 //! for assertions; a body that is not JSON gets HTTP 400.
 
 #![allow(dead_code)]
+
+// By path, as the examples include this file on its own.
+#[path = "fake_tokens.rs"]
+pub mod tokens;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -379,13 +385,17 @@ async fn answer(shared: &Shared, body: &Value) -> (u16, Response) {
         None if message.get("tool_calls").is_some() => "tool_calls".into(),
         None => "stop".into(),
     };
-    let reply = json!({
+    let mut reply = json!({
         "id": "chatcmpl-fake",
         "object": "chat.completion",
         "model": body["model"],
         "choices": [{"index": 0, "message": message, "finish_reason": finish}],
         "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
     });
+    if let Some(r) = turn.as_ref().and_then(|t| t.get("stop_reason")) {
+        reply["choices"][0]["stop_reason"] = r.clone();
+    }
+    tokens::add(body, &mut reply);
     let mut response = (StatusCode::OK, Json(reply)).into_response();
     if turn.as_ref().is_some_and(|t| t["close"] == true) {
         response
@@ -412,6 +422,7 @@ fn finish_turn(messages: &[Value]) -> Value {
 /// message is a 500, as llama-cpp-python's chat templates crash on it.
 fn check_request(body: &Value, accept_reasoning: bool) -> Result<(), (u16, String)> {
     let bad = |m: String| Err((400, m));
+    tokens::check(body)?;
     if let Some(tc) = body.get("tool_choice") {
         let ok = matches!(tc.as_str(), Some("auto" | "none" | "required")) || tc.is_object();
         if !ok {

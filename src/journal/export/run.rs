@@ -36,6 +36,10 @@ pub struct ExportOptions {
     pub best_of_group: bool,
     /// Keep assistant `reasoning_content`, for training reasoning models.
     pub keep_reasoning: bool,
+    /// Keep the trajectory's `convoy` key (token ids and logprobs per
+    /// assistant turn) beside `messages`; `openai` format only, as its
+    /// message indices hold only where the messages stay as they are.
+    pub keep_token_data: bool,
     pub format: ExportFormat,
     /// How tool call arguments are written; `None`: strings for `openai`
     /// (as OpenAI sends them), objects for `sharegpt` (as LLaMA-Factory
@@ -147,6 +151,8 @@ pub enum ExportError {
         expected()
     )]
     UnknownStatus { status: String },
+    #[error("--keep-token-data needs --format openai: the token data indexes the messages, which sharegpt merges into other turns")]
+    TokenDataFormat,
     #[error("cannot write the export: {0}")]
     Write(std::io::Error),
 }
@@ -169,6 +175,9 @@ pub fn export(
                 status: status.clone(),
             });
         }
+    }
+    if options.keep_token_data && options.format != ExportFormat::Openai {
+        return Err(ExportError::TokenDataFormat);
     }
     if !dir.is_dir() {
         return Err(ExportError::MissingDir(dir.to_path_buf()));
@@ -266,6 +275,11 @@ fn training_line(
             let mut line = Map::new();
             line.insert("messages".to_string(), Value::Array(messages));
             line.insert("tools".to_string(), tools);
+            // Its `message` indices still hold: `normalise` keeps every
+            // message in its place.
+            if let Some(beside) = record.remove("convoy").filter(|_| options.keep_token_data) {
+                line.insert("convoy".to_string(), beside);
+            }
             Ok(Some(Value::Object(line)))
         }
         ExportFormat::Sharegpt => super::sharegpt::line(messages, &tools),
@@ -463,6 +477,33 @@ mod tests {
         assert_eq!(turns[1]["value"], "[{\"name\":\"sh\",\"arguments\":{}}]");
         assert_eq!(turns[2]["name"], "sh");
         assert_eq!(turns[3], json!({"from": "gpt", "value": "done"}));
+    }
+
+    #[test]
+    fn token_data_is_dropped_unless_kept_and_only_openai_keeps_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, v: &Value| {
+            std::fs::write(dir.path().join(name), lines(std::slice::from_ref(v))).unwrap();
+        };
+        write("results.jsonl", &result("a", "ok", 1));
+        let mut t = trajectory("a", 1, "go");
+        let turns = json!({"turns": [{"message": 1, "token_ids": [1, 2]}]});
+        t["convoy"] = turns.clone();
+        write("trajectories.jsonl", &t);
+        let (_, out) = run(dir.path(), &ExportOptions::default());
+        assert!(out[0].get("convoy").is_none(), "{}", out[0]);
+        let keep = ExportOptions {
+            keep_token_data: true,
+            ..ExportOptions::default()
+        };
+        let (_, out) = run(dir.path(), &keep);
+        assert_eq!(out[0]["convoy"], turns);
+        let sharegpt = ExportOptions {
+            format: ExportFormat::Sharegpt,
+            ..keep
+        };
+        let err = export(dir.path(), &sharegpt, &mut Vec::new()).unwrap_err();
+        assert!(err.to_string().contains("--format openai"), "{err}");
     }
 
     #[test]
