@@ -213,9 +213,12 @@ async fn an_endpoint_killed_mid_run_moves_its_requests_and_every_task_ends_ok_on
     // Slow turns, so that requests are in flight on `b` when it goes.
     job.tasks(&rows(60, 4, 150));
     let list = format!("{}, {}, {}", entry(&a, ""), entry(&b, ""), entry(&c, ""));
+    // No retries to spend: only moving without spending one gets the
+    // requests that were in flight on `b` through. `b` never comes back:
+    // past outage_timeout it is gone, and the job goes on without it.
     job.manifest(&manifest(
         &list,
-        "outage_after = 2\nmax_retries = 1",
+        "outage_after = 2\nmax_retries = 0\noutage_timeout = \"1s\"",
         "[run]\nworkers = 12\n",
     ));
     let child = job.spawn(
@@ -250,15 +253,37 @@ async fn an_endpoint_killed_mid_run_moves_its_requests_and_every_task_ends_ok_on
         log.contains(&format!("LLM endpoint 1 ({}) is down", b.addr)),
         "{log}"
     );
+    // The requests that broke on `b` were sent again elsewhere, each
+    // with as many messages as on `b`: the same turn, not a new attempt.
+    let broken: Vec<(String, usize)> = b
+        .requests()
+        .iter()
+        .filter(|r| r.status != 200)
+        .map(|r| (conv(r), r.body["messages"].as_array().unwrap().len()))
+        .collect();
+    let answered_elsewhere: BTreeSet<(String, usize)> = a
+        .requests()
+        .iter()
+        .chain(c.requests().iter())
+        .filter(|r| r.status == 200)
+        .map(|r| (conv(r), r.body["messages"].as_array().unwrap().len()))
+        .collect();
+    for turn in &broken {
+        assert!(
+            answered_elsewhere.contains(turn),
+            "{turn:?} was not answered elsewhere"
+        );
+    }
     let s = job.summary();
-    assert_eq!(s["llm"]["endpoints"][1]["outages"], 1, "{s}");
-    // Moving spent no retry: max_retries = 1 would have failed tasks.
+    let eb = &s["llm"]["endpoints"][1];
+    assert_eq!(eb["outages"], 1, "{s}");
     assert!(
-        s["llm"]["retries_by_reason"]["connection"]
-            .as_u64()
-            .unwrap_or(0)
-            > 0,
-        "{s}"
+        eb["outage_s"].as_f64().unwrap() >= 1.0,
+        "the outage still going on counts: {eb}"
+    );
+    assert!(
+        log.contains("has been unreachable for"),
+        "b is gone past outage_timeout: {log}"
     );
 }
 
@@ -292,8 +317,14 @@ async fn the_fallback_serves_only_while_both_primaries_are_down() {
         f.requests().is_empty(),
         "the fallback served while the primaries were up"
     );
+    // One primary down: the other carries the job, not the fallback.
     let a_addr = a.addr;
     a.go_down();
+    job.wait_for_results(12).await;
+    assert!(
+        f.requests().is_empty(),
+        "the fallback served while a primary was up"
+    );
     b.go_down();
     let down_at = std::time::Instant::now();
     // The fallback carries the job meanwhile.
@@ -396,6 +427,41 @@ async fn a_401_takes_one_endpoint_out_and_the_job_goes_on() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_job_stops_only_when_every_endpoint_is_gone() {
+    let (a, b) = (FakeLlm::start().await, FakeLlm::start().await);
+    let job = TestJob::new();
+    job.tasks(&rows(40, 3, 100));
+    let list = format!("{}, {}", entry(&a, ""), entry(&b, ""));
+    job.manifest(&manifest(
+        &list,
+        "outage_after = 2\noutage_timeout = \"2s\"",
+        "[run]\nworkers = 4\n",
+    ));
+    let child = job.spawn(
+        support::convoy_bin(),
+        &["run", "job.toml", "--out", "out"],
+        ENV,
+    );
+    job.wait_for_results(4).await;
+    a.go_down();
+    b.go_down();
+    let out = child.wait_with_output().await.unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let log = stderr(&out);
+    assert!(log.contains("every LLM endpoint is out"), "{log}");
+    let results = job.results();
+    assert!(
+        results.len() >= 4 && results.len() < 40,
+        "{}",
+        results.len()
+    );
+    assert!(
+        results.iter().all(|r| r["status"] == "ok"),
+        "interrupted tasks are not recorded"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpoints_are_checked_at_load() {
     let job = TestJob::new();
     job.tasks(&rows(1, 1, 0));
@@ -445,6 +511,11 @@ async fn endpoints_are_checked_at_load() {
             "not both",
         ),
         ("{ base_url = \"http://a/v1\", wieght = 2 }", "", "wieght"),
+        (
+            "{ base_url = \"http://a/v1\" }, { base_url = \"http://a/v1/\" }",
+            "",
+            "entry 2 (http://a/v1/): is listed twice",
+        ),
     ] {
         job.manifest(&manifest(endpoints, extra, ""));
         let out = job.convoy(&["validate", "job.toml"], ENV).await;

@@ -64,9 +64,10 @@ fn tools_digest(m: &crate::manifest::Manifest, schemas: &Value) -> String {
 }
 
 /// The model part: what shapes the model's answers. With `llm.endpoints`
-/// it also covers each endpoint's model name, not its URL: a job moved to
-/// other replicas of the same model resumes (and a job on `base_url` keeps
-/// the fingerprint it had before endpoints existed).
+/// it also covers the set of model names they serve, not their URLs, order
+/// or number: a job moved to other replicas of the same model, or given
+/// one more, resumes; and when every endpoint serves `llm.model`, it is the
+/// fingerprint of the same job on `base_url`.
 fn model_digest(l: &crate::manifest::LlmSpec) -> String {
     let mut v = json!({
         "provider": l.provider, "model": l.model, "temperature": l.temperature,
@@ -74,8 +75,10 @@ fn model_digest(l: &crate::manifest::LlmSpec) -> String {
         "tool_choice": l.tool_choice, "parallel_tool_calls": l.parallel_tool_calls,
         "extra_body": l.extra_body, "send_reasoning_content": l.send_reasoning_content,
     });
-    if !l.endpoints.is_empty() {
-        v["endpoint_models"] = json!(l.model_names());
+    let models: std::collections::BTreeSet<String> = l.model_names().into_iter().collect();
+    let only_llm_model = models.len() == 1 && l.model.as_ref() == models.first();
+    if !l.endpoints.is_empty() && !only_llm_model {
+        v["endpoint_models"] = json!(models);
     }
     digest_json(&v)
 }
@@ -248,6 +251,13 @@ mod tests {
         );
         let other = of("endpoints = [{ base_url = \"http://a:1/v1\" }, { base_url = \"http://b:1/v1\", model = \"n\" }]");
         assert_eq!(two.changed(&other), ["model"]);
+        // One more replica, another order, or the same model on base_url:
+        // the same job.
+        assert!(two.changed(&one).is_empty());
+        let three = of("endpoints = [{ base_url = \"http://c:1/v1\" }, { base_url = \"http://b:1/v1\" }, { base_url = \"http://a:1/v1\" }]");
+        assert!(two.changed(&three).is_empty());
+        let swapped = of("endpoints = [{ base_url = \"http://b:1/v1\", model = \"n\" }, { base_url = \"http://a:1/v1\" }]");
+        assert!(other.changed(&swapped).is_empty());
     }
 
     #[test]

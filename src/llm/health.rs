@@ -40,6 +40,8 @@ pub struct Health {
     timeout: Duration,
     outages: AtomicU64,
     outage_ms: AtomicU64,
+    /// When the outage going on now began (for `outages` while it lasts).
+    down_since: std::sync::Mutex<Option<Instant>>,
     probe_url: String,
     /// Told of every change of state.
     changed: Arc<Notify>,
@@ -60,6 +62,7 @@ impl Health {
             timeout,
             outages: AtomicU64::new(0),
             outage_ms: AtomicU64::new(0),
+            down_since: std::sync::Mutex::new(None),
             probe_url: format!("{}/models", base_url.trim_end_matches('/')),
             changed,
             keep_probing: false,
@@ -109,7 +112,7 @@ impl Health {
     /// The check before the job could not reach it: down from the start.
     pub fn declare_down(self: &Arc<Self>, http: &reqwest::Client) {
         self.consecutive.store(self.threshold, Ordering::Relaxed);
-        self.went_down(self.threshold, http);
+        self.went_down("it did not answer the check before the job", http);
     }
 
     /// A request could not reach the endpoint. The `threshold`-th in a row
@@ -119,10 +122,10 @@ impl Health {
         if n < self.threshold {
             return;
         }
-        self.went_down(n, http);
+        self.went_down(&format!("{n} connection failures in a row"), http);
     }
 
-    fn went_down(self: &Arc<Self>, n: u32, http: &reqwest::Client) {
+    fn went_down(self: &Arc<Self>, why: &str, http: &reqwest::Client) {
         let went_down = self.state.send_if_modified(|s| {
             if *s == State::Up {
                 *s = State::Down;
@@ -132,19 +135,28 @@ impl Health {
             }
         });
         if went_down {
+            *self.down_since.lock().expect("down_since lock") = Some(Instant::now());
             self.changed.notify_waiters();
             self.outages.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(
-                "{} is down ({n} connection failures in a row): no new requests to it; probing {} (giving up after {}{})",
-                self.name,
-                self.probe_url,
-                humantime::format_duration(self.give_up_after()),
-                if self.ever_answered.load(Ordering::Relaxed) {
-                    ", llm.outage_timeout"
-                } else {
-                    ": it has not answered since the job started"
-                }
-            );
+            let deadline = humantime::format_duration(self.give_up_after());
+            let since = if self.ever_answered.load(Ordering::Relaxed) {
+                ", llm.outage_timeout"
+            } else {
+                ": it has not answered since the job started"
+            };
+            if self.keep_probing {
+                tracing::error!(
+                    "{} is down ({why}): its conversations go to the other endpoints; probing {} (counted as gone after {deadline}{since}; the job stops only when every endpoint is)",
+                    self.name,
+                    self.probe_url,
+                );
+            } else {
+                tracing::error!(
+                    "{} is down ({why}): no new requests; probing {} (giving up after {deadline}{since})",
+                    self.name,
+                    self.probe_url,
+                );
+            }
             tokio::spawn(self.clone().probe(http.clone()));
         }
     }
@@ -184,6 +196,7 @@ impl Health {
             if answered {
                 self.outage_ms
                     .fetch_add(down_for.as_millis() as u64, Ordering::Relaxed);
+                *self.down_since.lock().expect("down_since lock") = None;
                 self.on_answer();
                 tracing::warn!(
                     "{} answers again after {:.1}s; resuming",
@@ -204,26 +217,39 @@ impl Health {
                 )
             } else {
                 format!(
-                    "{} {} has not answered once in {}s since the job started: check llm.base_url and that the server is running",
+                    "{} {} has not answered once in {}s since the job started: check {} and that the server is running",
                     self.name,
                     self.probe_url.trim_end_matches("/models"),
-                    down_for.as_secs()
+                    down_for.as_secs(),
+                    if self.keep_probing { "its base_url in llm.endpoints" } else { "llm.base_url" }
                 )
             };
+            if self.keep_probing {
+                tracing::error!(
+                    "{why}; the job goes on with the other endpoints, and this one is still probed"
+                );
+            }
             self.set(State::Gone(why));
             if !self.keep_probing {
                 self.outage_ms
                     .fetch_add(down_for.as_millis() as u64, Ordering::Relaxed);
+                *self.down_since.lock().expect("down_since lock") = None;
                 return;
             }
         }
     }
 
-    /// Outages so far and their total length in seconds.
+    /// Outages so far and their total length in seconds, the one going
+    /// on now included.
     pub fn outages(&self) -> (u64, f64) {
+        let ongoing = self
+            .down_since
+            .lock()
+            .expect("down_since lock")
+            .map_or(0.0, |t| t.elapsed().as_secs_f64());
         (
             self.outages.load(Ordering::Relaxed),
-            self.outage_ms.load(Ordering::Relaxed) as f64 / 1000.0,
+            self.outage_ms.load(Ordering::Relaxed) as f64 / 1000.0 + ongoing,
         )
     }
 }

@@ -160,6 +160,7 @@ impl OpenAiClient {
             http_config,
             pool: Pool::new(
                 upstreams,
+                !spec.endpoints.is_empty(),
                 spec.max_in_flight as usize,
                 spec.sticky_wait,
                 changed,
@@ -202,9 +203,9 @@ impl OpenAiClient {
     }
 
     /// Per endpoint, in flight now and its limit (for the monitor); empty
-    /// with one endpoint, whose figures are the job's.
+    /// for a job on `llm.base_url`, whose figures are the job's.
     pub fn endpoint_load(&self) -> Vec<(usize, usize)> {
-        if !self.pool.several() {
+        if !self.pool.listed {
             return Vec::new();
         }
         self.pool
@@ -214,9 +215,9 @@ impl OpenAiClient {
             .collect()
     }
 
-    /// What each endpoint did; empty with one endpoint.
+    /// What each endpoint did; empty for a job on `llm.base_url`.
     pub fn endpoint_reports(&self) -> Vec<EndpointReport> {
-        if !self.pool.several() {
+        if !self.pool.listed {
             return Vec::new();
         }
         self.pool.upstreams.iter().map(|u| u.report()).collect()
@@ -272,12 +273,17 @@ impl OpenAiClient {
                     any_ok = true;
                 }
                 Err(e) if self.pool.several() => {
-                    if e.is_fatal() && matches!(e, LlmError::Auth { .. }) {
-                        tracing::error!("{}: {e}; taken out for the rest of the job", u.name());
-                        u.remove(e.to_string());
-                    } else {
+                    if let LlmError::Preflight {
+                        reachable: false, ..
+                    } = e
+                    {
                         tracing::warn!("{}: {e}; counted as down until it answers", u.name());
                         u.health.declare_down(&http);
+                    } else {
+                        // It answered, but refused the key, the path or the
+                        // model: every request there would fail the same way.
+                        tracing::error!("{}: {e}; taken out for the rest of the job", u.name());
+                        u.remove(e.to_string());
                     }
                     first_error.get_or_insert(e);
                 }
@@ -367,7 +373,12 @@ impl OpenAiClient {
         let mut previous: Option<(u16, String)> = None;
         // The body, written once per model name.
         let mut written: Option<(String, Bytes)> = None;
+        // The endpoints this request failed on (see below).
+        let mut broke_on: Vec<usize> = Vec::new();
         loop {
+            // The gate first: a request waiting out an outage must not
+            // hold a token of the rate buckets meanwhile.
+            self.pool.wait_usable().await?;
             if let Some(b) = &self.requests_bucket {
                 b.take(1.0).await;
             }
@@ -408,7 +419,7 @@ impl OpenAiClient {
                     if self.keep_tokens {
                         tokens::keep(&done.response, &mut done.reply.record);
                     }
-                    if self.pool.several() {
+                    if self.pool.listed {
                         // Which server answered, beside the message.
                         let r = &mut done.reply.record;
                         r.insert("endpoint".into(), up.index.into());
@@ -433,6 +444,9 @@ impl OpenAiClient {
                     }
                     if self.pool.upstreams.iter().all(|u| u.gone()) {
                         return Err(e);
+                    }
+                    if let Some((status, _)) = e.upstream() {
+                        self.count_retry(format!("http_{status}"));
                     }
                     up.retries.fetch_add(1, Ordering::Relaxed);
                     retries += 1;
@@ -464,10 +478,22 @@ impl OpenAiClient {
             }
             // Its endpoint is down: the request waits for it (one
             // endpoint) or goes to another, without spending a retry. With
-            // several, a connection that failed moves the conversation to
-            // another endpoint at once, also without spending one.
-            let rerouted = reason == Reason::Connection
-                && (up.health.is_down() || self.pool.move_away(sticky, up.index));
+            // several, a broken connection moves the request to an
+            // endpoint it has not broken on yet, also without spending one
+            // (a killed server's requests in flight); once it has broken
+            // everywhere, or on a timeout (a hung server), it still moves
+            // but spends its retries, so a request that fails everywhere
+            // ends.
+            let mut rerouted = reason == Reason::Connection && up.health.is_down();
+            if !rerouted && matches!(reason, Reason::Connection | Reason::Timeout) {
+                let first_break = reason == Reason::Connection && !broke_on.contains(&up.index);
+                broke_on.push(up.index);
+                if first_break && self.pool.move_away(sticky, &broke_on) {
+                    rerouted = true;
+                } else {
+                    self.pool.move_away(sticky, &[up.index]);
+                }
+            }
             if !rerouted && spent >= self.max_retries {
                 return Err(LlmError::Exhausted {
                     attempts: spent + 1,

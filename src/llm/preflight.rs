@@ -63,7 +63,10 @@ impl Probe<'_> {
                 first_line(&error_message(&text))
             )
         };
-        Err(LlmError::Preflight(what))
+        Err(LlmError::Preflight {
+            message: what,
+            reachable: true,
+        })
     }
 
     /// Sends one probe: `None` when that settles it (an answer, a server
@@ -117,10 +120,13 @@ impl Probe<'_> {
         } else {
             error_chain(e)
         };
-        LlmError::Preflight(format!(
-            "cannot reach the LLM endpoint {}: {why}; check llm.base_url and that the server is running",
-            self.base
-        ))
+        LlmError::Preflight {
+            message: format!(
+                "cannot reach the LLM endpoint {}: {why}; check llm.base_url and that the server is running",
+                self.base
+            ),
+            reachable: false,
+        }
     }
 
     fn judge_auth(&self, status: StatusCode, text: &str) -> Result<(), LlmError> {
@@ -132,12 +138,15 @@ impl Probe<'_> {
             None => "the endpoint wants a key: name its environment variable in llm.api_key_env"
                 .to_string(),
         };
-        Err(LlmError::Preflight(format!(
-            "the LLM endpoint {} rejected the credentials (HTTP {}: {}): {check}",
-            self.base,
-            status.as_u16(),
-            first_line(&error_message(text))
-        )))
+        Err(LlmError::Preflight {
+            message: format!(
+                "the LLM endpoint {} rejected the credentials (HTTP {}: {}): {check}",
+                self.base,
+                status.as_u16(),
+                first_line(&error_message(text))
+            ),
+            reachable: true,
+        })
     }
 
     fn slow(&self, url: &str) {

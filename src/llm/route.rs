@@ -47,6 +47,9 @@ impl Sticky {
 #[derive(Debug)]
 pub(super) struct Pool {
     pub upstreams: Vec<Arc<Upstream>>,
+    /// The job names its servers in `llm.endpoints` (even one): turns,
+    /// the summary and metrics.csv then say which endpoint did what.
+    pub listed: bool,
     /// `llm.max_in_flight` for the whole job: never cut, only a cap.
     job: Limiter,
     sticky_wait: Duration,
@@ -81,12 +84,14 @@ impl Drop for Outstanding<'_> {
 impl Pool {
     pub fn new(
         upstreams: Vec<Arc<Upstream>>,
+        listed: bool,
         ceiling: usize,
         sticky_wait: Duration,
         changed: Arc<Notify>,
     ) -> Pool {
         Pool {
             upstreams,
+            listed,
             job: Limiter::new(ceiling),
             sticky_wait,
             changed,
@@ -110,7 +115,7 @@ impl Pool {
     /// The eligible endpoint with the fewest outstanding requests for its
     /// weight (ties: fewer requests so far for its weight, then order);
     /// with `room_only`, only endpoints with a free slot now.
-    fn choose(&self, except: Option<usize>, room_only: bool) -> Option<&Arc<Upstream>> {
+    fn choose(&self, except: &[usize], room_only: bool) -> Option<&Arc<Upstream>> {
         let key = |u: &Arc<Upstream>| {
             let w = u.weight as f64;
             let load = (u.outstanding.load(Ordering::Relaxed) + 1) as f64 / w;
@@ -119,7 +124,7 @@ impl Pool {
         };
         self.upstreams
             .iter()
-            .filter(|u| Some(u.index) != except && self.eligible(u))
+            .filter(|u| !except.contains(&u.index) && self.eligible(u))
             .filter(|u| !room_only || u.limiter.in_flight() < u.limiter.limit())
             .min_by(|a, b| key(a).partial_cmp(&key(b)).expect("finite loads"))
     }
@@ -132,15 +137,15 @@ impl Pool {
                 return Some(up);
             }
         }
-        let chosen = self.choose(None, false)?;
+        let chosen = self.choose(&[], false)?;
         sticky.set(chosen.index);
         Some(chosen)
     }
 
-    /// Moves the conversation off endpoint `from` (which failed it) to
-    /// another eligible one; false when there is none.
-    pub fn move_away(&self, sticky: &Sticky, from: usize) -> bool {
-        match self.choose(Some(from), false) {
+    /// Moves the conversation to an eligible endpoint not in `avoid` (those
+    /// that failed its request); false when there is none.
+    pub fn move_away(&self, sticky: &Sticky, avoid: &[usize]) -> bool {
+        match self.choose(avoid, false) {
             Some(other) => {
                 sticky.set(other.index);
                 true
@@ -154,20 +159,21 @@ impl Pool {
         if !self.upstreams.iter().all(|u| u.gone()) {
             return None;
         }
+        // An outage's reason names its endpoint already.
         let why = |u: &Upstream| {
             u.health
                 .gone_why()
-                .or_else(|| u.removed().map(|r| format!("taken out: {r}")))
+                .or_else(|| {
+                    u.removed()
+                        .map(|r| format!("{} was taken out: {r}", u.name()))
+                })
                 .unwrap_or_default()
         };
         Some(LlmError::Outage(match self.upstreams.as_slice() {
             [one] => why(one),
             all => format!(
                 "every LLM endpoint is out: {}",
-                all.iter()
-                    .map(|u| format!("{}: {}", u.name(), why(u)))
-                    .collect::<Vec<_>>()
-                    .join("; ")
+                all.iter().map(|u| why(u)).collect::<Vec<_>>().join("; ")
             ),
         }))
     }
@@ -197,28 +203,20 @@ impl Pool {
                 continue;
             };
             let outstanding = Outstanding::new(up);
-            let slot = match tokio::time::timeout(self.sticky_wait, up.limiter.acquire()).await {
-                Ok(slot) => slot,
-                Err(_) => match self.choose(Some(up.index), true) {
-                    Some(other) => {
-                        tracing::debug!(
-                            "a conversation moves from {} (no room for {:?}) to {}",
-                            up.name(),
-                            self.sticky_wait,
-                            other.name()
-                        );
-                        sticky.set(other.index);
-                        continue;
-                    }
-                    // Nowhere has room: wait here.
-                    None => up.limiter.acquire().await,
-                },
+            let slot = if self.several() {
+                match self.slot_or_move(up, sticky).await {
+                    Some(slot) => slot,
+                    None => continue,
+                }
+            } else {
+                up.limiter.acquire().await
             };
+            let job = self.job.acquire().await;
             if !self.eligible(up) {
-                // It went down, or a primary came back, while we waited.
+                // It went down, was taken out, or a primary came back
+                // while we waited.
                 continue;
             }
-            let job = self.job.acquire().await;
             up.routed.fetch_add(1, Ordering::Relaxed);
             return Ok(Routed {
                 up,
@@ -226,6 +224,42 @@ impl Pool {
                 _job: job,
                 _outstanding: outstanding,
             });
+        }
+    }
+
+    /// A slot on `up`, keeping the conversation's place in its queue; `None`
+    /// when the conversation should go elsewhere: `up` went down, was taken
+    /// out or is a fallback whose primary came back, or it had no room for
+    /// `sticky_wait` while another endpoint has room now (the conversation
+    /// moves there and stays).
+    async fn slot_or_move<'a>(&'a self, up: &'a Upstream, sticky: &Sticky) -> Option<Permit<'a>> {
+        let deadline = tokio::time::Instant::now() + self.sticky_wait;
+        let acquire = up.limiter.acquire();
+        tokio::pin!(acquire);
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            tokio::select! {
+                slot = &mut acquire => return Some(slot),
+                _ = tokio::time::sleep(RECHECK) => {}
+                _ = changed => {}
+            }
+            if !self.eligible(up) {
+                return None;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                if let Some(other) = self.choose(&[up.index], true) {
+                    tracing::debug!(
+                        "a conversation moves from {} (no room for {:?}) to {}",
+                        up.name(),
+                        self.sticky_wait,
+                        other.name()
+                    );
+                    sticky.set(other.index);
+                    return None;
+                }
+            }
         }
     }
 

@@ -117,9 +117,10 @@ pub enum LlmError {
         body: String,
     },
     /// The check before the job found the endpoint unusable; the message
-    /// says what to check.
-    #[error("{0}")]
-    Preflight(String),
+    /// says what to check. `reachable`: it answered (refused the key, the
+    /// path or the model), rather than not answering at all.
+    #[error("{message}")]
+    Preflight { message: String, reachable: bool },
     #[error("the LLM request failed after {attempts} attempts: {last}")]
     Exhausted { attempts: u32, last: String },
     /// The endpoint stayed unreachable past `llm.outage_timeout`.

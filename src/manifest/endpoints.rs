@@ -151,6 +151,13 @@ pub(super) fn check_endpoints(m: &Manifest, check: &mut impl FnMut(bool, &str, &
             &at("max_in_flight must be at least 1"),
         );
         check(e.weight >= 1, key, &at("weight must be at least 1"));
+        let same =
+            |o: &EndpointSpec| o.base_url.trim_end_matches('/') == e.base_url.trim_end_matches('/');
+        check(
+            !l.endpoints[..i].iter().any(same),
+            key,
+            &at("is listed twice (give it a weight instead)"),
+        );
     }
     check(
         l.endpoints.iter().any(|e| e.role == Role::Primary),
