@@ -6,7 +6,7 @@
 //! from the storm run's metrics.csv.
 //!
 //! `--endpoints`: the overhead of routing instead. The same healthy job
-//! through one fake endpoint and through three (`llm.endpoints`), three
+//! through one fake endpoint and through three (`llm.endpoints`), five
 //! runs of each, alternating; requests/s of each run and the ratio of the
 //! medians.
 
@@ -30,6 +30,8 @@ fn convoy_bin() -> PathBuf {
 
 struct Run {
     wall: Duration,
+    /// convoy's CPU seconds (user + system, from its rusage).
+    cpu_s: f64,
     summary: Value,
     metrics: String,
 }
@@ -81,6 +83,7 @@ interval = "500ms"
 "#
     );
     std::fs::write(dir.path().join("job.toml"), manifest).unwrap();
+    let cpu0 = children_cpu_s();
     let t0 = Instant::now();
     let out = tokio::process::Command::new(convoy_bin())
         .args(["run", "job.toml", "--out", "out"])
@@ -90,6 +93,7 @@ interval = "500ms"
         .await
         .unwrap();
     let wall = t0.elapsed();
+    let cpu_s = children_cpu_s() - cpu0;
     assert!(
         out.status.success(),
         "convoy failed: {}",
@@ -98,9 +102,18 @@ interval = "500ms"
     let read = |f: &str| std::fs::read_to_string(dir.path().join("out").join(f)).unwrap();
     Run {
         wall,
+        cpu_s,
         summary: serde_json::from_str(&read("summary.json")).unwrap(),
         metrics: read("metrics.csv"),
     }
+}
+
+/// CPU seconds of this process's waited-for children so far.
+fn children_cpu_s() -> f64 {
+    use nix::sys::resource::{getrusage, UsageWho};
+    let u = getrusage(UsageWho::RUSAGE_CHILDREN).expect("getrusage");
+    let s = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+    s(u.user_time()) + s(u.system_time())
 }
 
 /// One endpoint against three, same job, alternating runs.
@@ -108,18 +121,25 @@ async fn routing() {
     let rate =
         |r: &Run| r.summary["llm"]["requests"].as_f64().unwrap_or(0.0) / r.wall.as_secs_f64();
     let (mut one, mut three) = (Vec::new(), Vec::new());
-    println!("| run | endpoints | wall time (s) | requests | requests/s |");
-    println!("|---:|---:|---:|---:|---:|");
-    for i in 1..=3 {
-        for (servers, rates) in [(1, &mut one), (3, &mut three)] {
+    let (mut cpu_one, mut cpu_three) = (Vec::new(), Vec::new());
+    println!(
+        "| run | endpoints | wall time (s) | requests | requests/s | convoy CPU per request (ms) |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for i in 1..=5 {
+        for (servers, rates, cpus) in [(1, &mut one, &mut cpu_one), (3, &mut three, &mut cpu_three)]
+        {
             let r = run(None, servers).await;
+            let per_request_ms =
+                r.cpu_s * 1000.0 / r.summary["llm"]["requests"].as_f64().unwrap_or(1.0);
             println!(
-                "| {i} | {servers} | {:.2} | {} | {:.0} |",
+                "| {i} | {servers} | {:.2} | {} | {:.0} | {per_request_ms:.3} |",
                 r.wall.as_secs_f64(),
                 r.summary["llm"]["requests"],
                 rate(&r)
             );
             rates.push(rate(&r));
+            cpus.push(per_request_ms);
         }
     }
     let median = |v: &mut Vec<f64>| {
@@ -130,6 +150,11 @@ async fn routing() {
     println!(
         "\nmedian requests/s: one endpoint {m1:.0}, three {m3:.0}; three / one = {:.3}",
         m3 / m1
+    );
+    let (c1, c3) = (median(&mut cpu_one), median(&mut cpu_three));
+    println!(
+        "median convoy CPU per request (its tmux and shells included): one endpoint {c1:.3} ms, three {c3:.3} ms; three / one = {:.3}",
+        c3 / c1
     );
 }
 

@@ -75,16 +75,22 @@ impl Limiter {
             let freed = self.freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
-            {
-                let mut s = self.lock();
-                if s.in_flight < s.limit as usize {
-                    s.in_flight += 1;
-                    s.peak = s.peak.max(s.in_flight);
-                    return Permit { limiter: self };
-                }
+            if let Some(permit) = self.try_acquire() {
+                return permit;
             }
             freed.await;
         }
+    }
+
+    /// A slot if one is free now.
+    pub fn try_acquire(&self) -> Option<Permit<'_>> {
+        let mut s = self.lock();
+        if s.in_flight < s.limit as usize {
+            s.in_flight += 1;
+            s.peak = s.peak.max(s.in_flight);
+            return Some(Permit { limiter: self });
+        }
+        None
     }
 
     pub fn in_flight(&self) -> usize {

@@ -233,6 +233,9 @@ impl Pool {
     /// `sticky_wait` while another endpoint has room now (the conversation
     /// moves there and stays).
     async fn slot_or_move<'a>(&'a self, up: &'a Upstream, sticky: &Sticky) -> Option<Permit<'a>> {
+        if let Some(slot) = up.limiter.try_acquire() {
+            return Some(slot);
+        }
         let deadline = tokio::time::Instant::now() + self.sticky_wait;
         let acquire = up.limiter.acquire();
         tokio::pin!(acquire);
