@@ -16,26 +16,39 @@ const ENV: &[(&str, &str)] = &[("CONVOY_TEST_KEY", KEY), ("RUST_LOG", "info")];
 
 /// A manifest whose `[llm]` lists `endpoints` (the inside of the list).
 fn manifest(endpoints: &str, llm_keys: &str, rest: &str) -> String {
-    format!(
-        r#"
-[prompt]
-system = "You are a test."
-user = "{{{{ script }}}}"
-[llm]
-model = "fake-model"
-api_key_env = "CONVOY_TEST_KEY"
-endpoints = [{endpoints}]
-{llm_keys}
-[workspace]
-kind = "local"
-workdir = "work"
-{rest}
-"#
+    support::llm_manifest(
+        &format!("endpoints = [{endpoints}]\n{llm_keys}"),
+        "kind = \"local\"\nworkdir = \"work\"",
+        rest,
     )
 }
 
-fn entry(llm: &FakeLlm, more: &str) -> String {
-    format!("{{ base_url = \"{}\"{more} }}", llm.base_url())
+/// Writes `body` as the job's manifest and starts `convoy run` on it.
+fn spawn_run(job: &TestJob, body: &str) -> tokio::process::Child {
+    job.manifest(body);
+    job.spawn(
+        support::convoy_bin(),
+        &["run", "job.toml", "--out", "out"],
+        ENV,
+    )
+}
+
+/// Three fake endpoints.
+async fn three() -> [FakeLlm; 3] {
+    [
+        FakeLlm::start().await,
+        FakeLlm::start().await,
+        FakeLlm::start().await,
+    ]
+}
+
+/// The inside of `llm.endpoints`: each server with more keys of its entry.
+fn list(servers: &[(&FakeLlm, &str)]) -> String {
+    servers
+        .iter()
+        .map(|(llm, more)| format!("{{ base_url = \"{}\"{more} }}", llm.base_url()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// `n` conversations of `steps` shell calls then `finish`; each script
@@ -82,20 +95,11 @@ fn all_ok_once(job: &TestJob, n: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_follows_weights_and_each_conversation_stays_on_its_endpoint() {
-    let (a, b, c) = (
-        FakeLlm::start().await,
-        FakeLlm::start().await,
-        FakeLlm::start().await,
-    );
+    let [a, b, c] = three().await;
     let job = TestJob::new();
     // 120 conversations of 5 requests: 600 requests.
     job.tasks(&rows(120, 4, 0));
-    let list = format!(
-        "{}, {}, {}",
-        entry(&a, ""),
-        entry(&b, ""),
-        entry(&c, ", weight = 2")
-    );
+    let list = list(&[(&a, ""), (&b, ""), (&c, ", weight = 2")]);
     job.manifest(&manifest(&list, "", "[run]\nworkers = 16\n"));
     let out = job.run(ENV).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
@@ -180,15 +184,11 @@ async fn load_follows_weights_and_each_conversation_stays_on_its_endpoint() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_endpoint_gets_fewer_conversations() {
-    let (a, b, c) = (
-        FakeLlm::start().await,
-        FakeLlm::start().await,
-        FakeLlm::start().await,
-    );
+    let [a, b, c] = three().await;
     c.slow(300);
     let job = TestJob::new();
     job.tasks(&rows(60, 2, 20));
-    let list = format!("{}, {}, {}", entry(&a, ""), entry(&b, ""), entry(&c, ""));
+    let list = list(&[(&a, ""), (&b, ""), (&c, "")]);
     job.manifest(&manifest(&list, "", "[run]\nworkers = 12\n"));
     let out = job.run(ENV).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
@@ -204,27 +204,21 @@ async fn a_slow_endpoint_gets_fewer_conversations() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endpoint_killed_mid_run_moves_its_requests_and_every_task_ends_ok_once() {
-    let (a, b, c) = (
-        FakeLlm::start().await,
-        FakeLlm::start().await,
-        FakeLlm::start().await,
-    );
+    let [a, b, c] = three().await;
     let job = TestJob::new();
     // Slow turns, so that requests are in flight on `b` when it goes.
     job.tasks(&rows(60, 4, 150));
-    let list = format!("{}, {}, {}", entry(&a, ""), entry(&b, ""), entry(&c, ""));
+    let list = list(&[(&a, ""), (&b, ""), (&c, "")]);
     // No retries to spend: only moving without spending one gets the
     // requests that were in flight on `b` through. `b` never comes back:
     // past outage_timeout it is gone, and the job goes on without it.
-    job.manifest(&manifest(
-        &list,
-        "outage_after = 2\nmax_retries = 0\noutage_timeout = \"1s\"",
-        "[run]\nworkers = 12\n",
-    ));
-    let child = job.spawn(
-        support::convoy_bin(),
-        &["run", "job.toml", "--out", "out"],
-        ENV,
+    let child = spawn_run(
+        &job,
+        &manifest(
+            &list,
+            "outage_after = 2\nmax_retries = 0\noutage_timeout = \"1s\"",
+            "[run]\nworkers = 12\n",
+        ),
     );
     job.wait_for_results(6).await;
     let before = b.requests().len();
@@ -289,28 +283,17 @@ async fn an_endpoint_killed_mid_run_moves_its_requests_and_every_task_ends_ok_on
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_fallback_serves_only_while_both_primaries_are_down() {
-    let (a, b, f) = (
-        FakeLlm::start().await,
-        FakeLlm::start().await,
-        FakeLlm::start().await,
-    );
+    let [a, b, f] = three().await;
     let job = TestJob::new();
     job.tasks(&rows(40, 3, 100));
-    let list = format!(
-        "{}, {}, {}",
-        entry(&a, ""),
-        entry(&b, ""),
-        entry(&f, ", role = \"fallback\"")
-    );
-    job.manifest(&manifest(
-        &list,
-        "outage_after = 2\noutage_timeout = \"5m\"",
-        "[run]\nworkers = 4\n",
-    ));
-    let child = job.spawn(
-        support::convoy_bin(),
-        &["run", "job.toml", "--out", "out"],
-        ENV,
+    let list = list(&[(&a, ""), (&b, ""), (&f, ", role = \"fallback\"")]);
+    let child = spawn_run(
+        &job,
+        &manifest(
+            &list,
+            "outage_after = 2\noutage_timeout = \"5m\"",
+            "[run]\nworkers = 4\n",
+        ),
     );
     job.wait_for_results(4).await;
     assert!(
@@ -372,22 +355,17 @@ async fn the_fallback_serves_only_while_both_primaries_are_down() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_401_takes_one_endpoint_out_and_the_job_goes_on() {
-    let (a, b, c) = (
-        FakeLlm::start().await,
-        FakeLlm::start().await,
-        FakeLlm::start().await,
-    );
+    let [a, b, c] = three().await;
     // `b` refuses the key its variable holds on chat requests (its
     // `/models` answers, so the check before the job passes it).
     b.fail_with(401, "Incorrect API key provided");
     let job = TestJob::new();
     job.tasks(&rows(30, 2, 0));
-    let list = format!(
-        "{}, {}, {}",
-        entry(&a, ""),
-        entry(&b, ", api_key_env = \"CONVOY_TEST_KEY_B\""),
-        entry(&c, "")
-    );
+    let list = list(&[
+        (&a, ""),
+        (&b, ", api_key_env = \"CONVOY_TEST_KEY_B\""),
+        (&c, ""),
+    ]);
     job.manifest(&manifest(&list, "", "[run]\nworkers = 6\n"));
     let mut env = ENV.to_vec();
     env.push(("CONVOY_TEST_KEY_B", "sk-wrong"));
@@ -431,16 +409,14 @@ async fn the_job_stops_only_when_every_endpoint_is_gone() {
     let (a, b) = (FakeLlm::start().await, FakeLlm::start().await);
     let job = TestJob::new();
     job.tasks(&rows(40, 3, 100));
-    let list = format!("{}, {}", entry(&a, ""), entry(&b, ""));
-    job.manifest(&manifest(
-        &list,
-        "outage_after = 2\noutage_timeout = \"2s\"",
-        "[run]\nworkers = 4\n",
-    ));
-    let child = job.spawn(
-        support::convoy_bin(),
-        &["run", "job.toml", "--out", "out"],
-        ENV,
+    let list = list(&[(&a, ""), (&b, "")]);
+    let child = spawn_run(
+        &job,
+        &manifest(
+            &list,
+            "outage_after = 2\noutage_timeout = \"2s\"",
+            "[run]\nworkers = 4\n",
+        ),
     );
     job.wait_for_results(4).await;
     a.go_down();

@@ -34,21 +34,30 @@ pub fn http_manifest_on(
     workspace: &str,
     rest: &str,
 ) -> String {
+    llm_manifest(
+        &format!("base_url = \"{}\"\n{llm_keys}", llm.base_url()),
+        workspace,
+        rest,
+    )
+}
+
+/// The tests' manifest body for the fake server(s): `llm_keys` in `[llm]`
+/// (where the server is named), `workspace` as the `[workspace]` keys,
+/// `rest` after them.
+pub fn llm_manifest(llm_keys: &str, workspace: &str, rest: &str) -> String {
     format!(
         r#"
 [prompt]
 system = "You are a test."
 user = "{{{{ script }}}}"
 [llm]
-base_url = "{}"
 model = "fake-model"
 api_key_env = "CONVOY_TEST_KEY"
 {llm_keys}
 [workspace]
 {workspace}
 {rest}
-"#,
-        llm.base_url()
+"#
     )
 }
 
