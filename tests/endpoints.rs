@@ -405,6 +405,45 @@ async fn a_401_takes_one_endpoint_out_and_the_job_goes_on() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conversation_without_room_for_sticky_wait_moves_where_there_is_room() {
+    // `a` takes one request at a time but has the weight to be given most
+    // conversations. With a short sticky_wait, those that find it busy
+    // move to `b`, which has room, and stay there; with one longer than
+    // the job, they wait for `a`.
+    let mut served = Vec::new();
+    for wait in ["200ms", "1h"] {
+        let [a, b] = [FakeLlm::start().await, FakeLlm::start().await];
+        a.slow(400);
+        b.slow(400);
+        let job = TestJob::new();
+        job.tasks(&rows(8, 2, 0));
+        let list = list(&[(&a, ", max_in_flight = 1, weight = 8"), (&b, "")]);
+        let keys = format!("sticky_wait = \"{wait}\"");
+        job.manifest(&manifest(&list, &keys, "[run]\nworkers = 8\n"));
+        let out = job.run(ENV).await;
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        all_ok_once(&job, 8);
+        // Each conversation's turns on one server either way.
+        let on_a: BTreeSet<String> = a.requests().iter().map(conv).collect();
+        let on_b: BTreeSet<String> = b.requests().iter().map(conv).collect();
+        assert!(on_a.is_disjoint(&on_b), "{on_a:?} {on_b:?}");
+        served.push((on_a.len(), on_b.len()));
+    }
+    eprintln!(
+        "conversations on the busy endpoint / the other: sticky_wait 200ms {:?}, 1h {:?}",
+        served[0], served[1]
+    );
+    assert!(
+        served[0].0 <= 2,
+        "with 200ms they moved off the busy endpoint: {served:?}"
+    );
+    assert!(
+        served[1].0 >= 6,
+        "with 1h they waited for their endpoint: {served:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_job_stops_only_when_every_endpoint_is_gone() {
     let (a, b) = (FakeLlm::start().await, FakeLlm::start().await);
     let job = TestJob::new();
