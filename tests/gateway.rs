@@ -7,6 +7,7 @@ mod support;
 
 use std::time::Duration;
 
+use convoy::workspace::Pin;
 use serde_json::{json, Value};
 use support::helper::Helper;
 
@@ -209,7 +210,7 @@ async fn a_session_in_a_container_without_network_reaches_convoy_through_the_gat
         .serve_gateway(std::sync::Arc::new(Echo))
         .await
         .expect("the gateway starts");
-    let session = ws.open_session(None).await.unwrap();
+    let session = ws.open_session(&Pin::default(), None).await.unwrap();
     let client = format!(
         "python3 -c \"import urllib.request as u; r = u.Request('http://127.0.0.1:{}/v1/chat/completions', data=b'{{\\\"n\\\": 7}}', headers={{'Authorization': 'Bearer tok'}}); print(u.urlopen(r).read().decode())\"",
         server.port

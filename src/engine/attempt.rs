@@ -21,7 +21,7 @@ use crate::agent::{drive, AgentError, Conversation};
 use crate::events::{CancelReason, EventKind, Finished, Phases, Status, TaskRecord};
 use crate::llm::LlmError;
 use crate::tasks::{Task, TaskEnv};
-use crate::workspace::WorkspaceError;
+use crate::workspace::{Pin, WorkspaceError};
 
 /// How long a task waits for its session to close after its end (a
 /// stuck workspace must not hold it past `task_timeout` for longer).
@@ -120,6 +120,8 @@ async fn attempts<W: Sessions, M: Models>(
         let started = SystemTime::now();
         let clock = Instant::now();
         let mut conv = Conversation::new(task.system.as_deref(), &task.user);
+        // This attempt's container: its sessions, check and workdir.
+        let pin = Pin::default();
         let ledger = &shared.infra;
         let _alone = if ledger.is_suspect(&task.id, ws.failures()) {
             Some(ledger.isolate().await)
@@ -136,6 +138,7 @@ async fn attempts<W: Sessions, M: Models>(
                 &mut conv,
                 activity,
                 &mut phases,
+                &pin,
             ))
             .catch_unwind();
             tokio::select! {
@@ -240,7 +243,7 @@ async fn attempts<W: Sessions, M: Models>(
                 let _in = Gauge::enter(&shared.in_verify);
                 let clock = Instant::now();
                 tokio::select! {
-                    r = phases::verify(ws, task.env.as_ref(), v) => {
+                    r = phases::verify(ws, &pin, task.env.as_ref(), v) => {
                         phases.verify_s = Some(clock.elapsed().as_secs_f64());
                         Some(r)
                     }
@@ -255,7 +258,7 @@ async fn attempts<W: Sessions, M: Models>(
         let (reward, verify) = verified.clone().unwrap_or_default();
         if let Some(env) = &task.env {
             if !phases::keep(env, status, verified.is_some(), reward) {
-                remove_workdir(ws, &task.id, &env.workdir).await;
+                remove_workdir(ws, &pin, &task.id, &env.workdir).await;
             }
         }
         let record = TaskRecord {
@@ -378,6 +381,7 @@ async fn run_attempt<W: Sessions, M: Models>(
     conv: &mut Conversation,
     activity: &Arc<Mutex<Activity>>,
     phases: &mut Phases,
+    pin: &Pin,
 ) -> Result<String, Attempt> {
     let cfg = &shared.cfg;
     let on_turn = |step, messages: &[Value], turns: &[Value]| {
@@ -394,7 +398,7 @@ async fn run_attempt<W: Sessions, M: Models>(
     let mut session = None;
     if let Some(env) = &task.env {
         *activity.lock().expect("activity lock") = Activity::new("setup");
-        let (set_up, setup_s) = set_up(task, env, shared, activity, &mut session).await;
+        let (set_up, setup_s) = set_up(task, env, shared, activity, &mut session, pin).await;
         phases.setup_s = Some(setup_s);
         if let Err(e) = set_up {
             close(shared, task, session).await;
@@ -414,7 +418,7 @@ async fn run_attempt<W: Sessions, M: Models>(
     // not answer (a stopped tmux server) must not hold a task past it.
     let driven = tokio::time::timeout(cfg.task_timeout, async {
         if session.is_none() {
-            let opened = shared.ws.open_session(place).await;
+            let opened = shared.ws.open_session(pin, place).await;
             session = Some(TrackedShell::new(
                 opened.map_err(|e| Attempt::Agent(AgentError::from(e)))?,
                 activity.clone(),
@@ -453,6 +457,7 @@ async fn set_up<W: Sessions, M: Models>(
     shared: &Shared<W, M>,
     activity: &Arc<Mutex<Activity>>,
     session: &mut Option<TrackedShell<W::Session>>,
+    pin: &Pin,
 ) -> (Result<(), Attempt>, f64) {
     let _in = Gauge::enter(&shared.in_setup);
     let started = Instant::now();
@@ -467,7 +472,7 @@ async fn set_up<W: Sessions, M: Models>(
     let result = tokio::time::timeout(bound, async {
         let opened = shared
             .ws
-            .open_session(Some(phases::place(env, true, as_root)))
+            .open_session(pin, Some(phases::place(env, true, as_root)))
             .await;
         let opened = opened.map_err(|e| prepare_failed(env, e))?;
         seconds += W::prepare_s(&opened).unwrap_or(0.0);
@@ -524,8 +529,8 @@ async fn close<W: Sessions, M: Models>(
 }
 
 /// Removes a finished task's workdir (its `keep` did not hold it).
-async fn remove_workdir<W: Sessions>(ws: &W, id: &str, workdir: &str) {
-    match tokio::time::timeout(CLEANUP_WAIT, ws.remove_dir(workdir)).await {
+async fn remove_workdir<W: Sessions>(ws: &W, pin: &Pin, id: &str, workdir: &str) {
+    match tokio::time::timeout(CLEANUP_WAIT, ws.remove_dir(pin, workdir)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!("task {id}: cannot remove its workdir `{workdir}`: {e}"),
         Err(_) => tracing::warn!("task {id}: its workdir `{workdir}` was not removed in time"),

@@ -20,7 +20,7 @@ use crate::llm::{ChatReply, LlmError, LlmReport};
 use crate::manifest::{OnText, Price};
 use crate::monitor::{Finding, MetricsSummary, Sample};
 use crate::tasks::Task;
-use crate::workspace::{Place, RunOutput, ShutdownReport, WorkspaceError};
+use crate::workspace::{Pin, Place, RunOutput, ShutdownReport, WorkspaceError};
 
 /// A workspace whose sessions all run commands on one recording shell,
 /// and that records where each session opened and what it removed.
@@ -49,7 +49,11 @@ impl Shell for FakeSession {
 impl Sessions for FakeWorkspace {
     type Session = FakeSession;
 
-    async fn open_session(&self, place: Option<Place>) -> Result<FakeSession, WorkspaceError> {
+    async fn open_session(
+        &self,
+        _pin: &Pin,
+        place: Option<Place>,
+    ) -> Result<FakeSession, WorkspaceError> {
         self.opened.fetch_add(1, Ordering::SeqCst);
         self.places.lock().unwrap().push(place);
         Ok(FakeSession(self.shell.clone()))
@@ -62,6 +66,7 @@ impl Sessions for FakeWorkspace {
     /// A session of its own, opened and closed around the command.
     async fn check(
         &self,
+        _pin: &Pin,
         place: Option<Place>,
         command: &str,
         timeout: Duration,
@@ -74,7 +79,7 @@ impl Sessions for FakeWorkspace {
         out
     }
 
-    async fn remove_dir(&self, workdir: &str) -> Result<(), WorkspaceError> {
+    async fn remove_dir(&self, _pin: &Pin, workdir: &str) -> Result<(), WorkspaceError> {
         self.removed.lock().unwrap().push(workdir.to_string());
         Ok(())
     }

@@ -11,7 +11,7 @@ use super::ports::Sessions;
 use crate::agent::Shell;
 use crate::events::{Status, VerifyRecord, VerifyStatus};
 use crate::tasks::{Keep, RewardRule, TaskEnv, TaskVerify, VerifyWhen};
-use crate::workspace::{Place, Prepare, RunOutput, WorkspaceError};
+use crate::workspace::{Pin, Place, Prepare, RunOutput, WorkspaceError};
 
 /// How much of a setup or verify command's output the helper sends back
 /// (it keeps the head and the tail; only the tail is used).
@@ -122,11 +122,12 @@ pub(super) fn applies(v: &TaskVerify, status: Status) -> bool {
 /// reward and the record.
 pub(super) async fn verify<W: Sessions>(
     ws: &W,
+    pin: &Pin,
     env: Option<&TaskEnv>,
     v: &TaskVerify,
 ) -> (Option<f64>, VerifyRecord) {
     let clock = Instant::now();
-    let ran = run_check(ws, env, v).await;
+    let ran = run_check(ws, pin, env, v).await;
     let duration_s = Some(clock.elapsed().as_secs_f64());
     let out = match ran {
         Ok(out) => out,
@@ -152,6 +153,7 @@ pub(super) async fn verify<W: Sessions>(
 
 async fn run_check<W: Sessions>(
     ws: &W,
+    pin: &Pin,
     env: Option<&TaskEnv>,
     v: &TaskVerify,
 ) -> Result<RunOutput, WorkspaceError> {
@@ -168,7 +170,7 @@ async fn run_check<W: Sessions>(
     // error.
     tokio::time::timeout(
         v.timeout + super::attempt::CLEANUP_WAIT,
-        ws.check(place, &v.command, v.timeout, MAX_OUTPUT_BYTES),
+        ws.check(pin, place, &v.command, v.timeout, MAX_OUTPUT_BYTES),
     )
     .await
     .unwrap_or_else(|_| {

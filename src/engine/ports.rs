@@ -14,16 +14,18 @@ use crate::llm::{LlmError, LlmReport};
 use crate::manifest::Price;
 use crate::monitor::{Finding, LeakVerdict, MetricsSummary, Sample};
 use crate::tasks::Task;
-use crate::workspace::{Place, RunOutput, ShutdownReport, WorkspaceError};
+use crate::workspace::{Pin, Place, RunOutput, ShutdownReport, WorkspaceError};
 
 /// Where conversations' commands run.
 pub trait Sessions: Send + Sync + 'static {
     type Session: Shell + Send + Sync + 'static;
 
     /// Opens a session: in the workspace's workdir, or in a task's own
-    /// (`place`), which the workspace makes ready first.
+    /// (`place`), which the workspace makes ready first; in the container
+    /// `pin` holds (an attempt's sessions, check and workdir share one).
     fn open_session(
         &self,
+        pin: &Pin,
         place: Option<Place>,
     ) -> impl Future<Output = Result<Self::Session, WorkspaceError>> + Send;
 
@@ -35,6 +37,7 @@ pub trait Sessions: Send + Sync + 'static {
     /// `place`), closed before this returns: a task's verification.
     fn check(
         &self,
+        pin: &Pin,
         place: Option<Place>,
         command: &str,
         timeout: Duration,
@@ -42,7 +45,11 @@ pub trait Sessions: Send + Sync + 'static {
     ) -> impl Future<Output = Result<RunOutput, WorkspaceError>> + Send;
 
     /// Removes a task's workdir (its `keep` did not hold it).
-    fn remove_dir(&self, workdir: &str) -> impl Future<Output = Result<(), WorkspaceError>> + Send;
+    fn remove_dir(
+        &self,
+        pin: &Pin,
+        workdir: &str,
+    ) -> impl Future<Output = Result<(), WorkspaceError>> + Send;
 
     /// Closes the session and kills what it started. Dropping a session
     /// unclosed must hand it to a reaper (the engine drops on deadline,

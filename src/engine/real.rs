@@ -11,13 +11,17 @@ use crate::llm::{Llm, LlmError, LlmReport, ModelHandle};
 use crate::manifest::Price;
 use crate::monitor::{Counts, LeakVerdict, MetricsSummary, Monitor};
 use crate::tasks::Task;
-use crate::workspace::{Place, RunOutput, Session, ShutdownReport, Workspace, WorkspaceError};
+use crate::workspace::{Pin, Place, RunOutput, Session, ShutdownReport, Workspace, WorkspaceError};
 
 impl Sessions for Workspace {
     type Session = Session;
 
-    async fn open_session(&self, place: Option<Place>) -> Result<Session, WorkspaceError> {
-        Workspace::open_session(self, place).await
+    async fn open_session(
+        &self,
+        pin: &Pin,
+        place: Option<Place>,
+    ) -> Result<Session, WorkspaceError> {
+        Workspace::open_session(self, pin, place).await
     }
 
     fn prepare_s(session: &Session) -> Option<f64> {
@@ -26,16 +30,17 @@ impl Sessions for Workspace {
 
     async fn check(
         &self,
+        pin: &Pin,
         place: Option<Place>,
         command: &str,
         timeout: Duration,
         max_output_bytes: u64,
     ) -> Result<RunOutput, WorkspaceError> {
-        Workspace::check(self, place, command, timeout, max_output_bytes).await
+        Workspace::check(self, pin, place, command, timeout, max_output_bytes).await
     }
 
-    async fn remove_dir(&self, workdir: &str) -> Result<(), WorkspaceError> {
-        Workspace::remove_dir(self, workdir).await
+    async fn remove_dir(&self, pin: &Pin, workdir: &str) -> Result<(), WorkspaceError> {
+        Workspace::remove_dir(self, pin, workdir).await
     }
 
     async fn close_session(&self, session: Session) -> Result<(), WorkspaceError> {

@@ -386,6 +386,11 @@ pub struct WorkspaceSpec {
     /// Open-files limit of the container (docker only).
     #[serde(default = "WorkspaceSpec::default_nofile")]
     pub nofile: u64,
+    /// Containers the job's conversations are spread over (docker only):
+    /// each its own helper, supervisor and recovery; a new conversation
+    /// goes to the healthy one with the fewest open sessions.
+    #[serde(default = "WorkspaceSpec::default_containers")]
+    pub containers: u32,
     /// Environment variables of every session.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
@@ -432,6 +437,9 @@ pub struct WorkspaceSpec {
 }
 
 impl WorkspaceSpec {
+    fn default_containers() -> u32 {
+        1
+    }
     fn default_image() -> String {
         "convoy-workspace:bookworm".to_string()
     }
@@ -489,6 +497,7 @@ impl Default for WorkspaceSpec {
             workdir: None,
             mounts: Vec::new(),
             nofile: Self::default_nofile(),
+            containers: WorkspaceSpec::default_containers(),
             env: BTreeMap::new(),
             pass_env: Vec::new(),
             keep: false,

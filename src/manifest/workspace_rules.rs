@@ -24,6 +24,16 @@ pub(super) fn check_workspace(m: &Manifest, check: &mut impl FnMut(bool, &str, &
         "\"exec\" needs workspace.kind = \"docker\"",
     );
     check(ws.nofile >= 64, "workspace.nofile", "must be at least 64");
+    check(
+        ws.containers >= 1,
+        "workspace.containers",
+        "must be at least 1",
+    );
+    check(
+        ws.kind == WorkspaceKind::Docker || ws.containers == 1,
+        "workspace.containers",
+        "several containers need workspace.kind = \"docker\"",
+    );
     if let Some(Err(e)) = ws.memory_bytes() {
         check(false, "workspace.memory", &e);
     }

@@ -58,6 +58,12 @@ pub struct Sample {
     /// `llm_limit_N` after all the others (`reporters::metrics`).
     #[serde(skip)]
     pub llm_endpoints: Vec<(u64, u64)>,
+    /// Per container (with `workspace.containers` of more than one),
+    /// tmux sessions and processes: the columns `container_sessions_N` and
+    /// `container_procs_N` after the endpoints' (empty where the
+    /// workspace did not answer).
+    #[serde(skip)]
+    pub containers: Vec<(Option<u64>, Option<u64>)>,
 }
 
 /// Seconds to one decimal: a sample is taken every few seconds, so more
@@ -156,8 +162,12 @@ impl Monitor {
         // before the workspace answers would otherwise look unowned (the
         // rules also want it to last two samples).
         let open: HashSet<String> = workspace.open_sessions();
-        let ws = match tokio::time::timeout(STATS_WAIT, workspace.stats()).await {
-            Ok(Ok(ws)) => Ok(ws),
+        let mut per_container = Vec::new();
+        let ws = match tokio::time::timeout(STATS_WAIT, workspace.stats_by_container()).await {
+            Ok(Ok((ws, each))) => {
+                per_container = each;
+                Ok(ws)
+            }
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err(format!("no answer within {}s", STATS_WAIT.as_secs())),
         };
@@ -202,6 +212,16 @@ impl Monitor {
             llm_in_flight_peak: llm_peak,
             in_setup: counts.in_setup,
             in_verify: counts.in_verify,
+            // A gap in every container's columns when the workspace did
+            // not answer.
+            containers: match workspace.containers() {
+                1 => Vec::new(),
+                n if per_container.len() == n => per_container
+                    .iter()
+                    .map(|(s, p)| (Some(*s), Some(*p)))
+                    .collect(),
+                n => vec![(None, None); n],
+            },
             llm_endpoints: llm
                 .endpoint_load()
                 .into_iter()
@@ -251,6 +271,13 @@ impl Monitor {
         p.workspace_procs = p.workspace_procs.max(s.workspace_procs_peak);
         p.in_flight = p.in_flight.max(s.in_flight_peak);
         p.llm_in_flight = p.llm_in_flight.max(s.llm_in_flight_peak);
+        if p.containers.len() < s.containers.len() {
+            p.containers.resize(s.containers.len(), (None, None));
+        }
+        for (peak, now) in p.containers.iter_mut().zip(&s.containers) {
+            peak.0 = peak.0.max(now.0);
+            peak.1 = peak.1.max(now.1);
+        }
         self.first.get_or_insert_with(|| s.clone());
         self.last = s.clone();
     }

@@ -128,6 +128,19 @@ pub struct MetricsSummary {
     /// Requests in flight to the endpoint at once, at most.
     pub llm_in_flight_peak: u64,
     pub samples_csv: &'static str,
+    /// Per container, with `workspace.containers` of more than one.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub containers: Vec<ContainerFigures>,
+}
+
+/// One container's sessions and processes: peak over the samples, end.
+#[derive(Debug, Serialize)]
+pub struct ContainerFigures {
+    pub index: usize,
+    pub sessions_peak: Option<u64>,
+    pub sessions_end: Option<u64>,
+    pub processes_peak: Option<u64>,
+    pub processes_end: Option<u64>,
 }
 
 impl MetricsSummary {
@@ -145,6 +158,22 @@ impl MetricsSummary {
             in_flight_peak: m.peak.in_flight,
             llm_in_flight_peak: m.peak.llm_in_flight,
             samples_csv: "metrics.csv",
+            containers: m
+                .peak
+                .containers
+                .iter()
+                .enumerate()
+                .map(|(index, peak)| {
+                    let end = m.last.containers.get(index).copied().unwrap_or_default();
+                    ContainerFigures {
+                        index,
+                        sessions_peak: peak.0,
+                        sessions_end: end.0,
+                        processes_peak: peak.1,
+                        processes_end: end.1,
+                    }
+                })
+                .collect(),
         }
     }
 }

@@ -43,6 +43,10 @@ impl MetricsCsv {
             header.push(format!("llm_in_flight_{i}"));
             header.push(format!("llm_limit_{i}"));
         }
+        for i in 0..sample.containers.len() {
+            header.push(format!("container_sessions_{i}"));
+            header.push(format!("container_procs_{i}"));
+        }
         self.csv.write_record(&header)?;
         self.header_written = true;
         Ok(())
@@ -71,7 +75,13 @@ impl Reporter for MetricsCsv {
                 .iter()
                 .flat_map(|(n, limit)| [*n, *limit])
                 .collect();
-            self.csv.serialize((&s.sample, endpoints))?;
+            let containers: Vec<Option<u64>> = s
+                .sample
+                .containers
+                .iter()
+                .flat_map(|(sessions, procs)| [*sessions, *procs])
+                .collect();
+            self.csv.serialize((&s.sample, endpoints, containers))?;
         }
         Ok(())
     }

@@ -63,17 +63,24 @@ impl Drop for GatewayServer {
 }
 
 impl Workspace {
-    /// Starts the gateway in the workspace and serves it with `handler`
-    /// until the returned server is dropped.
+    /// Starts the gateway in the workspace (in every container, on the
+    /// same loopback port: each container has its own loopback) and serves
+    /// it with `handler` until the returned server is dropped.
     pub async fn serve_gateway<H: GatewayHandler>(
         &self,
         handler: Arc<H>,
     ) -> Result<GatewayServer, WorkspaceError> {
-        let inner = self.inner();
-        let port = open(&inner, None).await?;
-        let polls = (0..POLLS)
-            .map(|_| tokio::spawn(poll(Arc::downgrade(&inner), handler.clone(), port)))
-            .collect();
+        let mut port = None;
+        let mut polls = Vec::new();
+        for member in &self.members {
+            let inner = member.inner();
+            let p = open(&inner, port).await?;
+            port = Some(p);
+            polls.extend(
+                (0..POLLS).map(|_| tokio::spawn(poll(Arc::downgrade(&inner), handler.clone(), p))),
+            );
+        }
+        let port = port.expect("a workspace has a container");
         Ok(GatewayServer { port, polls })
     }
 }

@@ -11,8 +11,7 @@ use std::time::Duration;
 use super::channel::protocol::{CheckOp, Op, Opening, Prepare, Reply, RunOutput};
 use super::env::{resolve, session_env, Place};
 use super::error::WorkspaceError;
-use super::shared::Inner;
-use super::Workspace;
+use super::shared::{Inner, Member};
 
 pub struct Session {
     name: String,
@@ -77,7 +76,7 @@ impl Drop for Session {
     }
 }
 
-impl Workspace {
+impl Member {
     /// Opens a fresh session for one conversation: in the workspace's
     /// workdir, or in a task's own (`place`), which the helper makes ready
     /// first.

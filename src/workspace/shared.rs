@@ -1,5 +1,7 @@
-//! The workspace of one job, shared by all its conversations: boot, open
-//! sessions, reap, supervise (recover a broken link), finish, shut down.
+//! One container of the job's workspace (the whole of it unless
+//! `workspace.containers` asks for a fleet, see `fleet`), shared by the
+//! conversations sent to it: boot, open sessions, reap, supervise (recover
+//! a broken link), finish, shut down.
 //! The session logic is the same for every backend, since all of it goes
 //! through the link; backends differ only in where the helper runs.
 
@@ -53,7 +55,9 @@ pub(super) struct Inner {
     replaced: AtomicU64,
     /// Set when recovery gave up.
     lost: Mutex<Option<String>>,
-    pub(super) counter: AtomicU64,
+    /// Numbers sessions, shared by the fleet's members so that a session's
+    /// name is unique in the job.
+    pub(super) counter: Arc<AtomicU64>,
     pub(super) workdir: Option<String>,
     /// What the manifest gives every session (`pass_env`, `env`).
     pub(super) env: Vec<(String, String)>,
@@ -221,17 +225,22 @@ pub struct ShutdownReport {
     pub unchecked: Vec<String>,
 }
 
-/// One job's workspace.
-pub struct Workspace {
+/// One container (or the local workspace) and its helper.
+pub(super) struct Member {
     pub(super) inner: Arc<Inner>,
     backend: Arc<tokio::sync::Mutex<Backend>>,
     reaper: tokio::task::JoinHandle<()>,
     supervisor: tokio::task::JoinHandle<()>,
 }
 
-impl Workspace {
-    /// Boots the workspace the manifest asks for.
-    pub async fn boot(job: &Job, run_label: &str) -> Result<Workspace, WorkspaceError> {
+impl Member {
+    /// Boots one container (or the local workspace) as the manifest asks;
+    /// `counter` numbers sessions across the fleet.
+    pub async fn boot(
+        job: &Job,
+        run_label: &str,
+        counter: Arc<AtomicU64>,
+    ) -> Result<Member, WorkspaceError> {
         let spec = &job.manifest.workspace;
         let (backend, link, default_workdir) = match spec.kind {
             WorkspaceKind::Local => {
@@ -259,7 +268,7 @@ impl Workspace {
             link: watch::Sender::new(Arc::new(link)),
             replaced: AtomicU64::new(0),
             lost: Mutex::default(),
-            counter: AtomicU64::new(0),
+            counter,
             workdir: Some(workdir.display().to_string()),
             env: super::env::configured(spec),
             reap_tx,
@@ -272,7 +281,7 @@ impl Workspace {
         let reaper = tokio::spawn(reap(Arc::downgrade(&inner), reap_rx));
         let backend = Arc::new(tokio::sync::Mutex::new(backend));
         let supervisor = tokio::spawn(supervise(Arc::downgrade(&inner), backend.clone()));
-        Ok(Workspace {
+        Ok(Member {
             inner,
             backend,
             reaper,
@@ -307,6 +316,17 @@ impl Workspace {
     /// The workspace's shared state, for the gateway's polls.
     pub(super) fn inner(&self) -> Arc<Inner> {
         self.inner.clone()
+    }
+
+    /// Takes new conversations: not given up on, its link not broken.
+    pub fn healthy(&self) -> bool {
+        self.inner.lost.lock().expect("lost lock").is_none()
+            && !self.inner.link.borrow().is_broken()
+    }
+
+    /// Sessions conversations own in it now (what the fleet balances).
+    pub fn load(&self) -> usize {
+        self.inner.open.lock().expect("open lock").len()
     }
 
     /// Sessions that conversations own right now.
@@ -405,7 +425,7 @@ impl Workspace {
             );
         }
         self.reaper.abort();
-        let Workspace { inner, backend, .. } = self;
+        let Member { inner, backend, .. } = self;
         // Dropping the last handle to the link closes the helper's stdin.
         drop(inner);
         match Arc::into_inner(backend) {

@@ -142,6 +142,7 @@ pub fn analyze(dir: &Path) -> Result<Report, ReportError> {
         run_duration_s: summary.duration_s,
         exit_code: summary.exit_code,
         llm: summary.llm,
+        containers: summary.metrics.and_then(|m| m.get("containers").cloned()),
     })
 }
 

@@ -100,6 +100,9 @@ pub struct Report {
     pub exit_code: Option<i64>,
     /// The `llm` object of `summary.json`, passed through as written.
     pub llm: Option<Value>,
+    /// `metrics.containers` of `summary.json` (a fleet's containers).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub containers: Option<Value>,
 }
 
 /// Where the latest run of a directory stands.
@@ -231,6 +234,7 @@ pub(super) struct SummaryFile {
     pub(super) stopped_because: Option<String>,
     pub(super) exit_code: Option<i64>,
     pub(super) llm: Option<Value>,
+    pub(super) metrics: Option<Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -92,6 +92,27 @@ impl Report {
         {
             s.push_str(&llm.render());
         }
+        for c in self
+            .containers
+            .as_ref()
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let n = |k: &str| {
+                c.get(k)
+                    .and_then(Value::as_u64)
+                    .map_or("-".into(), |v| v.to_string())
+            };
+            s.push_str(&format!(
+                "container {}: sessions peak {} end {}, processes peak {} end {}\n",
+                n("index"),
+                n("sessions_peak"),
+                n("sessions_end"),
+                n("processes_peak"),
+                n("processes_end")
+            ));
+        }
         s.push_str(&format!("leaks: {}\n", self.leaks.verdict));
         for reason in &self.leaks.why {
             s.push_str(&format!("  not checked: {reason}\n"));

@@ -1,0 +1,198 @@
+//! The job's workspace: one container, or a fleet of them
+//! (`workspace.containers`), each with its own helper, supervisor and
+//! recovery (`shared::Member`). A task's attempt is pinned to one
+//! container (its setup, sessions, verification and workdir all live
+//! there); a new attempt goes to the healthy container with the fewest
+//! open sessions. A container that dies takes only its own conversations
+//! down: they fail as a workspace failure and are run again, in another
+//! container, while the supervisor replaces it.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::channel::protocol::WorkspaceStats;
+use super::env::Place;
+use super::error::WorkspaceError;
+use super::session::Session;
+use super::shared::{Member, ShutdownReport};
+use super::RunOutput;
+use crate::manifest::Job;
+
+const NONE: usize = usize::MAX;
+
+/// The container one attempt of a task uses: chosen when it first needs
+/// one, kept for its sessions, its check and the removal of its workdir.
+#[derive(Debug)]
+pub struct Pin(AtomicUsize);
+
+impl Default for Pin {
+    fn default() -> Pin {
+        Pin(AtomicUsize::new(NONE))
+    }
+}
+
+/// One job's workspace.
+pub struct Workspace {
+    pub(super) members: Vec<Member>,
+}
+
+impl Workspace {
+    /// Boots the workspace the manifest asks for: its containers in
+    /// parallel. If one fails to boot, the others are shut down and its
+    /// error is the job's.
+    pub async fn boot(job: &Job, run_label: &str) -> Result<Workspace, WorkspaceError> {
+        let n = job.manifest.workspace.containers.max(1) as usize;
+        let counter = Arc::new(AtomicU64::new(0));
+        let booted = futures::future::join_all(
+            (0..n).map(|_| Member::boot(job, run_label, counter.clone())),
+        )
+        .await;
+        let mut members = Vec::with_capacity(n);
+        let mut error = None;
+        for b in booted {
+            match b {
+                Ok(m) => members.push(m),
+                Err(e) => {
+                    error.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = error {
+            futures::future::join_all(members.into_iter().map(Member::shutdown)).await;
+            return Err(e);
+        }
+        if n > 1 {
+            tracing::info!("workspace: {n} containers");
+        }
+        Ok(Workspace { members })
+    }
+
+    /// The container `pin` holds, or, for an attempt that has none yet,
+    /// the healthy one with the fewest open sessions (any, if none is
+    /// healthy: its error then says why).
+    fn member(&self, pin: &Pin) -> &Member {
+        let held = pin.0.load(Ordering::Relaxed);
+        if let Some(m) = self.members.get(held) {
+            return m;
+        }
+        let least = |healthy: bool| {
+            self.members
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| !healthy || m.healthy())
+                .min_by_key(|(_, m)| m.load())
+                .map(|(i, _)| i)
+        };
+        let i = least(true).or_else(|| least(false)).unwrap_or(0);
+        pin.0.store(i, Ordering::Relaxed);
+        &self.members[i]
+    }
+
+    /// Opens a fresh session for one conversation, in `pin`'s container:
+    /// in the workspace's workdir, or in a task's own (`place`), which the
+    /// helper makes ready first.
+    pub async fn open_session(
+        &self,
+        pin: &Pin,
+        place: Option<Place>,
+    ) -> Result<Session, WorkspaceError> {
+        self.member(pin).open_session(place).await
+    }
+
+    /// Runs `command` once in a session of its own with no shell, in
+    /// `pin`'s container (see `Member::check`): a task's verification.
+    pub async fn check(
+        &self,
+        pin: &Pin,
+        place: Option<Place>,
+        command: &str,
+        timeout: Duration,
+        max_output_bytes: u64,
+    ) -> Result<RunOutput, WorkspaceError> {
+        self.member(pin)
+            .check(place, command, timeout, max_output_bytes)
+            .await
+    }
+
+    /// Removes a task's workdir in `pin`'s container.
+    pub async fn remove_dir(&self, pin: &Pin, workdir: &str) -> Result<(), WorkspaceError> {
+        self.member(pin).remove_dir(workdir).await
+    }
+
+    /// How many times a container failed so far (its helper or the
+    /// container died or stopped answering), over the fleet. An attempt
+    /// during which this grew was most likely cut short by the workspace.
+    pub fn failures(&self) -> u64 {
+        self.members.iter().map(Member::failures).sum()
+    }
+
+    /// Sessions that conversations own right now, in every container
+    /// (names are unique in the job).
+    pub fn open_sessions(&self) -> HashSet<String> {
+        self.members
+            .iter()
+            .flat_map(|m| m.open_sessions())
+            .collect()
+    }
+
+    /// The most sessions alive at once since the last call, summed over the
+    /// containers (each container's own peak: at most the fleet's).
+    pub fn take_sessions_peak(&self) -> u64 {
+        self.members.iter().map(Member::take_sessions_peak).sum()
+    }
+
+    /// How many containers (1 for the local workspace).
+    pub fn containers(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Names of the tmux sessions alive in every container.
+    pub async fn list_sessions(&self) -> Result<Vec<String>, WorkspaceError> {
+        let all = futures::future::join_all(self.members.iter().map(Member::list_sessions)).await;
+        let mut names = Vec::new();
+        for one in all {
+            names.extend(one?);
+        }
+        Ok(names)
+    }
+
+    /// A sample of the whole workspace for the monitor: every container's,
+    /// merged, and each container's sessions and processes, in order. One
+    /// that does not answer makes the sample fail (a gap, not a partial
+    /// count).
+    pub async fn stats_by_container(
+        &self,
+    ) -> Result<(WorkspaceStats, Vec<(u64, u64)>), WorkspaceError> {
+        let all = futures::future::join_all(self.members.iter().map(Member::stats)).await;
+        let mut merged = WorkspaceStats::default();
+        let mut each = Vec::with_capacity(all.len());
+        for one in all {
+            let s = one?;
+            each.push((s.sessions.len() as u64, s.processes.len() as u64));
+            merged.sessions.extend(s.sessions);
+            merged.processes.extend(s.processes);
+            merged.fds += s.fds;
+        }
+        Ok((merged, each))
+    }
+
+    /// The end of the job's work in every container (see `Member::finish`).
+    pub async fn finish(&self) -> ShutdownReport {
+        let all = futures::future::join_all(self.members.iter().map(Member::finish)).await;
+        let mut report = ShutdownReport::default();
+        for r in all {
+            report.reaped += r.reaped;
+            report.stray_sessions.extend(r.stray_sessions);
+            report.stray_processes.extend(r.stray_processes);
+            report.unchecked.extend(r.unchecked);
+        }
+        report
+    }
+
+    /// Stops every container's helper and releases the backends.
+    pub async fn shutdown(self) {
+        futures::future::join_all(self.members.into_iter().map(Member::shutdown)).await;
+    }
+}
