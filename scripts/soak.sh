@@ -10,11 +10,24 @@
 # worker counts, so that load from elsewhere on the machine falls on both
 # alike), and prints what the leak monitor recorded, one row each, then
 # user / none conversations/s per worker count.
-#   scripts/soak.sh [N] [WORKERS...]
+#   scripts/soak.sh [--containers C] [--drill SECONDS] [N] [WORKERS...]
 #   SOAK_PROVIDER=script scripts/soak.sh ...   the `script` provider (no HTTP)
 #   SOAK_ISOLATION=user scripts/soak.sh ...    one isolation mode only
+# --containers C spreads each run over C containers (workspace.containers)
+# and adds each container's sessions and processes, peak / end; --drill S
+# `docker kill`s one of the run's containers (in turn) every S seconds
+# while it runs, and counts the tasks that ended ok, and ran more than once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+containers=1
+drill=
+while [ $# -gt 0 ]; do
+  case $1 in
+    --containers) containers=$2; shift 2 ;;
+    --drill) drill=$2; shift 2 ;;
+    *) break ;;
+  esac
+done
 n=${1:-10000}
 shift || true
 workers=("${@:-256 1024}")
@@ -83,6 +96,7 @@ max_steps = 5
 kind = "docker"
 nofile = 65536
 isolation = "$iso"
+containers = $containers
 [run]
 workers = $w
 [monitor]
@@ -91,11 +105,43 @@ TOML
   rm -rf "$dir/out"
   start=$(date +%s.%N)
   status=0
-  target/release/convoy run "$dir/job.toml" --out "$dir/out" >"$dir/stdout" 2>"$dir/stderr" || status=$?
+  target/release/convoy run "$dir/job.toml" --out "$dir/out" >"$dir/stdout" 2>"$dir/stderr" &
+  local run=$! killer= kills=0
+  if [ -n "$drill" ]; then
+    # One of the run's containers, in turn, every $drill seconds.
+    (
+      k=0
+      while sleep "$drill"; do
+        mapfile -t ids < <(docker ps -q --filter "label=convoy.run=$dir/out")
+        [ ${#ids[@]} -gt 0 ] || continue
+        docker kill "${ids[$((k % ${#ids[@]}))]}" >/dev/null 2>&1 && echo kill >>"$dir/kills"
+        k=$((k + 1))
+      done
+    ) &
+    killer=$!
+  fi
+  : >"$dir/kills"
+  wait "$run" || status=$?
+  [ -n "$killer" ] && { kill "$killer" 2>/dev/null; wait "$killer" 2>/dev/null || true; }
+  kills=$(wc -l <"$dir/kills")
   end=$(date +%s.%N)
-  python3 - "$dir/out/summary.json" "$start" "$end" "$w" "$status" "$iso" "$dir/rates" <<'PY'
-import json, sys
+  python3 - "$dir/out/summary.json" "$start" "$end" "$w" "$status" "$iso" "$dir/rates" "$dir/out" "$kills" <<'PY'
+import csv, json, sys
 s = json.load(open(sys.argv[1]))
+out, kills = sys.argv[8], int(sys.argv[9])
+# RSS after the first 10,000 conversations (or half the run, if shorter),
+# against the end: no growth with N.
+rows = list(csv.DictReader(open(f"{out}/metrics.csv")))
+mark = min(10000, s["total_tasks"] // 2)
+at_mark = next((int(r["rss_bytes"]) for r in rows if int(r["done"]) >= mark), 0)
+rss_end = int(rows[-1]["rss_bytes"]) if rows else 0
+results = [json.loads(l) for l in open(f"{out}/results.jsonl")]
+ids = [r["id"] for r in results]
+ok_once = len(set(r["id"] for r in results if r["status"] == "ok"))
+rerun = sum(1 for r in results if r.get("infra_retries", 0) > 0)
+per_container = "; ".join(
+    f"{c['index']}: {c['sessions_peak']}/{c['sessions_end']}, {c['processes_peak']}/{c['processes_end']}"
+    for c in s["metrics"].get("containers", []))
 m, leaks = s["metrics"], s["leaks"]
 wall = float(sys.argv[3]) - float(sys.argv[2])
 w, iso, rate = sys.argv[4], sys.argv[6], s["conversations_per_s"] or 0
@@ -113,15 +159,18 @@ print(f"| {w} | {iso} | {wall:.1f} | {rate:.1f} "
       f"| {m['llm_in_flight_peak']} "
       f"| {m['tmux_sessions_peak']} / {m['tmux_sessions_end']} "
       f"| {m['workspace_procs_peak']} / {m['workspace_procs_end']} "
-      f"| {m['rss_bytes_peak'] / 1048576:.1f} | {verdict} |")
+      f"| {m['rss_bytes_peak'] / 1048576:.1f} | {at_mark / 1048576:.1f} / {rss_end / 1048576:.1f} "
+      f"| {per_container or '-'} "
+      f"| {ok_once} of {s['total_tasks']}; {len(ids) - len(set(ids))} recorded twice; {rerun} re-run; {kills} kills "
+      f"| {verdict} |")
 PY
 }
 
-echo "soak: $n conversations per row, $provider provider, Docker workspace"
+echo "soak: $n conversations per row, $provider provider, Docker workspace, $containers container(s)${drill:+, a container killed every ${drill}s}"
 scripts/provenance.sh
 echo
-echo "| workers | isolation | wall (s) | conversations/s | convoy FDs start / peak / end | LLM requests in flight, peak | tmux sessions peak / end | workspace processes peak / end | RSS peak (MB) | leak verdict |"
-echo "|---:|---|---:|---:|---|---:|---|---|---:|---|"
+echo "| workers | isolation | wall (s) | conversations/s | convoy FDs start / peak / end | LLM requests in flight, peak | tmux sessions peak / end | workspace processes peak / end | RSS peak (MB) | RSS after 10,000 / end (MB) | per container: sessions peak/end, processes peak/end | tasks ok once | leak verdict |"
+echo "|---:|---|---:|---:|---|---:|---|---|---:|---|---|---|---|"
 : >"$dir/rates"
 for i in "${!workers[@]}"; do
   order=("${modes[@]}")

@@ -74,7 +74,7 @@ pub fn main(cli: Cli) -> Exit {
             json,
             chart,
         } => commands::report(&run_dir, json, chart),
-        Command::Sweep => runtime.block_on(commands::sweep()),
+        Command::Sweep { manifest } => commands::sweep(&runtime, manifest.as_deref()),
         Command::Ctl { run_dir, action } => crate::ctl::ctl(&run_dir, &action),
         Command::Merge { out, run_dirs } => commands::merge(&out, &run_dirs),
         Command::Export {
@@ -192,8 +192,16 @@ fn validate(path: &std::path::Path, json: bool) -> Result<Exit, Failure> {
         let runtime = tokio::runtime::Runtime::new().map_err(Failure::infra)?;
         runtime
             .block_on(async {
-                let docker = crate::workspace::docker::connect().await?;
-                crate::workspace::docker::check_image(&docker, &ws.image).await
+                // Every engine must be reachable and have the image.
+                let engines: Vec<Option<&str>> = match ws.engines.as_slice() {
+                    [] => vec![None],
+                    all => all.iter().map(|e| Some(e.as_str())).collect(),
+                };
+                for engine in engines {
+                    let docker = crate::workspace::docker::connect_to(engine).await?;
+                    crate::workspace::docker::check_image(&docker, &ws.image).await?;
+                }
+                Ok(())
             })
             .map_err(workspace_failure)?;
     }
@@ -247,7 +255,7 @@ async fn run(args: RunArgs) -> Result<Exit, Failure> {
     if !forward_signals(steering.handle(), grace) {
         tracing::warn!("cannot install signal handlers; Ctrl-C will kill convoy without cleanup");
     }
-    sweep_crashed().await;
+    sweep_crashed(&plan.job.manifest.workspace.engines).await;
 
     let run_label = std::path::absolute(&plan.out).unwrap_or_else(|_| plan.out.clone());
     let workspace = Arc::new(
@@ -360,8 +368,8 @@ fn open_events(plan: &RunPlan) -> Result<Option<EventsOut>, Failure> {
 }
 
 /// Removes what crashed runs left behind, and says so.
-async fn sweep_crashed() {
-    let swept = crate::workspace::sweep::sweep().await;
+async fn sweep_crashed(engines: &[String]) {
+    let swept = crate::workspace::sweep::sweep(engines).await;
     if !swept.is_empty() {
         for line in swept.render().lines() {
             tracing::warn!("crashed runs: {line}");

@@ -193,8 +193,13 @@ pub enum Command {
     /// Docker containers of convoy runs whose convoy process is gone, and the tmux servers,
     /// processes and temp directories of local workspaces whose convoy is
     /// gone. Runs of live convoys are never touched. `convoy run` does the
-    /// same when it starts.
-    Sweep,
+    /// same when it starts. Docker is looked at on the engine DOCKER_HOST
+    /// names (else the local socket) and, given a manifest, on every engine
+    /// of its `workspace.engines`: `convoy sweep job.toml`.
+    Sweep {
+        /// A manifest whose `workspace.engines` are swept too.
+        manifest: Option<PathBuf>,
+    },
 
     /// Steer a running job: pause, resume, change workers, cancel one
     /// conversation, or see what it is doing.

@@ -165,6 +165,14 @@ async fn containers_are_checked_at_load() {
             "kind = \"local\"\ncontainers = 2",
             "several containers need workspace.kind = \"docker\"",
         ),
+        (
+            "kind = \"docker\"\ncontainers = 2\nengines = [\"gpu-b:2375\"]",
+            "`gpu-b:2375` is not an engine address",
+        ),
+        (
+            "kind = \"docker\"\nengines = [\"unix:///var/run/docker.sock\", \"tcp://b:2375\"]",
+            "2 engines for workspace.containers = 1",
+        ),
     ] {
         job.manifest(&support::script_job(ws, ""));
         let out = job.convoy(&["validate", "job.toml"], &[]).await;

@@ -91,8 +91,21 @@ pub(super) fn report(
     Ok(Exit::Ok)
 }
 
-pub(super) async fn sweep() -> Result<Exit, Failure> {
-    let swept = crate::workspace::sweep::sweep().await;
+pub(super) fn sweep(
+    runtime: &tokio::runtime::Runtime,
+    manifest: Option<&Path>,
+) -> Result<Exit, Failure> {
+    let engines = match manifest {
+        Some(path) => {
+            crate::manifest::load(path)
+                .map_err(Failure::invalid)?
+                .manifest
+                .workspace
+                .engines
+        }
+        None => Vec::new(),
+    };
+    let swept = runtime.block_on(crate::workspace::sweep::sweep(&engines));
     say(&swept.render());
     if let Some(e) = &swept.docker_unreachable {
         say(&format!("Docker not checked (unreachable: {e})\n"));

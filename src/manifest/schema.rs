@@ -391,6 +391,13 @@ pub struct WorkspaceSpec {
     /// goes to the healthy one with the fewest open sessions.
     #[serde(default = "WorkspaceSpec::default_containers")]
     pub containers: u32,
+    /// Docker engines the containers are spread over, in turn
+    /// (`unix:///var/run/docker.sock`, `tcp://host:2376`); default: the
+    /// one `DOCKER_HOST` names, or the local socket. A `tcp://` engine
+    /// uses TLS when `DOCKER_TLS_VERIFY` is set, with the certificates in
+    /// `DOCKER_CERT_PATH`, as the docker CLI does.
+    #[serde(default)]
+    pub engines: Vec<String>,
     /// Environment variables of every session.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
@@ -498,6 +505,7 @@ impl Default for WorkspaceSpec {
             mounts: Vec::new(),
             nofile: Self::default_nofile(),
             containers: WorkspaceSpec::default_containers(),
+            engines: Vec::new(),
             env: BTreeMap::new(),
             pass_env: Vec::new(),
             keep: false,

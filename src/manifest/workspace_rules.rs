@@ -34,6 +34,31 @@ pub(super) fn check_workspace(m: &Manifest, check: &mut impl FnMut(bool, &str, &
         "workspace.containers",
         "several containers need workspace.kind = \"docker\"",
     );
+    check(
+        ws.kind == WorkspaceKind::Docker || ws.engines.is_empty(),
+        "workspace.engines",
+        "engines need workspace.kind = \"docker\"",
+    );
+    for e in &ws.engines {
+        check(
+            ["unix://", "tcp://", "http://", "https://"]
+                .iter()
+                .any(|scheme| e.starts_with(scheme) && e.len() > scheme.len()),
+            "workspace.engines",
+            &format!(
+                "`{e}` is not an engine address: unix:///path/to/docker.sock or tcp://host:port"
+            ),
+        );
+    }
+    check(
+        ws.engines.len() <= ws.containers as usize,
+        "workspace.engines",
+        &format!(
+            "{} engines for workspace.containers = {}: each engine gets a container, so give at least as many containers",
+            ws.engines.len(),
+            ws.containers
+        ),
+    );
     if let Some(Err(e)) = ws.memory_bytes() {
         check(false, "workspace.memory", &e);
     }

@@ -43,10 +43,17 @@ impl Workspace {
     /// parallel. If one fails to boot, the others are shut down and its
     /// error is the job's.
     pub async fn boot(job: &Job, run_label: &str) -> Result<Workspace, WorkspaceError> {
-        let n = job.manifest.workspace.containers.max(1) as usize;
+        let spec = &job.manifest.workspace;
+        let n = spec.containers.max(1) as usize;
         let counter = Arc::new(AtomicU64::new(0));
+        let alive = Arc::new(AtomicUsize::new(n));
+        // The engines in turn: container i on engine i mod their number.
+        let engine = |i: usize| match spec.engines.as_slice() {
+            [] => None,
+            all => Some(all[i % all.len()].as_str()),
+        };
         let booted = futures::future::join_all(
-            (0..n).map(|_| Member::boot(job, run_label, counter.clone())),
+            (0..n).map(|i| Member::boot(job, run_label, counter.clone(), engine(i), alive.clone())),
         )
         .await;
         let mut members = Vec::with_capacity(n);
@@ -64,7 +71,13 @@ impl Workspace {
             return Err(e);
         }
         if n > 1 {
-            tracing::info!("workspace: {n} containers");
+            tracing::info!(
+                "workspace: {n} containers{}",
+                match spec.engines.len() {
+                    0 | 1 => String::new(),
+                    e => format!(" on {e} engines"),
+                }
+            );
         }
         Ok(Workspace { members })
     }
@@ -77,15 +90,18 @@ impl Workspace {
         if let Some(m) = self.members.get(held) {
             return m;
         }
-        let least = |healthy: bool| {
+        let least = |ok: &dyn Fn(&Member) -> bool| {
             self.members
                 .iter()
                 .enumerate()
-                .filter(|(_, m)| !healthy || m.healthy())
+                .filter(|(_, m)| ok(m))
                 .min_by_key(|(_, m)| m.load())
                 .map(|(i, _)| i)
         };
-        let i = least(true).or_else(|| least(false)).unwrap_or(0);
+        // Healthy; else recovering (it may be back soon); else any.
+        let i = least(&Member::healthy)
+            .or_else(|| least(&|m: &Member| !m.written_off()))
+            .unwrap_or(0);
         pin.0.store(i, Ordering::Relaxed);
         &self.members[i]
     }
@@ -165,7 +181,17 @@ impl Workspace {
     pub async fn stats_by_container(
         &self,
     ) -> Result<(WorkspaceStats, Vec<(u64, u64)>), WorkspaceError> {
-        let all = futures::future::join_all(self.members.iter().map(Member::stats)).await;
+        // A container written off (its engine gone, say) cannot answer:
+        // it counts as empty, and the end-of-run check says it was not
+        // checked.
+        let all = futures::future::join_all(self.members.iter().map(|m| async move {
+            if m.written_off() {
+                Ok(WorkspaceStats::default())
+            } else {
+                m.stats().await
+            }
+        }))
+        .await;
         let mut merged = WorkspaceStats::default();
         let mut each = Vec::with_capacity(all.len());
         for one in all {
@@ -180,7 +206,18 @@ impl Workspace {
 
     /// The end of the job's work in every container (see `Member::finish`).
     pub async fn finish(&self) -> ShutdownReport {
-        let all = futures::future::join_all(self.members.iter().map(Member::finish)).await;
+        let all =
+            futures::future::join_all(self.members.iter().enumerate().map(|(i, m)| async move {
+                if m.written_off() {
+                    let mut r = ShutdownReport::default();
+                    r.unchecked.push(format!(
+                        "container {i} was written off and could not be checked at the end"
+                    ));
+                    return r;
+                }
+                m.finish().await
+            }))
+            .await;
         let mut report = ShutdownReport::default();
         for r in all {
             report.reaped += r.reaped;

@@ -55,6 +55,11 @@ pub(super) struct Inner {
     replaced: AtomicU64,
     /// Set when recovery gave up.
     lost: Mutex<Option<String>>,
+    /// Containers of the fleet not given up on (this one included while
+    /// it is not): while others are, a request to this one after it was
+    /// given up on fails as a retryable workspace failure (its task runs
+    /// again elsewhere), not as the job's end.
+    alive: Arc<AtomicUsize>,
     /// Numbers sessions, shared by the fleet's members so that a session's
     /// name is unique in the job.
     pub(super) counter: Arc<AtomicU64>,
@@ -119,6 +124,11 @@ impl Inner {
         let wait = async {
             loop {
                 if let Some(reason) = self.lost.lock().expect("lost lock").clone() {
+                    if self.alive.load(Ordering::SeqCst) > 0 {
+                        return Err(WorkspaceError::Channel(ChannelError::Broken(format!(
+                            "its container was written off ({reason})"
+                        ))));
+                    }
                     return Err(WorkspaceError::Lost(reason));
                 }
                 let link = rx.borrow_and_update().clone();
@@ -240,6 +250,8 @@ impl Member {
         job: &Job,
         run_label: &str,
         counter: Arc<AtomicU64>,
+        engine: Option<&str>,
+        alive: Arc<AtomicUsize>,
     ) -> Result<Member, WorkspaceError> {
         let spec = &job.manifest.workspace;
         let (backend, link, default_workdir) = match spec.kind {
@@ -248,7 +260,7 @@ impl Member {
                 (Backend::Local(b), c, w)
             }
             WorkspaceKind::Docker => {
-                let (b, c, w) = DockerBackend::start(job, run_label).await?;
+                let (b, c, w) = DockerBackend::start(job, run_label, engine).await?;
                 (Backend::Docker(b), c, PathBuf::from(w))
             }
         };
@@ -268,6 +280,7 @@ impl Member {
             link: watch::Sender::new(Arc::new(link)),
             replaced: AtomicU64::new(0),
             lost: Mutex::default(),
+            alive,
             counter,
             workdir: Some(workdir.display().to_string()),
             env: super::env::configured(spec),
@@ -316,6 +329,11 @@ impl Member {
     /// The workspace's shared state, for the gateway's polls.
     pub(super) fn inner(&self) -> Arc<Inner> {
         self.inner.clone()
+    }
+
+    /// Given up on after failed recoveries (its engine gone, say).
+    pub fn written_off(&self) -> bool {
+        self.inner.lost.lock().expect("lost lock").is_some()
     }
 
     /// Takes new conversations: not given up on, its link not broken.
@@ -470,8 +488,15 @@ async fn supervise(inner: std::sync::Weak<Inner>, backend: Arc<tokio::sync::Mute
                     break;
                 }
                 Err(e) if attempt >= RECOVERY_ATTEMPTS => {
-                    tracing::error!("giving up on the workspace after {attempt} attempts: {e}");
                     let Some(inner) = inner.upgrade() else { return };
+                    let left = inner.alive.fetch_sub(1, Ordering::SeqCst) - 1;
+                    if left > 0 {
+                        tracing::error!(
+                            "writing off a workspace container after {attempt} failed recoveries ({e}); its conversations go on in the {left} left"
+                        );
+                    } else {
+                        tracing::error!("giving up on the workspace after {attempt} attempts: {e}");
+                    }
                     *inner.lost.lock().expect("lost lock") = Some(e.to_string());
                     // Wake everyone waiting for a healthy link.
                     inner.link.send_modify(|_| {});

@@ -207,12 +207,27 @@ impl Swept {
     }
 }
 
-/// Sweeps Docker and the local temp directory.
-pub async fn sweep() -> Swept {
+/// Sweeps Docker (the default engine, and each of `engines`: a manifest's
+/// `workspace.engines`) and the local temp directory.
+pub async fn sweep(engines: &[String]) -> Swept {
     let mut swept = Swept::default();
-    match sweep_containers().await {
-        Ok(names) => swept.containers = names,
-        Err(e) => swept.docker_unreachable = Some(e),
+    let default = super::docker::default_engine();
+    let mut targets: Vec<Option<&str>> = vec![None];
+    targets.extend(
+        engines
+            .iter()
+            .filter(|e| **e != default)
+            .map(|e| Some(e.as_str())),
+    );
+    let mut unreachable = Vec::new();
+    for engine in targets {
+        match sweep_containers(engine).await {
+            Ok(names) => swept.containers.extend(names),
+            Err(e) => unreachable.push(format!("{}: {e}", engine.unwrap_or(&default))),
+        }
+    }
+    if !unreachable.is_empty() {
+        swept.docker_unreachable = Some(unreachable.join("; "));
     }
     let (dirs, killed) = tokio::task::spawn_blocking(|| sweep_local(&std::env::temp_dir()))
         .await
@@ -222,8 +237,8 @@ pub async fn sweep() -> Swept {
     swept
 }
 
-async fn sweep_containers() -> Result<Vec<String>, String> {
-    let docker = bollard::Docker::connect_with_defaults().map_err(|e| e.to_string())?;
+async fn sweep_containers(engine: Option<&str>) -> Result<Vec<String>, String> {
+    let docker = super::docker::client(engine).map_err(|e| e.to_string())?;
     let filters: HashMap<String, Vec<String>> =
         [("label".to_string(), vec![LABEL_PID.to_string()])].into();
     let opts = ListContainersOptionsBuilder::new()
