@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use support::{containers_of_run, docker, observations, stderr, TestJob};
 use tokio::net::{TcpListener, UnixStream};
 use tokio::task::JoinSet;
@@ -60,25 +60,12 @@ impl TcpEngine {
 }
 
 fn manifest(engine: &TcpEngine, containers: u32, extra: &str) -> String {
-    support::ensure_workspace_image();
-    let ws = format!(
-        "kind = \"docker\"\nimage = \"{}\"\nnofile = 4096\ncontainers = {containers}\nengines = [\"unix://{SOCKET}\", \"{}\"]",
-        support::WORKSPACE_IMAGE,
-        engine.addr
-    );
-    support::script_job(&ws, extra)
+    let engines = format!("engines = [\"unix://{SOCKET}\", \"{}\"]", engine.addr);
+    support::fleet_job(containers, &engines, extra)
 }
 
 fn rows(n: usize, sleep: &str) -> Vec<Value> {
-    (0..n)
-        .map(|i| {
-            json!({
-                "id": format!("t{i}"),
-                "commands": [format!("sleep {sleep}; hostname"), "echo $((6*7))"],
-                "answer": format!("done {i}"),
-            })
-        })
-        .collect()
+    support::hostname_rows(n, sleep)
 }
 
 /// Every task ended `ok`, once, attempt 1; the hostnames they ran on.

@@ -9,29 +9,11 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use support::{containers_of_run, docker, observations, stderr, TestJob};
 
 fn fleet_manifest(containers: u32, extra: &str) -> String {
-    support::ensure_workspace_image();
-    let ws = format!(
-        "kind = \"docker\"\nimage = \"{}\"\nnofile = 4096\ncontainers = {containers}",
-        support::WORKSPACE_IMAGE
-    );
-    support::script_job(&ws, extra)
-}
-
-/// Tasks that print their container's hostname (its id) after `sleep`.
-fn hostname_rows(n: usize, sleep: &str) -> Vec<Value> {
-    (0..n)
-        .map(|i| {
-            json!({
-                "id": format!("t{i}"),
-                "commands": [format!("sleep {sleep}; hostname"), "echo $((6*7))"],
-                "answer": format!("done {i}"),
-            })
-        })
-        .collect()
+    support::fleet_job(containers, "", extra)
 }
 
 /// The hostname each task's first command printed.
@@ -51,7 +33,7 @@ async fn conversations_spread_over_the_containers_and_each_task_stays_in_one() {
     let job = TestJob::new();
     // Each task writes a file in setup that its verification reads: both
     // must run in the container its session ran in.
-    let rows: Vec<Value> = hostname_rows(40, "0.2");
+    let rows: Vec<Value> = support::hostname_rows(40, "0.2");
     job.tasks(&rows);
     job.manifest(&fleet_manifest(
         3,
@@ -112,7 +94,7 @@ async fn conversations_spread_over_the_containers_and_each_task_stays_in_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_container_takes_only_its_conversations_and_every_task_ends_ok_once() {
     let job = TestJob::new();
-    job.tasks(&hostname_rows(48, "1"));
+    job.tasks(&support::hostname_rows(48, "1"));
     job.manifest(&fleet_manifest(
         3,
         "[run]\nworkers = 12\nmax_attempts = 1\n",
@@ -158,7 +140,7 @@ async fn a_killed_container_takes_only_its_conversations_and_every_task_ends_ok_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containers_are_checked_at_load() {
     let job = TestJob::new();
-    job.tasks(&hostname_rows(1, "0"));
+    job.tasks(&support::hostname_rows(1, "0"));
     for (ws, says) in [
         ("kind = \"docker\"\ncontainers = 0", "workspace.containers"),
         (

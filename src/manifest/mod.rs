@@ -9,6 +9,7 @@ mod endpoints;
 mod environment;
 mod external;
 mod load;
+mod run_spec;
 mod schema;
 mod starter;
 mod tools;

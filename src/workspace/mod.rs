@@ -5,6 +5,7 @@
 pub mod channel;
 pub mod docker;
 mod docker_exec;
+mod engines;
 mod env;
 mod error;
 mod fleet;

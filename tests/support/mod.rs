@@ -233,6 +233,30 @@ pub fn script_job(workspace: &str, rest: &str) -> String {
     )
 }
 
+/// A script-provider job over `containers` Docker containers, with more
+/// `[workspace]` keys in `workspace` and `rest` after the table.
+pub fn fleet_job(containers: u32, workspace: &str, rest: &str) -> String {
+    ensure_workspace_image();
+    let ws = format!(
+        "kind = \"docker\"\nimage = \"{WORKSPACE_IMAGE}\"\nnofile = 4096\ncontainers = {containers}\n{workspace}"
+    );
+    script_job(&ws, rest)
+}
+
+/// Script-provider rows `t0..tN` whose first command prints the
+/// container's hostname (its id) after `sleep`.
+pub fn hostname_rows(n: usize, sleep: &str) -> Vec<Value> {
+    (0..n)
+        .map(|i| {
+            serde_json::json!({
+                "id": format!("t{i}"),
+                "commands": [format!("sleep {sleep}; hostname"), "echo $((6*7))"],
+                "answer": format!("done {i}"),
+            })
+        })
+        .collect()
+}
+
 /// The workspace image the Docker tests run in.
 pub const WORKSPACE_IMAGE: &str = "convoy-workspace:bookworm";
 
