@@ -138,11 +138,71 @@ async fn a_killed_container_takes_only_its_conversations_and_every_task_ends_ok_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_sizes_the_fleet_from_the_workers_and_the_measured_capacity() {
+    // Measured: an idle session's open files against the container's
+    // open-files limit; a few workers fit in one container.
+    let job = TestJob::new();
+    job.tasks(&support::hostname_rows(8, "0"));
+    job.manifest(&support::script_job(
+        &format!(
+            "kind = \"docker\"\nimage = \"{}\"\nnofile = 4096\ncontainers = \"auto\"",
+            support::WORKSPACE_IMAGE
+        ),
+        "[run]\nworkers = 4\n",
+    ));
+    let out = job.run(&[("RUST_LOG", "info")]).await;
+    let log = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    let line = log
+        .lines()
+        .find(|l| l.contains("a container holds about"))
+        .unwrap_or_else(|| panic!("no capacity line: {log}"));
+    eprintln!("{line}");
+    assert!(line.contains("(open files: 80% of 4096 over "), "{line}");
+    assert!(line.ends_with("run.workers = 4: 1 container"), "{line}");
+    let held: u64 = line
+        .split("holds about ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!((100..4096).contains(&held), "{line}");
+
+    // Given: 10 workers at 4 sessions each need 3 containers.
+    let job = TestJob::new();
+    job.tasks(&support::hostname_rows(20, "0.3"));
+    job.manifest(&support::script_job(
+        &format!(
+            "kind = \"docker\"\nimage = \"{}\"\nnofile = 4096\ncontainers = \"auto\"\nsessions_per_container = 4",
+            support::WORKSPACE_IMAGE
+        ),
+        "[run]\nworkers = 10\n",
+    ));
+    let out = job.run(&[("RUST_LOG", "info")]).await;
+    let log = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    assert!(
+        log.contains("(workspace.sessions_per_container); run.workers = 10: 3 containers"),
+        "{log}"
+    );
+    let hosts: BTreeSet<String> = hosts(&job).into_values().collect();
+    assert_eq!(hosts.len(), 3, "{hosts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containers_are_checked_at_load() {
     let job = TestJob::new();
     job.tasks(&support::hostname_rows(1, "0"));
     for (ws, says) in [
         ("kind = \"docker\"\ncontainers = 0", "workspace.containers"),
+        (
+            "kind = \"docker\"\ncontainers = \"many\"",
+            "\"many\" is not a number of containers or \"auto\"",
+        ),
+        (
+            "kind = \"docker\"\ncontainers = 2\nsessions_per_container = 5",
+            "is for workspace.containers = \"auto\"",
+        ),
         (
             "kind = \"local\"\ncontainers = 2",
             "several containers need workspace.kind = \"docker\"",

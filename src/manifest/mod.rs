@@ -5,6 +5,7 @@
 //! durations and impossible values are errors that name the file, the line
 //! and the key.
 
+mod containers;
 mod endpoints;
 mod environment;
 mod external;
@@ -16,6 +17,7 @@ mod tools;
 mod wording;
 mod workspace_rules;
 
+pub use containers::Containers;
 pub use endpoints::{Endpoint, EndpointSpec, Role};
 pub use environment::escapes;
 pub use load::{load, Job, ManifestError, Problem};

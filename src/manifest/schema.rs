@@ -389,9 +389,14 @@ pub struct WorkspaceSpec {
     pub nofile: u64,
     /// Containers the job's conversations are spread over (docker only):
     /// each its own helper, supervisor and recovery; a new conversation
-    /// goes to the healthy one with the fewest open sessions.
-    #[serde(default = "WorkspaceSpec::default_containers")]
-    pub containers: u32,
+    /// goes to the healthy one with the fewest open sessions. `"auto"`: as
+    /// many as `run.workers` need at `sessions_per_container`.
+    #[serde(default)]
+    pub containers: super::Containers,
+    /// With `containers = "auto"`: the sessions one container is given at
+    /// most. Default: measured at boot (`workspace::capacity`).
+    #[serde(default)]
+    pub sessions_per_container: Option<u32>,
     /// Docker engines the containers are spread over, in turn
     /// (`unix:///var/run/docker.sock`, `tcp://host:2376`); default: the
     /// one `DOCKER_HOST` names, or the local socket. A `tcp://` engine
@@ -445,9 +450,6 @@ pub struct WorkspaceSpec {
 }
 
 impl WorkspaceSpec {
-    fn default_containers() -> u32 {
-        1
-    }
     fn default_image() -> String {
         "convoy-workspace:bookworm".to_string()
     }
@@ -505,7 +507,8 @@ impl Default for WorkspaceSpec {
             workdir: None,
             mounts: Vec::new(),
             nofile: Self::default_nofile(),
-            containers: WorkspaceSpec::default_containers(),
+            containers: super::Containers::default(),
+            sessions_per_container: None,
             engines: Vec::new(),
             env: BTreeMap::new(),
             pass_env: Vec::new(),

@@ -24,15 +24,26 @@ pub(super) fn check_workspace(m: &Manifest, check: &mut impl FnMut(bool, &str, &
         "\"exec\" needs workspace.kind = \"docker\"",
     );
     check(ws.nofile >= 64, "workspace.nofile", "must be at least 64");
+    let count = ws.containers.count();
     check(
-        ws.containers >= 1,
+        count.is_none_or(|n| n >= 1),
         "workspace.containers",
         "must be at least 1",
     );
     check(
-        ws.kind == WorkspaceKind::Docker || ws.containers == 1,
+        ws.kind == WorkspaceKind::Docker || count == Some(1),
         "workspace.containers",
         "several containers need workspace.kind = \"docker\"",
+    );
+    check(
+        ws.sessions_per_container.is_none_or(|n| n >= 1),
+        "workspace.sessions_per_container",
+        "must be at least 1",
+    );
+    check(
+        ws.sessions_per_container.is_none() || count.is_none(),
+        "workspace.sessions_per_container",
+        "is for workspace.containers = \"auto\"",
     );
     check(
         ws.kind == WorkspaceKind::Docker || ws.engines.is_empty(),
@@ -51,7 +62,7 @@ pub(super) fn check_workspace(m: &Manifest, check: &mut impl FnMut(bool, &str, &
         );
     }
     check(
-        ws.engines.len() <= ws.containers as usize,
+        count.is_none_or(|n| ws.engines.len() <= n as usize),
         "workspace.engines",
         &format!(
             "{} engines for workspace.containers = {}: each engine gets a container, so give at least as many containers",

@@ -134,6 +134,11 @@ impl DockerBackend {
         }
     }
 
+    /// The open-files limit the container was granted (after clamping).
+    pub fn nofile(&self) -> u64 {
+        self.nofile
+    }
+
     /// After the link broke: a new helper if the container still runs, a
     /// new container (and helper) if it died. Sessions of a dead container
     /// are gone; their conversations fail and are tried again.

@@ -12,13 +12,14 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::capacity;
 use super::channel::protocol::WorkspaceStats;
 use super::env::Place;
 use super::error::WorkspaceError;
 use super::session::Session;
 use super::shared::{Member, ShutdownReport};
 use super::RunOutput;
-use crate::manifest::Job;
+use crate::manifest::{Containers, Job};
 
 const NONE: usize = usize::MAX;
 
@@ -40,23 +41,39 @@ pub struct Workspace {
 
 impl Workspace {
     /// Boots the workspace the manifest asks for: its containers in
-    /// parallel. If one fails to boot, the others are shut down and its
-    /// error is the job's.
+    /// parallel (with `containers = "auto"`, the first one alone, to
+    /// measure how many are needed). If one fails to boot, the others are
+    /// shut down and its error is the job's.
     pub async fn boot(job: &Job, run_label: &str) -> Result<Workspace, WorkspaceError> {
         let spec = &job.manifest.workspace;
-        let n = spec.containers.max(1) as usize;
         let counter = Arc::new(AtomicU64::new(0));
-        let alive = Arc::new(AtomicUsize::new(n));
+        // Set to the fleet's size once it is complete; read only when a
+        // container is given up on.
+        let alive = Arc::new(AtomicUsize::new(0));
         // The engines in turn: container i on engine i mod their number.
         let engine = |i: usize| match spec.engines.as_slice() {
             [] => None,
             all => Some(all[i % all.len()].as_str()),
         };
-        let booted = futures::future::join_all(
-            (0..n).map(|i| Member::boot(job, run_label, counter.clone(), engine(i), alive.clone())),
-        )
-        .await;
-        let mut members = Vec::with_capacity(n);
+        let boot =
+            |i: usize| Member::boot(job, run_label, counter.clone(), engine(i), alive.clone());
+        let mut members = Vec::new();
+        let n = match spec.containers {
+            Containers::Count(n) => n.max(1) as usize,
+            Containers::Auto => {
+                let first = boot(0).await?;
+                let sized = size(&first, job).await;
+                members.push(first);
+                match sized {
+                    Ok(n) => n,
+                    Err(e) => {
+                        shut_down(members).await;
+                        return Err(e);
+                    }
+                }
+            }
+        };
+        let booted = futures::future::join_all((members.len()..n).map(boot)).await;
         let mut error = None;
         for b in booted {
             match b {
@@ -67,9 +84,10 @@ impl Workspace {
             }
         }
         if let Some(e) = error {
-            futures::future::join_all(members.into_iter().map(Member::shutdown)).await;
+            shut_down(members).await;
             return Err(e);
         }
+        alive.store(members.len(), Ordering::SeqCst);
         if n > 1 {
             tracing::info!(
                 "workspace: {n} containers{}",
@@ -230,6 +248,40 @@ impl Workspace {
 
     /// Stops every container's helper and releases the backends.
     pub async fn shutdown(self) {
-        futures::future::join_all(self.members.into_iter().map(Member::shutdown)).await;
+        shut_down(self.members).await;
     }
+}
+
+async fn shut_down(members: Vec<Member>) {
+    futures::future::join_all(members.into_iter().map(Member::shutdown)).await;
+}
+
+/// With `containers = "auto"`: how many containers `run.workers` need, from
+/// the capacity of `first` (see `capacity`).
+async fn size(first: &Member, job: &Job) -> Result<usize, WorkspaceError> {
+    let spec = &job.manifest.workspace;
+    let cap = match spec.sessions_per_container {
+        Some(_) => capacity::capacity(
+            capacity::IdleCost {
+                processes: 1,
+                files: 1,
+            },
+            0,
+            spec,
+        ),
+        None => {
+            let cost = capacity::measure(first).await?;
+            let nofile = first.nofile().await.unwrap_or(spec.nofile);
+            capacity::capacity(cost, nofile, spec)
+        }
+    };
+    let workers = job.manifest.run.workers;
+    let n = capacity::containers_for(workers, cap.sessions, spec.engines.len());
+    tracing::info!(
+        "workspace: a container holds about {} sessions here ({}); run.workers = {workers}: {n} container{}",
+        cap.sessions,
+        cap.why,
+        if n == 1 { "" } else { "s" }
+    );
+    Ok(n)
 }

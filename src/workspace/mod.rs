@@ -2,6 +2,7 @@
 //! job (one container, or a fleet of them), one tmux session per
 //! conversation, every request through the workspace helper (`channel`).
 
+mod capacity;
 pub mod channel;
 pub mod docker;
 mod docker_exec;

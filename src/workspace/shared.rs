@@ -205,6 +205,15 @@ enum Backend {
 }
 
 impl Backend {
+    /// The open-files limit the container was granted (after the daemon
+    /// clamped it); `None` for the local workspace.
+    fn nofile(&self) -> Option<u64> {
+        match self {
+            Backend::Local(_) => None,
+            Backend::Docker(b) => Some(b.nofile()),
+        }
+    }
+
     async fn recover(&mut self) -> Result<Link, WorkspaceError> {
         match self {
             Backend::Local(b) => b.recover().await,
@@ -329,6 +338,12 @@ impl Member {
     /// The workspace's shared state, for the gateway's polls.
     pub(super) fn inner(&self) -> Arc<Inner> {
         self.inner.clone()
+    }
+
+    /// The open-files limit its container was granted; `None` for the
+    /// local workspace.
+    pub async fn nofile(&self) -> Option<u64> {
+        self.backend.lock().await.nofile()
     }
 
     /// Given up on after failed recoveries (its engine gone, say).
