@@ -10,7 +10,7 @@
 # worker counts, so that load from elsewhere on the machine falls on both
 # alike), and prints what the leak monitor recorded, one row each, then
 # user / none conversations/s per worker count.
-#   scripts/soak.sh [--containers C] [--drill SECONDS] [N] [WORKERS...]
+#   scripts/soak.sh [--containers C|auto] [--drill SECONDS] [N] [WORKERS...]
 #   SOAK_PROVIDER=script scripts/soak.sh ...   the `script` provider (no HTTP)
 #   SOAK_ISOLATION=user scripts/soak.sh ...    one isolation mode only
 # --containers C spreads each run over C containers (workspace.containers)
@@ -29,6 +29,8 @@ while [ $# -gt 0 ]; do
   esac
 done
 n=${1:-10000}
+# A number, or "auto" (quoted in TOML).
+if [[ $containers =~ ^[0-9]+$ ]]; then containers_toml=$containers; else containers_toml="\"$containers\""; fi
 shift || true
 workers=("${@:-256 1024}")
 read -r -a workers <<<"${workers[*]}"
@@ -96,7 +98,7 @@ max_steps = 5
 kind = "docker"
 nofile = 65536
 isolation = "$iso"
-containers = $containers
+containers = $containers_toml
 [run]
 workers = $w
 [monitor]

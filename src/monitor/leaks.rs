@@ -65,7 +65,10 @@ pub struct Own {
 pub struct LeakRules {
     warmup: u64,
     prev_sessions: BTreeSet<String>,
-    prev_procs: BTreeSet<u32>,
+    /// Orphan processes of the previous sample, by pid and session: with a
+    /// fleet of containers two processes can share a pid (each container
+    /// has its own pid namespace), never a session name.
+    prev_procs: BTreeSet<(u32, Option<String>)>,
     /// Open FDs net of the HTTP pool while warming up (the most), or at
     /// the first sample if that is later.
     fd_base: Option<f64>,
@@ -128,16 +131,16 @@ impl LeakRules {
             }
             self.prev_sessions = orphans;
 
-            let orphans: BTreeSet<u32> = ws
+            let orphans: BTreeSet<(u32, Option<String>)> = ws
                 .processes
                 .iter()
                 .filter(|(_, s)| s.as_ref().is_none_or(|s| !open.contains(s)))
-                .map(|(pid, _)| *pid)
+                .cloned()
                 .collect();
             let lasting: Vec<String> = ws
                 .processes
                 .iter()
-                .filter(|(pid, _)| orphans.contains(pid) && self.prev_procs.contains(pid))
+                .filter(|p| orphans.contains(*p) && self.prev_procs.contains(*p))
                 .map(|(pid, s)| format!("{pid} ({})", s.as_deref().unwrap_or("no session")))
                 .collect();
             if !lasting.is_empty() {
@@ -313,6 +316,24 @@ mod tests {
         assert_eq!(f[0].rule, "orphan_process");
         assert!(f[0].detail.contains("11 (c9)") && f[0].detail.contains("12 (no session)"));
         assert!(!f[0].detail.contains("10 ("));
+    }
+
+    /// Containers of a fleet have their own pid namespaces: the same pid
+    /// in another session at the next sample is another process, closing
+    /// down, not one that lasted (seen in the 4-container soak).
+    #[test]
+    fn a_pid_seen_again_in_another_session_is_not_a_lasting_orphan() {
+        let mut r = LeakRules::new(0);
+        let first = ws(&[], &[(19732, Some("c9444"))]);
+        let second = ws(&[], &[(19732, Some("c9641"))]);
+        assert!(r
+            .observe(1.0, &open(&[]), Some(&first), own(0, 10))
+            .is_empty());
+        assert!(r
+            .observe(2.0, &open(&[]), Some(&second), own(0, 10))
+            .is_empty());
+        let f = r.observe(3.0, &open(&[]), Some(&second), own(0, 10));
+        assert_eq!(f[0].rule, "orphan_process", "the same process twice is one");
     }
 
     #[test]
