@@ -122,13 +122,15 @@ async fn attempts<W: Sessions, M: Models>(
         let mut conv = Conversation::new(task.system.as_deref(), &task.user);
         // This attempt's container: its sessions, check and workdir.
         let pin = Pin::default();
-        let ledger = &shared.infra;
-        let _alone = if ledger.is_suspect(&task.id, ws.failures()) {
+        // The attempt's container now: its failures are what this attempt
+        // is judged by, in that container's ledger.
+        let ledger = shared.infra.of(ws.domain(&pin));
+        let _alone = if ledger.is_suspect(&task.id, ws.failures(&pin)) {
             Some(ledger.isolate().await)
         } else {
             None
         };
-        let in_flight = ledger.begin(&task.id, ws.failures());
+        let in_flight = ledger.begin(&task.id, ws.failures(&pin));
         let mut phases = Phases::default();
         let result = {
             let attempt_fut = AssertUnwindSafe(run_attempt(
@@ -144,18 +146,18 @@ async fn attempts<W: Sessions, M: Models>(
             tokio::select! {
                 r = attempt_fut => r,
                 _ = token.cancelled() => {
-                    ledger.end(in_flight, ws.failures());
+                    ledger.end(in_flight, ws.failures(&pin));
                     emit.emit(cancelled());
                     return;
                 }
             }
         };
         if seal(shared, &task.id, token) {
-            ledger.end(in_flight, ws.failures());
+            ledger.end(in_flight, ws.failures(&pin));
             emit.emit(cancelled());
             return;
         }
-        let failures = ws.failures();
+        let failures = ws.failures(&pin);
         let hit = ledger.end(in_flight, failures) > 0;
         let (status, final_answer, error, retry) = match result {
             Ok(Ok(text)) => (Status::Ok, Some(text), None, false),
@@ -182,7 +184,7 @@ async fn attempts<W: Sessions, M: Models>(
                     return;
                 }
                 if hit && matches!(e, Attempt::Agent(AgentError::Workspace(_))) {
-                    match infra_outcome(&task.id, shared, failures, infra_retries, &e) {
+                    match infra_outcome(&task.id, shared, &ledger, failures, infra_retries, &e) {
                         InfraOutcome::Retry if !shared.drain.is_cancelled() => {
                             infra_retries += 1;
                             tracing::info!(
@@ -310,11 +312,12 @@ enum InfraOutcome {
 fn infra_outcome<W, M>(
     task: &str,
     shared: &Shared<W, M>,
+    ledger: &infra::InfraLedger,
     failures: u64,
     infra_retries: u32,
     e: &Attempt,
 ) -> InfraOutcome {
-    if shared.infra.is_poison(task, failures) {
+    if ledger.is_poison(task, failures) {
         tracing::error!(
             "task {task} was in flight at each of {} or more workspace failures, with other tasks around it changing: it is not run again (workspace_crash)",
             infra::POISON_STRIKES

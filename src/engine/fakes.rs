@@ -89,7 +89,11 @@ impl Sessions for FakeWorkspace {
         Ok(())
     }
 
-    fn failures(&self) -> u64 {
+    fn domain(&self, _pin: &Pin) -> usize {
+        0
+    }
+
+    fn failures(&self, _pin: &Pin) -> u64 {
         self.failures.load(Ordering::SeqCst)
     }
 

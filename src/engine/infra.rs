@@ -135,6 +135,25 @@ impl InfraLedger {
     }
 }
 
+/// One ledger per container of the workspace (its failures are its own,
+/// counted apart): a task is suspected only for failures of the container
+/// it ran in.
+#[derive(Debug, Default)]
+pub struct InfraLedgers(
+    std::sync::Mutex<std::collections::HashMap<usize, std::sync::Arc<InfraLedger>>>,
+);
+
+impl InfraLedgers {
+    pub fn of(&self, container: usize) -> std::sync::Arc<InfraLedger> {
+        self.0
+            .lock()
+            .expect("ledgers lock")
+            .entry(container)
+            .or_default()
+            .clone()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -59,8 +59,12 @@ pub trait Sessions: Send + Sync + 'static {
         session: Self::Session,
     ) -> impl Future<Output = Result<(), WorkspaceError>> + Send;
 
-    /// Failures of the workspace so far (monotone).
-    fn failures(&self) -> u64;
+    /// Pins the attempt `pin` belongs to to a container now, if it is not
+    /// yet; the container's index (its own failures, ledger, isolation).
+    fn domain(&self, pin: &Pin) -> usize;
+
+    /// Failures so far of the container `pin` holds (monotone).
+    fn failures(&self, pin: &Pin) -> u64;
 
     /// The end-of-run sweep: sessions and processes nobody closed.
     fn finish(&self) -> impl Future<Output = ShutdownReport> + Send;

@@ -47,8 +47,12 @@ impl Sessions for Workspace {
         session.close().await
     }
 
-    fn failures(&self) -> u64 {
-        Workspace::failures(self)
+    fn domain(&self, pin: &Pin) -> usize {
+        Workspace::pin(self, pin)
+    }
+
+    fn failures(&self, pin: &Pin) -> u64 {
+        Workspace::failures(self, pin)
     }
 
     async fn finish(&self) -> ShutdownReport {

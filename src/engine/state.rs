@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::budget::Budget;
 use super::control::Waiting;
-use super::infra::InfraLedger;
+use super::infra::InfraLedgers;
 use crate::agent::{DriveLimits, Toolbox};
 use crate::events::{CancelReason, Event, EventKind, RunStats, Stopped};
 
@@ -132,7 +132,7 @@ pub(super) struct Shared<W, M> {
     pub cfg: Config,
     pub ws: Arc<W>,
     pub models: Arc<M>,
-    pub infra: InfraLedger,
+    pub infra: InfraLedgers,
     pub emit: Emitter,
     pub gate: watch::Sender<Gate>,
     /// Stop dispatching; in-flight conversations finish.

@@ -21,22 +21,26 @@ use super::shared::{Member, ShutdownReport};
 use super::RunOutput;
 use crate::manifest::{Containers, Job};
 
-const NONE: usize = usize::MAX;
-
 /// The container one attempt of a task uses: chosen when it first needs
 /// one, kept for its sessions, its check and the removal of its workdir.
-#[derive(Debug)]
-pub struct Pin(AtomicUsize);
+/// While it lives it counts among its container's attempts (what the
+/// fleet balances).
+#[derive(Debug, Default)]
+pub struct Pin(std::sync::OnceLock<(usize, Arc<AtomicUsize>)>);
 
-impl Default for Pin {
-    fn default() -> Pin {
-        Pin(AtomicUsize::new(NONE))
+impl Drop for Pin {
+    fn drop(&mut self) {
+        if let Some((_, attempts)) = self.0.get() {
+            attempts.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
 /// One job's workspace.
 pub struct Workspace {
     pub(super) members: Vec<Member>,
+    /// Attempts pinned to each container now.
+    attempts: Vec<Arc<AtomicUsize>>,
 }
 
 impl Workspace {
@@ -97,31 +101,36 @@ impl Workspace {
                 }
             );
         }
-        Ok(Workspace { members })
+        let attempts = members.iter().map(|_| Arc::default()).collect();
+        Ok(Workspace { members, attempts })
     }
 
-    /// The container `pin` holds, or, for an attempt that has none yet,
-    /// the healthy one with the fewest open sessions (any, if none is
-    /// healthy: its error then says why).
+    /// The index of the container `pin` holds, or, for an attempt that has
+    /// none yet, of the healthy one with the fewest attempts pinned to it
+    /// (then open sessions), which `pin` then holds; any, if none is
+    /// healthy: its error then says why.
+    pub fn pin(&self, pin: &Pin) -> usize {
+        let (i, _) = pin.0.get_or_init(|| {
+            let least = |ok: &dyn Fn(&Member) -> bool| {
+                self.members
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, m)| ok(m))
+                    .min_by_key(|(i, m)| (self.attempts[*i].load(Ordering::Relaxed), m.load()))
+                    .map(|(i, _)| i)
+            };
+            // Healthy; else recovering (it may be back soon); else any.
+            let i = least(&Member::healthy)
+                .or_else(|| least(&|m: &Member| !m.written_off()))
+                .unwrap_or(0);
+            self.attempts[i].fetch_add(1, Ordering::Relaxed);
+            (i, self.attempts[i].clone())
+        });
+        *i
+    }
+
     fn member(&self, pin: &Pin) -> &Member {
-        let held = pin.0.load(Ordering::Relaxed);
-        if let Some(m) = self.members.get(held) {
-            return m;
-        }
-        let least = |ok: &dyn Fn(&Member) -> bool| {
-            self.members
-                .iter()
-                .enumerate()
-                .filter(|(_, m)| ok(m))
-                .min_by_key(|(_, m)| m.load())
-                .map(|(i, _)| i)
-        };
-        // Healthy; else recovering (it may be back soon); else any.
-        let i = least(&Member::healthy)
-            .or_else(|| least(&|m: &Member| !m.written_off()))
-            .unwrap_or(0);
-        pin.0.store(i, Ordering::Relaxed);
-        &self.members[i]
+        &self.members[self.pin(pin)]
     }
 
     /// Opens a fresh session for one conversation, in `pin`'s container:
@@ -155,11 +164,12 @@ impl Workspace {
         self.member(pin).remove_dir(workdir).await
     }
 
-    /// How many times a container failed so far (its helper or the
-    /// container died or stopped answering), over the fleet. An attempt
-    /// during which this grew was most likely cut short by the workspace.
-    pub fn failures(&self) -> u64 {
-        self.members.iter().map(Member::failures).sum()
+    /// How many times the container `pin` holds failed so far (its helper
+    /// or the container died or stopped answering). An attempt during which
+    /// this grew was most likely cut short by the workspace. Each container
+    /// counts its own: a failure of another is not this attempt's.
+    pub fn failures(&self, pin: &Pin) -> u64 {
+        self.member(pin).failures()
     }
 
     /// Sessions that conversations own right now, in every container
