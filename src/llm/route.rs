@@ -180,12 +180,19 @@ impl Pool {
 
     /// Waits until some endpoint may take requests; an error once every
     /// endpoint is out for good.
+    /// (Some endpoint usable is enough: a usable primary is eligible, and
+    /// without one a usable fallback is.) Every request passes here, so
+    /// the usual case costs no waiter.
     pub async fn wait_usable(&self) -> Result<(), LlmError> {
+        let any_usable = || self.upstreams.iter().any(|u| u.usable());
+        if any_usable() {
+            return Ok(());
+        }
         loop {
             let changed = self.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            if self.upstreams.iter().any(|u| self.eligible(u)) {
+            if any_usable() {
                 return Ok(());
             }
             if let Some(e) = self.all_gone() {

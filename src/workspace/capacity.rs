@@ -57,13 +57,19 @@ pub async fn measure(member: &Member) -> Result<IdleCost, WorkspaceError> {
     })
 }
 
+/// The capacity the manifest gives (`workspace.sessions_per_container`),
+/// if it does: then nothing is measured.
+pub fn given(spec: &WorkspaceSpec) -> Option<Capacity> {
+    spec.sessions_per_container.map(|n| Capacity {
+        sessions: u64::from(n),
+        why: "workspace.sessions_per_container".into(),
+    })
+}
+
 /// The capacity from an idle session's cost and the limits that bind.
 pub fn capacity(cost: IdleCost, nofile: u64, spec: &WorkspaceSpec) -> Capacity {
-    if let Some(n) = spec.sessions_per_container {
-        return Capacity {
-            sessions: u64::from(n),
-            why: "workspace.sessions_per_container".into(),
-        };
+    if let Some(c) = given(spec) {
+        return c;
     }
     let share = |limit: u64, each: u64| ((limit as f64 * SHARE) / each.max(1) as f64) as u64;
     let mut bounds = vec![(

@@ -28,7 +28,7 @@ use super::sweep;
 use crate::manifest::{ChannelKind, Job, WorkspaceSpec};
 
 pub(super) use super::engines::client;
-pub use super::engines::{connect, connect_to, default_engine};
+pub use super::engines::{connect_to, default_engine};
 
 /// Where the helper binary and its root live inside the container.
 const HELPER_BIN: &str = "/opt/convoy/convoy";

@@ -9,11 +9,6 @@ use bollard::Docker;
 use super::docker::boot;
 use super::error::WorkspaceError;
 
-/// A client of the default engine, checked with a ping.
-pub async fn connect() -> Result<Docker, WorkspaceError> {
-    connect_to(None).await
-}
-
 /// A client of `engine` (`unix:///path`, `tcp://host:port`), or of the
 /// default engine (`DOCKER_HOST`, else the local socket), checked with a
 /// ping. A `tcp://` engine uses TLS when `DOCKER_TLS_VERIFY` is set, with

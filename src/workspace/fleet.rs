@@ -192,16 +192,6 @@ impl Workspace {
         self.members.len()
     }
 
-    /// Names of the tmux sessions alive in every container.
-    pub async fn list_sessions(&self) -> Result<Vec<String>, WorkspaceError> {
-        let all = futures::future::join_all(self.members.iter().map(Member::list_sessions)).await;
-        let mut names = Vec::new();
-        for one in all {
-            names.extend(one?);
-        }
-        Ok(names)
-    }
-
     /// A sample of the whole workspace for the monitor: every container's,
     /// merged, and each container's sessions and processes, in order. One
     /// that does not answer makes the sample fail (a gap, not a partial
@@ -270,15 +260,8 @@ async fn shut_down(members: Vec<Member>) {
 /// the capacity of `first` (see `capacity`).
 async fn size(first: &Member, job: &Job) -> Result<usize, WorkspaceError> {
     let spec = &job.manifest.workspace;
-    let cap = match spec.sessions_per_container {
-        Some(_) => capacity::capacity(
-            capacity::IdleCost {
-                processes: 1,
-                files: 1,
-            },
-            0,
-            spec,
-        ),
+    let cap = match capacity::given(spec) {
+        Some(c) => c,
         None => {
             let cost = capacity::measure(first).await?;
             let nofile = first.nofile().await.unwrap_or(spec.nofile);
