@@ -182,7 +182,7 @@ async fn the_api_key_in_pass_env_is_refused_with_exit_2() {
     assert!(
         err.contains("workspace.pass_env")
             && err.contains(
-                "`CONVOY_TEST_KEY` is llm.api_key_env: the API key never reaches a session"
+                "`CONVOY_TEST_KEY` is llm.api_key_env: an API key never reaches a session"
             ),
         "{err}"
     );

@@ -490,7 +490,7 @@ async fn endpoints_are_checked_at_load() {
     let out = job.convoy(&["validate", "job.toml"], ENV).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("`HOSTED_KEY` (llm.api_key_env) is not set"),
+        stderr(&out).contains("`HOSTED_KEY` (llm.endpoints[2].api_key_env) is not set"),
         "{}",
         stderr(&out)
     );

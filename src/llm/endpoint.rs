@@ -35,6 +35,8 @@ pub(super) struct Upstream {
     pub model: String,
     pub key: Option<Secret>,
     pub key_env: Option<String>,
+    /// The manifest key naming it (`Endpoint::key_named`).
+    pub key_named: String,
     pub role: Role,
     pub weight: u32,
     pub limiter: Limiter,
@@ -55,15 +57,17 @@ pub(super) struct Upstream {
     changed: Arc<Notify>,
 }
 
-/// The key named by `var`; an error when the variable is unset.
-pub(super) fn read_key(var: Option<&str>) -> Result<Option<Secret>, LlmError> {
-    let Some(var) = var else {
+/// The key of endpoint `e`, from the variable it names; an error naming
+/// the variable and the manifest key when it is unset.
+pub(super) fn read_key(e: &Endpoint) -> Result<Option<Secret>, LlmError> {
+    let Some(var) = e.api_key_env.as_deref() else {
         return Ok(None);
     };
     match std::env::var(var) {
         Ok(k) if !k.is_empty() => Ok(Some(Secret(k))),
         _ => Err(LlmError::Config(format!(
-            "the environment variable `{var}` (llm.api_key_env) is not set"
+            "the environment variable `{var}` ({}) is not set",
+            e.key_named
         ))),
     }
 }
@@ -101,6 +105,7 @@ impl Upstream {
             model: e.model.clone(),
             key,
             key_env: e.api_key_env.clone(),
+            key_named: e.key_named.clone(),
             role: e.role,
             weight: e.weight.max(1),
             limiter: Limiter::new(e.max_in_flight as usize),

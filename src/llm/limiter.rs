@@ -149,23 +149,22 @@ impl Permit<'_> {
     }
 
     /// The endpoint said 429: halve the limit, once per congestion event.
-    pub fn throttled(&self) {
+    /// The new limit when it was cut, for the caller to log with the
+    /// endpoint's name.
+    pub fn throttled(&self) -> Option<usize> {
         let l = self.limiter;
         let mut s = l.lock();
         let now = Instant::now();
         if s.last_cut
             .is_some_and(|t| now.duration_since(t) < CUT_COOLDOWN)
         {
-            return;
+            return None;
         }
         s.last_cut = Some(now);
         s.cuts += 1;
         s.limit = (s.limit * DECREASE).max(1.0);
         s.lowest = s.lowest.min(s.limit);
-        tracing::info!(
-            "LLM endpoint throttles (429): in-flight limit cut to {}",
-            s.limit as usize
-        );
+        Some(s.limit as usize)
     }
 }
 
@@ -183,8 +182,8 @@ mod tests {
     async fn a_429_halves_the_limit_once_per_event_and_successes_grow_it_back() {
         let l = Limiter::new(64);
         let p = l.acquire().await;
-        p.throttled();
-        p.throttled(); // same congestion event: no second cut
+        assert_eq!(p.throttled(), Some(32));
+        assert_eq!(p.throttled(), None, "same congestion event: no second cut");
         assert_eq!(l.limit(), 32);
         for _ in 0..10_000 {
             p.success();

@@ -94,7 +94,7 @@ impl OpenAiClient {
         let keys = spec
             .endpoints()
             .iter()
-            .map(|e| read_key(e.api_key_env.as_deref()))
+            .map(read_key)
             .collect::<Result<_, _>>()?;
         OpenAiClient::build(spec, keys)
     }
@@ -106,7 +106,7 @@ impl OpenAiClient {
         let missing: Vec<String> = spec
             .endpoints()
             .iter()
-            .filter_map(|e| read_key(e.api_key_env.as_deref()).err())
+            .filter_map(|e| read_key(e).err())
             .map(|e| e.to_string())
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
@@ -258,6 +258,7 @@ impl OpenAiClient {
                     model: &u.model,
                     key: u.key.as_ref().map(|Secret(k)| k.as_str()),
                     key_env: u.key_env.as_deref(),
+                    key_named: &u.key_named,
                     connect_timeout: self.http_config.connect_timeout,
                 };
                 (u, probe.run().await)
@@ -406,7 +407,15 @@ impl OpenAiClient {
                 Attempt::Retry {
                     reason: Reason::Status(429),
                     ..
-                } => routed.slot.throttled(),
+                } => {
+                    if let Some(limit) = routed.slot.throttled() {
+                        let whose = match self.pool.several() {
+                            true => format!("{} throttles", up.name()),
+                            false => "LLM endpoint throttles".to_string(),
+                        };
+                        tracing::info!("{whose} (429): in-flight limit cut to {limit}");
+                    }
+                }
                 _ => {}
             }
             if !matches!(outcome, Attempt::Done(_)) {
@@ -439,7 +448,10 @@ impl OpenAiClient {
                         tracing::error!(
                             "{}: {e}; taken out for the rest of the job (check {})",
                             up.name(),
-                            up.key_env.as_deref().unwrap_or("its api_key_env")
+                            match &up.key_env {
+                                Some(var) => format!("the key in `{var}`, {}", up.key_named),
+                                None => up.key_named.clone(),
+                            }
                         );
                     }
                     if self.pool.upstreams.iter().all(|u| u.gone()) {

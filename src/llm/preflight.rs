@@ -25,6 +25,7 @@ pub(super) struct Probe<'a> {
     pub model: &'a str,
     pub key: Option<&'a str>,
     pub key_env: Option<&'a str>,
+    pub key_named: &'a str,
     pub connect_timeout: Duration,
 }
 
@@ -134,9 +135,11 @@ impl Probe<'_> {
             return Ok(());
         }
         let check = match self.key_env {
-            Some(var) => format!("check the key in `{var}` (llm.api_key_env)"),
-            None => "the endpoint wants a key: name its environment variable in llm.api_key_env"
-                .to_string(),
+            Some(var) => format!("check the key in `{var}` ({})", self.key_named),
+            None => format!(
+                "the endpoint wants a key: name its environment variable in {}",
+                self.key_named
+            ),
         };
         Err(LlmError::Preflight {
             message: format!(

@@ -51,6 +51,9 @@ pub struct Endpoint {
     pub base_url: String,
     pub model: String,
     pub api_key_env: Option<String>,
+    /// The manifest key that names (or would name) the key's variable,
+    /// for messages: `llm.api_key_env` or `llm.endpoints[i].api_key_env`.
+    pub key_named: String,
     pub max_in_flight: u32,
     pub weight: u32,
     pub role: Role,
@@ -70,6 +73,7 @@ impl LlmSpec {
                     base_url: url.trim_end_matches('/').to_string(),
                     model: model.clone(),
                     api_key_env: self.api_key_env.clone(),
+                    key_named: "llm.api_key_env".into(),
                     max_in_flight: self.max_in_flight,
                     weight: 1,
                     role: Role::Primary,
@@ -78,10 +82,16 @@ impl LlmSpec {
         }
         self.endpoints
             .iter()
-            .map(|e| Endpoint {
+            .enumerate()
+            .map(|(i, e)| Endpoint {
                 base_url: e.base_url.trim_end_matches('/').to_string(),
                 model: e.model.clone().unwrap_or_else(|| model.clone()),
                 api_key_env: e.api_key_env.clone().or_else(|| self.api_key_env.clone()),
+                key_named: if e.api_key_env.is_none() && self.api_key_env.is_some() {
+                    "llm.api_key_env".into()
+                } else {
+                    format!("llm.endpoints[{i}].api_key_env")
+                },
                 max_in_flight: e.max_in_flight.unwrap_or(self.max_in_flight),
                 weight: e.weight,
                 role: e.role,
@@ -185,6 +195,7 @@ mod tests {
                 base_url: "http://a:1/v1".into(),
                 model: "m".into(),
                 api_key_env: Some("K".into()),
+                key_named: "llm.api_key_env".into(),
                 max_in_flight: 9,
                 weight: 1,
                 role: Role::Primary,
@@ -209,6 +220,8 @@ mod tests {
         assert_eq!(e[1].weight, 2);
         assert_eq!(e[2].api_key_env.as_deref(), Some("H"));
         assert_eq!(e[0].api_key_env.as_deref(), Some("K"));
+        assert_eq!(e[0].key_named, "llm.api_key_env");
+        assert_eq!(e[2].key_named, "llm.endpoints[2].api_key_env");
         assert_eq!(e[2].role, Role::Fallback);
         assert_eq!(l.model_names(), ["m", "m", "hosted"]);
     }

@@ -93,11 +93,22 @@ pub(super) fn check_workspace(m: &Manifest, check: &mut impl FnMut(bool, &str, &
         "workspace.pass_env",
         "variable names must be letters, digits and '_', not starting with a digit",
     );
-    if let Some(key) = m.llm.api_key_env.as_deref() {
+    // Every key variable of the job: `llm.api_key_env` and each endpoint's.
+    let keys = m
+        .llm
+        .api_key_env
+        .iter()
+        .map(|k| (k, "llm.api_key_env".to_string()));
+    let keys = keys.chain(m.llm.endpoints.iter().enumerate().filter_map(|(i, e)| {
+        e.api_key_env
+            .as_ref()
+            .map(|k| (k, format!("llm.endpoints[{i}].api_key_env")))
+    }));
+    for (key, named) in keys {
         check(
             !ws.pass_env.iter().any(|k| k == key),
             "workspace.pass_env",
-            &format!("`{key}` is llm.api_key_env: the API key never reaches a session"),
+            &format!("`{key}` is {named}: an API key never reaches a session"),
         );
     }
     check(
@@ -189,6 +200,28 @@ mod tests {
         ] {
             assert_eq!(broken(fine), Vec::<String>::new(), "{fine}");
         }
+    }
+
+    #[test]
+    fn no_endpoint_key_in_pass_env() {
+        let text = "name = \"t\"\n[tasks]\nsource = \"t.jsonl\"\n[prompt]\nuser = \"x\"\n\
+            [llm]\napi_key_env = \"A\"\n[[llm.endpoints]]\nbase_url = \"http://a/v1\"\n\
+            [[llm.endpoints]]\nbase_url = \"http://b/v1\"\napi_key_env = \"B\"\n\
+            [workspace]\npass_env = [\"HOME\", \"A\", \"B\"]\n";
+        let m: Manifest = toml::from_str(text).unwrap();
+        let mut said = Vec::new();
+        check_workspace(&m, &mut |ok, key: &str, message: &str| {
+            if !ok {
+                said.push(format!("{key}: {message}"));
+            }
+        });
+        assert_eq!(
+            said,
+            [
+                "workspace.pass_env: `A` is llm.api_key_env: an API key never reaches a session",
+                "workspace.pass_env: `B` is llm.endpoints[1].api_key_env: an API key never reaches a session",
+            ]
+        );
     }
 
     #[test]

@@ -21,6 +21,10 @@ pub struct Task {
     pub id: String,
     /// Line of the row in the task source.
     pub line: usize,
+    /// The row's fields, kept only for the `script` provider, which plays
+    /// the policy a row holds; empty otherwise (everything else a row
+    /// feeds is rendered here, and a 100,000-row job should not hold every
+    /// row twice).
     pub vars: Map<String, Value>,
     pub system: Option<String>,
     pub user: String,
@@ -127,9 +131,13 @@ pub fn plan(job: &Job) -> Result<Vec<Task>, TaskError> {
 
     let envs = EnvTemplates::new(job, &path)?;
     let repeat = m.tasks.repeat as usize;
+    let keep_rows = m.llm.provider == crate::manifest::Provider::Script;
     let mut tasks = Vec::with_capacity(rows.len() * repeat);
     let mut first_line: HashMap<String, usize> = HashMap::with_capacity(rows.len());
-    for row in &rows {
+    // Each row is dropped once its tasks are made, so the rows and the
+    // tasks are not all held at once.
+    for row in rows {
+        let row = &row;
         let base_id = match &m.tasks.id {
             Some(_) => render("id", "tasks.id", row)?.trim().to_string(),
             None => row.line.to_string(),
@@ -177,7 +185,11 @@ pub fn plan(job: &Job) -> Result<Vec<Task>, TaskError> {
                 index: tasks.len(),
                 id,
                 line: row.line,
-                vars: row.vars.clone(),
+                vars: if keep_rows {
+                    row.vars.clone()
+                } else {
+                    Map::new()
+                },
                 system: system.clone(),
                 user: user.clone(),
                 env,

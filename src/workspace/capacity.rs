@@ -15,6 +15,16 @@
 //!   session (an estimate of an idle bash and its share of tmux, not a
 //!   measure).
 //!
+//! - busy sessions: at most `BUSY_SESSIONS` per container. The limits
+//!   above say what a container can hold idle, not what its helper can
+//!   serve: one helper and one tmux server (a single thread) serve all of
+//!   a container's sessions, and each session closed costs the helper a
+//!   scan of the container's processes, so the work per conversation grows
+//!   with the sessions in the container. Measured here (README, "A fleet
+//!   of containers"): one container at 1,024 busy sessions ran 20-25
+//!   conversations/s with thousands of closes unanswered within 10 s; four
+//!   of 256 ran 40 with none.
+//!
 //! The smallest of these is the capacity; `workspace.sessions_per_container`
 //! replaces it. The fleet is then `ceil(run.workers / capacity)` containers
 //! (at least one per engine).
@@ -27,6 +37,8 @@ use crate::manifest::WorkspaceSpec;
 const SHARE: f64 = 0.8;
 /// What an idle session is assumed to take of `workspace.memory`.
 pub const IDLE_SESSION_BYTES: u64 = 8 << 20;
+/// The most busy sessions one container is given by `auto` (see above).
+pub const BUSY_SESSIONS: u64 = 256;
 
 /// One container's capacity and the limit that set it.
 #[derive(Debug, Clone, PartialEq)]
@@ -72,13 +84,19 @@ pub fn capacity(cost: IdleCost, nofile: u64, spec: &WorkspaceSpec) -> Capacity {
         return c;
     }
     let share = |limit: u64, each: u64| ((limit as f64 * SHARE) / each.max(1) as f64) as u64;
-    let mut bounds = vec![(
+    let mut bounds = vec![
+        (
+            BUSY_SESSIONS,
+            format!("busy sessions: {BUSY_SESSIONS} per container (one helper and tmux server serve them)"),
+        ),
+        (
         share(nofile, cost.files),
         format!(
             "open files: 80% of {nofile} over {} per idle session",
-            cost.files
+                cost.files
+            ),
         ),
-    )];
+    ];
     if let Some(pids) = spec.pids_limit {
         bounds.push((
             share(pids.max(0) as u64, cost.processes),
@@ -129,10 +147,13 @@ mod tests {
             files: 6,
         };
         let c = capacity(cost, 20000, &spec(""));
-        assert_eq!(c.sessions, 2666);
+        assert_eq!(c.sessions, BUSY_SESSIONS);
+        assert!(c.why.starts_with("busy sessions"), "{}", c.why);
+        let c = capacity(cost, 1000, &spec(""));
+        assert_eq!(c.sessions, 133);
         assert!(c.why.starts_with("open files"), "{}", c.why);
-        let c = capacity(cost, 20000, &spec("pids_limit = 1000"));
-        assert_eq!((c.sessions, c.why.starts_with("processes")), (800, true));
+        let c = capacity(cost, 20000, &spec("pids_limit = 200"));
+        assert_eq!((c.sessions, c.why.starts_with("processes")), (160, true));
         let c = capacity(cost, 20000, &spec("memory = \"1g\""));
         assert_eq!((c.sessions, c.why.starts_with("memory")), (102, true));
         let c = capacity(

@@ -99,7 +99,7 @@ impl DockerBackend {
         let spec = &job.manifest.workspace;
         let docker = connect_to(engine).await?;
         check_image(&docker, &spec.image).await?;
-        warn_slow_workdirs(&docker, job).await;
+        warn_slow_workdirs(&docker, job, engine).await;
         let mut backend = DockerBackend {
             docker,
             container: None,
@@ -483,13 +483,23 @@ fn helper_command(spec: &WorkspaceSpec) -> Vec<String> {
 /// filesystem and the engine's storage driver is fuse-overlayfs, where
 /// every directory and file created costs a round trip to its daemon
 /// (measured here: 1 to 2 ms each, and they queue under load; README,
-/// "What a task environment costs"). A mount is the way out.
-async fn warn_slow_workdirs(docker: &Docker, job: &Job) {
+/// "What a task environment costs"). A mount is the way out. Said once
+/// per engine, not per container of a fleet (or per replacement).
+async fn warn_slow_workdirs(docker: &Docker, job: &Job, engine: Option<&str>) {
+    static SAID: std::sync::Mutex<Vec<Option<String>>> = std::sync::Mutex::new(Vec::new());
     let Some(env) = &job.manifest.environment else {
         return;
     };
     if under_a_mount(&env.workdir, &job.manifest.workspace.mounts) {
         return;
+    }
+    {
+        let mut said = SAID.lock().unwrap_or_else(|e| e.into_inner());
+        let engine = engine.map(str::to_string);
+        if said.contains(&engine) {
+            return;
+        }
+        said.push(engine);
     }
     let driver = docker.info().await.ok().and_then(|i| i.driver);
     if driver.as_deref() == Some("fuse-overlayfs") {
