@@ -156,7 +156,9 @@ fn init_tracing(cli: &Cli) {
 /// Loads the manifest and builds the whole plan; nothing runs.
 fn load_plan(path: &std::path::Path) -> Result<(Job, Vec<tasks::Task>), Failure> {
     let job = manifest::load(path).map_err(Failure::invalid)?;
-    let plan = tasks::plan(&job).map_err(Failure::invalid)?;
+    // Only the script provider reads a row after planning (its policy).
+    let keep_rows = job.manifest.llm.provider == manifest::Provider::Script;
+    let plan = tasks::plan(&job, keep_rows).map_err(Failure::invalid)?;
     check_script_rows(&job, &plan).map_err(Failure::invalid)?;
     tracing::debug!(
         "{}: {} tasks planned from `{}`",

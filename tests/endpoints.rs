@@ -379,8 +379,8 @@ async fn a_401_takes_one_endpoint_out_and_the_job_goes_on() {
         "{log}"
     );
     assert!(
-        log.contains("CONVOY_TEST_KEY_B"),
-        "the error names the key's variable: {log}"
+        log.contains("check the key in `CONVOY_TEST_KEY_B` (llm.endpoints[1].api_key_env)"),
+        "the error names the key's variable and the manifest key: {log}"
     );
     assert!(!log.contains("sk-wrong"), "the key itself is never printed");
     assert!(!b.requests().is_empty());

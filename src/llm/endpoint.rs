@@ -72,6 +72,15 @@ pub(super) fn read_key(e: &Endpoint) -> Result<Option<Secret>, LlmError> {
     }
 }
 
+/// What to do about an endpoint refusing the key, naming the variable
+/// and the manifest key (`Endpoint::key_named`).
+pub(super) fn key_hint(key_env: Option<&str>, key_named: &str) -> String {
+    match key_env {
+        Some(var) => format!("check the key in `{var}` ({key_named})"),
+        None => format!("the endpoint wants a key: name its environment variable in {key_named}"),
+    }
+}
+
 /// `host:port` of a URL (the whole URL if it has no scheme).
 fn host_of(url: &str) -> String {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);

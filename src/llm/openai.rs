@@ -26,7 +26,7 @@ use reqwest::StatusCode;
 use serde_json::{Map, Value};
 
 use super::bucket::Bucket;
-use super::endpoint::{read_key, EndpointReport, Secret, Upstream};
+use super::endpoint::{key_hint, read_key, EndpointReport, Secret, Upstream};
 use super::failure::{
     backoff, error_message, first_line, is_context_limit, may_be_deterministic, parse_reply,
     retry_after, transport_failure, Attempt, Reason,
@@ -446,12 +446,9 @@ impl OpenAiClient {
                     // when no endpoint is left.
                     if up.remove(e.to_string()) {
                         tracing::error!(
-                            "{}: {e}; taken out for the rest of the job (check {})",
+                            "{}: {e}; taken out for the rest of the job ({})",
                             up.name(),
-                            match &up.key_env {
-                                Some(var) => format!("the key in `{var}`, {}", up.key_named),
-                                None => up.key_named.clone(),
-                            }
+                            key_hint(up.key_env.as_deref(), &up.key_named)
                         );
                     }
                     if self.pool.upstreams.iter().all(|u| u.gone()) {

@@ -134,13 +134,7 @@ impl Probe<'_> {
         if status != StatusCode::UNAUTHORIZED && status != StatusCode::FORBIDDEN {
             return Ok(());
         }
-        let check = match self.key_env {
-            Some(var) => format!("check the key in `{var}` ({})", self.key_named),
-            None => format!(
-                "the endpoint wants a key: name its environment variable in {}",
-                self.key_named
-            ),
-        };
+        let check = super::endpoint::key_hint(self.key_env, self.key_named);
         Err(LlmError::Preflight {
             message: format!(
                 "the LLM endpoint {} rejected the credentials (HTTP {}: {}): {check}",

@@ -394,7 +394,7 @@ pub struct WorkspaceSpec {
     #[serde(default)]
     pub containers: super::Containers,
     /// With `containers = "auto"`: the sessions one container is given at
-    /// most. Default: measured at boot (`workspace::capacity`).
+    /// most. Default: measured at boot, at most 256 (`workspace::capacity`).
     #[serde(default)]
     pub sessions_per_container: Option<u32>,
     /// Docker engines the containers are spread over, in turn
@@ -408,7 +408,8 @@ pub struct WorkspaceSpec {
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     /// Variables of convoy's own environment copied into every session.
-    /// Nothing else of it reaches a session; `llm.api_key_env` never does.
+    /// Nothing else of it reaches a session; a key variable
+    /// (`llm.api_key_env`, an endpoint's `api_key_env`) never does.
     #[serde(default)]
     pub pass_env: Vec<String>,
     /// Keep the container after the job (docker only), for inspection.

@@ -97,7 +97,7 @@ kind = "local"
 #mounts = [{ host = "./repo", container = "/workspace", read_only = true }]   # docker only
 #nofile = 65536                  # docker only: the container's open-files limit
 #containers = 1                  # docker only: containers the conversations are spread over, or "auto" (see README, "A fleet of containers")
-#sessions_per_container = 1500   # with containers = "auto": sessions per container (default: measured at boot)
+#sessions_per_container = 1500   # with containers = "auto": sessions per container (default: measured at boot, at most 256)
 #engines = ["unix:///var/run/docker.sock", "tcp://builder-2:2376"]   # docker only: engines the containers are spread over (default: DOCKER_HOST or the local socket)
 #keep = false                    # docker only: keep the container after the job
 #channel = "helper"              # docker only: "helper" (fast) or "exec" (one docker exec per request)

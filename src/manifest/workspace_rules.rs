@@ -104,7 +104,12 @@ pub(super) fn check_workspace(m: &Manifest, check: &mut impl FnMut(bool, &str, &
             .as_ref()
             .map(|k| (k, format!("llm.endpoints[{i}].api_key_env")))
     }));
+    let mut said: Vec<&String> = Vec::new();
     for (key, named) in keys {
+        if said.contains(&key) {
+            continue; // an endpoint naming llm.api_key_env's variable again
+        }
+        said.push(key);
         check(
             !ws.pass_env.iter().any(|k| k == key),
             "workspace.pass_env",
@@ -207,6 +212,7 @@ mod tests {
         let text = "name = \"t\"\n[tasks]\nsource = \"t.jsonl\"\n[prompt]\nuser = \"x\"\n\
             [llm]\napi_key_env = \"A\"\n[[llm.endpoints]]\nbase_url = \"http://a/v1\"\n\
             [[llm.endpoints]]\nbase_url = \"http://b/v1\"\napi_key_env = \"B\"\n\
+            [[llm.endpoints]]\nbase_url = \"http://c/v1\"\napi_key_env = \"A\"\n\
             [workspace]\npass_env = [\"HOME\", \"A\", \"B\"]\n";
         let m: Manifest = toml::from_str(text).unwrap();
         let mut said = Vec::new();

@@ -360,7 +360,7 @@ mod tests {
         let p = dir.join("job.toml");
         std::fs::write(&p, text).unwrap();
         let job = load(&p).map_err(|e| e.to_string())?;
-        super::super::plan(&job).map_err(|e| e.to_string())
+        super::super::plan(&job, true).map_err(|e| e.to_string())
     }
 
     fn plan_of(dir: &Path, workspace: &str, tables: &str, rows: &str) -> Result<Vec<Task>, String> {

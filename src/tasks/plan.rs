@@ -21,10 +21,10 @@ pub struct Task {
     pub id: String,
     /// Line of the row in the task source.
     pub line: usize,
-    /// The row's fields, kept only for the `script` provider, which plays
-    /// the policy a row holds; empty otherwise (everything else a row
-    /// feeds is rendered here, and a 100,000-row job should not hold every
-    /// row twice).
+    /// The row's fields, when the plan was asked to keep them (the
+    /// `script` provider plays the policy a row holds); empty otherwise:
+    /// everything else a row feeds is rendered here, and a 100,000-row
+    /// job should not hold every row twice.
     pub vars: Map<String, Value>,
     pub system: Option<String>,
     pub user: String,
@@ -87,7 +87,10 @@ pub fn template_env() -> Environment<'static> {
 }
 
 /// Reads every row of the job's source and renders every prompt.
-pub fn plan(job: &Job) -> Result<Vec<Task>, TaskError> {
+/// `keep_rows`: keep each row's fields in its tasks (`Task::vars`), for
+/// whoever reads them later (the script provider plays a row's policy);
+/// without it they are dropped once the row is rendered.
+pub fn plan(job: &Job, keep_rows: bool) -> Result<Vec<Task>, TaskError> {
     let m = &job.manifest;
     let path = job.resolve(&m.tasks.source);
     let rows = read_rows(&path).map_err(|e| match e {
@@ -131,7 +134,6 @@ pub fn plan(job: &Job) -> Result<Vec<Task>, TaskError> {
 
     let envs = EnvTemplates::new(job, &path)?;
     let repeat = m.tasks.repeat as usize;
-    let keep_rows = m.llm.provider == crate::manifest::Provider::Script;
     let mut tasks = Vec::with_capacity(rows.len() * repeat);
     let mut first_line: HashMap<String, usize> = HashMap::with_capacity(rows.len());
     // Each row is dropped once its tasks are made, so the rows and the
@@ -266,7 +268,7 @@ mod tests {
             "id = \"{{ path }}\"\nrepeat = 2",
             "{\"path\":\"a\"}\n{\"path\":\"b\"}\n",
         );
-        let t = plan(&j).unwrap();
+        let t = plan(&j, true).unwrap();
         let ids: Vec<_> = t.iter().map(|t| t.id.as_str()).collect();
         assert_eq!(ids, ["a#1", "a#2", "b#1", "b#2"]);
         assert_eq!(t[2].user, "read b");
@@ -276,7 +278,7 @@ mod tests {
     fn default_id_is_line_number() {
         let d = tempfile::tempdir().unwrap();
         let j = job(d.path(), "", "{\"path\":\"a\"}\n\n{\"path\":\"b\"}\n");
-        let ids: Vec<_> = plan(&j).unwrap().into_iter().map(|t| t.id).collect();
+        let ids: Vec<_> = plan(&j, true).unwrap().into_iter().map(|t| t.id).collect();
         assert_eq!(ids, ["1", "3"]);
     }
 
@@ -288,7 +290,7 @@ mod tests {
             "",
             "{\"path\":\"a\"}\n{\"path\":\"b\"}\n{\"path\":\"c\"}\n{\"file\":\"d\"}\n",
         );
-        let err = plan(&j).unwrap_err().to_string();
+        let err = plan(&j, true).unwrap_err().to_string();
         assert!(
             err.ends_with("t.jsonl:4: prompt.user: undefined variable `path` (row has: file)"),
             "{err}"
@@ -299,7 +301,7 @@ mod tests {
             "id = \"{{ name }}-{{ path }}\"",
             "{\"path\":\"a\",\"n\":1}\n",
         );
-        let err = plan(&j).unwrap_err().to_string();
+        let err = plan(&j, true).unwrap_err().to_string();
         assert!(
             err.ends_with("t.jsonl:1: tasks.id: undefined variable `name` (row has: path, n)"),
             "{err}"
@@ -311,7 +313,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let j = job(d.path(), "", "{}\n");
         std::fs::remove_file(d.path().join("t.jsonl")).unwrap();
-        let err = plan(&j).unwrap_err().to_string();
+        let err = plan(&j, true).unwrap_err().to_string();
         assert!(
             err.contains("job.toml`: line 3, key `tasks.source`: cannot read `"),
             "{err}"
@@ -327,7 +329,7 @@ mod tests {
             "id = \"{{ path }}\"",
             "{\"path\":\"a\"}\n{\"path\":\"b\"}\n{\"path\":\"a\"}\n",
         );
-        let err = plan(&j).unwrap_err().to_string();
+        let err = plan(&j, true).unwrap_err().to_string();
         assert!(
             err.contains("t.jsonl:3: duplicate task id `a` (first at line 1)"),
             "{err}"

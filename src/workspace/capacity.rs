@@ -21,9 +21,9 @@
 //!   a container's sessions, and each session closed costs the helper a
 //!   scan of the container's processes, so the work per conversation grows
 //!   with the sessions in the container. Measured here (README, "A fleet
-//!   of containers"): one container at 1,024 busy sessions ran 20-25
-//!   conversations/s with thousands of closes unanswered within 10 s; four
-//!   of 256 ran 40 with none.
+//!   of containers"): one container at 1,024 busy sessions ran 23.6
+//!   conversations/s (as many as one at 256) with thousands of closes
+//!   unanswered within 10 s; four of 256 ran 40.2 with none.
 //!
 //! The smallest of these is the capacity; `workspace.sessions_per_container`
 //! replaces it. The fleet is then `ceil(run.workers / capacity)` containers
@@ -84,18 +84,17 @@ pub fn capacity(cost: IdleCost, nofile: u64, spec: &WorkspaceSpec) -> Capacity {
         return c;
     }
     let share = |limit: u64, each: u64| ((limit as f64 * SHARE) / each.max(1) as f64) as u64;
+    let busy = format!("busy sessions: {BUSY_SESSIONS} per container");
+    let files = format!(
+        "open files: 80% of {nofile} over {} per idle session",
+        cost.files
+    );
     let mut bounds = vec![
         (
             BUSY_SESSIONS,
-            format!("busy sessions: {BUSY_SESSIONS} per container (one helper and tmux server serve them)"),
+            busy + " (one helper and tmux server serve them)",
         ),
-        (
-        share(nofile, cost.files),
-        format!(
-            "open files: 80% of {nofile} over {} per idle session",
-                cost.files
-            ),
-        ),
+        (share(nofile, cost.files), files),
     ];
     if let Some(pids) = spec.pids_limit {
         bounds.push((

@@ -24,7 +24,7 @@ use super::channel::{ExecClient, Isolation, Link, CONF, EXEC_FILES, EXEC_ROOT, R
 use super::docker_exec::{exec_output, start_helper, upload};
 use super::error::WorkspaceError;
 use super::helper_flags::{shim_config, shim_flags};
-use super::sweep;
+use super::{sweep, warnings};
 use crate::manifest::{ChannelKind, Job, WorkspaceSpec};
 
 pub(super) use super::engines::client;
@@ -99,7 +99,7 @@ impl DockerBackend {
         let spec = &job.manifest.workspace;
         let docker = connect_to(engine).await?;
         check_image(&docker, &spec.image).await?;
-        warn_slow_workdirs(&docker, job, engine).await;
+        warnings::warn_slow_workdirs(&docker, job).await;
         let mut backend = DockerBackend {
             docker,
             container: None,
@@ -193,9 +193,9 @@ impl DockerBackend {
                 let probe = probe_body(&image, self.owner_labels());
                 match daemon_nofile_limit(&self.docker, probe).await {
                     Some(max) if max < asked => {
-                        tracing::warn!(
+                        warnings::warn_once(format!(
                             "workspace.nofile = {asked} is more than the Docker daemon allows ({max}); using {max}"
-                        );
+                        ));
                         self.nofile = max;
                         self.create_and_start(max).await?
                     }
@@ -479,72 +479,9 @@ fn helper_command(spec: &WorkspaceSpec) -> Vec<String> {
         .collect()
 }
 
-/// Says so when task workdirs will be made on the container's own
-/// filesystem and the engine's storage driver is fuse-overlayfs, where
-/// every directory and file created costs a round trip to its daemon
-/// (measured here: 1 to 2 ms each, and they queue under load; README,
-/// "What a task environment costs"). A mount is the way out. Said once
-/// per engine, not per container of a fleet (or per replacement).
-async fn warn_slow_workdirs(docker: &Docker, job: &Job, engine: Option<&str>) {
-    static SAID: std::sync::Mutex<Vec<Option<String>>> = std::sync::Mutex::new(Vec::new());
-    let Some(env) = &job.manifest.environment else {
-        return;
-    };
-    if under_a_mount(&env.workdir, &job.manifest.workspace.mounts) {
-        return;
-    }
-    {
-        let mut said = SAID.lock().unwrap_or_else(|e| e.into_inner());
-        let engine = engine.map(str::to_string);
-        if said.contains(&engine) {
-            return;
-        }
-        said.push(engine);
-    }
-    let driver = docker.info().await.ok().and_then(|i| i.driver);
-    if driver.as_deref() == Some("fuse-overlayfs") {
-        tracing::warn!(
-            "environment.workdir = {:?} is on the container's own filesystem, and this Docker engine's storage driver is fuse-overlayfs: each file and directory a task's workdir gets costs 1 to 2 ms there; mount a host directory at its parent ([[workspace.mounts]]) (a task of 3 small files then takes under a millisecond)",
-            env.workdir
-        );
-    }
-}
-
-/// Whether every workdir the template renders is inside a mount: its part
-/// before anything rendered is.
-fn under_a_mount(workdir: &str, mounts: &[crate::manifest::Mount]) -> bool {
-    let fixed = workdir.split("{{").next().unwrap_or_default();
-    mounts.iter().any(|m| {
-        let root = m.container.trim_end_matches('/');
-        fixed.starts_with(&format!("{root}/"))
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn workdirs_under_a_mount_are_told_by_their_fixed_part() {
-        let mounts: Vec<crate::manifest::Mount> =
-            toml::from_str::<toml::Table>("m = [{ host = \"/h\", container = \"/tasks/\" }]")
-                .unwrap()["m"]
-                .clone()
-                .try_into()
-                .unwrap();
-        assert!(under_a_mount("/tasks/{{ id }}", &mounts));
-        assert!(under_a_mount("/tasks/run1/{{ id }}/src", &mounts));
-        assert!(
-            !under_a_mount("/tasks{{ id }}", &mounts),
-            "/tasksX is not under /tasks"
-        );
-        assert!(
-            !under_a_mount("/tasks", &mounts),
-            "the mount point itself is replaced"
-        );
-        assert!(!under_a_mount("/work/{{ id }}", &mounts));
-        assert!(!under_a_mount("/work/{{ id }}", &[]));
-    }
 
     #[test]
     fn the_nofile_probe_carries_the_owner_labels_of_the_job_container() {

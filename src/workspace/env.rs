@@ -33,7 +33,8 @@ pub struct Place {
 
 /// The variables of convoy's own environment named in
 /// `workspace.pass_env`, then `workspace.env` (which wins). Validation
-/// refused `llm.api_key_env` in `pass_env`; a named variable convoy does
+/// refused every key variable (`llm.api_key_env`, each endpoint's) in
+/// `pass_env`; a named variable convoy does
 /// not have is said once.
 pub(super) fn configured(spec: &crate::manifest::WorkspaceSpec) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = Vec::new();

@@ -17,6 +17,7 @@ pub mod procfs;
 mod session;
 mod shared;
 pub mod sweep;
+mod warnings;
 
 pub use channel::protocol::{ErrorKind, Prepare, RunOutput};
 pub use env::{Place, ALWAYS as DEFAULT_ENV, HOME_DIR, TMP_DIR};
