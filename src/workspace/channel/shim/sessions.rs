@@ -175,13 +175,16 @@ impl Shim {
         // status (a shell that died while starting says why); then the
         // helper removes exactly that pane (by its id: a hook's own
         // default target may be another session's pane by then).
-        // `-b`: tmux 3.3a (Debian bookworm's) keeps about 14 KB of every
-        // `run-shell` a hook runs in the foreground and works through it
-        // ever after: over 25,000 conversations a container's tmux server
-        // grew to 290 MB and its conversations/s fell by two thirds. In the
-        // background it keeps about 3 KB (README, "A fleet of containers").
+        // Known cost (README, "A fleet of containers"): tmux 3.3a (Debian
+        // bookworm's) keeps about 14 KB of every `run-shell` a hook runs
+        // and goes through them ever after, so a long run slows down (a
+        // container's tmux server grew to 290 MB over 25,000 conversations
+        // and its conversations/s fell by two thirds). `run-shell -b`
+        // keeps about 3 KB, but with it a conversation's command now and
+        // then hangs for a minute while another's shell dies
+        // (tests/containment.rs, hostile shells: 5 of 12 runs); not used.
         let died = format!(
-            "run-shell -b \"printf '%s %s %s died\\\\n' '#{{session_name}}' '#{{pane_id}}' '#{{pane_dead_status}}' >'{}'\"",
+            "run-shell \"printf '%s %s %s died\\\\n' '#{{session_name}}' '#{{pane_id}}' '#{{pane_dead_status}}' >'{}'\"",
             died_fifo.display()
         );
         for args in [
