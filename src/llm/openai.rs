@@ -409,9 +409,10 @@ impl OpenAiClient {
                     ..
                 } => {
                     if let Some(limit) = routed.slot.throttled() {
-                        let whose = match self.pool.several() {
-                            true => format!("{} throttles", up.name()),
-                            false => "LLM endpoint throttles".to_string(),
+                        let whose = if self.pool.several() {
+                            format!("{} throttles", up.name())
+                        } else {
+                            "LLM endpoint throttles".to_string()
                         };
                         tracing::info!("{whose} (429): in-flight limit cut to {limit}");
                     }

@@ -93,28 +93,29 @@ pub(super) fn check_workspace(m: &Manifest, check: &mut impl FnMut(bool, &str, &
         "workspace.pass_env",
         "variable names must be letters, digits and '_', not starting with a digit",
     );
-    // Every key variable of the job: `llm.api_key_env` and each endpoint's.
-    let keys = m
+    // Every key variable of the job, `llm.api_key_env` first, then each
+    // endpoint's as resolved (named by the manifest key it came from);
+    // each variable once.
+    let own = m
         .llm
         .api_key_env
-        .iter()
+        .clone()
         .map(|k| (k, "llm.api_key_env".to_string()));
-    let keys = keys.chain(m.llm.endpoints.iter().enumerate().filter_map(|(i, e)| {
-        e.api_key_env
-            .as_ref()
-            .map(|k| (k, format!("llm.endpoints[{i}].api_key_env")))
-    }));
-    let mut said: Vec<&String> = Vec::new();
+    let endpoints = m.llm.endpoints().into_iter();
+    let keys = own
+        .into_iter()
+        .chain(endpoints.filter_map(|e| Some((e.api_key_env?, e.key_named))));
+    let mut said: Vec<String> = Vec::new();
     for (key, named) in keys {
         if said.contains(&key) {
-            continue; // an endpoint naming llm.api_key_env's variable again
+            continue;
         }
-        said.push(key);
         check(
-            !ws.pass_env.iter().any(|k| k == key),
+            !ws.pass_env.contains(&key),
             "workspace.pass_env",
             &format!("`{key}` is {named}: an API key never reaches a session"),
         );
+        said.push(key);
     }
     check(
         ws.kind == WorkspaceKind::Docker || ws.workdir.as_deref().is_none_or(|w| !w.is_empty()),

@@ -78,24 +78,18 @@ pub fn given(spec: &WorkspaceSpec) -> Option<Capacity> {
     })
 }
 
-/// The capacity from an idle session's cost and the limits that bind.
+/// The capacity from an idle session's cost and the limits that bind
+/// (the fleet asks [`given`] first, and measures only without it).
 pub fn capacity(cost: IdleCost, nofile: u64, spec: &WorkspaceSpec) -> Capacity {
-    if let Some(c) = given(spec) {
-        return c;
-    }
     let share = |limit: u64, each: u64| ((limit as f64 * SHARE) / each.max(1) as f64) as u64;
-    let busy = format!("busy sessions: {BUSY_SESSIONS} per container");
+    let busy = format!(
+        "busy sessions: {BUSY_SESSIONS} per container (one helper and tmux server serve them)"
+    );
     let files = format!(
         "open files: 80% of {nofile} over {} per idle session",
         cost.files
     );
-    let mut bounds = vec![
-        (
-            BUSY_SESSIONS,
-            busy + " (one helper and tmux server serve them)",
-        ),
-        (share(nofile, cost.files), files),
-    ];
+    let mut bounds = vec![(BUSY_SESSIONS, busy), (share(nofile, cost.files), files)];
     if let Some(pids) = spec.pids_limit {
         bounds.push((
             share(pids.max(0) as u64, cost.processes),
@@ -155,11 +149,7 @@ mod tests {
         assert_eq!((c.sessions, c.why.starts_with("processes")), (160, true));
         let c = capacity(cost, 20000, &spec("memory = \"1g\""));
         assert_eq!((c.sessions, c.why.starts_with("memory")), (102, true));
-        let c = capacity(
-            cost,
-            20000,
-            &spec("containers = \"auto\"\nsessions_per_container = 50"),
-        );
+        let c = given(&spec("containers = \"auto\"\nsessions_per_container = 50")).unwrap();
         assert_eq!(c.sessions, 50);
     }
 

@@ -16,12 +16,10 @@ use super::error::WorkspaceError;
 /// `~/.docker`), as the docker CLI does.
 pub async fn connect_to(engine: Option<&str>) -> Result<Docker, WorkspaceError> {
     let named = engine.map(str::to_string).unwrap_or_else(default_engine);
-    let docker =
-        client(engine).map_err(|e| boot(format!("cannot reach Docker at {named}: {e}")))?;
-    docker
-        .ping()
-        .await
-        .map_err(|e| boot(format!("cannot reach Docker at {named}: {e}")))?;
+    let unreachable =
+        |e: bollard::errors::Error| boot(format!("cannot reach Docker at {named}: {e}"));
+    let docker = client(engine).map_err(unreachable)?;
+    docker.ping().await.map_err(unreachable)?;
     Ok(docker)
 }
 
