@@ -1,7 +1,8 @@
 //! Completion records: the line a session's shell writes to its own FIFO
-//! when a command is done (`NAME K STATUS prompt|exit|ready`), the line
-//! tmux's hook writes to the helper's FIFO when a shell's process ends
-//! (`NAME %PANE STATUS died`), and the requests waiting for them.
+//! when a command is done (`NAME K STATUS prompt|exit|ready`) or when it
+//! cannot start bash (`NAME %PANE 127 died`), the deaths of shells'
+//! processes ([`super::dead_panes`] tells them), and the requests waiting
+//! for them.
 //!
 //! A session's FIFO can be written by that session alone (with `user`
 //! isolation: by its uid), and a record read from it counts only if it
@@ -22,8 +23,8 @@ pub(super) struct Completion {
     pub shell_exited: bool,
 }
 
-/// Shells whose process ended (tmux's `pane-died` hook writes
-/// `NAME %PANE STATUS died`, then removes the dead pane), for a shell
+/// Shells whose process ended (told by [`super::dead_panes`], which then
+/// removes the dead pane), for a shell
 /// start waiting to know whether its own shell died. Keyed by session and
 /// pane id (never reused by the server), so the death of the
 /// shell a restart replaces is never taken for the new one's; a death that
@@ -62,11 +63,14 @@ impl Deaths {
         self.waiting.remove(&(session.to_string(), pane));
     }
 
-    fn died(&mut self, key: (String, u32), status: i32) {
+    pub fn died(&mut self, key: (String, u32), status: i32) {
         match self.waiting.remove(&key) {
             Some(tx) => {
                 let _ = tx.send(status);
             }
+            // Told twice (a shell's own record, then tmux): kept once, so
+            // that repeats never push other deaths out.
+            None if self.seen.iter().any(|(k, _)| *k == key) => {}
             None => {
                 if self.seen.len() >= DEATHS_KEPT {
                     self.seen.pop_front();
@@ -81,19 +85,18 @@ impl Deaths {
 /// is not a record.
 const MAX_RECORD: u64 = 512;
 
-/// Reads completion records from one FIFO and wakes their waiters: the FIFO
-/// of session `only` (records naming another session are dropped), or,
-/// with `None`, the helper's own. What a session writes is untrusted: a
+/// Reads completion records from the FIFO of session `only` (records
+/// naming another session are dropped) and wakes their waiters. What a
+/// session writes is untrusted: a
 /// line that is not UTF-8,
 /// not a record, or longer than a record is skipped (never the end of the
 /// reader, which would stop every session's commands), and a line without
 /// an end is never buffered beyond `MAX_RECORD`.
 pub(super) async fn read_completions(
     receiver: tokio::net::unix::pipe::Receiver,
-    only: Option<String>,
+    only: String,
     waiters: Waiters,
     deaths: SharedDeaths,
-    dead_panes: tokio::sync::mpsc::UnboundedSender<u32>,
 ) {
     let mut reader = BufReader::new(receiver);
     let mut line = Vec::new();
@@ -111,7 +114,7 @@ pub(super) async fn read_completions(
             let name = match r {
                 Record::Done((name, _), _) | Record::Died((name, _), _) => name,
             };
-            only.as_ref().is_none_or(|o| o == name)
+            *name == only
         });
         match record {
             Some(Record::Done(key, completion)) => {
@@ -121,10 +124,6 @@ pub(super) async fn read_completions(
                 }
             }
             Some(Record::Died(key, status)) => {
-                // The control client's session stays: its client needs it.
-                if key.0 != super::super::tmux::CONTROL_SESSION {
-                    let _ = dead_panes.send(key.1);
-                }
                 deaths.lock().expect("deaths lock").died(key, status);
             }
             None => {}
@@ -135,8 +134,8 @@ pub(super) async fn read_completions(
 enum Record {
     /// A shell's record: (session, sequence), and how the command ended.
     Done((String, u64), Completion),
-    /// tmux's: (session, pane id without its `%`), and the shell's exit
-    /// status.
+    /// A shell that cannot start: (session, pane id without its `%`), and
+    /// its exit status.
     Died((String, u32), i32),
 }
 
@@ -160,7 +159,7 @@ fn parse_record(line: &[u8]) -> Option<Record> {
     let (name, seq, status) = (parts.next()?, parts.next()?, parts.next()?);
     if let Some(pane) = seq.strip_prefix('%') {
         let pane = pane.parse::<u32>().ok()?;
-        // tmux has no exit status for a shell killed by a signal.
+        // No status: as a shell killed by a signal, which has none.
         let status = status.parse::<i32>().unwrap_or(-1);
         return (parts.next() == Some("died"))
             .then(|| Record::Died((name.to_string(), pane), status));

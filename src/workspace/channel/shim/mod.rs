@@ -38,12 +38,14 @@
 //! [`users`] hands out session uids and launches shells; [`limits`] holds
 //! each session to `session_memory`; [`run`] runs one command and
 //! interrupts it on timeout; [`completions`] reads the completion records;
+//! [`dead_panes`] learns of shells' deaths and removes their panes;
 //! [`sweep`] kills what a closed session left; [`diagnose`] says why a
 //! shell did not start.
 
 mod adopt;
 mod check;
 mod completions;
+mod dead_panes;
 mod diagnose;
 mod gateway;
 mod limits;

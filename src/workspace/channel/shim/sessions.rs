@@ -46,8 +46,8 @@ impl Drop for Reader {
 type Registry = Mutex<HashMap<String, Arc<tokio::sync::Mutex<SessionState>>>>;
 
 /// The helper. Its root holds `rc.bash` (readable by all), `p/` (the
-/// helper's own: tmux socket and config, pid file, the FIFO tmux's hook
-/// writes to, each session's metadata; mode 0700), `s/NAME/` (a session's
+/// helper's own: tmux socket and config, pid file, each session's
+/// metadata; mode 0700), `s/NAME/` (a session's
 /// command and output files and its HOME: the session's own, mode 0700)
 /// and `f/NAME` (the session's completion FIFO, writable by that session
 /// only). `root`, `s/` and `f/` are mode 0711: a session reaches its own
@@ -68,7 +68,6 @@ pub(super) struct Shim {
     pub scope: Scope,
     pub waiters: Waiters,
     pub deaths: SharedDeaths,
-    dead_panes: mpsc::UnboundedSender<u32>,
     /// Closed sessions whose processes must die; answered once the sweep
     /// is done.
     pub sweeps: mpsc::UnboundedSender<SweepRequest>,
@@ -158,10 +157,6 @@ impl Shim {
         make_dir(&private.join("meta"), 0o700)?;
         make_dir(&root.join("s"), 0o711)?;
         make_dir(&root.join("f"), 0o711)?;
-        let died_fifo = private.join("died.fifo");
-        let _ = std::fs::remove_file(&died_fifo);
-        nix::unistd::mkfifo(&died_fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
-            .with_context(|| format!("cannot create FIFO {}", died_fifo.display()))?;
         let rc = root.join("rc.bash");
         std::fs::write(&rc, RC)?;
         {
@@ -171,22 +166,10 @@ impl Shim {
         let exe = std::env::current_exe().context("cannot find the convoy binary")?;
         let tmux = Tmux::new(&private)?;
         start_server(&exe, &private, &tmux).await?;
-        // A pane whose process ended stays until the hook has reported its
-        // status (a shell that died while starting says why); then the
-        // helper removes exactly that pane (by its id: a hook's own
-        // default target may be another session's pane by then).
-        // Known cost (README, "A fleet of containers"): tmux 3.3a (Debian
-        // bookworm's) keeps about 14 KB of every `run-shell` a hook runs
-        // and goes through them ever after, so a long run slows down (a
-        // container's tmux server grew to 290 MB over 25,000 conversations
-        // and its conversations/s fell by two thirds). `run-shell -b`
-        // keeps about 3 KB, but with it a conversation's command now and
-        // then hangs for a minute while another's shell dies
-        // (tests/containment.rs, hostile shells: 5 of 12 runs); not used.
-        let died = format!(
-            "run-shell \"printf '%s %s %s died\\\\n' '#{{session_name}}' '#{{pane_id}}' '#{{pane_dead_status}}' >'{}'\"",
-            died_fifo.display()
-        );
+        // A pane whose process ended stays until the watcher has told its
+        // death (a shell that died while starting says why), then the
+        // watcher removes exactly that pane (see `dead_panes`).
+        let died = super::dead_panes::hook();
         for args in [
             vec!["set-option", "-g", "remain-on-exit", "on"],
             // The shell's start line is POSIX sh, whatever the user's SHELL.
@@ -207,41 +190,7 @@ impl Shim {
 
         let waiters: Waiters = Arc::default();
         let deaths: SharedDeaths = Arc::default();
-        let (dead_panes, mut dead_rx) = mpsc::unbounded_channel::<u32>();
-        // Read-write, so the FIFO never reports EOF when no writer has it
-        // open and writers never block for lack of a reader.
-        let receiver = tokio::net::unix::pipe::OpenOptions::new()
-            .read_write(true)
-            .open_receiver(&died_fifo)
-            .with_context(|| format!("cannot open FIFO {}", died_fifo.display()))?;
-        tokio::spawn(read_completions(
-            receiver,
-            None,
-            waiters.clone(),
-            deaths.clone(),
-            dead_panes.clone(),
-        ));
-        let reaper = tmux.clone();
-        tokio::spawn(async move {
-            while let Some(pane) = dead_rx.recv().await {
-                // Remove the pane only if tmux says it is dead. Gone
-                // already (a restart removed its session) is fine.
-                let pane = format!("%{pane}");
-                // A client of its own: if-shell answers in more than one
-                // block, which would put the control client's answers out
-                // of step with its requests.
-                let _ = reaper
-                    .spawn_call(&[
-                        "if-shell",
-                        "-F",
-                        "-t",
-                        &pane,
-                        "#{pane_dead}",
-                        &format!("kill-pane -t {pane}"),
-                    ])
-                    .await;
-            }
-        });
+        tokio::spawn(super::dead_panes::watch(tmux.clone(), deaths.clone()));
 
         let sessions: Arc<Registry> = Arc::default();
         let users = Arc::new(Mutex::new(Users::load_or_draw(&private.join("uid-base"))?));
@@ -267,7 +216,6 @@ impl Shim {
             scope,
             waiters,
             deaths,
-            dead_panes,
             sweeps,
             notes: Mutex::default(),
             ids: Mutex::default(),
@@ -285,10 +233,9 @@ impl Shim {
             .open_receiver(self.fifo_path(session))?;
         Ok(Reader(tokio::spawn(read_completions(
             receiver,
-            Some(session.to_string()),
+            session.to_string(),
             self.waiters.clone(),
             self.deaths.clone(),
-            self.dead_panes.clone(),
         ))))
     }
 

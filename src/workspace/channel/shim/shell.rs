@@ -113,9 +113,8 @@ impl Shim {
             quote(&self.rc.display().to_string())
         ));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        // The shell announces itself once its rc file ran; tmux's
-        // pane-died hook reports a shell that ended before (see
-        // `Shim::start`). Either way a shell that cannot start is an error
+        // The shell announces itself once its rc file ran; the dead-pane
+        // watcher reports a shell that ended before (see `dead_panes`). Either way a shell that cannot start is an error
         // here that says why, not a mystery on the first command.
         let (tx, mut rx) = oneshot::channel();
         let key = (name.to_string(), 0);
