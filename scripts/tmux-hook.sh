@@ -16,6 +16,7 @@
 set -euo pipefail
 image=${1:-convoy-workspace:bookworm}
 batches=${2:-30}
+[ "$batches" -gt 10 ] || { echo "BATCHES must be more than 10" >&2; exit 2; }
 printf '| way | CPU ticks, batch 1 / 10 / %s | RSS after %s sessions (MB) | dead panes never removed |\n|---|---|---:|---:|\n' "$batches" $((batches * 200))
 for way in run-shell wait-for poll; do
   docker run --rm -i --network none "$image" bash -s "$way" "$batches" <<'IN'
@@ -56,7 +57,9 @@ case $way in
     ( while t has-session -t keep 2>/dev/null; do reap; sleep 0.05; done ) & ;;
 esac
 pid=$(t display-message -p '#{pid}')
-ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
+# utime + stime: fields 14 and 15 of /proc/PID/stat, counted after the
+# name in parentheses (`tmux: server` has a space in it).
+ticks() { sed 's/.*) //' "/proc/$pid/stat" | awk '{print $12 + $13}'; }
 out=()
 left=0
 for b in $(seq "$batches"); do

@@ -259,6 +259,18 @@ fn hostile_cases() -> Vec<(&'static str, Vec<&'static str>, Vec<String>)> {
             ],
         ),
         (
+            // The program that replaces the shell holds no terminal (its
+            // output goes to a file), so the pane's terminal closes, tmux
+            // hangs the program up, and the death is told with no status
+            // (a signal): at once, not after the 3 s command_timeout.
+            "exec_replaces_the_shell",
+            vec!["exec sleep 30", "echo next"],
+            vec![
+                format!("[exit code: -1]\n{EXITED}"),
+                format!("{RESTARTED}\nnext\n"),
+            ],
+        ),
+        (
             "debug_trap_that_skips_everything",
             vec!["shopt -s extdebug; trap false DEBUG", "echo lost", "echo next"],
             // The trap skips the hook that reports the very command that

@@ -54,7 +54,10 @@ pub(super) async fn watch(tmux: Tmux, deaths: SharedDeaths) {
             if !tmux.server_answers() {
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            // No client could wait (out of processes?): list now and then
+            // all the same.
+            reap(&tmux, &deaths).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         };
         // After registering: a death from before (a previous helper's too)
@@ -70,8 +73,9 @@ pub(super) async fn watch(tmux: Tmux, deaths: SharedDeaths) {
 }
 
 /// A tmux client waiting on the channel, once it says its wait is
-/// registered. Never killed while the helper lives: tmux keeps a waiter
-/// whose client went away until the next signal.
+/// registered. Killed only when it does not say so in time (or with the
+/// helper): tmux keeps a waiting client that went away for as long as the
+/// server lives, a small cost that must stay rare.
 async fn register(tmux: &Tmux) -> Option<tokio::process::Child> {
     use tokio::io::AsyncBufReadExt;
     let line = tmux.command_line(&["display-message", "-p", "ready", ";", "wait-for", CHANNEL]);
@@ -102,7 +106,7 @@ async fn reap(tmux: &Tmux, deaths: &SharedDeaths) {
             "-f",
             "#{pane_dead}",
             "-F",
-            "#{session_name} #{pane_id} #{pane_dead_status}",
+            "#{session_name} #{pane_id} #{pane_dead_status} #{pane_dead_signal}",
         ])
         .await
     else {
@@ -122,14 +126,22 @@ async fn reap(tmux: &Tmux, deaths: &SharedDeaths) {
     }
 }
 
-/// `NAME %PANE STATUS`: the session, the pane id without its `%`, and the
-/// exit status (-1 for a shell killed by a signal, which has none).
+/// `NAME %PANE STATUS SIGNAL`: the session, the pane id without its `%`,
+/// and the exit status (-1 for a shell killed by a signal, which has
+/// none). A pane whose terminal closed before tmux learned how its process
+/// ended has neither yet (`exec` of a program that closed it): not told,
+/// not removed; `pane-died` fires once tmux knows, and wakes the watcher.
 fn parse_dead(line: &str) -> Option<(&str, u32, i32)> {
     let mut parts = line.split(' ');
     let session = parts.next()?;
     let pane = parts.next()?.strip_prefix('%')?.parse().ok()?;
-    let status = parts.next().unwrap_or("").parse().unwrap_or(-1);
-    Some((session, pane, status))
+    let status = parts.next().unwrap_or("");
+    let signal = parts.next().unwrap_or("");
+    match (status.parse().ok(), signal.is_empty()) {
+        (Some(status), _) => Some((session, pane, status)),
+        (None, false) => Some((session, pane, -1)),
+        (None, true) => None,
+    }
 }
 
 #[cfg(test)]
@@ -137,10 +149,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_listed_dead_pane_parses_and_a_signal_has_no_status() {
-        assert_eq!(parse_dead("c3 %4242 127"), Some(("c3", 4242, 127)));
-        assert_eq!(parse_dead("c3 %7 "), Some(("c3", 7, -1)));
-        assert_eq!(parse_dead("c3 7 0"), None);
+    fn a_listed_dead_pane_parses_and_one_without_its_end_yet_waits() {
+        assert_eq!(parse_dead("c3 %4242 127 "), Some(("c3", 4242, 127)));
+        assert_eq!(parse_dead("c3 %7  9"), Some(("c3", 7, -1)));
+        assert_eq!(parse_dead("c3 %7  "), None, "how it ended is not known yet");
+        assert_eq!(parse_dead("c3 7 0 "), None);
         assert_eq!(parse_dead(""), None);
     }
 }

@@ -118,8 +118,9 @@ impl Shim {
     }
 
     /// The command's completion record, or, if its shell's process ends
-    /// first (killed: no EXIT trap runs), the word of tmux's hook, once
-    /// tmux confirms the pane is dead (any session can write a record).
+    /// first (killed: no EXIT trap runs), its death as the dead-pane
+    /// watcher tells it, once tmux confirms the pane is dead (a session
+    /// can write a death record of its own).
     async fn completion(
         &self,
         name: &str,
@@ -134,8 +135,8 @@ impl Shim {
             }
         };
         // Biased, the record first: a shell that ends by `exit` writes its
-        // record (EXIT trap) before tmux reports the pane dead, on the same
-        // FIFO, so when both are in, the record tells the true status.
+        // record (EXIT trap) before its process ends, so when both are in,
+        // the record tells the true status.
         let done = tokio::select! {
             biased;
             done = &mut *rx => done.ok(),

@@ -190,8 +190,6 @@ impl Shim {
 
         let waiters: Waiters = Arc::default();
         let deaths: SharedDeaths = Arc::default();
-        tokio::spawn(super::dead_panes::watch(tmux.clone(), deaths.clone()));
-
         let sessions: Arc<Registry> = Arc::default();
         let users = Arc::new(Mutex::new(Users::load_or_draw(&private.join("uid-base"))?));
         let scope = Scope {
@@ -223,6 +221,12 @@ impl Shim {
         };
         shim.replace_previous()?;
         shim.adopt().await;
+        // After adopting: its first listing would remove a previous
+        // helper's dead sessions before they were adopted.
+        tokio::spawn(super::dead_panes::watch(
+            shim.tmux.clone(),
+            shim.deaths.clone(),
+        ));
         Ok(shim)
     }
 

@@ -114,8 +114,9 @@ impl Shim {
         ));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         // The shell announces itself once its rc file ran; the dead-pane
-        // watcher reports a shell that ended before (see `dead_panes`). Either way a shell that cannot start is an error
-        // here that says why, not a mystery on the first command.
+        // watcher reports a shell that ended before (see `dead_panes`).
+        // Either way a shell that cannot start is an error here that says
+        // why, not a mystery on the first command.
         let (tx, mut rx) = oneshot::channel();
         let key = (name.to_string(), 0);
         self.waiters
@@ -157,8 +158,8 @@ impl Shim {
                 Ok(Ok(_)) => None,
                 _ => Some(NoShell::Silent(SHELL_START_TIMEOUT.as_secs())),
             },
-            // The hook's word has been seen to go missing under load:
-            // a start that takes long also asks tmux itself.
+            // A start that takes long also asks tmux itself (the
+            // watcher's word was not to be missed, but this costs little).
             status = self.dead_pane_status(pane) => Some(NoShell::Died(status)),
             Some(status) = died => {
                 // Any session can write a death record: believe tmux,
