@@ -162,6 +162,17 @@ impl Tmux {
         std::os::unix::net::UnixStream::connect(&self.socket).is_ok()
     }
 
+    /// Whether no server listens on the socket: none there, or refused.
+    /// Any other failure (out of open files) says nothing either way.
+    pub fn server_gone(&self) -> bool {
+        std::os::unix::net::UnixStream::connect(&self.socket).is_err_and(|e| {
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            )
+        })
+    }
+
     /// One tmux client process for one command line.
     pub async fn spawn_call(&self, args: &[&str]) -> Result<String, String> {
         let out = tokio::process::Command::new("tmux")

@@ -159,8 +159,7 @@ fn parse_record(line: &[u8]) -> Option<Record> {
     let (name, seq, status) = (parts.next()?, parts.next()?, parts.next()?);
     if let Some(pane) = seq.strip_prefix('%') {
         let pane = pane.parse::<u32>().ok()?;
-        // No status: as a shell killed by a signal, which has none.
-        let status = status.parse::<i32>().unwrap_or(-1);
+        let status = status.parse::<i32>().ok()?;
         return (parts.next() == Some("died"))
             .then(|| Record::Died((name.to_string(), pane), status));
     }
@@ -193,10 +192,7 @@ mod tests {
             Some(Record::Died((n, 4242), 127)) if n == "c3"
         ));
         assert!(parse_record(b"c3 %42 127 prompt\n").is_none());
-        assert!(matches!(
-            parse_record(b"c3 %42  died\n"),
-            Some(Record::Died(_, -1))
-        ));
+        assert!(parse_record(b"c3 %42  died\n").is_none());
         assert!(parse_record(b"\xff\xfe 1 0\n").is_none());
         assert!(parse_record(b"c3 x 0\n").is_none());
         assert!(parse_record(b"\n").is_none());
@@ -215,5 +211,16 @@ mod tests {
         assert_eq!(new_shell.try_recv().unwrap(), 127);
         d.died(("c2".into(), 20), 1);
         assert_eq!(d.expect("c2", 20).try_recv().unwrap(), 1);
+    }
+
+    #[test]
+    fn a_death_told_twice_is_kept_once_and_pushes_no_other_out() {
+        let mut d = Deaths::default();
+        d.died(("c1".into(), 1), 127);
+        for _ in 0..DEATHS_KEPT {
+            d.died(("c2".into(), 2), 0);
+        }
+        assert_eq!(d.seen.len(), 2);
+        assert_eq!(d.expect("c1", 1).try_recv().unwrap(), 127);
     }
 }

@@ -22,7 +22,8 @@
 //! Why not a hook that reports the death itself: with the report in a
 //! foreground `run-shell` (the helper's until 2026-11-26), long runs on
 //! tmux 3.3a slowed down and its server grew (to 290 MB over 25,000
-//! conversations); with `run-shell -b`, the job inherits the dead
+//! conversations), and tmux drops a notification that comes just after
+//! such a job ends, so some deaths were never told; with `run-shell -b`, the job inherits the dead
 //! session's environment, so the session's sweep kills it, and tmux then
 //! prints into the view mode of a pane that a conversation types into
 //! (README, "A fleet of containers").
@@ -51,7 +52,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 pub(super) async fn watch(tmux: Tmux, deaths: SharedDeaths) {
     loop {
         let Some(mut wait) = register(&tmux).await else {
-            if !tmux.server_answers() {
+            if tmux.server_gone() {
                 return;
             }
             // No client could wait (out of processes?): list now and then

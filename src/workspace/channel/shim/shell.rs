@@ -194,9 +194,9 @@ impl Shim {
 }
 
 impl Shim {
-    /// Resolves with the exit status (-1: tmux has none) once tmux
-    /// reports the pane `%pane` dead, asking every second; never without a
-    /// pane. Only a shell start slower than a second asks at all.
+    /// Resolves with the exit status (-1: tmux has none, or the pane is
+    /// gone) once tmux reports the pane `%pane` dead, asking every second;
+    /// never without a pane. Only a shell start slower than a second asks at all.
     async fn dead_pane_status(&self, pane: Option<u32>) -> i32 {
         let Some(pane) = pane else {
             return std::future::pending().await;
@@ -217,14 +217,19 @@ impl Shim {
                     "#{pane_dead} #{pane_dead_status}",
                 ])
                 .await;
-            if let Ok(out) = answer {
-                if let Some(status) = out.trim().strip_prefix("1") {
-                    match status.trim().parse() {
-                        Ok(status) => return status,
-                        Err(_) if unknown >= 3 => return -1,
-                        Err(_) => unknown += 1,
-                    }
-                }
+            let status = match answer {
+                Ok(out) => match out.trim().strip_prefix('1') {
+                    Some(status) => status.trim().parse().ok(),
+                    None => continue,
+                },
+                // Gone: the dead-pane watcher removes a pane once it has
+                // told its death.
+                Err(_) => None,
+            };
+            match status {
+                Some(status) => return status,
+                None if unknown >= 3 => return -1,
+                None => unknown += 1,
             }
         }
     }
