@@ -365,6 +365,27 @@ async fn two_hundred_external_conversations_at_once_never_cross() {
             "a call of {id} holds another task's messages: {added}"
         );
     }
+    // Nothing left and nothing leaked. The verdict may be `unknown` only
+    // because a helper busy with 200 sessions on 2 cores did not answer a
+    // monitor sample in time (before 2026-11-26 this asserted `clean`,
+    // and failed 3 of 6 runs on this machine at the earlier build too).
     let summary = job.summary();
-    assert_eq!(summary["leaks"]["verdict"], "clean", "{summary}");
+    let leaks = &summary["leaks"];
+    assert_eq!(leaks["findings"], serde_json::json!([]), "{summary}");
+    assert_eq!(leaks["stray_sessions"], serde_json::json!([]), "{summary}");
+    assert_eq!(leaks["stray_processes"], serde_json::json!([]), "{summary}");
+    assert_eq!(summary["metrics"]["tmux_sessions_end"], 0, "{summary}");
+    assert_eq!(summary["metrics"]["workspace_procs_end"], 0, "{summary}");
+    match leaks["verdict"].as_str() {
+        Some("clean") => {}
+        Some("unknown") => assert!(
+            leaks["why"]
+                .as_array()
+                .is_some_and(|why| why.iter().all(|w| w
+                    .as_str()
+                    .is_some_and(|w| w.contains("no answer within 10s to Stats")))),
+            "{summary}"
+        ),
+        _ => panic!("leak verdict: {summary}"),
+    }
 }
