@@ -87,14 +87,25 @@ impl Tmux {
         line
     }
 
-    /// Starts (or restarts) the control-mode client.
-    pub async fn start_control(&self) -> Result<(), String> {
-        let mut child = tokio::process::Command::new("tmux")
+    /// A tmux client of this server (its socket and config, never a
+    /// `TMUX` of ours), killed if dropped; its stdio is the caller's.
+    pub fn client(&self, args: &[&str]) -> tokio::process::Command {
+        let mut client = tokio::process::Command::new("tmux");
+        client
             .arg("-S")
             .arg(&self.socket)
             .arg("-f")
             .arg(&self.conf)
-            .args([
+            .args(args)
+            .env_remove("TMUX")
+            .kill_on_drop(true);
+        client
+    }
+
+    /// Starts (or restarts) the control-mode client.
+    pub async fn start_control(&self) -> Result<(), String> {
+        let mut child = self
+            .client(&[
                 "-C",
                 "new-session",
                 "-A",
@@ -102,11 +113,9 @@ impl Tmux {
                 CONTROL_SESSION,
                 "exec tail -f /dev/null",
             ])
-            .env_remove("TMUX")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
-            .kill_on_drop(true)
             .spawn()
             .map_err(|e| format!("cannot start the tmux control client: {e}"))?;
         let stdin = child.stdin.take().expect("piped");
@@ -175,17 +184,11 @@ impl Tmux {
 
     /// One tmux client process for one command line.
     pub async fn spawn_call(&self, args: &[&str]) -> Result<String, String> {
-        let out = tokio::process::Command::new("tmux")
-            .arg("-S")
-            .arg(&self.socket)
-            .arg("-f")
-            .arg(&self.conf)
-            .args(args)
-            .env_remove("TMUX")
+        let out = self
+            .client(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .kill_on_drop(true)
             .output()
             .await
             .map_err(|e| format!("cannot run tmux: {e}"))?;

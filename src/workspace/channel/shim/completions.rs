@@ -24,10 +24,10 @@ pub(super) struct Completion {
 }
 
 /// Shells whose process ended (told by [`super::dead_panes`], which then
-/// removes the dead pane), for a shell
-/// start waiting to know whether its own shell died. Keyed by session and
-/// pane id (never reused by the server), so the death of the
-/// shell a restart replaces is never taken for the new one's; a death that
+/// removes the dead pane), for a shell start waiting to know whether its
+/// own shell died. Keyed by session and pane id (never reused by the
+/// server), so the death of the shell a restart replaces is never taken
+/// for the new one's; a death that
 /// comes before anyone waits for it is kept (a few, the latest) for a start
 /// that asks a moment later.
 #[derive(Default)]
@@ -87,11 +87,10 @@ const MAX_RECORD: u64 = 512;
 
 /// Reads completion records from the FIFO of session `only` (records
 /// naming another session are dropped) and wakes their waiters. What a
-/// session writes is untrusted: a
-/// line that is not UTF-8,
-/// not a record, or longer than a record is skipped (never the end of the
-/// reader, which would stop every session's commands), and a line without
-/// an end is never buffered beyond `MAX_RECORD`.
+/// session writes is untrusted: a line that is not UTF-8, not a record,
+/// or longer than a record is skipped (never the end of the reader, which
+/// would stop every session's commands), and a line without an end is
+/// never buffered beyond `MAX_RECORD`.
 pub(super) async fn read_completions(
     receiver: tokio::net::unix::pipe::Receiver,
     only: String,

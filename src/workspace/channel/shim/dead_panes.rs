@@ -23,10 +23,10 @@
 //! foreground `run-shell` (the helper's until 2026-11-26), long runs on
 //! tmux 3.3a slowed down and its server grew (to 290 MB over 25,000
 //! conversations), and tmux drops a notification that comes just after
-//! such a job ends, so some deaths were never told; with `run-shell -b`, the job inherits the dead
-//! session's environment, so the session's sweep kills it, and tmux then
-//! prints into the view mode of a pane that a conversation types into
-//! (README, "A fleet of containers").
+//! such a job ends, so some deaths were never told; with `run-shell -b`,
+//! the job inherits the dead session's environment, so the session's
+//! sweep kills it, and tmux then prints into the view mode of a pane that
+//! a conversation types into (README, "A fleet of containers").
 
 use std::time::Duration;
 
@@ -79,19 +79,15 @@ pub(super) async fn watch(tmux: Tmux, deaths: SharedDeaths) {
 /// server lives, a small cost that must stay rare.
 async fn register(tmux: &Tmux) -> Option<tokio::process::Child> {
     use tokio::io::AsyncBufReadExt;
-    let line = tmux.command_line(&["display-message", "-p", "ready", ";", "wait-for", CHANNEL]);
-    let mut child = tokio::process::Command::new(&line[0])
-        .args(&line[1..])
-        .env_remove("TMUX")
+    let mut child = tmux
+        .client(&["display-message", "-p", "ready", ";", "wait-for", CHANNEL])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
         .spawn()
         .ok()?;
-    let stdout = child.stdout.take()?;
+    let mut stdout = tokio::io::BufReader::new(child.stdout.take()?);
     let mut said = String::new();
-    let mut stdout = tokio::io::BufReader::new(stdout);
     match tokio::time::timeout(READY_TIMEOUT, stdout.read_line(&mut said)).await {
         Ok(Ok(_)) if said.trim() == "ready" => Some(child),
         _ => None,

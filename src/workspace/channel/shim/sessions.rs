@@ -47,9 +47,8 @@ type Registry = Mutex<HashMap<String, Arc<tokio::sync::Mutex<SessionState>>>>;
 
 /// The helper. Its root holds `rc.bash` (readable by all), `p/` (the
 /// helper's own: tmux socket and config, pid file, each session's
-/// metadata; mode 0700), `s/NAME/` (a session's
-/// command and output files and its HOME: the session's own, mode 0700)
-/// and `f/NAME` (the session's completion FIFO, writable by that session
+/// metadata; mode 0700), `s/NAME/` (a session's command and output files
+/// and its HOME: the session's own, mode 0700) and `f/NAME` (the session's completion FIFO, writable by that session
 /// only). `root`, `s/` and `f/` are mode 0711: a session reaches its own
 /// entries by name and cannot list anyone's.
 pub(super) struct Shim {

@@ -196,7 +196,8 @@ impl Shim {
 impl Shim {
     /// Resolves with the exit status (-1: tmux has none, or the pane is
     /// gone) once tmux reports the pane `%pane` dead, asking every second;
-    /// never without a pane. Only a shell start slower than a second asks at all.
+    /// never without a pane. Only a shell start slower than a second asks
+    /// at all.
     async fn dead_pane_status(&self, pane: Option<u32>) -> i32 {
         let Some(pane) = pane else {
             return std::future::pending().await;
